@@ -1,0 +1,229 @@
+//! The one frame model both encodings map to.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::DecodeError;
+use crate::limits::Limits;
+
+/// Identifies one stream (one client TCP connection) inside a tunnel. The relay allocates them.
+/// Id 0 is the connection itself (HELLO, HELLO_ACK) and is never a stream.
+pub type StreamId = u32;
+
+/// One protocol message, whichever encoding carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Agent -> relay, first frame of a tunnel.
+    Hello(Hello),
+    /// Relay -> agent: the HELLO is accepted; the agent is READY.
+    HelloAck,
+    /// Relay -> agent: a client connected to `connector`; dial its target.
+    Open {
+        id: StreamId,
+        connector: String,
+        /// Client address for audit (v2 only; v1 has no field for it).
+        client_addr: Option<String>,
+    },
+    /// Bytes of one stream, in either direction.
+    Data { id: StreamId, payload: Bytes },
+    /// The sender of `dir` will send no more bytes (half-close).
+    Fin { id: StreamId, dir: Dir },
+    /// The stream is aborted; both sides drop it at once.
+    Rst {
+        id: StreamId,
+        code: RstCode,
+        /// Short human reason (v2 only, or the `err` text of an unknown v1 code).
+        reason: String,
+    },
+    /// The receiver drained `credit` more bytes: the sender may send that many more (v2 only).
+    Window { id: StreamId, credit: u32 },
+}
+
+impl Frame {
+    /// The stream this frame belongs to (0 for HELLO and HELLO_ACK).
+    pub fn stream_id(&self) -> StreamId {
+        match self {
+            Frame::Hello(_) | Frame::HelloAck => 0,
+            Frame::Open { id, .. }
+            | Frame::Data { id, .. }
+            | Frame::Fin { id, .. }
+            | Frame::Rst { id, .. }
+            | Frame::Window { id, .. } => *id,
+        }
+    }
+
+    /// Short upper-case name as on the wire (`t` in v1), for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Hello(_) => "HELLO",
+            Frame::HelloAck => "HELLO_ACK",
+            Frame::Open { .. } => "OPEN",
+            Frame::Data { .. } => "DATA",
+            Frame::Fin { .. } => "FIN",
+            Frame::Rst { .. } => "RST",
+            Frame::Window { .. } => "WINDOW",
+        }
+    }
+}
+
+/// The agent's introduction: who it is and which connectors it serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Hello {
+    pub agent_id: String,
+    pub connectors: Vec<String>,
+    /// Agent software version; informational, may be empty.
+    pub ver: String,
+}
+
+impl Hello {
+    /// Checks every field against `limits`; decoders call this, senders may too.
+    pub fn validate(&self, limits: &Limits) -> Result<(), DecodeError> {
+        check_name("agent_id", &self.agent_id, limits.max_agent_id_len)?;
+        check_text("ver", &self.ver, limits.max_short_text_len)?;
+        if self.connectors.len() > limits.max_connectors {
+            return Err(DecodeError::TooMany {
+                field: "connectors",
+                count: self.connectors.len(),
+                max: limits.max_connectors,
+            });
+        }
+        for c in &self.connectors {
+            check_name("connector", c, limits.max_connector_len)?;
+        }
+        Ok(())
+    }
+}
+
+/// HELLO fields as they arrive, before presence and limits are checked.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawHello {
+    pub agent_id: Option<String>,
+    pub connectors: Option<Vec<String>>,
+    pub ver: Option<String>,
+}
+
+impl RawHello {
+    pub(crate) fn into_hello(self, limits: &Limits) -> Result<Hello, DecodeError> {
+        let hello = Hello {
+            agent_id: self.agent_id.ok_or(DecodeError::MissingField("agent_id"))?,
+            connectors: self
+                .connectors
+                .ok_or(DecodeError::MissingField("connectors"))?,
+            ver: self.ver.unwrap_or_default(),
+        };
+        hello.validate(limits)?;
+        Ok(hello)
+    }
+}
+
+/// Direction of a half-close: client-to-agent or agent-to-client, as in v1 `dir`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dir {
+    /// Client -> agent (the relay's client closed its write side).
+    C2a,
+    /// Agent -> client (the target closed its write side).
+    A2c,
+}
+
+impl Dir {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dir::C2a => "c2a",
+            Dir::A2c => "a2c",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Dir> {
+        match s {
+            "c2a" => Some(Dir::C2a),
+            "a2c" => Some(Dir::A2c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn to_byte(self) -> u8 {
+        match self {
+            Dir::C2a => 0,
+            Dir::A2c => 1,
+        }
+    }
+
+    pub(crate) fn from_byte(b: u8) -> Option<Dir> {
+        match b {
+            0 => Some(Dir::C2a),
+            1 => Some(Dir::A2c),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! rst_codes {
+    ($($variant:ident = $byte:literal, $text:literal;)*) => {
+        /// Why a stream was reset. The text form is the v1 `err` value and a metric label.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum RstCode {
+            $($variant,)*
+            /// A code this version does not know; the text travels in the RST reason.
+            Other,
+        }
+
+        impl RstCode {
+            /// Every known code, for tests and metric pre-registration.
+            pub const ALL: &'static [RstCode] = &[$(RstCode::$variant,)* RstCode::Other];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $(RstCode::$variant => $text,)* RstCode::Other => "other" }
+            }
+
+            pub fn to_byte(self) -> u8 {
+                match self { $(RstCode::$variant => $byte,)* RstCode::Other => 255 }
+            }
+
+            /// Unknown bytes map to `Other`: a newer peer may know more codes.
+            pub fn from_byte(b: u8) -> RstCode {
+                match b { $($byte => RstCode::$variant,)* _ => RstCode::Other }
+            }
+
+            /// `None` for text that is not a known code.
+            pub fn parse(s: &str) -> Option<RstCode> {
+                match s { $($text => Some(RstCode::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+rst_codes! {
+    ConnectFailed = 1, "connect_failed";
+    WsBroken = 2, "ws_broken";
+    QueueOverflow = 3, "queue_overflow";
+    UnknownConnector = 4, "unknown_connector";
+    Protocol = 5, "protocol_error";
+    IdleTimeout = 6, "idle_timeout";
+    Shutdown = 7, "shutdown";
+    FlowControl = 8, "flow_control";
+    Denied = 9, "denied";
+    Io = 10, "io_error";
+}
+
+/// A name (agent_id, connector): non-empty, bounded, no control characters.
+pub(crate) fn check_name(field: &'static str, s: &str, max: usize) -> Result<(), DecodeError> {
+    if s.is_empty() {
+        return Err(DecodeError::Empty { field });
+    }
+    check_text(field, s, max)
+}
+
+/// Free text (reason, version, address): bounded, no control characters; may be empty.
+pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), DecodeError> {
+    if s.len() > max {
+        return Err(DecodeError::TooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    if s.chars().any(char::is_control) {
+        return Err(DecodeError::ControlChar { field });
+    }
+    Ok(())
+}
