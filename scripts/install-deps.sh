@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, only when missing: Debian packages for the real servers the
+# end-to-end tests start on loopback, rustup components, and cargo tools. Idempotent.
+set -euo pipefail
+need_apt=()
+for pair in slapd:slapd ldapsearch:ldap-utils; do
+  cmd=${pair%%:*} pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "apt-get install ${need_apt[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+if [ "${FUZZ_SECONDS:-60}" -gt 0 ] && cargo +nightly --version >/dev/null 2>&1; then
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+fi
