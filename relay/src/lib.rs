@@ -1,1 +1,296 @@
-//! placeholder
+//! NowConnect relay ("cloud hub"): accepts agent tunnels on `/tunnel`, binds one TCP listener
+//! per connector, and relays every client connection as a stream through an agent's tunnel.
+//!
+//! [`start`] binds everything (so tests can use port 0) and returns a [`RelayHandle`];
+//! `shutdown()` stops accepting and lets open streams finish for `limits.shutdown_grace_ms`;
+//! dropping the handle stops everything at once.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod http;
+mod listener;
+pub mod metrics;
+mod registry;
+mod stream;
+mod tls;
+mod tunnel;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::{ConfigError, RelayConfig};
+
+/// Why the relay could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// The configuration cannot work (operator's to fix; exit code 2).
+    #[error("{0}")]
+    Config(String),
+    /// An address could not be bound (in use, no permission).
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// State every task of one relay shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cfg: RelayConfig,
+    pub registry: registry::Registry,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Cancelled to stop everything (end of grace period, or handle dropped).
+    pub root: CancellationToken,
+    /// Cancelled when shutdown starts: listeners stop accepting, `/readyz` says 503.
+    pub draining: CancellationToken,
+    /// Every listener is bound.
+    pub ready: AtomicBool,
+    /// Stream tasks (the grace period waits for these).
+    pub streams: TaskTracker,
+    /// Everything else: HTTP connections, tunnels, listeners.
+    pub tasks: TaskTracker,
+    /// Open client connections, for `limits.max_conn_total`.
+    pub conns: Arc<AtomicUsize>,
+    pub next_tunnel_id: AtomicU64,
+}
+
+/// A running relay. Dropping it stops everything at once, like killing the process.
+#[derive(Debug)]
+pub struct RelayHandle {
+    shared: Arc<Shared>,
+    tunnel_addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    listeners: Vec<(String, SocketAddr)>,
+    supervisor: Option<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The HTTP server with `/tunnel`, `/healthz`, `/readyz`, `/metrics`.
+    pub fn tunnel_addr(&self) -> SocketAddr {
+        self.tunnel_addr
+    }
+
+    /// Where `/metrics` (and health) is served: `tunnel_addr` unless `observability.metrics_port`.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The bound address of the listener named `name`.
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// How many agent tunnels currently serve `connector`.
+    pub fn agents_for(&self, connector: &str) -> usize {
+        self.shared
+            .registry
+            .snapshot()
+            .into_iter()
+            .find(|(c, _)| c == connector)
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.shared.conns.load(Ordering::Acquire)
+    }
+
+    /// Prometheus text of this relay's metrics (what `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Graceful stop: stop accepting, let open streams finish for the grace period, then stop.
+    pub fn shutdown(&self) {
+        self.shared.draining.cancel();
+    }
+
+    /// Waits until the relay has fully stopped (after `shutdown()`, or never without it).
+    pub async fn wait(mut self) {
+        if let Some(h) = self.supervisor.take() {
+            let _ = h.await;
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    fn drop(&mut self) {
+        self.shared.root.cancel();
+        if let Some(h) = self.supervisor.take() {
+            h.abort();
+        }
+    }
+}
+
+async fn bind(what: &str, addr: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: what.to_owned(),
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+fn host_port(host: &str, port: u16) -> String {
+    let host = host.trim_matches(|c| c == '[' || c == ']');
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn local_addr(l: &TcpListener, what: &str) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind {
+        what: what.to_owned(),
+        addr: "?".to_owned(),
+        source,
+    })
+}
+
+/// Binds `/tunnel`, the optional metrics port and every listener, then runs the relay.
+pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
+    for w in &cfg.warnings {
+        warn!("config: {w}");
+    }
+    let tls = match &cfg.tunnel.tls {
+        Some(t) => Some(tls::acceptor(t).map_err(StartError::Config)?),
+        None => None,
+    };
+
+    let tunnel_bind = host_port(&cfg.tunnel.host, cfg.tunnel.port);
+    let tunnel_listener = bind("tunnel (tunnel.host/tunnel.port)", &tunnel_bind).await?;
+    let tunnel_addr = local_addr(&tunnel_listener, "tunnel")?;
+    if cfg.security.dev_bypass {
+        if !tunnel_addr.ip().is_loopback() {
+            return Err(StartError::Config(format!(
+                "security.dev_bypass: refused because /tunnel is bound to non-loopback {tunnel_addr}"
+            )));
+        }
+        warn!(
+            "!!! DEV BYPASS ENABLED: agents connect to {tunnel_addr} WITHOUT AUTHENTICATION. \
+             For local development only; never use security.dev_bypass / NOWCONNECT_DEV_BYPASS in production !!!"
+        );
+    }
+    let metrics_listener = match cfg.observability.metrics_port {
+        Some(port) => {
+            let addr = host_port(&cfg.tunnel.host, port);
+            Some(bind("metrics (observability.metrics_port)", &addr).await?)
+        }
+        None => None,
+    };
+    let metrics_addr = match &metrics_listener {
+        Some(l) => local_addr(l, "metrics")?,
+        None => tunnel_addr,
+    };
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let mut bound = Vec::with_capacity(cfg.listeners.len());
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let what = format!("listeners[{i}] ({})", l.name);
+        let listener = bind(&what, &l.bind.to_string()).await?;
+        let addr = local_addr(&listener, &what)?;
+        let ctx = Arc::new(listener::ListenerCtx {
+            name: l.name.clone(),
+            connector: l.connector.clone(),
+            allow_cidrs: l.allow_cidrs.clone(),
+            metrics: metrics.connector(&l.connector),
+        });
+        bound.push((listener, addr, ctx));
+    }
+
+    let shared = Arc::new(Shared {
+        cfg,
+        registry: registry::Registry::default(),
+        metrics,
+        root: CancellationToken::new(),
+        draining: CancellationToken::new(),
+        ready: AtomicBool::new(false),
+        streams: TaskTracker::new(),
+        tasks: TaskTracker::new(),
+        conns: Arc::new(AtomicUsize::new(0)),
+        next_tunnel_id: AtomicU64::new(1),
+    });
+
+    let mut names = Vec::with_capacity(bound.len());
+    for (listener, addr, ctx) in bound {
+        info!(listener = %ctx.name, connector = %ctx.connector, %addr, "listening");
+        names.push((ctx.name.clone(), addr));
+        shared
+            .tasks
+            .spawn(listener::run(listener, ctx, shared.clone()));
+    }
+    shared.ready.store(true, Ordering::Release);
+    info!(
+        %tunnel_addr,
+        tls = tls.is_some(),
+        %metrics_addr,
+        "relay HTTP server listening (/tunnel, /healthz, /readyz, /metrics)"
+    );
+    shared.tasks.spawn(http::serve(
+        tunnel_listener,
+        tls,
+        shared.clone(),
+        http::Routes::All,
+    ));
+    if let Some(l) = metrics_listener {
+        shared.tasks.spawn(http::serve(
+            l,
+            None,
+            shared.clone(),
+            http::Routes::AdminOnly,
+        ));
+    }
+    let supervisor = tokio::spawn(supervise(shared.clone()));
+    Ok(RelayHandle {
+        shared,
+        tunnel_addr,
+        metrics_addr,
+        listeners: names,
+        supervisor: Some(supervisor),
+    })
+}
+
+/// Waits for shutdown, runs the grace period, then stops everything.
+async fn supervise(shared: Arc<Shared>) {
+    tokio::select! {
+        _ = shared.draining.cancelled() => {}
+        _ = shared.root.cancelled() => {}
+    }
+    shared.draining.cancel();
+    let grace = shared.cfg.limits.shutdown_grace;
+    let open = shared.streams.len();
+    info!(open_streams = open, grace_ms = grace.as_millis() as u64, "shutting down: not accepting new connections");
+    shared.streams.close();
+    tokio::select! {
+        _ = shared.streams.wait() => info!("all streams finished"),
+        _ = tokio::time::sleep(grace) => warn!(open_streams = shared.streams.len(), "grace period over; closing the remaining streams"),
+        _ = shared.root.cancelled() => {}
+    }
+    shared.root.cancel();
+    shared.tasks.close();
+    // Every task watches `root`; the timeout only guards against a bug keeping one alive.
+    let all = async {
+        shared.tasks.wait().await;
+        shared.streams.wait().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+        warn!("some tasks did not stop within 5 s");
+    }
+    info!("relay stopped");
+}

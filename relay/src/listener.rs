@@ -1,0 +1,153 @@
+//! One TCP listener per connector: accept, check the client, hand the socket to an agent tunnel.
+//!
+//! Owns only the accept loop. A client outside `allow_cidrs`, over `max_conn_total`, or for a
+//! connector no agent serves is closed at once; everything else becomes a stream on the tunnel
+//! the registry picks.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{info, warn};
+
+use crate::metrics::ConnectorMetrics;
+use crate::tunnel::TunnelCmd;
+use crate::Shared;
+
+/// What streams need to know about the listener that accepted them.
+#[derive(Debug)]
+pub(crate) struct ListenerCtx {
+    pub name: String,
+    pub connector: String,
+    pub allow_cidrs: Vec<IpNet>,
+    pub metrics: ConnectorMetrics,
+}
+
+/// A slot of `limits.max_conn_total`, released on drop.
+#[derive(Debug)]
+pub(crate) struct ConnGuard {
+    count: Arc<AtomicUsize>,
+}
+
+impl ConnGuard {
+    /// Takes a slot unless `max` are in use.
+    pub fn try_acquire(count: &Arc<AtomicUsize>, max: usize) -> Option<ConnGuard> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .ok()
+            .map(|_| ConnGuard {
+                count: count.clone(),
+            })
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn allowed(cidrs: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    cidrs.is_empty() || cidrs.iter().any(|net| net.contains(&ip))
+}
+
+/// Accepts until the relay starts draining or stops.
+pub(crate) async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shared.draining.cancelled() => break,
+            _ = shared.root.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((sock, peer)) => route(sock, peer, &ctx, &shared),
+            Err(e) => {
+                ctx.metrics.accept_errors.inc();
+                warn!(listener = %ctx.name, connector = %ctx.connector, error = %e, "accept failed");
+                // Typically out of file descriptors: back off briefly instead of spinning.
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = shared.root.cancelled() => break,
+                }
+            }
+        }
+    }
+    info!(listener = %ctx.name, connector = %ctx.connector, "listener stopped accepting");
+}
+
+fn reject(sock: TcpStream) {
+    // Close at once; a reset tells the client there is nothing behind this port right now.
+    let _ = sock.set_zero_linger();
+    drop(sock);
+}
+
+fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
+    let _ = sock.set_nodelay(true);
+    if !allowed(&ctx.allow_cidrs, peer.ip()) {
+        shared.metrics.rejected(&ctx.connector, "cidr");
+        info!(event = "client_not_allowed", connector = %ctx.connector, client = %peer, "client address not in allow_cidrs");
+        reject(sock);
+        return;
+    }
+    let max = shared.cfg.limits.max_conn_total;
+    let Some(guard) = ConnGuard::try_acquire(&shared.conns, max) else {
+        shared.metrics.rejected(&ctx.connector, "max_conn_total");
+        warn!(event = "max_conn_total", connector = %ctx.connector, client = %peer, max, "connection limit reached");
+        reject(sock);
+        return;
+    };
+    ctx.metrics.connections.inc();
+    let mut cmd = TunnelCmd::Open {
+        sock,
+        peer,
+        listener: ctx.clone(),
+        guard,
+    };
+    // A tunnel that just ended may still be listed for a moment: try the next pick.
+    for _ in 0..8 {
+        let Some(agent) = shared.registry.pick(&ctx.connector) else {
+            break;
+        };
+        match agent.cmd.send(cmd) {
+            Ok(()) => return,
+            Err(tokio::sync::mpsc::error::SendError(back)) => {
+                shared.registry.unregister(agent.tunnel_id);
+                cmd = back;
+            }
+        }
+    }
+    shared.metrics.rejected(&ctx.connector, "no_agent");
+    info!(event = "no_agent_for_connector", connector = %ctx.connector, client = %peer, "no agent serves this connector; client closed");
+    if let TunnelCmd::Open { sock, .. } = cmd {
+        reject(sock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_allowlist() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
+        assert!(allowed(&nets, "10.1.2.3".parse().expect("ip")));
+        assert!(!allowed(&nets, "192.168.1.1".parse().expect("ip")));
+        // IPv4-mapped IPv6 (dual-stack listener) counts as the IPv4 address.
+        assert!(allowed(&nets, "::ffff:10.0.0.1".parse().expect("ip")));
+        assert!(allowed(&[], "192.168.1.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn conn_guard_caps_and_releases() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let a = ConnGuard::try_acquire(&count, 2).expect("slot");
+        let _b = ConnGuard::try_acquire(&count, 2).expect("slot");
+        assert!(ConnGuard::try_acquire(&count, 2).is_none());
+        drop(a);
+        assert!(ConnGuard::try_acquire(&count, 2).is_some());
+    }
+}

@@ -1,0 +1,285 @@
+//! Prometheus metrics of the relay, with the reference system's names.
+//!
+//! Labels stay low-cardinality: connector, direction, code, reason; never a cid or an address.
+//! Hot-path counters are resolved once per listener ([`ConnectorMetrics`]) so moving bytes
+//! never hashes a label set.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectorLabel {
+    pub connector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BytesLabels {
+    pub direction: &'static str,
+    pub connector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabel {
+    pub dir: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    pub side: &'static str,
+    pub connector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub connector: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
+}
+
+/// Every metric the relay exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub tcp_connections: Family<ConnectorLabel, Counter>,
+    pub tcp_active: Family<ConnectorLabel, Gauge>,
+    pub tcp_bytes: Family<BytesLabels, Counter>,
+    pub connection_duration: Histogram,
+    pub fin_sent: Family<DirLabel, Counter>,
+    pub fin_received: Family<DirLabel, Counter>,
+    pub rst_sent: Family<CodeLabel, Counter>,
+    pub rst_received: Family<CodeLabel, Counter>,
+    pub queue_overflow: Family<OverflowLabels, Counter>,
+    pub accept_errors: Family<ConnectorLabel, Counter>,
+    pub connections_rejected: Family<RejectLabels, Counter>,
+    pub agent_connects: Family<VersionLabel, Counter>,
+    pub agent_disconnects: Family<ReasonLabel, Counter>,
+    pub agents_connected: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub agent_auth_failures: Family<ReasonLabel, Counter>,
+    pub protocol_errors: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            tcp_connections: Family::default(),
+            tcp_active: Family::default(),
+            tcp_bytes: Family::default(),
+            // 1 ms .. ~1 h
+            connection_duration: Histogram::new(
+                [
+                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                    3600.0,
+                ]
+                .into_iter(),
+            ),
+            fin_sent: Family::default(),
+            fin_received: Family::default(),
+            rst_sent: Family::default(),
+            rst_received: Family::default(),
+            queue_overflow: Family::default(),
+            accept_errors: Family::default(),
+            connections_rejected: Family::default(),
+            agent_connects: Family::default(),
+            agent_disconnects: Family::default(),
+            agents_connected: Gauge::default(),
+            agent_auth_failures: Family::default(),
+            protocol_errors: Counter::default(),
+            registry: Registry::default(),
+        };
+        // Counters get `_total` appended by the encoder.
+        registry.register(
+            "nowconnect_tcp_connections",
+            "Client TCP connections accepted on connector listeners",
+            m.tcp_connections.clone(),
+        );
+        registry.register(
+            "nowconnect_tcp_active_connections",
+            "Client TCP connections open now",
+            m.tcp_active.clone(),
+        );
+        registry.register(
+            "nowconnect_tcp_bytes",
+            "Payload bytes relayed (c2a: client to agent, a2c: agent to client)",
+            m.tcp_bytes.clone(),
+        );
+        registry.register(
+            "nowconnect_connection_duration_seconds",
+            "Lifetime of client connections",
+            m.connection_duration.clone(),
+        );
+        registry.register(
+            "nowconnect_fin_sent",
+            "FIN frames sent",
+            m.fin_sent.clone(),
+        );
+        registry.register(
+            "nowconnect_fin_received",
+            "FIN frames received",
+            m.fin_received.clone(),
+        );
+        registry.register(
+            "nowconnect_rst_sent",
+            "RST frames sent, by code",
+            m.rst_sent.clone(),
+        );
+        registry.register(
+            "nowconnect_rst_received",
+            "RST frames received, by code",
+            m.rst_received.clone(),
+        );
+        registry.register(
+            "nowconnect_queue_overflow",
+            "Streams reset because a v1 per-stream queue overflowed",
+            m.queue_overflow.clone(),
+        );
+        registry.register(
+            "nowconnect_listener_accept_errors",
+            "Errors accepting client connections",
+            m.accept_errors.clone(),
+        );
+        registry.register(
+            "nowconnect_connections_rejected",
+            "Client connections closed at once (no_agent, max_conn_total, cidr)",
+            m.connections_rejected.clone(),
+        );
+        registry.register(
+            "nowconnect_agent_connects",
+            "Agent tunnels registered (HELLO accepted)",
+            m.agent_connects.clone(),
+        );
+        registry.register(
+            "nowconnect_agent_disconnects",
+            "Agent tunnels ended, by reason",
+            m.agent_disconnects.clone(),
+        );
+        registry.register(
+            "nowconnect_agents_connected",
+            "Agent tunnels registered now",
+            m.agents_connected.clone(),
+        );
+        registry.register(
+            "nowconnect_agent_auth_failures",
+            "Agent tunnel upgrades refused, by reason",
+            m.agent_auth_failures.clone(),
+        );
+        registry.register(
+            "nowconnect_protocol_errors",
+            "Frames refused as protocol errors",
+            m.protocol_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Per-connector handles for the data path.
+    pub fn connector(&self, connector: &str) -> ConnectorMetrics {
+        let label = ConnectorLabel {
+            connector: connector.to_owned(),
+        };
+        let bytes = |direction| BytesLabels {
+            direction,
+            connector: connector.to_owned(),
+        };
+        ConnectorMetrics {
+            connections: self.tcp_connections.get_or_create(&label).clone(),
+            active: self.tcp_active.get_or_create(&label).clone(),
+            bytes_c2a: self.tcp_bytes.get_or_create(&bytes("c2a")).clone(),
+            bytes_a2c: self.tcp_bytes.get_or_create(&bytes("a2c")).clone(),
+            queue_overflow: self
+                .queue_overflow
+                .get_or_create(&OverflowLabels {
+                    side: "relay",
+                    connector: connector.to_owned(),
+                })
+                .clone(),
+            accept_errors: self.accept_errors.get_or_create(&label).clone(),
+        }
+    }
+
+    pub fn rejected(&self, connector: &str, reason: &'static str) {
+        self.connections_rejected
+            .get_or_create(&RejectLabels {
+                connector: connector.to_owned(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// Counters of one connector, resolved once (cheap clones of shared atomics).
+#[derive(Debug, Clone)]
+pub struct ConnectorMetrics {
+    pub connections: Counter,
+    pub active: Gauge,
+    pub bytes_c2a: Counter,
+    pub bytes_a2c: Counter,
+    pub queue_overflow: Counter,
+    pub accept_errors: Counter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_reference() {
+        let m = Metrics::new();
+        let c = m.connector("addomain");
+        c.connections.inc();
+        c.bytes_c2a.inc_by(5);
+        m.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
+        m.rst_received
+            .get_or_create(&CodeLabel {
+                code: "connect_failed",
+            })
+            .inc();
+        let text = m.render();
+        for needle in [
+            "nowconnect_tcp_connections_total{connector=\"addomain\"} 1",
+            "nowconnect_tcp_active_connections{connector=\"addomain\"} 0",
+            "nowconnect_tcp_bytes_total{direction=\"c2a\",connector=\"addomain\"} 5",
+            "nowconnect_connection_duration_seconds_bucket",
+            "nowconnect_fin_sent_total{dir=\"c2a\"} 1",
+            "nowconnect_rst_received_total{code=\"connect_failed\"} 1",
+            "nowconnect_agents_connected 0",
+            "nowconnect_queue_overflow_total{side=\"relay\",connector=\"addomain\"} 0",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! One client connection relayed through a tunnel: the stream task.
+//!
+//! A single task drives both directions with non-blocking socket calls, so a client that stops
+//! reading never stops us from reading it (and the reverse), and an RST from the agent closes
+//! the socket at once even while writes are pending.
+//! - a2c: frames arrive on an unbounded channel from the tunnel session (which must never wait
+//!   on one stream); what this task holds is bounded by the receive window (v2) or by
+//!   `queue_depth_per_cid` frames (v1). Credit returns with WINDOW after bytes reach the socket.
+//! - c2a: on `readable()`, one read of up to `max_payload` (and, v2, at most the send credit)
+//!   into a fresh buffer with the v2 header reserved, frozen and queued for the writer. No buffer
+//!   is kept between reads, so an idle stream holds no payload memory.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use nowconnect_shared::binary::{self, FrameType, HEADER_LEN};
+use nowconnect_shared::{
+    Dir, Frame, RecvWindow, RstCode, SendCredit, StreamId, Version, DEFAULT_WINDOW,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::listener::{ConnGuard, ListenerCtx};
+use crate::metrics::{CodeLabel, DirLabel};
+use crate::tunnel::{Out, TunnelCmd, TunnelShared};
+
+/// Reads at most this small are copied into an exact-size buffer so a queued small frame does
+/// not pin a 64 KiB allocation.
+const SMALL_READ: usize = 4 * 1024;
+/// Most queued buffers handed to one vectored write.
+const MAX_IOV: usize = 16;
+
+/// From the tunnel session to a stream task.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    Data(Bytes),
+    Fin(Dir),
+    Rst(RstCode),
+    Window(u32),
+}
+
+#[derive(Debug)]
+pub(crate) struct StreamCtx {
+    pub id: StreamId,
+    pub sock: TcpStream,
+    pub rx: mpsc::UnboundedReceiver<Inbound>,
+    pub tunnel: Arc<TunnelShared>,
+    pub listener: Arc<ListenerCtx>,
+    /// Holds a slot of `max_conn_total` until the stream ends.
+    pub guard: ConnGuard,
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both directions finished with FIN.
+    Done,
+    /// The agent (or the session, on its behalf) reset the stream.
+    PeerReset(RstCode),
+    /// The tunnel went away or the relay is stopping.
+    TunnelGone,
+    /// We reset it: tell the agent.
+    Local(RstCode, &'static str),
+}
+
+impl End {
+    fn label(self) -> &'static str {
+        match self {
+            End::Done => "done",
+            End::PeerReset(code) => code.as_str(),
+            End::TunnelGone => "tunnel_gone",
+            End::Local(code, _) => code.as_str(),
+        }
+    }
+}
+
+/// Byte counts of one stream, for the close log.
+#[derive(Debug, Default)]
+struct Counts {
+    c2a: u64,
+    a2c: u64,
+}
+
+pub(crate) async fn run(mut ctx: StreamCtx) {
+    let started = Instant::now();
+    let listener = ctx.listener.clone();
+    let lm = &listener.metrics;
+    lm.active.inc();
+    let mut counts = Counts::default();
+    let end = pump(&mut ctx, &mut counts).await;
+    let t = &ctx.tunnel;
+    let id = ctx.id;
+
+    if let End::Local(code, reason) = end {
+        t.metrics
+            .rst_sent
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+        let rst = Frame::Rst {
+            id,
+            code,
+            reason: reason.to_owned(),
+        };
+        send_out(t, Out::Frame(rst)).await;
+    }
+    if end != End::Done {
+        // Abort, not a clean EOF: the client must not mistake a cut stream for a complete one.
+        let _ = ctx.sock.set_zero_linger();
+    }
+    drop(ctx.sock);
+    if t.version == Version::V1 {
+        send_out(t, Out::Forget(id)).await;
+    }
+    let _ = t.cmd.send(TunnelCmd::Closed(id));
+    t.active.fetch_sub(1, Ordering::Relaxed);
+    lm.active.dec();
+    let elapsed = started.elapsed();
+    t.metrics
+        .connection_duration
+        .observe(elapsed.as_secs_f64());
+    debug!(
+        cid = id,
+        connector = %ctx.listener.connector,
+        agent_id = %t.agent_id,
+        end = end.label(),
+        bytes_c2a = counts.c2a,
+        bytes_a2c = counts.a2c,
+        duration_ms = elapsed.as_millis() as u64,
+        "stream closed"
+    );
+    drop(ctx.guard);
+}
+
+/// Queues a frame for the writer unless the tunnel is going away.
+async fn send_out(t: &TunnelShared, item: Out) -> bool {
+    tokio::select! {
+        r = t.out.send(item) => r.is_ok(),
+        _ = t.token.cancelled() => false,
+    }
+}
+
+async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
+    let t = ctx.tunnel.clone();
+    let lm = &ctx.listener.metrics;
+    let id = ctx.id;
+    let v2 = t.version == Version::V2;
+    let far = Duration::from_secs(86_400 * 365);
+
+    // a2c: bytes waiting for the client socket.
+    let mut queue: VecDeque<Bytes> = VecDeque::new();
+    let mut recv = RecvWindow::new(DEFAULT_WINDOW);
+    // c2a: what the agent still accepts (v2).
+    let mut credit = SendCredit::new(DEFAULT_WINDOW);
+    // Client -> agent still open (no EOF read yet).
+    let mut reading = true;
+    // The agent sent FIN a2c: shut our write side once the queue drains.
+    let mut fin_in = false;
+    let mut write_shut = false;
+    let mut last = Instant::now();
+    let idle = t.idle_timeout;
+    let sleep = tokio::time::sleep(idle.unwrap_or(far));
+    tokio::pin!(sleep);
+
+    loop {
+        if !reading && write_shut {
+            return End::Done;
+        }
+        let can_read = reading && (!v2 || credit.available() > 0);
+        let can_write = !queue.is_empty();
+        tokio::select! {
+            biased;
+            _ = t.token.cancelled() => return End::TunnelGone,
+            item = ctx.rx.recv() => {
+                last = Instant::now();
+                match item {
+                    None => return End::TunnelGone,
+                    Some(Inbound::Rst(code)) => return End::PeerReset(code),
+                    Some(Inbound::Data(payload)) => {
+                        if fin_in {
+                            return End::Local(RstCode::Protocol, "DATA after FIN");
+                        }
+                        if payload.is_empty() {
+                            continue;
+                        }
+                        if v2 {
+                            if recv.on_data(payload.len()).is_err() {
+                                return End::Local(RstCode::FlowControl, "window exceeded");
+                            }
+                        } else if queue.len() >= t.queue_depth {
+                            lm.queue_overflow.inc();
+                            return End::Local(RstCode::QueueOverflow, "");
+                        }
+                        queue.push_back(payload);
+                    }
+                    Some(Inbound::Fin(Dir::A2c)) => fin_in = true,
+                    Some(Inbound::Fin(Dir::C2a)) => {
+                        return End::Local(RstCode::Protocol, "FIN c2a from agent");
+                    }
+                    Some(Inbound::Window(n)) => {
+                        if credit.grant(n).is_err() {
+                            return End::Local(RstCode::FlowControl, "credit overflow");
+                        }
+                    }
+                }
+            }
+            r = ctx.sock.writable(), if can_write => {
+                if r.is_err() {
+                    return End::Local(RstCode::Io, "client socket error");
+                }
+                let written = match write_queued(&ctx.sock, &mut queue) {
+                    Ok(n) => n,
+                    Err(_) => return End::Local(RstCode::Io, "client write failed"),
+                };
+                if written > 0 {
+                    last = Instant::now();
+                    counts.a2c += written as u64;
+                    lm.bytes_a2c.inc_by(written as u64);
+                    if v2 {
+                        match recv.on_drained(written) {
+                            Ok(Some(increment)) => {
+                                let w = Frame::Window { id, credit: increment };
+                                if !send_out(&t, Out::Frame(w)).await {
+                                    return End::TunnelGone;
+                                }
+                            }
+                            Ok(None) => {}
+                            Err(_) => return End::Local(RstCode::FlowControl, "accounting"),
+                        }
+                    }
+                }
+            }
+            r = ctx.sock.readable(), if can_read => {
+                if r.is_err() {
+                    return End::Local(RstCode::Io, "client socket error");
+                }
+                let cap = if v2 {
+                    t.max_payload.min(credit.available() as usize)
+                } else {
+                    t.max_payload
+                };
+                let header = if v2 { HEADER_LEN } else { 0 };
+                let mut buf = BytesMut::with_capacity(header + cap);
+                if v2 {
+                    binary::put_header(&mut buf, FrameType::Data, id);
+                }
+                match ctx.sock.try_read_buf(&mut (&mut buf).limit(cap)) {
+                    Ok(0) => {
+                        reading = false;
+                        t.metrics.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
+                        if !send_out(&t, Out::Frame(Frame::Fin { id, dir: Dir::C2a })).await {
+                            return End::TunnelGone;
+                        }
+                    }
+                    Ok(n) => {
+                        last = Instant::now();
+                        counts.c2a += n as u64;
+                        lm.bytes_c2a.inc_by(n as u64);
+                        let bytes = if n <= SMALL_READ && cap > 2 * SMALL_READ {
+                            Bytes::copy_from_slice(&buf)
+                        } else {
+                            buf.freeze()
+                        };
+                        let item = if v2 {
+                            // Cannot fail: the read was capped at the available credit.
+                            if credit.consume(n).is_err() {
+                                return End::Local(RstCode::FlowControl, "credit");
+                            }
+                            Out::Raw(bytes)
+                        } else {
+                            Out::Frame(Frame::Data { id, payload: bytes })
+                        };
+                        if !send_out(&t, item).await {
+                            return End::TunnelGone;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return End::Local(RstCode::Io, "client read failed"),
+                }
+            }
+            () = &mut sleep, if idle.is_some() => {
+                let idle = idle.unwrap_or(far);
+                if last.elapsed() >= idle {
+                    return End::Local(RstCode::IdleTimeout, "");
+                }
+                sleep.as_mut().reset(last + idle);
+            }
+        }
+        if fin_in && queue.is_empty() && !write_shut {
+            // Every byte sent before the FIN is written: half-close towards the client.
+            let _ = ctx.sock.shutdown().await;
+            write_shut = true;
+        }
+    }
+}
+
+/// Writes as much of the queue as the socket takes now. Returns the bytes written.
+fn write_queued(sock: &TcpStream, queue: &mut VecDeque<Bytes>) -> io::Result<usize> {
+    let mut total = 0;
+    while !queue.is_empty() {
+        let n = {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut k = 0;
+            for b in queue.iter().take(MAX_IOV) {
+                iov[k] = IoSlice::new(b);
+                k += 1;
+            }
+            match sock.try_write_vectored(&iov[..k]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        total += n;
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = queue.front_mut() else { break };
+            if front.len() <= left {
+                left -= front.len();
+                queue.pop_front();
+            } else {
+                front.advance(left);
+                left = 0;
+            }
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,63 @@
+//! In-process TLS for `/tunnel` (rustls, ring provider), from PEM files.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+/// Builds the acceptor. Errors name the config key and file; they are the operator's to fix.
+pub(crate) fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            format!(
+                "tunnel.tls.cert_file: cannot read {}: {e}",
+                cfg.cert_file.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tunnel.tls.cert_file: no certificate in {}",
+            cfg.cert_file.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|e| {
+        format!(
+            "tunnel.tls.key_file: cannot read a private key from {}: {e}",
+            cfg.key_file.display()
+        )
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tunnel.tls: {e}"))?;
+    let builder = match &cfg.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    format!("tunnel.tls.client_ca: cannot read {}: {e}", path.display())
+                })?;
+            for ca in cas {
+                roots
+                    .add(ca)
+                    .map_err(|e| format!("tunnel.tls.client_ca: {}: {e}", path.display()))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("tunnel.tls.client_ca: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tunnel.tls: certificate and key do not match: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
