@@ -1,1 +1,129 @@
-//! placeholder
+//! NowConnect premise agent.
+//!
+//! One outbound WebSocket tunnel to the relay (`wss://`, or `ws://` when explicitly allowed for
+//! development) carries every stream; each stream is one TCP connection from the agent to an
+//! on-premise target. The agent never listens on a data-plane port: its only listener is the
+//! health port (`OK` / `READY`).
+//!
+//! Modules: [`config`] (flags > env > YAML > defaults), [`cli`] (the flags), `transport` (dial:
+//! TCP, TLS, WebSocket), `tls` (roots), `tunnel` (session loop and reconnects), `stream` (one
+//! target connection), `writer` (the tunnel's batching writer), `health`, `backoff`.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod health;
+mod stream;
+pub mod tls;
+pub mod transport;
+mod tunnel;
+pub mod url;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::AgentConfig;
+pub use health::HealthState;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configuration problem found only when it was used (the CA bundle file).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsSetupError),
+    #[error("cannot listen on health address {addr}: {source}")]
+    HealthBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// True when the operator's configuration is at fault (exit code 2).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Tls(_))
+    }
+}
+
+/// A running agent. Dropping it stops everything at once (tasks aborted, sockets closed), like
+/// `kill -9`; [`shutdown`](AgentHandle::shutdown) + [`wait`](AgentHandle::wait) stop it
+/// gracefully (the tunnel is closed with a WebSocket Close).
+#[derive(Debug)]
+pub struct AgentHandle {
+    health_addr: SocketAddr,
+    health: HealthState,
+    cancel: CancellationToken,
+    /// Health server and tunnel supervisor; each owns its children, so aborting them (on drop)
+    /// aborts every stream and the writer too.
+    tasks: JoinSet<()>,
+}
+
+impl AgentHandle {
+    /// The bound health address (useful with port 0).
+    pub fn health_addr(&self) -> SocketAddr {
+        self.health_addr
+    }
+
+    /// True between HELLO_ACK and the loss of the tunnel (what the health port says).
+    pub fn is_ready(&self) -> bool {
+        self.health.is_ready()
+    }
+
+    /// Starts a graceful stop; [`wait`](AgentHandle::wait) for it to finish.
+    pub fn shutdown(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits until every task has stopped (after [`shutdown`](AgentHandle::shutdown)).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Starts the agent: health port, then the tunnel (which keeps reconnecting until shutdown).
+/// Fails only on what retrying cannot fix: an unusable CA bundle or health address.
+pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, StartError> {
+    let tls = if cfg.url.secure {
+        Some(tls::client_config(cfg.ca_bundle.as_deref())?)
+    } else {
+        tracing::warn!(relay = %cfg.url, "ws:// tunnel without TLS: for local development only");
+        None
+    };
+    let addr = cfg.health_addr();
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::HealthBind { addr, source })?;
+    let health_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::HealthBind { addr, source })?;
+    let health = HealthState::default();
+    let cancel = CancellationToken::new();
+    let dialer = transport::Dialer::new(&cfg, tls);
+    tracing::info!(
+        agent_id = %cfg.agent_id,
+        relay = %cfg.url,
+        connectors = ?cfg.connectors,
+        health = %health_addr,
+        "agent starting"
+    );
+    let shared = Arc::new(tunnel::Shared {
+        cfg,
+        dialer,
+        health: health.clone(),
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(health::serve(listener, health.clone(), cancel.clone()));
+    tasks.spawn(tunnel::supervise(shared, cancel.clone()));
+    Ok(AgentHandle {
+        health_addr,
+        health,
+        cancel,
+        tasks,
+    })
+}

@@ -1,2 +1,105 @@
-//! placeholder
-fn main() {}
+//! `nowconnect-agent`: configuration, logging, runtime and signals around [`nowconnect_agent::start`].
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use nowconnect_agent::cli::Cli;
+use nowconnect_agent::config::{AgentConfig, LogFormat, ProcessEnv};
+
+/// How long a graceful stop may take before the remaining tasks are dropped.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match cli.load(&ProcessEnv) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("nowconnect-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check {
+        println!(
+            "configuration OK: agent_id={} relay={} connectors={} health={}",
+            cfg.agent_id,
+            cfg.url,
+            cfg.connectors.join(","),
+            cfg.health_addr()
+        );
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&cfg);
+    let runtime = if cli.multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match runtime {
+        Ok(rt) => rt.block_on(run(cfg)),
+        Err(e) => {
+            eprintln!("nowconnect-agent: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cfg: AgentConfig) -> ExitCode {
+    let handle = match nowconnect_agent::start(cfg).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("nowconnect-agent: {e}");
+            return ExitCode::from(if e.is_config() { 2 } else { 1 });
+        }
+    };
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    handle.shutdown();
+    if tokio::time::timeout(STOP_GRACE, handle.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("graceful stop timed out");
+    }
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the agent");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_logging(cfg: &AgentConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match cfg.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Plain => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("nowconnect-agent: cannot set up logging: {e}");
+    }
+}

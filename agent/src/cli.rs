@@ -1,0 +1,153 @@
+//! Command-line flags. Each flag overrides the environment and the YAML file.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config::{split_list, AgentConfig, ConfigError, Env, Layer, PartialTarget, Problem};
+
+/// NowConnect premise agent: one outbound tunnel to the relay, TCP streams to local targets.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "nowconnect-agent", version)]
+pub struct Cli {
+    /// YAML configuration file (premise.yaml).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Relay tunnel URL, wss://host[:port]/tunnel (NC_AGENT_URL).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// Agent id sent in HELLO (NC_AGENT_ID).
+    #[arg(long, value_name = "ID")]
+    pub agent_id: Option<String>,
+    /// Exported connectors, comma-separated (NC_CONNECTORS).
+    #[arg(long, value_name = "LIST")]
+    pub connectors: Option<String>,
+    /// Target of a connector, NAME=HOST:PORT; repeatable (NC_TARGET_<name>_HOST/_PORT).
+    #[arg(long = "target", value_name = "NAME=HOST:PORT")]
+    pub targets: Vec<String>,
+    /// File holding the bearer token, re-read at every connect (NC_TOKEN_FILE).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Extra trusted CA certificates, PEM (NC_CA_BUNDLE).
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Health listener address (NC_HEALTH_HOST, default 0.0.0.0).
+    #[arg(long, value_name = "IP")]
+    pub health_host: Option<String>,
+    /// Health listener port (NC_HEALTH_PORT, default 8090; 0 = any).
+    #[arg(long, value_name = "PORT")]
+    pub health_port: Option<u16>,
+    /// Tunnel protocol: auto, v1 or v2 (NC_PROTOCOL).
+    #[arg(long, value_name = "auto|v1|v2")]
+    pub protocol: Option<String>,
+    /// Allow an unencrypted ws:// relay URL (local development only; NC_ALLOW_INSECURE_WS).
+    #[arg(long)]
+    pub allow_insecure_ws: bool,
+    /// Target connect timeout in milliseconds (NC_CONNECT_TIMEOUT_MS).
+    #[arg(long, value_name = "MS")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Log level or tracing filter (NC_LOG_LEVEL).
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format: plain or json (NC_LOG_FORMAT).
+    #[arg(long, value_name = "plain|json")]
+    pub log_format: Option<String>,
+    /// Use a multi-threaded runtime instead of the default single thread.
+    #[arg(long)]
+    pub multi_thread: bool,
+    /// Validate the configuration, print it and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+impl Cli {
+    /// The flags as a configuration layer; malformed `--target` values go to `problems`.
+    pub fn layer(&self, problems: &mut Vec<Problem>) -> Layer {
+        let mut l = Layer {
+            url: self.url.clone(),
+            agent_id: self.agent_id.clone(),
+            connectors: self.connectors.as_deref().map(split_list),
+            token_file: self.token_file.clone(),
+            ca_bundle: self.ca_bundle.clone(),
+            allow_insecure_ws: self.allow_insecure_ws.then_some(true),
+            protocol: self.protocol.clone(),
+            connect_timeout_ms: self.connect_timeout_ms,
+            health_host: self.health_host.clone(),
+            health_port: self.health_port,
+            log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+            ..Layer::default()
+        };
+        for spec in &self.targets {
+            match parse_target(spec) {
+                Some((name, host, port)) => {
+                    l.targets.insert(
+                        name,
+                        PartialTarget {
+                            host: Some(host),
+                            port: Some(port),
+                        },
+                    );
+                }
+                None => problems.push(Problem {
+                    key: "--target".into(),
+                    message: format!(
+                        "`{}` is not NAME=HOST:PORT",
+                        spec.chars()
+                            .filter(|c| !c.is_control())
+                            .take(80)
+                            .collect::<String>()
+                    ),
+                }),
+            }
+        }
+        l
+    }
+
+    /// Loads the configuration with these flags, `env` and the `--config` file.
+    pub fn load(&self, env: &dyn Env) -> Result<AgentConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let flags = self.layer(&mut problems);
+        match AgentConfig::load(flags, self.config.as_deref(), env) {
+            Ok(cfg) if problems.is_empty() => Ok(cfg),
+            Ok(_) => Err(ConfigError::Invalid(problems)),
+            Err(ConfigError::Invalid(more)) => {
+                problems.extend(more);
+                Err(ConfigError::Invalid(problems))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// `name=host:port`, host possibly `[v6]`.
+fn parse_target(spec: &str) -> Option<(String, String, u16)> {
+    let (name, hostport) = spec.split_once('=')?;
+    let (host, port) = hostport.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0)?;
+    if name.trim().is_empty() || host.is_empty() {
+        return None;
+    }
+    Some((name.trim().to_owned(), host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_specs() {
+        assert_eq!(
+            parse_target("ad=10.0.0.5:389"),
+            Some(("ad".into(), "10.0.0.5".into(), 389))
+        );
+        assert_eq!(
+            parse_target("v6=[::1]:636"),
+            Some(("v6".into(), "::1".into(), 636))
+        );
+        assert_eq!(parse_target("ad=host"), None);
+        assert_eq!(parse_target("ad=host:0"), None);
+        assert_eq!(parse_target("=host:1"), None);
+    }
+}

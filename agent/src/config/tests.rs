@@ -1,0 +1,309 @@
+use std::collections::HashMap;
+
+use super::*;
+
+const MINIMAL: &str = "
+tunnel:
+  url: wss://relay.example.com/tunnel
+  agent_id: premise-01
+  exported_connectors: [addomain]
+targets:
+  addomain: {host: 10.0.0.5, port: 389}
+";
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn yaml_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("nc-agent-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write yaml");
+    p
+}
+
+#[test]
+fn minimal_yaml_gets_defaults() {
+    let c = AgentConfig::from_yaml_str(MINIMAL).expect("valid");
+    assert_eq!(c.url.host, "relay.example.com");
+    assert!(c.url.secure);
+    assert_eq!(c.agent_id, "premise-01");
+    assert_eq!(c.connectors, vec!["addomain".to_string()]);
+    assert_eq!(
+        c.targets["addomain"],
+        Target {
+            host: "10.0.0.5".into(),
+            port: 389
+        }
+    );
+    assert_eq!(c.health_addr().to_string(), "0.0.0.0:8090");
+    assert_eq!(c.protocol, ProtocolChoice::Auto);
+    assert_eq!(c.limits.connect_timeout, Duration::from_millis(5000));
+    assert_eq!(c.keepalive.ping_interval, Duration::from_secs(20));
+    assert_eq!(c.keepalive.ping_timeout, Duration::from_secs(20));
+    assert_eq!(c.log_format, LogFormat::Plain);
+    assert!(!c.allow_insecure_ws);
+    assert!(c.token_file.is_none());
+}
+
+#[test]
+fn full_yaml_is_read() {
+    let c = AgentConfig::from_yaml_str(
+        "
+tunnel:
+  url: ws://127.0.0.1:9/tunnel
+  agent_id: a1
+  exported_connectors: [x, y]
+  auth: {token_file: /run/tok}
+  protocol: v1
+  allow_insecure_ws: true
+  ping_interval_sec: 5
+  ping_timeout_sec: 7
+targets:
+  x: {host: h1, port: 1}
+  y: {host: h2, port: 2}
+limits: {connect_timeout_ms: 250, queue_depth_per_cid: 8, handshake_timeout_ms: 900,
+         reconnect_initial_ms: 10, reconnect_max_ms: 100}
+proxy: {ca_bundle: /etc/ca.pem}
+health: {host: 127.0.0.1, port: 0}
+logging: {level: WARNING, format: json}
+",
+    )
+    .expect("valid");
+    assert_eq!(c.protocol, ProtocolChoice::V1);
+    assert_eq!(
+        c.token_file.as_deref(),
+        Some(std::path::Path::new("/run/tok"))
+    );
+    assert_eq!(
+        c.ca_bundle.as_deref(),
+        Some(std::path::Path::new("/etc/ca.pem"))
+    );
+    assert_eq!(c.health_addr().to_string(), "127.0.0.1:0");
+    assert_eq!(c.limits.queue_depth_per_cid, 8);
+    assert_eq!(c.limits.connect_timeout, Duration::from_millis(250));
+    assert_eq!(c.limits.reconnect_max, Duration::from_millis(100));
+    assert_eq!(c.keepalive.ping_timeout, Duration::from_secs(7));
+    assert_eq!(c.log_level, "warn");
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.connectors, vec!["x".to_string(), "y".to_string()]);
+}
+
+#[test]
+fn connectors_default_to_the_targets() {
+    let c = AgentConfig::from_yaml_str(
+        "tunnel: {url: 'wss://r/t', agent_id: a}\ntargets: {b: {host: h, port: 2}, a: {host: h, port: 1}}",
+    )
+    .expect("valid");
+    assert_eq!(c.connectors, vec!["a".to_string(), "b".to_string()]);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_naming_the_key() {
+    let e = AgentConfig::from_yaml_str(
+        "
+tunnel:
+  agent_id: ''
+  exported_connectors: [ad, ad, db]
+  protocol: v3
+targets:
+  ad: {host: h}
+limits: {connect_timeout_ms: 0}
+health: {host: not-an-ip}
+logging: {format: xml}
+",
+    )
+    .expect_err("invalid");
+    let keys: Vec<&str> = e.problems().iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "tunnel.url",
+        "tunnel.agent_id",
+        "tunnel.exported_connectors",
+        "targets.ad.port",
+        "targets.db.host",
+        "targets.db.port",
+        "tunnel.protocol",
+        "limits.connect_timeout_ms",
+        "health.host",
+        "logging.format",
+    ] {
+        assert!(
+            keys.iter().any(|k| k.starts_with(want)),
+            "no problem for {want}: {keys:?}"
+        );
+    }
+    let line = e.to_string();
+    assert!(!line.contains('\n'), "one line: {line}");
+    assert!(line.starts_with("invalid configuration: "), "{line}");
+}
+
+#[test]
+fn unknown_yaml_keys_are_refused() {
+    let e =
+        AgentConfig::from_yaml_str("tunnel: {url: 'wss://r/t', agnet_id: a}").expect_err("typo");
+    assert!(matches!(e, ConfigError::Yaml { .. }), "{e}");
+    assert!(e.to_string().contains("agnet_id"), "{e}");
+    let e = AgentConfig::from_yaml_str("- a\n- b").expect_err("not a map");
+    assert!(matches!(e, ConfigError::Yaml { .. }), "{e}");
+}
+
+#[test]
+fn ws_is_refused_unless_allowed() {
+    let yaml = MINIMAL.replace("wss://relay.example.com", "ws://127.0.0.1:8765");
+    let e = AgentConfig::from_yaml_str(&yaml).expect_err("ws:// refused");
+    assert!(e.to_string().contains("ws:// is not encrypted"), "{e}");
+    assert!(e.to_string().contains("allow_insecure_ws"), "{e}");
+    let allowed = format!("{yaml}\n").replace("tunnel:\n", "tunnel:\n  allow_insecure_ws: true\n");
+    let c = AgentConfig::from_yaml_str(&allowed).expect("allowed");
+    assert!(!c.url.secure);
+    // The env switch works too.
+    let p = yaml_file("insecure.yaml", &yaml);
+    let c = AgentConfig::load(
+        Layer::default(),
+        Some(&p),
+        &env(&[("NC_ALLOW_INSECURE_WS", "true")]),
+    )
+    .expect("allowed by env");
+    assert!(c.allow_insecure_ws);
+}
+
+#[test]
+fn precedence_flags_over_env_over_yaml_over_defaults() {
+    let p = yaml_file(
+        "prec.yaml",
+        "
+tunnel: {url: 'wss://yaml/t', agent_id: yaml-id, exported_connectors: [ad]}
+targets: {ad: {host: yaml-host, port: 1}}
+health: {port: 1111}
+logging: {level: debug}
+",
+    );
+    let e = env(&[
+        ("NC_AGENT_ID", "env-id"),
+        ("NC_TARGET_ad_HOST", "env-host"),
+        ("NC_HEALTH_PORT", "2222"),
+        ("NC_LOG_LEVEL", "warn"),
+    ]);
+    let flags = Layer {
+        health_port: Some(3333),
+        ..Layer::default()
+    };
+    let c = AgentConfig::load(flags, Some(&p), &e).expect("valid");
+    assert_eq!(c.url.host, "yaml", "yaml when nothing overrides it");
+    assert_eq!(c.agent_id, "env-id", "env over yaml");
+    assert_eq!(c.targets["ad"].host, "env-host", "env over yaml, per field");
+    assert_eq!(c.targets["ad"].port, 1, "yaml port kept");
+    assert_eq!(c.health_port, 3333, "flag over env");
+    assert_eq!(c.log_level, "warn");
+    assert_eq!(c.health_host.to_string(), "0.0.0.0", "default");
+}
+
+#[test]
+fn env_alone_is_enough() {
+    let e = env(&[
+        ("NC_AGENT_URL", "wss://relay:8443/tunnel"),
+        ("NC_AGENT_ID", "premise-01"),
+        ("NC_CONNECTORS", "addomain, devdomain1"),
+        ("NC_TARGET_addomain_HOST", "10.1.1.1"),
+        ("NC_TARGET_addomain_PORT", "636"),
+        // Upper-case spelling, '-' and '.' as '_', is accepted too.
+        ("NC_TARGET_DEVDOMAIN1_HOST", "10.1.1.2"),
+        ("NC_TARGET_DEVDOMAIN1_PORT", "389"),
+        ("NC_TOKEN_FILE", "/run/secrets/token"),
+        ("NC_LOG_FORMAT", "json"),
+    ]);
+    let c = AgentConfig::load(Layer::default(), None, &e).expect("valid");
+    assert_eq!(c.url.port, 8443);
+    assert_eq!(
+        c.connectors,
+        vec!["addomain".to_string(), "devdomain1".to_string()]
+    );
+    assert_eq!(c.targets["devdomain1"].port, 389);
+    assert_eq!(c.targets["addomain"].port, 636);
+    assert_eq!(c.log_format, LogFormat::Json);
+}
+
+#[test]
+fn bad_env_values_name_the_variable() {
+    let e = env(&[
+        ("NC_AGENT_URL", "wss://relay/tunnel"),
+        ("NC_AGENT_ID", "a"),
+        ("NC_CONNECTORS", "ad"),
+        ("NC_TARGET_ad_HOST", "h"),
+        ("NC_TARGET_ad_PORT", "http"),
+        ("NC_HEALTH_PORT", "99999"),
+        ("NC_ALLOW_INSECURE_WS", "maybe"),
+    ]);
+    let err = AgentConfig::load(Layer::default(), None, &e).expect_err("invalid");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "NC_TARGET_ad_PORT",
+        "NC_HEALTH_PORT",
+        "NC_ALLOW_INSECURE_WS",
+    ] {
+        assert!(keys.contains(&want), "{want} missing in {keys:?}");
+    }
+}
+
+#[test]
+fn proxy_settings_are_refused_until_supported() {
+    let yaml = format!("{MINIMAL}proxy: {{https_proxy: 'http://proxy:3128'}}\n");
+    let e = AgentConfig::from_yaml_str(&yaml).expect_err("not implemented");
+    assert!(e.to_string().contains("proxy.https_proxy"), "{e}");
+    let p = yaml_file("proxy.yaml", MINIMAL);
+    let trust = env(&[("NC_TRUST_ENV", "true"), ("HTTPS_PROXY", "http://p:1")]);
+    assert!(AgentConfig::load(Layer::default(), Some(&p), &trust).is_err());
+    let trust_no_proxy = env(&[("NC_TRUST_ENV", "true")]);
+    assert!(AgentConfig::load(Layer::default(), Some(&p), &trust_no_proxy).is_ok());
+}
+
+#[test]
+fn missing_config_file_is_one_clear_line() {
+    let e = AgentConfig::load(
+        Layer::default(),
+        Some(std::path::Path::new("/nonexistent/premise.yaml")),
+        &env(&[]),
+    )
+    .expect_err("missing");
+    let s = e.to_string();
+    assert!(
+        s.contains("/nonexistent/premise.yaml") && !s.contains('\n'),
+        "{s}"
+    );
+}
+
+#[test]
+fn cli_flags_parse_into_a_layer() {
+    use clap::Parser;
+    let cli = crate::cli::Cli::try_parse_from([
+        "nowconnect-agent",
+        "--url",
+        "ws://127.0.0.1:1/t",
+        "--allow-insecure-ws",
+        "--agent-id",
+        "cli",
+        "--connectors",
+        "a,b",
+        "--target",
+        "a=127.0.0.1:10",
+        "--target",
+        "b=[::1]:11",
+        "--protocol",
+        "v2",
+        "--health-port",
+        "0",
+    ])
+    .expect("parses");
+    let c = cli.load(&env(&[("NC_AGENT_ID", "env")])).expect("valid");
+    assert_eq!(c.agent_id, "cli");
+    assert_eq!(c.protocol, ProtocolChoice::V2);
+    assert_eq!(c.targets["b"].host, "::1");
+    assert_eq!(c.health_port, 0);
+    let bad = crate::cli::Cli::try_parse_from(["x", "--target", "nonsense"]).expect("parses");
+    let e = bad.load(&env(&[])).expect_err("bad target");
+    assert!(e.problems().iter().any(|p| p.key == "--target"), "{e}");
+}

@@ -1,0 +1,517 @@
+//! The tunnel: one session per WebSocket connection, and the supervisor that reconnects.
+//!
+//! A session dials the relay, sends HELLO, waits for HELLO_ACK (health READY), then reads
+//! frames and dispatches them to stream tasks until the WebSocket closes, the keepalive fails
+//! or the agent stops. The session task owns the stream table and every per-stream receive
+//! window; stream tasks and the writer task live in `JoinSet`s owned by the session, so ending
+//! (or dropping) the session closes every target socket at once.
+//!
+//! The reader never waits on anything but the WebSocket: frames for a stream go into that
+//! stream's channel (bounded by the v2 window or the v1 queue depth, both enforced here), and
+//! control frames go to the writer's unbounded control queue.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use nowconnect_shared::subprotocol::Version;
+use nowconnect_shared::{
+    binary, DecodeError, Dir, Frame, Hello, RecvWindow, RstCode, StreamId, DEFAULT_WINDOW,
+};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::health::HealthState;
+use crate::stream::{self, Drained, StreamCtx, ToStream};
+use crate::transport::{DialError, Dialer};
+use crate::writer::{self, Encoder, Outgoing};
+
+/// A tunnel READY this long resets the reconnect backoff.
+const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+/// How long a graceful stop waits for the Close frame to go out.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Most streams one tunnel carries at once; more OPENs are reset (bounds agent memory).
+const MAX_STREAMS: usize = 65_536;
+
+/// What the supervisor and its sessions share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cfg: AgentConfig,
+    pub dialer: Dialer,
+    pub health: HealthState,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    Shutdown,
+    Dial(DialError),
+    HandshakeTimeout,
+    HelloTimeout,
+    RelayClosed { code: u16, reason: String },
+    Broken(String),
+    KeepaliveTimeout,
+    Protocol(String),
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Shutdown => f.write_str("agent shutting down"),
+            End::Dial(e) => write!(f, "{e}"),
+            End::HandshakeTimeout => f.write_str("timed out connecting to the relay"),
+            End::HelloTimeout => f.write_str("relay did not acknowledge HELLO in time"),
+            End::RelayClosed { code, reason } if reason.is_empty() => {
+                write!(f, "relay closed the tunnel (code {code})")
+            }
+            End::RelayClosed { code, reason } => {
+                write!(f, "relay closed the tunnel (code {code}: {reason})")
+            }
+            End::Broken(e) => write!(f, "tunnel broken: {e}"),
+            End::KeepaliveTimeout => f.write_str("no pong or frame from the relay in time"),
+            End::Protocol(e) => write!(f, "protocol error from the relay: {e}"),
+        }
+    }
+}
+
+/// Keeps a tunnel up until `cancel`: session, backoff, session, ...
+pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
+    let limits = &shared.cfg.limits;
+    let mut backoff = Backoff::new(limits.reconnect_initial, limits.reconnect_max);
+    loop {
+        let (end, ready_for) = session(&shared, &cancel).await;
+        shared.health.set_ready(false);
+        if cancel.is_cancelled() {
+            tracing::info!("tunnel stopped");
+            return;
+        }
+        if ready_for.is_some_and(|d| d >= HEALTHY_PERIOD) {
+            backoff.reset();
+        }
+        let delay = backoff.next_delay();
+        let delay_ms = delay.as_millis() as u64;
+        match &end {
+            End::Dial(e) => {
+                tracing::warn!(relay = %shared.dialer.url(), reason = e.reason(), error = %e, delay_ms, "cannot connect to the relay; retrying")
+            }
+            other => {
+                tracing::warn!(relay = %shared.dialer.url(), reason = %other, delay_ms, "tunnel down; reconnecting")
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                tracing::info!("tunnel stopped");
+                return;
+            }
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One connection to the relay, from dial to close. Returns why it ended and how long it was
+/// READY.
+async fn session(shared: &Shared, cancel: &CancellationToken) -> (End, Option<Duration>) {
+    let cfg = &shared.cfg;
+    let deadline = Instant::now() + cfg.limits.handshake_timeout;
+    let dialed = tokio::select! {
+        _ = cancel.cancelled() => return (End::Shutdown, None),
+        r = tokio::time::timeout_at(deadline, shared.dialer.connect()) => r,
+    };
+    let (ws, version) = match dialed {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => return (End::Dial(e), None),
+        Err(_) => return (End::HandshakeTimeout, None),
+    };
+    tracing::info!(relay = %shared.dialer.url(), protocol = version.name(), "connected; sending HELLO");
+    let (sink, reader) = ws.split();
+    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+    let (data_tx, data_rx) = mpsc::channel(writer::DATA_QUEUE);
+    let encoder = Encoder::new(version, cfg.limits.protocol);
+    let mut writer_task = JoinSet::new();
+    writer_task.spawn(writer::run(sink, ctrl_rx, data_rx, encoder.clone()));
+    let hello = Hello {
+        agent_id: cfg.agent_id.clone(),
+        connectors: cfg.connectors.clone(),
+        ver: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    let _ = ctrl_tx.send(Outgoing::Frame(Frame::Hello(hello)));
+    let (drained_tx, drained_rx) = mpsc::unbounded_channel();
+    let mut t = Session {
+        shared,
+        version,
+        encoder,
+        ctrl: ctrl_tx,
+        data: data_tx,
+        drained_tx,
+        streams: HashMap::new(),
+        tasks: JoinSet::new(),
+        next_serial: 0,
+        ready_at: None,
+    };
+    let end = t
+        .run(reader, drained_rx, &mut writer_task, cancel, deadline)
+        .await;
+    let ready_for = t.ready_at.map(|at| at.elapsed());
+    // Dropping `t` aborts every stream task (target sockets close at once) and `writer_task`
+    // aborts the writer, closing the WebSocket.
+    (end, ready_for)
+}
+
+/// Receive-side bookkeeping of one stream, owned by the session.
+#[derive(Debug)]
+struct Entry {
+    tx: mpsc::UnboundedSender<ToStream>,
+    serial: u64,
+    recv: Recv,
+}
+
+#[derive(Debug)]
+enum Recv {
+    /// v2: credit we granted and how much of it is buffered.
+    Window(RecvWindow),
+    /// v1: DATA frames queued and not yet written.
+    Queued(usize),
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    version: Version,
+    encoder: Encoder,
+    ctrl: mpsc::UnboundedSender<Outgoing>,
+    data: mpsc::Sender<Outgoing>,
+    drained_tx: mpsc::UnboundedSender<Drained>,
+    streams: HashMap<StreamId, Entry>,
+    tasks: JoinSet<(StreamId, u64)>,
+    next_serial: u64,
+    ready_at: Option<Instant>,
+}
+
+type Reader = futures_util::stream::SplitStream<crate::transport::WsStream>;
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        mut reader: Reader,
+        mut drained_rx: mpsc::UnboundedReceiver<Drained>,
+        writer_task: &mut JoinSet<Result<(), String>>,
+        cancel: &CancellationToken,
+        hello_deadline: Instant,
+    ) -> End {
+        let ka = self.shared.cfg.keepalive;
+        let mut last_seen = Instant::now();
+        // `Some(t)`: a ping went out at `t` and nothing has been checked since.
+        let mut ping_sent: Option<Instant> = None;
+        let keepalive = tokio::time::sleep(ka.ping_interval);
+        tokio::pin!(keepalive);
+        let hello_timer = sleep_until(hello_deadline);
+        tokio::pin!(hello_timer);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => {
+                    let _ = self.ctrl.send(Outgoing::Close { code: 1001, reason: "agent shutting down" });
+                    let _ = tokio::time::timeout(CLOSE_GRACE, writer_task.join_next()).await;
+                    return End::Shutdown;
+                }
+                r = writer_task.join_next() => {
+                    return match r {
+                        Some(Ok(Err(e))) => End::Broken(e),
+                        _ => End::Broken("writer stopped".into()),
+                    };
+                }
+                _ = &mut hello_timer, if self.ready_at.is_none() => return End::HelloTimeout,
+                _ = &mut keepalive => {
+                    let now = Instant::now();
+                    match ping_sent {
+                        Some(t) if last_seen < t => return End::KeepaliveTimeout,
+                        Some(t) => {
+                            ping_sent = None;
+                            keepalive.as_mut().reset(t + ka.ping_interval);
+                        }
+                        None => {
+                            let _ = self.ctrl.send(Outgoing::Ping);
+                            ping_sent = Some(now);
+                            keepalive.as_mut().reset(now + ka.ping_timeout);
+                        }
+                    }
+                }
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match done {
+                        Ok((id, serial)) => {
+                            if self.streams.get(&id).is_some_and(|e| e.serial == serial) {
+                                self.streams.remove(&id);
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "stream task failed"),
+                    }
+                }
+                Some(d) = drained_rx.recv() => self.on_drained(d),
+                msg = reader.next() => {
+                    last_seen = Instant::now();
+                    let msg = match msg {
+                        None => return End::Broken("connection closed".into()),
+                        Some(Err(e)) => return End::Broken(e.to_string()),
+                        Some(Ok(m)) => m,
+                    };
+                    if let Some(end) = self.on_message(msg) {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Handles one WebSocket message; `Some` ends the session.
+    fn on_message(&mut self, msg: Message) -> Option<End> {
+        let decoded = match (msg, &self.encoder) {
+            (Message::Binary(b), Encoder::V2(limits)) => match binary::decode(&b, limits) {
+                Ok(f) => f,
+                Err(e) => {
+                    let id = b
+                        .get(1..5)
+                        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+                        .map(u32::from_be_bytes)
+                        .unwrap_or(0);
+                    self.on_decode_error(id, &e);
+                    return None;
+                }
+            },
+            (Message::Text(t), Encoder::V1(codec)) => {
+                let r = writer::lock(codec).decode(t.as_str());
+                match r {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let id = match e {
+                            DecodeError::Seq { id, .. } => id,
+                            _ => 0,
+                        };
+                        self.on_decode_error(id, &e);
+                        return None;
+                    }
+                }
+            }
+            (Message::Binary(_), Encoder::V1(_)) | (Message::Text(_), Encoder::V2(_)) => {
+                let _ = self.ctrl.send(Outgoing::Close {
+                    code: 1002,
+                    reason: "wrong message type",
+                });
+                return Some(End::Protocol(format!(
+                    "{} tunnel received the other message type",
+                    self.version.name()
+                )));
+            }
+            (Message::Close(frame), _) => {
+                let (code, reason) = frame
+                    .map(|f| {
+                        let reason: String = f
+                            .reason
+                            .as_str()
+                            .chars()
+                            .filter(|c| !c.is_control())
+                            .take(120)
+                            .collect();
+                        (u16::from(f.code), reason)
+                    })
+                    .unwrap_or((1005, String::new()));
+                return Some(End::RelayClosed { code, reason });
+            }
+            // Pings are answered by tungstenite; pings and pongs only prove liveness.
+            (Message::Ping(_) | Message::Pong(_) | Message::Frame(_), _) => return None,
+        };
+        self.on_frame(decoded)
+    }
+
+    fn on_decode_error(&mut self, id: StreamId, e: &DecodeError) {
+        if matches!(e, DecodeError::BadCid) {
+            // v1 frame for a cid we already forgot (it crossed our RST): ignore.
+            tracing::debug!("frame for an unknown cid ignored");
+            return;
+        }
+        if id != 0 && self.streams.contains_key(&id) {
+            tracing::warn!(id, error = %e, "invalid frame; resetting the stream");
+            self.reset(id, RstCode::Protocol, "invalid frame");
+        } else {
+            tracing::warn!(error = %e, "invalid frame from the relay ignored");
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame) -> Option<End> {
+        if self.ready_at.is_none() {
+            return match frame {
+                Frame::HelloAck => {
+                    self.ready_at = Some(Instant::now());
+                    self.shared.health.set_ready(true);
+                    tracing::info!(
+                        agent_id = %self.shared.cfg.agent_id,
+                        connectors = self.shared.cfg.connectors.len(),
+                        "HELLO_ACK received; READY"
+                    );
+                    None
+                }
+                other => {
+                    let _ = self.ctrl.send(Outgoing::Close {
+                        code: 1002,
+                        reason: "frame before HELLO_ACK",
+                    });
+                    Some(End::Protocol(format!("{} before HELLO_ACK", other.kind())))
+                }
+            };
+        }
+        match frame {
+            Frame::Open { id, connector, .. } => self.on_open(id, connector),
+            Frame::Data { id, payload } => {
+                let len = payload.len();
+                let Some(e) = self.streams.get_mut(&id) else {
+                    if self.version == Version::V1 {
+                        // Decoding it re-created seq state for the finished stream; drop it again.
+                        let _ = self.data.try_send(Outgoing::Forget(id));
+                    }
+                    return None;
+                };
+                let depth = self.shared.cfg.limits.queue_depth_per_cid;
+                let over = match &mut e.recv {
+                    Recv::Window(w) => w
+                        .on_data(len)
+                        .err()
+                        .map(|_| (RstCode::FlowControl, "credit exceeded")),
+                    Recv::Queued(n) => {
+                        *n += 1;
+                        (*n > depth).then_some((RstCode::QueueOverflow, "queue overflow"))
+                    }
+                };
+                match over {
+                    Some((code, reason)) => {
+                        tracing::warn!(id, code = code.as_str(), "resetting stream");
+                        self.reset(id, code, reason);
+                    }
+                    None => {
+                        let _ = e.tx.send(ToStream::Data(payload));
+                    }
+                }
+            }
+            Frame::Fin { id, dir: Dir::C2a } => {
+                if let Some(e) = self.streams.get(&id) {
+                    let _ = e.tx.send(ToStream::Fin);
+                }
+            }
+            Frame::Fin { id, dir: Dir::A2c } => {
+                if self.streams.contains_key(&id) {
+                    self.reset(id, RstCode::Protocol, "FIN a2c from the relay");
+                }
+            }
+            Frame::Rst { id, code, .. } => {
+                if self.streams.remove(&id).is_some() {
+                    tracing::debug!(id, code = code.as_str(), "stream reset by the relay");
+                }
+            }
+            Frame::Window { id, credit } => {
+                if let Some(e) = self.streams.get(&id) {
+                    let _ = e.tx.send(ToStream::Window(credit));
+                }
+            }
+            Frame::Hello(_) | Frame::HelloAck => {
+                tracing::debug!("unexpected connection frame ignored");
+            }
+        }
+        None
+    }
+
+    fn on_open(&mut self, id: StreamId, connector: String) {
+        if let Some(old) = self.streams.get(&id) {
+            if !old.tx.is_closed() {
+                tracing::warn!(id, "OPEN for a stream id in use");
+                self.reset(id, RstCode::Protocol, "stream id in use");
+                return;
+            }
+            // The old stream has finished and is only waiting to be reaped.
+            self.streams.remove(&id);
+        }
+        let cfg = &self.shared.cfg;
+        let Some(target) = cfg.targets.get(&connector) else {
+            tracing::info!(id, connector = %printable(&connector), "OPEN for a connector this agent does not export");
+            self.send_rst(
+                id,
+                RstCode::UnknownConnector,
+                "connector not exported by this agent",
+            );
+            return;
+        };
+        if self.streams.len() >= MAX_STREAMS {
+            tracing::warn!(id, connector = %connector, "stream limit reached");
+            self.send_rst(id, RstCode::Other, "agent stream limit reached");
+            return;
+        }
+        tracing::debug!(id, connector = %connector, "OPEN");
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.next_serial += 1;
+        let ctx = StreamCtx {
+            id,
+            serial: self.next_serial,
+            connector,
+            target: target.clone(),
+            connect_timeout: cfg.limits.connect_timeout,
+            version: self.version,
+            max_payload: cfg.limits.protocol.max_payload,
+            window: DEFAULT_WINDOW,
+            out: self.data.clone(),
+            drained: self.drained_tx.clone(),
+        };
+        self.tasks.spawn(stream::run(ctx, rx));
+        let recv = match self.version {
+            Version::V2 => Recv::Window(RecvWindow::new(DEFAULT_WINDOW)),
+            Version::V1 => Recv::Queued(0),
+        };
+        self.streams.insert(
+            id,
+            Entry {
+                tx,
+                serial: self.next_serial,
+                recv,
+            },
+        );
+    }
+
+    fn on_drained(&mut self, d: Drained) {
+        let Some(e) = self.streams.get_mut(&d.id).filter(|e| e.serial == d.serial) else {
+            return;
+        };
+        match &mut e.recv {
+            Recv::Window(w) => match w.on_drained(d.bytes) {
+                Ok(Some(credit)) => {
+                    let _ = self
+                        .ctrl
+                        .send(Outgoing::Frame(Frame::Window { id: d.id, credit }));
+                }
+                Ok(None) => {}
+                Err(err) => tracing::error!(id = d.id, error = %err, "window accounting"),
+            },
+            Recv::Queued(n) => *n = n.saturating_sub(d.frames),
+        }
+    }
+
+    /// Resets a live stream: RST to the relay, and the stream task closes its socket at once.
+    fn reset(&mut self, id: StreamId, code: RstCode, reason: &str) {
+        self.send_rst(id, code, reason);
+        self.streams.remove(&id);
+    }
+
+    fn send_rst(&self, id: StreamId, code: RstCode, reason: &str) {
+        let rst = Frame::Rst {
+            id,
+            code,
+            reason: reason.to_owned(),
+        };
+        let _ = self.ctrl.send(Outgoing::Frame(rst));
+    }
+}
+
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(64).collect()
+}

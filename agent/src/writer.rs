@@ -1,0 +1,138 @@
+//! The tunnel's only writer: one task owns the WebSocket sink and turns queued frames into
+//! messages, feeding every frame that is ready and flushing once the queues drain, so several
+//! frames share one TLS record and one syscall.
+//!
+//! Two queues feed it. `ctrl` (unbounded) carries what the tunnel reader produces: HELLO, RST,
+//! WINDOW, pings, close. The reader must never wait on the writer (both peers waiting on full
+//! socket buffers would deadlock), and each control frame answers one received frame or one
+//! drained half-window, so the queue stays small while the socket moves. `data` (bounded)
+//! carries the stream tasks' DATA/FIN: when the tunnel is slower than the targets, the streams
+//! wait here instead of buffering without bound. Control frames go first.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use nowconnect_shared::subprotocol::Version;
+use nowconnect_shared::{binary, Frame, Limits, StreamId, V1Codec};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::transport::WsStream;
+
+/// Capacity of the data queue, in frames (each at most one max payload).
+pub(crate) const DATA_QUEUE: usize = 64;
+/// Most frames fed before a flush even if more are waiting (bounds flush latency).
+const MAX_BATCH: usize = 64;
+
+/// One item for the writer.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// Encoded here for the tunnel's protocol version.
+    Frame(Frame),
+    /// A v2 frame already encoded by its producer (DATA read straight after its header).
+    Encoded(Bytes),
+    /// A WebSocket ping (keepalive).
+    Ping,
+    /// v1: the stream's last frame has been queued; drop its cid/seq state. Travels behind
+    /// the stream's frames so it is applied after they are encoded.
+    Forget(StreamId),
+    /// Close the WebSocket and stop.
+    Close { code: u16, reason: &'static str },
+}
+
+/// How frames become messages on this tunnel.
+#[derive(Debug, Clone)]
+pub(crate) enum Encoder {
+    V2(Limits),
+    /// v1 state is shared with the reader: both map cids and track seq (see `V1Codec`).
+    V1(Arc<Mutex<V1Codec>>),
+}
+
+impl Encoder {
+    pub(crate) fn new(version: Version, limits: Limits) -> Encoder {
+        match version {
+            Version::V2 => Encoder::V2(limits),
+            Version::V1 => Encoder::V1(Arc::new(Mutex::new(V1Codec::new(limits)))),
+        }
+    }
+
+    /// `None` for items that produce no message (Forget) or frames that fail to encode
+    /// (which would be our bug; logged).
+    fn encode(&self, item: Outgoing) -> Option<Message> {
+        match (item, self) {
+            (Outgoing::Encoded(b), _) => Some(Message::Binary(b)),
+            (Outgoing::Ping, _) => Some(Message::Ping(Bytes::new())),
+            (Outgoing::Close { code, reason }, _) => Some(Message::Close(Some(CloseFrame {
+                code: CloseCode::from(code),
+                reason: reason.into(),
+            }))),
+            (Outgoing::Forget(id), Encoder::V1(codec)) => {
+                lock(codec).forget(id);
+                None
+            }
+            (Outgoing::Forget(_), Encoder::V2(_)) => None,
+            (Outgoing::Frame(f), Encoder::V2(limits)) => {
+                match binary::encode_to_bytes(&f, limits) {
+                    Ok(b) => Some(Message::Binary(b)),
+                    Err(e) => {
+                        tracing::error!(frame = f.kind(), id = f.stream_id(), error = %e, "cannot encode frame");
+                        None
+                    }
+                }
+            }
+            (Outgoing::Frame(f), Encoder::V1(codec)) => match lock(codec).encode(&f) {
+                Ok(text) => Some(Message::text(text)),
+                Err(e) => {
+                    tracing::error!(frame = f.kind(), id = f.stream_id(), error = %e, "cannot encode frame");
+                    None
+                }
+            },
+        }
+    }
+}
+
+/// Locks the v1 codec. A panic while holding it cannot leave it inconsistent in a way that
+/// matters more than losing the tunnel, so poisoning is ignored.
+pub(crate) fn lock(codec: &Mutex<V1Codec>) -> std::sync::MutexGuard<'_, V1Codec> {
+    codec.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs until the queues close, a Close was sent, or the WebSocket fails.
+/// Returns the error text when the WebSocket failed.
+pub(crate) async fn run(
+    mut sink: SplitSink<WsStream, Message>,
+    mut ctrl: mpsc::UnboundedReceiver<Outgoing>,
+    mut data: mpsc::Receiver<Outgoing>,
+    encoder: Encoder,
+) -> Result<(), String> {
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(item) = ctrl.recv() => item,
+            Some(item) = data.recv() => item,
+            else => return Ok(()),
+        };
+        let mut closing = false;
+        let mut next = Some(first);
+        let mut fed = 0;
+        while let Some(item) = next.take() {
+            closing |= matches!(item, Outgoing::Close { .. });
+            if let Some(msg) = encoder.encode(item) {
+                sink.feed(msg).await.map_err(|e| e.to_string())?;
+            }
+            fed += 1;
+            if closing || fed >= MAX_BATCH {
+                break;
+            }
+            next = ctrl.try_recv().ok().or_else(|| data.try_recv().ok());
+        }
+        sink.flush().await.map_err(|e| e.to_string())?;
+        if closing {
+            return Ok(());
+        }
+    }
+}
