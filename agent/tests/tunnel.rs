@@ -1,0 +1,403 @@
+//! The agent against a mock relay written here: HELLO, health OK/READY, streams to a local
+//! echo target, connect failures, unknown connectors, flow control, reconnects.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use nowconnect_agent::AgentConfig;
+use nowconnect_shared::subprotocol::Version;
+use nowconnect_shared::{Dir, Frame, RecvWindow, RstCode, StreamId, DEFAULT_WINDOW};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+/// The mock relay's flow-control state of one stream (v2), kept from OPEN on.
+struct Flow {
+    id: StreamId,
+    /// Bytes we may still send to the agent.
+    credit: usize,
+    /// What we granted the agent.
+    window: RecvWindow,
+}
+
+impl Flow {
+    fn new(id: StreamId) -> Flow {
+        Flow {
+            id,
+            credit: DEFAULT_WINDOW as usize,
+            window: RecvWindow::new(DEFAULT_WINDOW),
+        }
+    }
+}
+
+/// Sends `payload` on the stream (within the agent's credit on v2), optionally FIN, and
+/// collects what comes back until `expect` bytes arrived. Returns the bytes and whether FIN a2c
+/// was seen.
+async fn exchange(
+    conn: &mut MockConn,
+    flow: &mut Flow,
+    payload: &[u8],
+    fin: bool,
+    expect: usize,
+) -> (Vec<u8>, bool) {
+    let v2 = conn.version == Version::V2;
+    let id = flow.id;
+    let credit = &mut flow.credit;
+    let window = &mut flow.window;
+    if !v2 {
+        *credit = usize::MAX;
+    }
+    let mut sent = 0;
+    let mut fin_sent = false;
+    let mut got = Vec::new();
+    let mut fin_seen = false;
+    loop {
+        while sent < payload.len() && *credit > 0 {
+            let n = (payload.len() - sent).min(*credit).min(64 * 1024);
+            let chunk = Bytes::copy_from_slice(&payload[sent..sent + n]);
+            conn.send(Frame::Data { id, payload: chunk }).await;
+            sent += n;
+            if v2 {
+                *credit -= n;
+            }
+        }
+        if fin && !fin_sent && sent == payload.len() {
+            conn.send(Frame::Fin { id, dir: Dir::C2a }).await;
+            fin_sent = true;
+        }
+        if got.len() >= expect && (!fin || fin_seen) && sent == payload.len() {
+            return (got, fin_seen);
+        }
+        match conn.recv().await {
+            Frame::Data { id: i, payload } if i == id => {
+                got.extend_from_slice(&payload);
+                if v2 {
+                    window
+                        .on_data(payload.len())
+                        .expect("agent stayed within credit");
+                    if let Some(inc) = window.on_drained(payload.len()).expect("drained") {
+                        conn.send(Frame::Window { id, credit: inc }).await;
+                    }
+                }
+            }
+            Frame::Window { id: i, credit: c } if i == id => {
+                assert!(v2, "WINDOW on a v1 tunnel");
+                *credit += c as usize;
+            }
+            Frame::Fin {
+                id: i,
+                dir: Dir::A2c,
+            } if i == id => fin_seen = true,
+            other => panic!("unexpected frame on stream {id}: {other:?}"),
+        }
+    }
+}
+
+async fn expect_hello(conn: &mut MockConn, connectors: &[&str]) {
+    match conn.recv().await {
+        Frame::Hello(h) => {
+            assert_eq!(h.agent_id, "premise-01");
+            assert_eq!(h.connectors, connectors);
+        }
+        other => panic!("first frame must be HELLO, got {other:?}"),
+    }
+}
+
+async fn expect_rst(conn: &mut MockConn, id: StreamId, code: RstCode) {
+    match conn.recv().await {
+        Frame::Rst { id: i, code: c, .. } => {
+            assert_eq!((i, c), (id, code), "RST for stream {id}");
+        }
+        other => panic!("expected RST {code:?} for {id}, got {other:?}"),
+    }
+}
+
+async fn full_session(protocol: &str, version: Version) {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let refused: SocketAddr = format!("127.0.0.1:{}", refused_port().await)
+        .parse()
+        .expect("addr");
+    let yaml = agent_yaml(&relay.url(), protocol, &[("echo", echo), ("down", refused)]);
+    let cfg = AgentConfig::from_yaml_str(&yaml).expect("config");
+    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let health_addr = agent.health_addr();
+    assert_ne!(health_addr.port(), 0, "bound port reported");
+
+    let mut conn = relay.accept(Select::Negotiate).await;
+    assert_eq!(conn.version, version);
+    assert_eq!(conn.upgrade.path, "/tunnel");
+    assert!(
+        conn.upgrade.authorization.is_none(),
+        "no token file, no header"
+    );
+    expect_hello(&mut conn, &["echo", "down"]).await;
+    assert_eq!(
+        health(health_addr).await,
+        "OK\n",
+        "not READY before HELLO_ACK"
+    );
+    assert!(!agent.is_ready());
+
+    conn.send(Frame::HelloAck).await;
+    wait_until("health READY", || async {
+        health(health_addr).await == "READY\n"
+    })
+    .await;
+
+    // A stream to the echo target: bytes round-trip, more than one window each way (v2).
+    conn.send(Frame::Open {
+        id: 1,
+        connector: "echo".into(),
+        client_addr: Some("192.0.2.1:5000".into()),
+    })
+    .await;
+    let mut s1 = Flow::new(1);
+    let (got, _) = exchange(&mut conn, &mut s1, b"hello", false, 5).await;
+    assert_eq!(got, b"hello");
+    let big = pattern(600 * 1024, 7);
+    let (got, fin_seen) = exchange(&mut conn, &mut s1, &big, true, big.len()).await;
+    assert!(got == big, "600 KiB echoed byte-exact");
+    assert!(fin_seen, "FIN c2a -> target EOF -> echo closes -> FIN a2c");
+
+    // Target refuses: RST connect_failed. Unknown connector: RST unknown_connector.
+    conn.send(Frame::Open {
+        id: 3,
+        connector: "down".into(),
+        client_addr: None,
+    })
+    .await;
+    expect_rst(&mut conn, 3, RstCode::ConnectFailed).await;
+    conn.send(Frame::Open {
+        id: 5,
+        connector: "nope".into(),
+        client_addr: None,
+    })
+    .await;
+    expect_rst(&mut conn, 5, RstCode::UnknownConnector).await;
+
+    // The agent is still fine: another stream works.
+    conn.send(Frame::Open {
+        id: 7,
+        connector: "echo".into(),
+        client_addr: None,
+    })
+    .await;
+    let (got, _) = exchange(&mut conn, &mut Flow::new(7), b"still here", false, 10).await;
+    assert_eq!(got, b"still here");
+
+    // The relay goes away: health drops to OK, and the agent comes back with a new HELLO.
+    drop(conn);
+    wait_until("health back to OK", || async {
+        health(health_addr).await == "OK\n"
+    })
+    .await;
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["echo", "down"]).await;
+    conn.send(Frame::HelloAck).await;
+    wait_until("READY again", || async {
+        health(health_addr).await == "READY\n"
+    })
+    .await;
+    conn.send(Frame::Open {
+        id: 1,
+        connector: "echo".into(),
+        client_addr: None,
+    })
+    .await;
+    let (got, _) = exchange(&mut conn, &mut Flow::new(1), b"after reconnect", false, 15).await;
+    assert_eq!(got, b"after reconnect");
+
+    agent.shutdown();
+    // Graceful stop closes the WebSocket with a Close frame.
+    assert!(conn.try_recv().await.is_none(), "tunnel closed on shutdown");
+    within("agent stop", agent.wait()).await;
+}
+
+#[tokio::test]
+async fn v2_session_end_to_end() {
+    full_session("v2", Version::V2).await;
+}
+
+#[tokio::test]
+async fn v1_session_end_to_end() {
+    full_session("v1", Version::V1).await;
+}
+
+#[tokio::test]
+async fn auto_offers_both_and_gets_v2() {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "auto", &[("echo", echo)]))
+        .expect("config");
+    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    assert_eq!(
+        conn.upgrade.offered.as_deref(),
+        Some("nowconnect.v2, nowconnect.v1")
+    );
+    assert_eq!(conn.version, Version::V2);
+    expect_hello(&mut conn, &["echo"]).await;
+}
+
+#[tokio::test]
+async fn reference_hub_without_subprotocol_gets_v1() {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "auto", &[("echo", echo)]))
+        .expect("config");
+    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    // First upgrade offers both; the hub answers with none, which tungstenite refuses.
+    let first = relay.accept(Select::Nothing).await;
+    assert!(first.upgrade.offered.is_some());
+    // The agent dials again offering nothing and speaks v1.
+    let mut conn = relay.accept(Select::Nothing).await;
+    assert_eq!(conn.upgrade.offered, None);
+    assert_eq!(conn.version, Version::V1);
+    expect_hello(&mut conn, &["echo"]).await;
+    conn.send(Frame::HelloAck).await;
+    let addr = agent.health_addr();
+    wait_until("READY", || async { health(addr).await == "READY\n" }).await;
+    conn.send(Frame::Open {
+        id: 9,
+        connector: "echo".into(),
+        client_addr: None,
+    })
+    .await;
+    let (got, _) = exchange(&mut conn, &mut Flow::new(9), b"legacy", false, 6).await;
+    assert_eq!(got, b"legacy");
+}
+
+#[tokio::test]
+async fn token_file_is_sent_as_bearer() {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let dir = std::env::temp_dir().join(format!("nc-agent-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let tok = dir.join("token");
+    std::fs::write(&tok, "first.token.value\n").expect("write");
+    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo)]).replace(
+        "tunnel:\n",
+        &format!("tunnel:\n  auth: {{token_file: '{}'}}\n", tok.display()),
+    );
+    let cfg = AgentConfig::from_yaml_str(&yaml).expect("config");
+    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let conn = relay.accept(Select::Negotiate).await;
+    assert_eq!(
+        conn.upgrade.authorization.as_deref(),
+        Some("Bearer first.token.value")
+    );
+    // Rotated file: the next connect sends the new token.
+    std::fs::write(&tok, "second.token.value").expect("write");
+    drop(conn);
+    let conn = relay.accept(Select::Negotiate).await;
+    assert_eq!(
+        conn.upgrade.authorization.as_deref(),
+        Some("Bearer second.token.value")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn dead_relay_is_detected_by_keepalive() {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo)]).replace(
+        "tunnel:\n",
+        "tunnel:\n  ping_interval_sec: 1\n  ping_timeout_sec: 1\n",
+    );
+    let cfg = AgentConfig::from_yaml_str(&yaml).expect("config");
+    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["echo"]).await;
+    conn.send(Frame::HelloAck).await;
+    let addr = agent.health_addr();
+    wait_until("READY", || async { health(addr).await == "READY\n" }).await;
+    // The relay stops reading (no pongs, no frames) but keeps the socket open.
+    let started = tokio::time::Instant::now();
+    let mut again = relay.accept(Select::Negotiate).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500),
+        "reconnected after {took:?}: before the keepalive could have expired"
+    );
+    expect_hello(&mut again, &["echo"]).await;
+    drop(conn);
+}
+
+#[tokio::test]
+async fn dropping_the_handle_closes_target_sockets_at_once() {
+    let relay = MockRelay::bind().await;
+    // A target that reports when its client goes away.
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let taddr = target.local_addr().expect("addr");
+    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "v2", &[("t", taddr)]))
+        .expect("config");
+    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["t"]).await;
+    conn.send(Frame::HelloAck).await;
+    conn.send(Frame::Open {
+        id: 1,
+        connector: "t".into(),
+        client_addr: None,
+    })
+    .await;
+    let (mut sock, _) = within("target accept", target.accept())
+        .await
+        .expect("accept");
+    sock.write_all(b"x").await.expect("write");
+    match conn.recv().await {
+        Frame::Data { id: 1, payload } => assert_eq!(&payload[..], b"x"),
+        other => panic!("expected DATA, got {other:?}"),
+    }
+    drop(agent);
+    let mut buf = [0u8; 8];
+    let n = within("target socket closed", sock.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0, "target sees EOF/reset when the agent is dropped");
+    assert!(conn.try_recv().await.is_none(), "tunnel closed too");
+}
+
+#[tokio::test]
+async fn relay_rst_closes_the_target_socket() {
+    let relay = MockRelay::bind().await;
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let taddr = target.local_addr().expect("addr");
+    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "v1", &[("t", taddr)]))
+        .expect("config");
+    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["t"]).await;
+    conn.send(Frame::HelloAck).await;
+    conn.send(Frame::Open {
+        id: 2,
+        connector: "t".into(),
+        client_addr: None,
+    })
+    .await;
+    let (mut sock, _) = within("target accept", target.accept())
+        .await
+        .expect("accept");
+    conn.send(Frame::Rst {
+        id: 2,
+        code: RstCode::Shutdown,
+        reason: String::new(),
+    })
+    .await;
+    let mut buf = [0u8; 8];
+    let n = within("target socket closed", sock.read(&mut buf))
+        .await
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}
