@@ -401,3 +401,168 @@ async fn relay_rst_closes_the_target_socket() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+/// A target that never reads: its stream must stall alone (v2), not the tunnel.
+#[tokio::test]
+async fn slow_target_stalls_only_its_own_stream() {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let stuck = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stuck_addr = stuck.local_addr().expect("addr");
+    let cfg = AgentConfig::from_yaml_str(&agent_yaml(
+        &relay.url(),
+        "v2",
+        &[("echo", echo), ("stuck", stuck_addr)],
+    ))
+    .expect("config");
+    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["echo", "stuck"]).await;
+    conn.send(Frame::HelloAck).await;
+    conn.send(Frame::Open {
+        id: 1,
+        connector: "stuck".into(),
+        client_addr: None,
+    })
+    .await;
+    let (_held, _) = within("stuck accept", stuck.accept())
+        .await
+        .expect("accept");
+    // Fill the stuck stream's whole window at once.
+    for chunk in pattern(DEFAULT_WINDOW as usize, 3).chunks(64 * 1024) {
+        conn.send(Frame::Data {
+            id: 1,
+            payload: Bytes::copy_from_slice(chunk),
+        })
+        .await;
+    }
+    // Another stream on the same tunnel moves 1 MiB both ways meanwhile.
+    conn.send(Frame::Open {
+        id: 2,
+        connector: "echo".into(),
+        client_addr: None,
+    })
+    .await;
+    let data = pattern(1024 * 1024, 9);
+    let mut flow = Flow::new(2);
+    let (got, _) = exchange_ignoring(&mut conn, &mut flow, &data, 1).await;
+    assert!(
+        got == data,
+        "second stream byte-exact while the first is stalled"
+    );
+}
+
+/// Like `exchange`, but frames for stream `other` (WINDOW credit returned by a stalled stream
+/// as the kernel absorbs its bytes) are tolerated.
+async fn exchange_ignoring(
+    conn: &mut MockConn,
+    flow: &mut Flow,
+    payload: &[u8],
+    other: StreamId,
+) -> (Vec<u8>, bool) {
+    let id = flow.id;
+    let mut sent = 0;
+    let mut got = Vec::new();
+    while got.len() < payload.len() {
+        while sent < payload.len() && flow.credit > 0 {
+            let n = (payload.len() - sent).min(flow.credit).min(64 * 1024);
+            conn.send(Frame::Data {
+                id,
+                payload: Bytes::copy_from_slice(&payload[sent..sent + n]),
+            })
+            .await;
+            sent += n;
+            flow.credit -= n;
+        }
+        match conn.recv().await {
+            Frame::Data { id: i, payload } if i == id => {
+                got.extend_from_slice(&payload);
+                flow.window.on_data(payload.len()).expect("within credit");
+                if let Some(inc) = flow.window.on_drained(payload.len()).expect("drained") {
+                    conn.send(Frame::Window { id, credit: inc }).await;
+                }
+            }
+            Frame::Window { id: i, credit } if i == id => flow.credit += credit as usize,
+            Frame::Window { id: i, .. } if i == other => {}
+            f => panic!("unexpected frame {f:?}"),
+        }
+    }
+    (got, false)
+}
+
+/// v1 has no credit: a target that never reads overflows its bounded queue -> RST
+/// queue_overflow, and the tunnel carries on.
+#[tokio::test]
+async fn v1_queue_overflow_resets_only_that_stream() {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let stuck = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let stuck_addr = stuck.local_addr().expect("addr");
+    let yaml = agent_yaml(&relay.url(), "v1", &[("echo", echo), ("stuck", stuck_addr)])
+        .replace("limits: {", "limits: {queue_depth_per_cid: 4, ");
+    let cfg = AgentConfig::from_yaml_str(&yaml).expect("config");
+    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["echo", "stuck"]).await;
+    conn.send(Frame::HelloAck).await;
+    conn.send(Frame::Open {
+        id: 1,
+        connector: "stuck".into(),
+        client_addr: None,
+    })
+    .await;
+    let (_held, _) = within("stuck accept", stuck.accept())
+        .await
+        .expect("accept");
+    // Far more than the kernel buffers plus 4 queued frames can hold.
+    let chunk = Bytes::from(pattern(64 * 1024, 1));
+    for _ in 0..400 {
+        conn.send(Frame::Data {
+            id: 1,
+            payload: chunk.clone(),
+        })
+        .await;
+    }
+    expect_rst(&mut conn, 1, RstCode::QueueOverflow).await;
+    conn.send(Frame::Open {
+        id: 2,
+        connector: "echo".into(),
+        client_addr: None,
+    })
+    .await;
+    let (got, _) = exchange(&mut conn, &mut Flow::new(2), b"alive", false, 5).await;
+    assert_eq!(got, b"alive");
+}
+
+/// Half-close: the client finishes sending; the target answers only after its EOF.
+#[tokio::test]
+async fn target_answers_after_client_half_close() {
+    let relay = MockRelay::bind().await;
+    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let taddr = target.local_addr().expect("addr");
+    tokio::spawn(async move {
+        if let Ok((mut s, _)) = target.accept().await {
+            let mut all = Vec::new();
+            let _ = s.read_to_end(&mut all).await;
+            let _ = s
+                .write_all(format!("got {} bytes", all.len()).as_bytes())
+                .await;
+        }
+    });
+    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "v2", &[("t", taddr)]))
+        .expect("config");
+    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["t"]).await;
+    conn.send(Frame::HelloAck).await;
+    conn.send(Frame::Open {
+        id: 4,
+        connector: "t".into(),
+        client_addr: None,
+    })
+    .await;
+    let data = pattern(100_000, 5);
+    let (got, fin) = exchange(&mut conn, &mut Flow::new(4), &data, true, 15).await;
+    assert_eq!(got, b"got 100000 bytes");
+    assert!(fin, "FIN a2c after the answer");
+}
