@@ -1,0 +1,126 @@
+//! The `nowconnect-agent` binary: exit codes, one-line config errors, SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use nowconnect_shared::Frame;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nowconnect-agent");
+
+fn agent(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args).env_clear().envs(env.iter().copied());
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_line() {
+    let out = agent(&[], &[]).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.starts_with("nowconnect-agent: invalid configuration:"),
+        "{err}"
+    );
+    for key in [
+        "tunnel.url",
+        "tunnel.agent_id",
+        "tunnel.exported_connectors",
+    ] {
+        assert!(err.contains(key), "{key} named: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn ws_url_is_refused_at_start_unless_allowed() {
+    let env = [
+        ("NC_AGENT_URL", "ws://127.0.0.1:1/tunnel"),
+        ("NC_AGENT_ID", "a"),
+        ("NC_CONNECTORS", "x"),
+        ("NC_TARGET_x_HOST", "127.0.0.1"),
+        ("NC_TARGET_x_PORT", "9"),
+    ];
+    let out = agent(&["--check"], &env).output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ws://") && err.contains("allow_insecure_ws"),
+        "{err}"
+    );
+
+    let mut allowed = env.to_vec();
+    allowed.push(("NC_ALLOW_INSECURE_WS", "true"));
+    let out = agent(&["--check"], &allowed).output().expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration OK"));
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    let out = agent(&["--config", "/nonexistent/premise.yaml"], &[])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/premise.yaml"), "{err}");
+}
+
+#[tokio::test]
+async fn sigterm_closes_the_tunnel_and_exits_0() {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let url = relay.url();
+    let target = format!("x={echo}");
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--url",
+            &url,
+            "--allow-insecure-ws",
+            "--agent-id",
+            "premise-01",
+            "--connectors",
+            "x",
+            "--target",
+            &target,
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            "0",
+            "--log-format",
+            "json",
+        ])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    match conn.recv().await {
+        Frame::Hello(h) => assert_eq!(h.connectors, vec!["x".to_string()]),
+        other => panic!("expected HELLO, got {other:?}"),
+    }
+    conn.send(Frame::HelloAck).await;
+    let pid = child.id().expect("pid").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(conn.try_recv().await.is_none(), "Close frame on SIGTERM");
+    let status = within("agent exit", child.wait()).await.expect("wait");
+    assert_eq!(status.code(), Some(0));
+}
