@@ -159,6 +159,11 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> (End, Option<Du
         .run(reader, drained_rx, &mut writer_task, cancel, deadline)
         .await;
     let ready_for = t.ready_at.map(|at| at.elapsed());
+    if matches!(end, End::Protocol(_)) {
+        // A Close with the reason is queued: give the writer a moment to send it.
+        drop(t);
+        let _ = tokio::time::timeout(CLOSE_GRACE, writer_task.join_next()).await;
+    }
     // Dropping `t` aborts every stream task (target sockets close at once) and `writer_task`
     // aborts the writer, closing the WebSocket.
     (end, ready_for)

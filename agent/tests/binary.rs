@@ -124,3 +124,78 @@ async fn sigterm_closes_the_tunnel_and_exits_0() {
     let status = within("agent exit", child.wait()).await.expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Footprint figures, not a pass/fail test: `cargo test -p nowconnect-agent --release --test
+/// binary -- --ignored --nocapture idle_stream_memory`.
+#[tokio::test]
+#[ignore = "measurement; prints figures"]
+async fn idle_stream_memory() {
+    const STREAMS: u32 = 1000;
+    let relay = MockRelay::bind().await;
+    let target = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let taddr = target.local_addr().expect("addr");
+    let (count_tx, mut count_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = target.accept().await {
+            held.push(s);
+            let _ = count_tx.send(held.len());
+        }
+    });
+    let url = relay.url();
+    let t = format!("x={taddr}");
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--url",
+            &url,
+            "--allow-insecure-ws",
+            "--agent-id",
+            "premise-01",
+        ])
+        .args(["--connectors", "x", "--target", &t, "--health-port", "0"])
+        .args(["--health-host", "127.0.0.1", "--log-level", "warn"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let pid = child.id().expect("pid");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    let _hello = conn.recv().await;
+    conn.send(Frame::HelloAck).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let idle = rss_kib(pid);
+    for id in 1..=STREAMS {
+        conn.send(Frame::Open {
+            id,
+            connector: "x".into(),
+            client_addr: None,
+        })
+        .await;
+    }
+    let mut n = 0;
+    while n < STREAMS as usize {
+        n = within("target accepts", count_rx.recv())
+            .await
+            .expect("count");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let busy = rss_kib(pid);
+    println!(
+        "agent RSS idle READY: {idle} KiB; with {STREAMS} open idle streams: {busy} KiB; \
+         per stream: {:.2} KiB",
+        (busy.saturating_sub(idle)) as f64 / f64::from(STREAMS)
+    );
+    let _ = child.kill().await;
+}

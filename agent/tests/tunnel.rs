@@ -566,3 +566,25 @@ async fn target_answers_after_client_half_close() {
     assert_eq!(got, b"got 100000 bytes");
     assert!(fin, "FIN a2c after the answer");
 }
+
+/// A relay that breaks the protocol (OPEN before HELLO_ACK) gets a Close and a fresh HELLO.
+#[tokio::test]
+async fn frame_before_hello_ack_is_a_protocol_error() {
+    let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
+    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "v2", &[("echo", echo)]))
+        .expect("config");
+    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["echo"]).await;
+    conn.send(Frame::Open {
+        id: 1,
+        connector: "echo".into(),
+        client_addr: None,
+    })
+    .await;
+    assert!(conn.try_recv().await.is_none(), "agent closes the tunnel");
+    assert_eq!(health(agent.health_addr()).await, "OK\n");
+    let mut again = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut again, &["echo"]).await;
+}

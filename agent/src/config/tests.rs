@@ -307,3 +307,15 @@ fn cli_flags_parse_into_a_layer() {
     let e = bad.load(&env(&[])).expect_err("bad target");
     assert!(e.problems().iter().any(|p| p.key == "--target"), "{e}");
 }
+
+#[test]
+fn shipped_example_is_valid() {
+    let text = include_str!("../../premise.example.yaml");
+    let c = AgentConfig::from_yaml_str(text).expect("example config is valid");
+    assert_eq!(
+        c.connectors,
+        vec!["addomain".to_string(), "devdomain1".to_string()]
+    );
+    assert_eq!(c.targets["devdomain1"].host, "dc1.dev.local");
+    assert_eq!(c.health_port, 8090);
+}
