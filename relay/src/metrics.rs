@@ -215,19 +215,25 @@ impl Metrics {
             direction,
             connector: connector.to_owned(),
         };
+        // One statement per family: `get_or_create` returns a read guard, and a second call on
+        // the same family within one statement would wait on it for the write lock (deadlock).
+        let connections = self.tcp_connections.get_or_create(&label).clone();
+        let active = self.tcp_active.get_or_create(&label).clone();
+        let bytes_c2a = self.tcp_bytes.get_or_create(&bytes("c2a")).clone();
+        let bytes_a2c = self.tcp_bytes.get_or_create(&bytes("a2c")).clone();
+        let overflow = OverflowLabels {
+            side: "relay",
+            connector: connector.to_owned(),
+        };
+        let queue_overflow = self.queue_overflow.get_or_create(&overflow).clone();
+        let accept_errors = self.accept_errors.get_or_create(&label).clone();
         ConnectorMetrics {
-            connections: self.tcp_connections.get_or_create(&label).clone(),
-            active: self.tcp_active.get_or_create(&label).clone(),
-            bytes_c2a: self.tcp_bytes.get_or_create(&bytes("c2a")).clone(),
-            bytes_a2c: self.tcp_bytes.get_or_create(&bytes("a2c")).clone(),
-            queue_overflow: self
-                .queue_overflow
-                .get_or_create(&OverflowLabels {
-                    side: "relay",
-                    connector: connector.to_owned(),
-                })
-                .clone(),
-            accept_errors: self.accept_errors.get_or_create(&label).clone(),
+            connections,
+            active,
+            bytes_c2a,
+            bytes_a2c,
+            queue_overflow,
+            accept_errors,
         }
     }
 
