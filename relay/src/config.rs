@@ -316,7 +316,10 @@ const DEFAULT_GRACE_MS: u64 = 10_000;
 
 /// Whether `host` certainly names a loopback address.
 pub(crate) fn host_is_loopback(host: &str) -> bool {
-    match host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+    match host
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+    {
         Ok(ip) => ip.is_loopback(),
         Err(_) => host.eq_ignore_ascii_case("localhost"),
     }

@@ -117,7 +117,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn handle(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>, routes: Routes) -> Response<Body> {
+fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    routes: Routes,
+) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
@@ -185,7 +190,10 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) ->
         return text(StatusCode::UPGRADE_REQUIRED, "WebSocket upgrade required\n");
     }
     if req.headers().get(header::SEC_WEBSOCKET_VERSION) != Some(&HeaderValue::from_static("13")) {
-        return text(StatusCode::BAD_REQUEST, "Sec-WebSocket-Version must be 13\n");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Version must be 13\n",
+        );
     }
     let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
         return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");

@@ -275,7 +275,11 @@ async fn supervise(shared: Arc<Shared>) {
     shared.draining.cancel();
     let grace = shared.cfg.limits.shutdown_grace;
     let open = shared.streams.len();
-    info!(open_streams = open, grace_ms = grace.as_millis() as u64, "shutting down: not accepting new connections");
+    info!(
+        open_streams = open,
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: not accepting new connections"
+    );
     shared.streams.close();
     tokio::select! {
         _ = shared.streams.wait() => info!("all streams finished"),
@@ -289,7 +293,10 @@ async fn supervise(shared: Arc<Shared>) {
         shared.tasks.wait().await;
         shared.streams.wait().await;
     };
-    if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .is_err()
+    {
         warn!("some tasks did not stop within 5 s");
     }
     info!("relay stopped");

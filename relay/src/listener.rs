@@ -36,7 +36,9 @@ impl ConnGuard {
     /// Takes a slot unless `max` are in use.
     pub fn try_acquire(count: &Arc<AtomicUsize>, max: usize) -> Option<ConnGuard> {
         count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .ok()
             .map(|_| ConnGuard {
                 count: count.clone(),

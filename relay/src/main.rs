@@ -13,7 +13,11 @@ use nowconnect_relay::{start, RelayConfig, StartError};
 use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
-#[command(name = "nowconnect-relay", version, about = "NowConnect relay (cloud hub)")]
+#[command(
+    name = "nowconnect-relay",
+    version,
+    about = "NowConnect relay (cloud hub)"
+)]
 struct Args {
     /// Relay configuration (YAML).
     #[arg(long, env = "NC_CONFIG", default_value = "config/cloud.yaml")]

@@ -93,13 +93,10 @@ impl Metrics {
             tcp_active: Family::default(),
             tcp_bytes: Family::default(),
             // 1 ms .. ~1 h
-            connection_duration: Histogram::new(
-                [
-                    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
-                    3600.0,
-                ]
-                .into_iter(),
-            ),
+            connection_duration: Histogram::new([
+                0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                3600.0,
+            ]),
             fin_sent: Family::default(),
             fin_received: Family::default(),
             rst_sent: Family::default(),
@@ -135,11 +132,7 @@ impl Metrics {
             "Lifetime of client connections",
             m.connection_duration.clone(),
         );
-        registry.register(
-            "nowconnect_fin_sent",
-            "FIN frames sent",
-            m.fin_sent.clone(),
-        );
+        registry.register("nowconnect_fin_sent", "FIN frames sent", m.fin_sent.clone());
         registry.register(
             "nowconnect_fin_received",
             "FIN frames received",

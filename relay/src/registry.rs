@@ -100,7 +100,10 @@ impl Registry {
     /// Connectors with at least one agent, and how many agents each.
     pub fn snapshot(&self) -> Vec<(String, usize)> {
         let map = self.lock();
-        let mut v: Vec<_> = map.iter().map(|(k, e)| (k.clone(), e.agents.len())).collect();
+        let mut v: Vec<_> = map
+            .iter()
+            .map(|(k, e)| (k.clone(), e.agents.len()))
+            .collect();
         v.sort();
         v
     }

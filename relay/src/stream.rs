@@ -124,9 +124,7 @@ pub(crate) async fn run(mut ctx: StreamCtx) {
     t.active.fetch_sub(1, Ordering::Relaxed);
     lm.active.dec();
     let elapsed = started.elapsed();
-    t.metrics
-        .connection_duration
-        .observe(elapsed.as_secs_f64());
+    t.metrics.connection_duration.observe(elapsed.as_secs_f64());
     debug!(
         cid = id,
         connector = %ctx.listener.connector,
@@ -325,7 +323,9 @@ fn write_queued(sock: &TcpStream, queue: &mut VecDeque<Bytes>) -> io::Result<usi
         total += n;
         let mut left = n;
         while left > 0 {
-            let Some(front) = queue.front_mut() else { break };
+            let Some(front) = queue.front_mut() else {
+                break;
+            };
             if front.len() <= left {
                 left -= front.len();
                 queue.pop_front();

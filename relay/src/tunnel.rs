@@ -100,8 +100,12 @@ fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
 }
 
 /// Runs one tunnel until it ends. Never returns an error: every ending is logged and counted.
-pub(crate) async fn run<S>(ws: WebSocketStream<S>, version: Version, peer: SocketAddr, shared: Arc<Shared>)
-where
+pub(crate) async fn run<S>(
+    ws: WebSocketStream<S>,
+    version: Version,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let tunnel_id = shared.next_tunnel_id.fetch_add(1, Ordering::Relaxed);
@@ -117,35 +121,41 @@ where
     ));
     let mut codec = V1Codec::new(Limits::default());
 
-    let hello = match tokio::time::timeout(
-        HELLO_TIMEOUT,
-        read_hello(&mut source, version, &mut codec),
-    )
-    .await
-    {
-        Ok(Ok(hello)) => hello,
-        Ok(Err(why)) => {
-            warn!(event = "hello_refused", %peer, reason = %why, "agent tunnel refused");
-            shared
-                .metrics
-                .agent_auth_failures
-                .get_or_create(&ReasonLabel { reason: "bad_hello" })
-                .inc();
-            close_and_stop(&out_tx, writer, &token, close_frame(CloseCode::Policy, &why)).await;
-            return;
-        }
-        Err(_) => {
-            warn!(event = "hello_timeout", %peer, "agent sent no HELLO in time");
-            close_and_stop(
-                &out_tx,
-                writer,
-                &token,
-                close_frame(CloseCode::Policy, "HELLO expected"),
-            )
-            .await;
-            return;
-        }
-    };
+    let hello =
+        match tokio::time::timeout(HELLO_TIMEOUT, read_hello(&mut source, version, &mut codec))
+            .await
+        {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(why)) => {
+                warn!(event = "hello_refused", %peer, reason = %why, "agent tunnel refused");
+                shared
+                    .metrics
+                    .agent_auth_failures
+                    .get_or_create(&ReasonLabel {
+                        reason: "bad_hello",
+                    })
+                    .inc();
+                close_and_stop(
+                    &out_tx,
+                    writer,
+                    &token,
+                    close_frame(CloseCode::Policy, &why),
+                )
+                .await;
+                return;
+            }
+            Err(_) => {
+                warn!(event = "hello_timeout", %peer, "agent sent no HELLO in time");
+                close_and_stop(
+                    &out_tx,
+                    writer,
+                    &token,
+                    close_frame(CloseCode::Policy, "HELLO expected"),
+                )
+                .await;
+                return;
+            }
+        };
 
     // HELLO_ACK goes into the writer queue before the agent is registered, so it precedes
     // every OPEN on the wire.
@@ -388,9 +398,11 @@ impl Session {
                 Ok(f) => f,
                 Err(e) => {
                     // The header names the stream when there is one: reset only that stream.
-                    let id = (b.len() >= binary::HEADER_LEN)
-                        .then(|| u32::from_be_bytes([b[1], b[2], b[3], b[4]]))
-                        .unwrap_or(0);
+                    let id = if b.len() >= binary::HEADER_LEN {
+                        u32::from_be_bytes([b[1], b[2], b[3], b[4]])
+                    } else {
+                        0
+                    };
                     self.bad_frame(id, &e).await;
                     return Ok(());
                 }
@@ -452,13 +464,13 @@ impl Session {
     async fn dispatch(&mut self, frame: Frame) {
         let m = &self.ctx.metrics;
         match frame {
-            Frame::Data { id, payload } => self.to_stream(id, Inbound::Data(payload)),
-            Frame::Window { id, credit } => self.to_stream(id, Inbound::Window(credit)),
+            Frame::Data { id, payload } => self.forward(id, Inbound::Data(payload)),
+            Frame::Window { id, credit } => self.forward(id, Inbound::Window(credit)),
             Frame::Fin { id, dir } => {
                 m.fin_received
                     .get_or_create(&DirLabel { dir: dir.as_str() })
                     .inc();
-                self.to_stream(id, Inbound::Fin(dir));
+                self.forward(id, Inbound::Fin(dir));
             }
             Frame::Rst { id, code, .. } => {
                 m.rst_received
@@ -487,7 +499,7 @@ impl Session {
     }
 
     /// Hands a frame to its stream; frames for unknown ids are ignored (they may cross an RST).
-    fn to_stream(&mut self, id: StreamId, item: Inbound) {
+    fn forward(&mut self, id: StreamId, item: Inbound) {
         match self.streams.get(&id) {
             Some(tx) => {
                 if tx.send(item).is_err() {
@@ -573,7 +585,12 @@ async fn writer<S>(
     }
 }
 
-fn encode(frame: &Frame, version: Version, limits: &Limits, codec: &mut V1Codec) -> Option<Message> {
+fn encode(
+    frame: &Frame,
+    version: Version,
+    limits: &Limits,
+    codec: &mut V1Codec,
+) -> Option<Message> {
     let r = match version {
         Version::V2 => binary::encode_to_bytes(frame, limits).map(Message::Binary),
         Version::V1 => codec.encode(frame).map(|s| Message::Text(s.into())),

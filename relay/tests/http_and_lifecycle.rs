@@ -58,8 +58,12 @@ async fn upgrade_without_dev_bypass_is_401() {
     match err {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
             assert_eq!(resp.status(), 401);
-            let body = String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
-            assert!(body.contains("agent authentication not configured"), "{body}");
+            let body =
+                String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned();
+            assert!(
+                body.contains("agent authentication not configured"),
+                "{body}"
+            );
         }
         other => panic!("expected HTTP 401, got {other:?}"),
     }
@@ -100,7 +104,11 @@ async fn config_errors_name_every_key() {
     let keys: Vec<_> = err.problems().iter().map(|p| p.key.clone()).collect();
     assert_eq!(
         keys,
-        ["listeners[0].bind", "listeners[0].connector", "tunnel.ping_timeout_sec"]
+        [
+            "listeners[0].bind",
+            "listeners[0].connector",
+            "tunnel.ping_timeout_sec"
+        ]
     );
 }
 
@@ -121,7 +129,10 @@ async fn graceful_shutdown_waits_for_streams_and_readyz_says_503() {
     .await;
     // The open stream still works during the grace period.
     agent.send(&data(id, b"still here")).await;
-    assert!(matches!(agent.try_recv(Duration::from_millis(50)).await, None | Some(Frame::Window { .. })));
+    assert!(matches!(
+        agent.try_recv(Duration::from_millis(50)).await,
+        None | Some(Frame::Window { .. })
+    ));
     agent
         .send(&Frame::Rst {
             id,
@@ -143,7 +154,9 @@ async fn grace_period_ends_streams() {
         .unwrap();
     agent.expect_open("addomain").await;
     relay.shutdown();
-    tokio::time::timeout(T, relay.wait()).await.expect("stopped after grace");
+    tokio::time::timeout(T, relay.wait())
+        .await
+        .expect("stopped after grace");
     let (_, closed) = read_to_close(&mut client, T).await;
     assert!(closed);
 }
@@ -236,7 +249,10 @@ fn binary_exits_2_on_bad_config() {
     assert!(stderr.contains("listeners[0].connector"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 
-    let out = bin().env("NC_CONFIG", dir.join("missing.yaml")).output().unwrap();
+    let out = bin()
+        .env("NC_CONFIG", dir.join("missing.yaml"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -67,7 +67,10 @@ async fn reference_v1_agent_relays_bytes_with_seq_and_fin() {
     assert_eq!(d["t"], "DATA");
     assert_eq!(d["cid"], cid.as_str());
     assert_eq!(d["seq"], 0);
-    assert_eq!(B64.decode(d["b64"].as_str().unwrap()).unwrap(), b"bind request");
+    assert_eq!(
+        B64.decode(d["b64"].as_str().unwrap()).unwrap(),
+        b"bind request"
+    );
 
     for (seq, part) in ["bind ", "response"].iter().enumerate() {
         send(
@@ -114,8 +117,16 @@ async fn v1_seq_gap_resets_the_stream() {
         .await
         .unwrap();
     let cid = recv(&mut ws).await["cid"].as_str().unwrap().to_owned();
-    send(&mut ws, json!({"t":"DATA","cid":cid,"seq":0,"b64":B64.encode("a")})).await;
-    send(&mut ws, json!({"t":"DATA","cid":cid,"seq":2,"b64":B64.encode("b")})).await;
+    send(
+        &mut ws,
+        json!({"t":"DATA","cid":cid,"seq":0,"b64":B64.encode("a")}),
+    )
+    .await;
+    send(
+        &mut ws,
+        json!({"t":"DATA","cid":cid,"seq":2,"b64":B64.encode("b")}),
+    )
+    .await;
     assert_eq!(
         recv(&mut ws).await,
         json!({"t":"RST","cid":cid,"err":"protocol_error"})
@@ -147,16 +158,18 @@ async fn v1_queue_overflow_resets_with_queue_overflow() {
         }
     };
     assert_eq!(rst, json!({"t":"RST","cid":cid,"err":"queue_overflow"}));
-    assert!(relay.metrics_text().contains(
-        "nowconnect_queue_overflow_total{side=\"relay\",connector=\"addomain\"} 1"
-    ));
+    assert!(relay
+        .metrics_text()
+        .contains("nowconnect_queue_overflow_total{side=\"relay\",connector=\"addomain\"} 1"));
 }
 
 #[tokio::test]
 async fn binary_message_on_v1_closes_tunnel() {
     let relay = dev_relay().await;
     let mut ws = v1_agent(&relay, None).await;
-    ws.send(Message::binary(vec![4u8, 0, 0, 0, 1])).await.unwrap();
+    ws.send(Message::binary(vec![4u8, 0, 0, 0, 1]))
+        .await
+        .unwrap();
     let end = tokio::time::timeout(T, async {
         loop {
             match ws.next().await {

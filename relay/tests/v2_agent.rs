@@ -86,7 +86,11 @@ async fn rst_connect_failed_closes_client_quickly() {
     let (bytes, closed) = read_to_close(&mut client, Duration::from_secs(1)).await;
     assert!(closed, "client socket still open 1 s after RST");
     assert!(bytes.is_empty());
-    assert!(t0.elapsed() < Duration::from_millis(500), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "took {:?}",
+        t0.elapsed()
+    );
     eventually("stream gone", || relay.open_connections() == 0).await;
     assert!(relay
         .metrics_text()
@@ -110,7 +114,7 @@ async fn no_agent_closes_client_at_once() {
 async fn flow_control_both_directions() {
     let relay = dev_relay().await;
     let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
+    let client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
         .await
         .unwrap();
     let id = agent.expect_open("addomain").await;
@@ -267,7 +271,9 @@ async fn tunnel_loss_closes_clients_and_unregisters() {
     let (_, closed) = read_to_close(&mut client, Duration::from_secs(1)).await;
     assert!(closed, "client not closed after the tunnel dropped");
     eventually("agent unregistered", || relay.agents_for("addomain") == 0).await;
-    assert!(relay.metrics_text().contains("nowconnect_agents_connected 0"));
+    assert!(relay
+        .metrics_text()
+        .contains("nowconnect_agents_connected 0"));
 }
 
 #[tokio::test]
@@ -342,7 +348,11 @@ async fn dead_tunnel_detected_by_keepalive() {
     let t0 = Instant::now();
     let (_, closed) = read_to_close(&mut client, Duration::from_secs(5)).await;
     assert!(closed, "client not closed after the tunnel went silent");
-    assert!(t0.elapsed() >= Duration::from_millis(1500), "closed too early: {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1500),
+        "closed too early: {:?}",
+        t0.elapsed()
+    );
     eventually("agent unregistered", || relay.agents_for("addomain") == 0).await;
     drop(agent);
 }
@@ -368,5 +378,35 @@ async fn relay_pings_and_agent_traffic_keeps_tunnel_alive() {
         }
     }
     assert!(pings >= 2, "relay sent {pings} pings in 3.5 s");
-    assert_eq!(relay.agents_for("addomain"), 1, "a responsive agent was dropped");
+    assert_eq!(
+        relay.agents_for("addomain"),
+        1,
+        "a responsive agent was dropped"
+    );
+}
+
+#[tokio::test]
+async fn first_frame_must_be_hello() {
+    let relay = dev_relay().await;
+    let (ws, _) = ws_connect(relay.tunnel_addr(), Some("nowconnect.v2"))
+        .await
+        .unwrap();
+    let mut agent = V2Agent::new(ws);
+    agent.send(&data(1, b"too early")).await;
+    use futures_util::StreamExt;
+    let code = tokio::time::timeout(T, async {
+        loop {
+            match agent.ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
+                    return f.map(|f| u16::from(f.code));
+                }
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1008));
+    assert_eq!(relay.agents_for("addomain"), 0);
 }

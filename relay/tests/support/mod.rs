@@ -46,7 +46,10 @@ pub async fn dev_relay() -> RelayHandle {
 pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + T;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -57,7 +60,13 @@ pub type Ws<S> = WebSocketStream<S>;
 pub async fn ws_connect(
     addr: SocketAddr,
     offer: Option<&str>,
-) -> Result<(Ws<tokio_tungstenite::MaybeTlsStream<TcpStream>>, Option<String>), tokio_tungstenite::tungstenite::Error> {
+) -> Result<
+    (
+        Ws<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+        Option<String>,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
     let mut req = format!("ws://{addr}/tunnel").into_client_request().unwrap();
     if let Some(o) = offer {
         req.headers_mut()
@@ -98,7 +107,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> V2Agent<S> {
     pub async fn try_recv(&mut self, within: Duration) -> Option<Frame> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let msg = tokio::time::timeout_at(deadline, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match msg.ok()? {
                 Message::Binary(b) => return Some(binary::decode(&b, &self.limits).unwrap()),
                 Message::Close(_) => return None,
