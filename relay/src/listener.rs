@@ -123,7 +123,7 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
         }
     }
     shared.metrics.rejected(&ctx.connector, "no_agent");
-    info!(event = "no_agent_for_connector", connector = %ctx.connector, client = %peer, "no agent serves this connector; client closed");
+    warn!(event = "no_agent_for_connector", connector = %ctx.connector, client = %peer, "no agent serves this connector; client closed");
     if let TunnelCmd::Open { sock, .. } = cmd {
         reject(sock);
     }

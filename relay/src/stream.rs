@@ -49,6 +49,8 @@ pub(crate) enum Inbound {
 #[derive(Debug)]
 pub(crate) struct StreamCtx {
     pub id: StreamId,
+    /// The client's address (sent in OPEN for audit).
+    pub peer: std::net::SocketAddr,
     pub sock: TcpStream,
     pub rx: mpsc::UnboundedReceiver<Inbound>,
     pub tunnel: Arc<TunnelShared>,
@@ -150,6 +152,14 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
     let t = ctx.tunnel.clone();
     let lm = &ctx.listener.metrics;
     let id = ctx.id;
+    let open = Frame::Open {
+        id,
+        connector: ctx.listener.connector.clone(),
+        client_addr: Some(ctx.peer.to_string()),
+    };
+    if !send_out(&t, Out::Frame(open)).await {
+        return End::TunnelGone;
+    }
     let v2 = t.version == Version::V2;
     let far = Duration::from_secs(86_400 * 365);
 

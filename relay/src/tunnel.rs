@@ -5,7 +5,8 @@
 //! each stream bounds what it holds: credit in v2, `queue_depth_per_cid` in v1). A separate
 //! writer task owns the write half, batches queued frames (feed, flush when the queue drains)
 //! and sends pings. The session is also where listeners hand over new client connections
-//! ([`TunnelCmd::Open`]), so the stream table has exactly one owner.
+//! ([`TunnelCmd::Open`]), so the stream table has exactly one owner. The session waits on the
+//! writer queue only for HELLO_ACK and its own close frame, never per stream.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -225,9 +226,7 @@ pub(crate) async fn run<S>(
             _ = token.cancelled() => break "shutdown",
             Some(cmd) = cmd_rx.recv() => match cmd {
                 TunnelCmd::Open { sock, peer, listener, guard } => {
-                    if !session.open(sock, peer, listener, guard).await {
-                        break "writer_gone";
-                    }
+                    session.open(sock, peer, listener, guard);
                 }
                 TunnelCmd::Closed(id) => session.forget(id),
             },
@@ -359,29 +358,23 @@ impl Session {
         }
     }
 
-    /// Starts a stream for a new client. Returns false if the writer is gone.
-    async fn open(
+    /// Starts a stream for a new client. The stream task sends OPEN itself, so the session never
+    /// waits on the writer queue here (and OPEN still precedes that stream's DATA).
+    fn open(
         &mut self,
         sock: TcpStream,
         peer: SocketAddr,
         listener: Arc<ListenerCtx>,
         guard: ConnGuard,
-    ) -> bool {
+    ) {
         let id = self.alloc_id();
-        let open = Frame::Open {
-            id,
-            connector: listener.connector.clone(),
-            client_addr: Some(peer.to_string()),
-        };
-        if self.ctx.out.send(Out::Frame(open)).await.is_err() {
-            return false;
-        }
         let (tx, rx) = mpsc::unbounded_channel();
         self.streams.insert(id, tx);
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
         debug!(cid = id, connector = %listener.connector, agent_id = %self.ctx.agent_id, client = %peer, "stream opened");
         let ctx = StreamCtx {
             id,
+            peer,
             sock,
             rx,
             tunnel: self.ctx.clone(),
@@ -389,7 +382,20 @@ impl Session {
             guard,
         };
         self.shared.streams.spawn(stream::run(ctx));
-        true
+    }
+
+    /// Queues a frame without making the session wait: when the writer queue is full, a small
+    /// task waits instead. Only for rare frames (RST on protocol errors).
+    fn send_nowait(&self, item: Out) {
+        match self.ctx.out.try_send(item) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(mpsc::error::TrySendError::Full(item)) => {
+                let out = self.ctx.out.clone();
+                tokio::spawn(async move {
+                    let _ = out.send(item).await;
+                });
+            }
+        }
     }
 
     async fn on_message(&mut self, msg: Message) -> Result<(), Stop> {
@@ -433,12 +439,12 @@ impl Session {
         self.ctx.metrics.protocol_errors.inc();
         warn!(agent_id = %self.ctx.agent_id, cid = id, error = %e, "undecodable frame from agent");
         if id != 0 {
-            self.reset(id, RstCode::Protocol, "undecodable frame").await;
+            self.reset(id, RstCode::Protocol, "undecodable frame");
         }
     }
 
     /// Resets a stream from the session: tell the agent, close the client.
-    async fn reset(&mut self, id: StreamId, code: RstCode, reason: &str) {
+    fn reset(&mut self, id: StreamId, code: RstCode, reason: &str) {
         if let Some(tx) = self.streams.remove(&id) {
             // The stream task closes its client without sending its own RST.
             let _ = tx.send(Inbound::Rst(code));
@@ -455,7 +461,7 @@ impl Session {
             code,
             reason: reason.to_owned(),
         };
-        let _ = self.ctx.out.send(Out::Frame(rst)).await;
+        self.send_nowait(Out::Frame(rst));
         if self.ctx.version == Version::V1 {
             self.codec.forget(id);
         }
@@ -489,7 +495,7 @@ impl Session {
                 // Only the relay opens streams.
                 m.protocol_errors.inc();
                 warn!(agent_id = %self.ctx.agent_id, cid = id, "agent sent OPEN");
-                self.reset(id, RstCode::Protocol, "OPEN from agent").await;
+                self.reset(id, RstCode::Protocol, "OPEN from agent");
             }
             Frame::Hello(_) | Frame::HelloAck => {
                 m.protocol_errors.inc();
