@@ -711,6 +711,17 @@ limits:
     }
 
     #[test]
+    fn shipped_example_config_loads() {
+        let cfg = RelayConfig::from_yaml_str(include_str!("../config/cloud.example.yaml"))
+            .expect("example config is valid");
+        assert_eq!(cfg.listeners.len(), 2);
+        assert_eq!(cfg.listeners[0].allow_cidrs.len(), 2);
+        assert_eq!(cfg.tunnel.port, DEFAULT_TUNNEL_PORT);
+        assert!(!cfg.security.dev_bypass);
+        assert!(cfg.warnings.is_empty());
+    }
+
+    #[test]
     fn yaml_syntax_errors_do_not_panic() {
         assert!(matches!(
             RelayConfig::from_yaml_str("listeners: [ {"),

@@ -296,3 +296,36 @@ fn binary_exits_0_on_sigterm() {
     assert_eq!(code, Some(0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn tunnel_allow_cidrs_refuses_other_sources() {
+    let relay = relay(&format!("{DEV}  allow_cidrs: [10.0.0.0/8]\n")).await;
+    let err = ws_connect(relay.tunnel_addr(), Some("nowconnect.v2"))
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 403));
+}
+
+#[tokio::test]
+async fn listener_allow_cidrs_closes_other_clients() {
+    let yaml = yaml(DEV).replace(
+        "connector: addomain\n",
+        "connector: addomain\n    allow_cidrs: [10.0.0.0/8]\n",
+    );
+    let relay = start(RelayConfig::from_yaml_str(&yaml).unwrap())
+        .await
+        .unwrap();
+    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
+    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
+        .await
+        .unwrap();
+    let (_, closed) = read_to_close(&mut client, Duration::from_secs(1)).await;
+    assert!(closed);
+    assert!(
+        agent.try_recv(Duration::from_millis(100)).await.is_none(),
+        "no OPEN"
+    );
+    assert!(relay.metrics_text().contains(
+        "nowconnect_connections_rejected_total{connector=\"addomain\",reason=\"cidr\"} 1"
+    ));
+}

@@ -208,12 +208,16 @@ async fn agent_exceeding_credit_gets_rst_flow_control() {
             credit -= n;
             sent += n;
         }
-        match agent.try_recv(Duration::from_millis(300)).await {
+        match agent.try_recv(Duration::from_millis(500)).await {
             Some(Frame::Window { credit: c, .. }) => credit += c as usize,
             None => break,
             Some(other) => panic!("unexpected {other:?}"),
         }
         assert!(sent < 256 * 1024 * 1024, "credit never stopped coming back");
+    }
+    // Overshoot by a whole window: even a grant still in flight cannot cover that.
+    for _ in 0..(DEFAULT_WINDOW as usize / chunk.len()) {
+        agent.send(&data(id, &chunk)).await;
     }
     agent.send(&data(id, b"x")).await;
     loop {
