@@ -93,10 +93,15 @@ pub(crate) struct TunnelShared {
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
 type Source<S> = SplitStream<WebSocketStream<S>>;
 
+/// A close frame; the reason is cut to the 123 bytes a WebSocket close frame can carry.
 fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
     CloseFrame {
         code,
-        reason: reason.into(),
+        reason: reason[..end].into(),
     }
 }
 
@@ -608,5 +613,22 @@ fn encode(
             warn!(frame = frame.kind(), cid = frame.stream_id(), error = %e, "cannot encode frame; dropped");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reason_fits_a_close_frame() {
+        let long = "é".repeat(100);
+        let f = close_frame(CloseCode::Policy, &long);
+        assert!(f.reason.len() <= 123);
+        assert!(f.reason.as_str().chars().all(|c| c == 'é'));
+        assert_eq!(
+            close_frame(CloseCode::Policy, "short").reason.as_str(),
+            "short"
+        );
     }
 }
