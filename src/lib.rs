@@ -1,1 +1,4 @@
-//! NowConnect: end-to-end tests and the loopback demo live in this package.
+//! NowConnect: the root package. It owns the end-to-end tests (`tests/`) and the loopback demo.
+#![forbid(unsafe_code)]
+
+pub mod demo;
