@@ -10,7 +10,10 @@ const PAYLOAD: usize = 16 * 1024;
 
 fn codecs(c: &mut Criterion) {
     let limits = Limits::default();
-    let payload: Bytes = (0..PAYLOAD).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>().into();
+    let payload: Bytes = (0..PAYLOAD)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into();
     let frame = Frame::Data { id: 7, payload };
 
     let mut group = c.benchmark_group("data_16k_encode_decode");
