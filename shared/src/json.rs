@@ -11,8 +11,15 @@
 //! v1 streams are named by a text `cid`; the [`Frame`] model uses numeric ids. Our relay writes
 //! ids as UUID-shaped cids ([`cid_for`]) that map back without any table. A peer that mints its
 //! own cids (the reference hub) gets ids from a bounded table, allocated on OPEN. The codec also
-//! enforces the v1 rule that DATA `seq` grows by one per cid and direction, so it is stateful:
-//! keep one per tunnel, and call [`V1Codec::forget`] when a stream ends.
+//! enforces the v1 rule that DATA `seq` grows by one per cid and direction, so it is stateful.
+//!
+//! State lifecycle (the caller's duty, since only it knows which streams are live):
+//! - decoding the first DATA of an id starts its incoming seq state; encoding the first DATA of
+//!   an id starts its outgoing seq state; both are bounded by `Limits::max_v1_streams`.
+//! - call [`V1Codec::forget`] when a stream ends, *and* when you drop a decoded frame for an id
+//!   you do not know (a late DATA crossing an RST would otherwise leave state behind).
+//! - the incoming and outgoing halves never touch each other's state, so a reader task and a
+//!   writer task may each own a separate `V1Codec` (each forgets its own half).
 
 use std::collections::HashMap;
 
