@@ -31,6 +31,25 @@ pub struct Cli {
     /// Extra trusted CA certificates, PEM (NC_CA_BUNDLE).
     #[arg(long, value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
+    /// Trust only the --ca-bundle certificates, not the system store (NC_CA_BUNDLE_ONLY).
+    #[arg(long)]
+    pub ca_bundle_only: bool,
+    /// Client certificate chain for mTLS to the relay, PEM (NC_CLIENT_CERT).
+    #[arg(long, value_name = "FILE")]
+    pub client_cert: Option<PathBuf>,
+    /// Private key of --client-cert, PEM (NC_CLIENT_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+    /// HTTP CONNECT proxy, http[s]://[user:password@]host:port. A password here is visible to
+    /// other local users in the process list: prefer the YAML file or HTTPS_PROXY.
+    #[arg(long, value_name = "URL")]
+    pub https_proxy: Option<String>,
+    /// Relay hosts reached without the proxy: hosts, .domains, IPs, CIDRs, host:port, `*`.
+    #[arg(long, value_name = "LIST")]
+    pub no_proxy: Option<String>,
+    /// Honor HTTPS_PROXY/https_proxy/ALL_PROXY/all_proxy and NO_PROXY/no_proxy (NC_TRUST_ENV).
+    #[arg(long)]
+    pub trust_env: bool,
     /// Health listener address (NC_HEALTH_HOST, default 0.0.0.0).
     #[arg(long, value_name = "IP")]
     pub health_host: Option<String>,
@@ -69,6 +88,12 @@ impl Cli {
             connectors: self.connectors.as_deref().map(split_list),
             token_file: self.token_file.clone(),
             ca_bundle: self.ca_bundle.clone(),
+            ca_bundle_only: self.ca_bundle_only.then_some(true),
+            client_cert_file: self.client_cert.clone(),
+            client_key_file: self.client_key.clone(),
+            https_proxy: self.https_proxy.clone(),
+            no_proxy: self.no_proxy.clone(),
+            trust_env: self.trust_env.then_some(true),
             allow_insecure_ws: self.allow_insecure_ws.then_some(true),
             protocol: self.protocol.clone(),
             connect_timeout_ms: self.connect_timeout_ms,

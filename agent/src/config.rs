@@ -16,11 +16,21 @@ use std::time::Duration;
 use nowconnect_shared::Limits;
 use serde::Deserialize;
 
+use crate::no_proxy::NoProxy;
+use crate::proxy::ProxyUrl;
+use crate::tls::{ClientCert, RootSource, TlsSettings};
 use crate::url::RelayUrl;
 
 /// Default health listener, as in the reference agent.
 pub const DEFAULT_HEALTH_HOST: &str = "0.0.0.0";
 pub const DEFAULT_HEALTH_PORT: u16 = 8090;
+/// Default time before the token's `exp` at which the agent reconnects with the file's token.
+pub const DEFAULT_TOKEN_REFRESH_SEC: u64 = 60;
+
+/// Proxy variables honored with `NC_TRUST_ENV=true`, in order of preference (lower case first,
+/// as curl and Python do).
+pub const PROXY_ENV_VARS: [&str; 4] = ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"];
+pub const NO_PROXY_ENV_VARS: [&str; 2] = ["no_proxy", "NO_PROXY"];
 
 /// Read-only view of environment variables.
 pub trait Env {
@@ -113,8 +123,15 @@ pub struct AgentConfig {
     pub targets: BTreeMap<String, Target>,
     /// `tunnel.auth.token_file`: re-read at every connect; sent as a Bearer token.
     pub token_file: Option<PathBuf>,
-    /// `proxy.ca_bundle`: extra trusted roots (PEM).
-    pub ca_bundle: Option<PathBuf>,
+    /// `tunnel.auth.refresh_before_exp_sec`: reconnect this long before the token's `exp`.
+    pub token_refresh_before: Duration,
+    /// Roots (`proxy.ca_bundle`, `proxy.ca_bundle_only`, the system store) and the client
+    /// certificate (`tunnel.auth.client_cert_file` / `client_key_file`).
+    pub tls: TlsSettings,
+    /// `proxy.https_proxy` (or the environment's with `NC_TRUST_ENV`): HTTP CONNECT proxy.
+    pub proxy: Option<ProxyUrl>,
+    /// `proxy.no_proxy`: relay hosts dialed directly.
+    pub no_proxy: NoProxy,
     /// `tunnel.allow_insecure_ws`: permit `ws://` (local development only).
     pub allow_insecure_ws: bool,
     /// `tunnel.protocol`.
@@ -211,6 +228,9 @@ struct YamlTunnel {
 #[serde(deny_unknown_fields, default)]
 struct YamlAuth {
     token_file: Option<PathBuf>,
+    refresh_before_exp_sec: Option<u64>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,6 +256,7 @@ struct YamlProxy {
     https_proxy: Option<String>,
     no_proxy: Option<String>,
     ca_bundle: Option<PathBuf>,
+    ca_bundle_only: Option<bool>,
     trust_env: Option<bool>,
 }
 
@@ -270,7 +291,11 @@ pub struct Layer {
     pub agent_id: Option<String>,
     pub connectors: Option<Vec<String>>,
     pub token_file: Option<PathBuf>,
+    pub token_refresh_sec: Option<u64>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
     pub ca_bundle: Option<PathBuf>,
+    pub ca_bundle_only: Option<bool>,
     pub https_proxy: Option<String>,
     pub no_proxy: Option<String>,
     pub trust_env: Option<bool>,
@@ -316,7 +341,11 @@ impl Layer {
             agent_id: tunnel.agent_id,
             connectors: tunnel.exported_connectors,
             token_file: tunnel.auth.token_file,
+            token_refresh_sec: tunnel.auth.refresh_before_exp_sec,
+            client_cert_file: tunnel.auth.client_cert_file,
+            client_key_file: tunnel.auth.client_key_file,
             ca_bundle: proxy.ca_bundle,
+            ca_bundle_only: proxy.ca_bundle_only,
             https_proxy: proxy.https_proxy,
             no_proxy: proxy.no_proxy,
             trust_env: proxy.trust_env,
@@ -361,7 +390,11 @@ impl Layer {
             agent_id: env_str(env, "NC_AGENT_ID"),
             connectors: env_str(env, "NC_CONNECTORS").map(|s| split_list(&s)),
             token_file: env_str(env, "NC_TOKEN_FILE").map(PathBuf::from),
+            token_refresh_sec: env_parse(env, "NC_TOKEN_REFRESH_SEC", parse_num, problems),
+            client_cert_file: env_str(env, "NC_CLIENT_CERT").map(PathBuf::from),
+            client_key_file: env_str(env, "NC_CLIENT_KEY").map(PathBuf::from),
             ca_bundle: env_str(env, "NC_CA_BUNDLE").map(PathBuf::from),
+            ca_bundle_only: env_parse(env, "NC_CA_BUNDLE_ONLY", parse_bool, problems),
             trust_env: env_parse(env, "NC_TRUST_ENV", parse_bool, problems),
             allow_insecure_ws: env_parse(env, "NC_ALLOW_INSECURE_WS", parse_bool, problems),
             protocol: env_str(env, "NC_PROTOCOL"),
@@ -408,7 +441,11 @@ impl Layer {
             agent_id: self.agent_id.or(lower.agent_id),
             connectors: self.connectors.or(lower.connectors),
             token_file: self.token_file.or(lower.token_file),
+            token_refresh_sec: self.token_refresh_sec.or(lower.token_refresh_sec),
+            client_cert_file: self.client_cert_file.or(lower.client_cert_file),
+            client_key_file: self.client_key_file.or(lower.client_key_file),
             ca_bundle: self.ca_bundle.or(lower.ca_bundle),
+            ca_bundle_only: self.ca_bundle_only.or(lower.ca_bundle_only),
             https_proxy: self.https_proxy.or(lower.https_proxy),
             no_proxy: self.no_proxy.or(lower.no_proxy),
             trust_env: self.trust_env.or(lower.trust_env),
@@ -430,15 +467,14 @@ impl Layer {
     }
 
     /// Applies defaults and checks every value, reporting all problems at once.
-    /// `proxy_env` tells whether a proxy variable (HTTPS_PROXY...) is set, for `trust_env`.
-    pub fn validate(self, proxy_env: bool) -> Result<AgentConfig, ConfigError> {
+    pub fn validate(self) -> Result<AgentConfig, ConfigError> {
         let mut problems = Vec::new();
-        self.validate_into(proxy_env, &mut problems)
+        self.validate_into(&mut problems)
             .filter(|_| problems.is_empty())
             .ok_or(ConfigError::Invalid(problems))
     }
 
-    fn validate_into(self, proxy_env: bool, problems: &mut Vec<Problem>) -> Option<AgentConfig> {
+    fn validate_into(self, problems: &mut Vec<Problem>) -> Option<AgentConfig> {
         let limits = Limits::default();
         let mut bad = |key: &str, message: String| {
             problems.push(Problem {
@@ -517,9 +553,16 @@ impl Layer {
                 .into_iter()
                 .last()
                 .unwrap_or_default();
+            // An IPv6 literal may be written in brackets, as in a URL.
             let host = t
                 .host
-                .map(|h| h.trim().to_owned())
+                .map(|h| {
+                    let h = h.trim();
+                    match h.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+                        Some(v6) if v6.parse::<std::net::Ipv6Addr>().is_ok() => v6.to_owned(),
+                        _ => h.to_owned(),
+                    }
+                })
                 .filter(|h| !h.is_empty());
             match (host, t.port) {
                 (Some(host), Some(port)) if port != 0 => {
@@ -668,29 +711,77 @@ impl Layer {
         };
         let health_port = self.health_port.unwrap_or(DEFAULT_HEALTH_PORT);
 
-        // Proxies arrive with a later change; refusing beats silently ignoring a proxy setting.
-        let not_yet = "HTTP proxy support is not implemented in this version of the agent; \
-                       remove the setting or connect directly";
-        if self
-            .https_proxy
-            .as_deref()
-            .is_some_and(|s| !s.trim().is_empty())
-        {
-            bad("proxy.https_proxy", not_yet.into());
-        }
-        if self
-            .no_proxy
-            .as_deref()
-            .is_some_and(|s| !s.trim().is_empty())
-        {
-            bad("proxy.no_proxy", not_yet.into());
-        }
-        if self.trust_env == Some(true) && proxy_env {
+        let proxy = match self.https_proxy.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(raw) => match ProxyUrl::parse(raw) {
+                Ok(p) => Some(p),
+                Err(m) => {
+                    // Never echo the value: it may carry a password.
+                    bad(
+                        "proxy.https_proxy (--https-proxy; HTTPS_PROXY/ALL_PROXY with NC_TRUST_ENV)",
+                        m,
+                    );
+                    None
+                }
+            },
+        };
+        let no_proxy = match NoProxy::parse(self.no_proxy.as_deref().unwrap_or("")) {
+            Ok(n) => n,
+            Err(m) => {
+                bad("proxy.no_proxy (--no-proxy; NO_PROXY with NC_TRUST_ENV)", m);
+                NoProxy::default()
+            }
+        };
+        let ca_bundle = self.ca_bundle.filter(|p| !p.as_os_str().is_empty());
+        let ca_bundle_only = self.ca_bundle_only.unwrap_or(false);
+        if ca_bundle_only && ca_bundle.is_none() {
             bad(
-                "proxy.trust_env (NC_TRUST_ENV)",
-                format!("{not_yet} (a proxy variable such as HTTPS_PROXY is set)"),
+                "proxy.ca_bundle_only (NC_CA_BUNDLE_ONLY, --ca-bundle-only)",
+                "needs proxy.ca_bundle (NC_CA_BUNDLE, --ca-bundle): nothing would be trusted"
+                    .into(),
             );
         }
+        let cert = self.client_cert_file.filter(|p| !p.as_os_str().is_empty());
+        let key = self.client_key_file.filter(|p| !p.as_os_str().is_empty());
+        let client_cert = match (cert, key) {
+            (Some(cert_file), Some(key_file)) => Some(ClientCert {
+                cert_file,
+                key_file,
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                bad(
+                    "tunnel.auth.client_key_file (NC_CLIENT_KEY, --client-key)",
+                    "required with tunnel.auth.client_cert_file".into(),
+                );
+                None
+            }
+            (None, Some(_)) => {
+                bad(
+                    "tunnel.auth.client_cert_file (NC_CLIENT_CERT, --client-cert)",
+                    "required with tunnel.auth.client_key_file".into(),
+                );
+                None
+            }
+        };
+        let token_refresh_before = match self.token_refresh_sec.unwrap_or(DEFAULT_TOKEN_REFRESH_SEC)
+        {
+            0 => {
+                bad(
+                    "tunnel.auth.refresh_before_exp_sec (NC_TOKEN_REFRESH_SEC)",
+                    "must be at least 1".into(),
+                );
+                Duration::from_secs(DEFAULT_TOKEN_REFRESH_SEC)
+            }
+            s if s > 86_400 => {
+                bad(
+                    "tunnel.auth.refresh_before_exp_sec (NC_TOKEN_REFRESH_SEC)",
+                    "must be at most 86400 (one day)".into(),
+                );
+                Duration::from_secs(DEFAULT_TOKEN_REFRESH_SEC)
+            }
+            s => Duration::from_secs(s),
+        };
 
         let log_level = normalise_level(self.log_level.as_deref().unwrap_or("info"));
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
@@ -716,7 +807,6 @@ impl Layer {
             }
         };
 
-        let ca_bundle = self.ca_bundle.filter(|p| !p.as_os_str().is_empty());
         let token_file = self.token_file.filter(|p| !p.as_os_str().is_empty());
 
         Some(AgentConfig {
@@ -725,7 +815,15 @@ impl Layer {
             connectors,
             targets,
             token_file,
-            ca_bundle,
+            token_refresh_before,
+            tls: TlsSettings {
+                ca_bundle,
+                ca_bundle_only,
+                client_cert,
+                system_roots: RootSource::Native,
+            },
+            proxy,
+            no_proxy,
             allow_insecure_ws,
             protocol,
             health_host,
@@ -751,7 +849,7 @@ impl Layer {
 impl AgentConfig {
     /// Configuration from a YAML document alone (no environment, no flags), with defaults.
     pub fn from_yaml_str(text: &str) -> Result<AgentConfig, ConfigError> {
-        Layer::from_yaml_str(text, "YAML")?.validate(false)
+        Layer::from_yaml_str(text, "YAML")?.validate()
     }
 
     /// The full precedence chain: `flags` > `env` > the YAML file named by `config_path` > defaults.
@@ -774,12 +872,19 @@ impl AgentConfig {
         let mut names: Vec<String> = yaml.targets.keys().cloned().collect();
         names.extend(flags.connectors.iter().flatten().cloned());
         names.extend(yaml.connectors.iter().flatten().cloned());
-        let env_layer = Layer::from_env(env, &names, &mut problems);
-        let proxy_env = ["HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"]
-            .iter()
-            .any(|k| env.get(k).is_some_and(|v| !v.trim().is_empty()));
+        let mut env_layer = Layer::from_env(env, &names, &mut problems);
+        // The standard proxy variables count only when trusted (flag, NC_TRUST_ENV or YAML).
+        let trust_env = flags
+            .trust_env
+            .or(env_layer.trust_env)
+            .or(yaml.trust_env)
+            .unwrap_or(false);
+        if trust_env {
+            env_layer.https_proxy = PROXY_ENV_VARS.iter().find_map(|k| env_str(env, k));
+            env_layer.no_proxy = NO_PROXY_ENV_VARS.iter().find_map(|k| env_str(env, k));
+        }
         let merged = flags.over(env_layer).over(yaml);
-        match merged.validate(proxy_env) {
+        match merged.validate() {
             Ok(cfg) if problems.is_empty() => Ok(cfg),
             Ok(_) => Err(ConfigError::Invalid(problems)),
             Err(ConfigError::Invalid(more)) => {

@@ -1,27 +1,75 @@
 //! The health port: every connection gets `OK\n` (tunnel not acknowledged) or `READY\n`
 //! (HELLO_ACK received, tunnel up), then the socket is closed. Nothing is read or parsed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-/// Shared READY flag: set by the tunnel after HELLO_ACK, cleared when the tunnel drops.
+/// What the agent reports about its tunnel: READY while at least one tunnel has its HELLO_ACK
+/// (during a token refresh the old and the new tunnel overlap, so READY never flickers), the
+/// count of tunnels established, and the last dial failure.
 #[derive(Debug, Clone, Default)]
 pub struct HealthState {
-    ready: Arc<AtomicBool>,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Tunnels between HELLO_ACK and their end; one [`ReadyGuard`] each.
+    ready: AtomicUsize,
+    /// HELLO_ACKs received since start.
+    connects: AtomicU64,
+    /// One line: why the last attempt failed (cleared by the next HELLO_ACK).
+    last_error: Mutex<Option<String>>,
+}
+
+/// Held by a tunnel from HELLO_ACK to its end; dropping it takes its READY back.
+#[derive(Debug)]
+pub struct ReadyGuard(Arc<Inner>);
+
+impl Drop for ReadyGuard {
+    fn drop(&mut self) {
+        self.0.ready.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl HealthState {
-    pub fn set_ready(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
+    /// A tunnel got its HELLO_ACK: READY until the guard is dropped; clears the last error.
+    pub fn ready_guard(&self) -> ReadyGuard {
+        self.inner.ready.fetch_add(1, Ordering::AcqRel);
+        self.inner.connects.fetch_add(1, Ordering::Relaxed);
+        *self.lock_error() = None;
+        ReadyGuard(self.inner.clone())
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.inner.ready.load(Ordering::Acquire) > 0
+    }
+
+    /// Tunnels established (HELLO_ACK) since start.
+    pub fn connects(&self) -> u64 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// Records why an attempt failed (one line, no secrets: callers pass error `Display`s).
+    pub fn set_error(&self, line: String) {
+        *self.lock_error() = Some(line);
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.lock_error().clone()
+    }
+
+    fn lock_error(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        // Nothing panics while holding it; recover the value if something ever did.
+        self.inner
+            .last_error
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn answer(&self) -> &'static [u8] {

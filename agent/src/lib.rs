@@ -5,21 +5,27 @@
 //! on-premise target. The agent never listens on a data-plane port: its only listener is the
 //! health port (`OK` / `READY`).
 //!
-//! Modules: [`config`] (flags > env > YAML > defaults), [`cli`] (the flags), `transport` (dial:
-//! TCP, TLS, WebSocket), `tls` (roots), `tunnel` (session loop and reconnects), `stream` (one
-//! target connection), `writer` (the tunnel's batching writer), `health`, `backoff`.
+//! Modules: [`config`] (flags > env > YAML > defaults), [`cli`] (the flags), [`transport`] (dial:
+//! TCP, proxy CONNECT, TLS, WebSocket), [`proxy`] and [`no_proxy`] (the HTTP proxy and its
+//! bypass list), [`tls`] (roots, client certificate), `x509` (issuer names for error lines),
+//! [`token`] (token file, `exp`), `tunnel` (sessions, reconnects, token refresh), `stream` (one
+//! target connection), `writer` (the tunnel's batching writer), [`health`], [`backoff`].
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod no_proxy;
+pub mod proxy;
 mod stream;
 pub mod tls;
+pub mod token;
 pub mod transport;
 mod tunnel;
 pub mod url;
 mod writer;
+mod x509;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,7 +40,7 @@ pub use health::HealthState;
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// A configuration problem found only when it was used (the CA bundle file).
+    /// A configuration problem found only when it was used (CA bundle, client certificate).
     #[error(transparent)]
     Tls(#[from] tls::TlsSetupError),
     #[error("cannot listen on health address {addr}: {source}")]
@@ -75,6 +81,17 @@ impl AgentHandle {
         self.health.is_ready()
     }
 
+    /// Why the latest attempt to reach the relay failed (one line, as logged), or why the last
+    /// tunnel went down; `None` once a tunnel is READY again.
+    pub fn last_error(&self) -> Option<String> {
+        self.health.last_error()
+    }
+
+    /// Tunnels established (HELLO_ACK received) since start, token refreshes included.
+    pub fn connects(&self) -> u64 {
+        self.health.connects()
+    }
+
     /// Starts a graceful stop; [`wait`](AgentHandle::wait) for it to finish.
     pub fn shutdown(&self) {
         self.cancel.cancel();
@@ -89,10 +106,13 @@ impl AgentHandle {
 /// Starts the agent: health port, then the tunnel (which keeps reconnecting until shutdown).
 /// Fails only on what retrying cannot fix: an unusable CA bundle or health address.
 pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, StartError> {
-    let tls = if cfg.url.secure {
-        Some(tls::client_config(cfg.ca_bundle.as_deref())?)
-    } else {
+    if !cfg.url.secure {
         tracing::warn!(relay = %cfg.url, "ws:// tunnel without TLS: for local development only");
+    }
+    let https_proxy = cfg.proxy.as_ref().is_some_and(|p| p.secure);
+    let tls = if cfg.url.secure || https_proxy {
+        Some(tls::client_configs(&cfg.tls)?)
+    } else {
         None
     };
     let addr = cfg.health_addr();
@@ -110,6 +130,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, StartError> {
         relay = %cfg.url,
         connectors = ?cfg.connectors,
         health = %health_addr,
+        proxy = %dialer.route().map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
         "agent starting"
     );
     let shared = Arc::new(tunnel::Shared {

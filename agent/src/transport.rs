@@ -1,18 +1,22 @@
-//! Dialing the relay: TCP, then TLS (for `wss://`), then the WebSocket upgrade.
+//! Dialing the relay, hop by hop: TCP (to the relay, or to an HTTP proxy), TLS to an `https://`
+//! proxy, `CONNECT` through the proxy, TLS to the relay (for `wss://`; SNI and certificate
+//! checks for the relay's name, never the proxy's), then the WebSocket upgrade with the token.
 //!
-//! Each hop is its own step so that the ones still to come (an HTTP CONNECT proxy between TCP
-//! and TLS, client certificates) slot in without touching the tunnel logic. Errors name the hop
-//! that failed in one line and never contain the token.
+//! Every error is one line naming the hop that failed, and none contains the token or the
+//! proxy password. [`Progress`] records the step in flight so a timeout can say where it hung.
 
 use std::fmt;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use nowconnect_shared::subprotocol::{self, Version};
 use nowconnect_shared::Limits;
+use rustls::pki_types::ServerName;
+use rustls::{AlertDescription, CertificateError, ClientConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -24,36 +28,86 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{AgentConfig, ProtocolChoice};
+use crate::no_proxy::NoProxy;
+use crate::proxy::{self, ProxyError, ProxyUrl};
+use crate::tls::{ClientConfigs, Untrusted};
+use crate::token::{self, Token, TokenError};
 use crate::url::RelayUrl;
 
-/// The byte stream under the WebSocket: plain TCP (`ws://`, development) or TLS.
+/// The byte stream under the WebSocket: TCP, or TLS over a stream (TLS to the relay, possibly
+/// inside TLS to an `https://` proxy).
 #[derive(Debug)]
 pub enum TunnelIo {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<TunnelIo>>),
 }
 
 /// The tunnel's WebSocket.
 pub type WsStream = WebSocketStream<TunnelIo>;
 
+/// Which machine a step talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hop {
+    Relay,
+    Proxy,
+}
+
+impl fmt::Display for Hop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hop::Relay => "relay",
+            Hop::Proxy => "proxy",
+        })
+    }
+}
+
 /// Why one dial attempt failed. The variant names double as log/metric reasons.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    #[error("cannot read token file {path}: {message}")]
-    Token { path: PathBuf, message: String },
-    #[error("DNS lookup of {host} failed: {source}")]
-    Resolve { host: String, source: io::Error },
-    #[error("TCP connect to {addr} failed: {source}")]
-    Connect { addr: String, source: io::Error },
-    #[error("TLS handshake with {host} failed: {source}")]
-    Tls { host: String, source: io::Error },
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error("DNS lookup of {hop} host {host} failed: {source}")]
+    Resolve {
+        hop: Hop,
+        host: String,
+        source: io::Error,
+    },
+    #[error("TCP connect to {hop} {addr} failed: {source}")]
+    Connect {
+        hop: Hop,
+        addr: String,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error("TLS to {hop} {host}: certificate not trusted: issued by `{issuer}`, which is not a trusted root{hint}")]
+    TlsUntrusted {
+        hop: Hop,
+        host: String,
+        issuer: String,
+        hint: &'static str,
+    },
+    #[error("TLS to {hop} {host}: hostname mismatch: the certificate is for {presented}")]
+    TlsName {
+        hop: Hop,
+        host: String,
+        presented: String,
+    },
+    #[error("TLS to relay {host}: {message}")]
+    ClientCert { host: String, message: String },
+    #[error("TLS to {hop} {host} failed: {message}")]
+    Tls {
+        hop: Hop,
+        host: String,
+        message: String,
+    },
     #[error("relay refused the WebSocket upgrade: HTTP {status}{reason}")]
     Refused { status: u16, reason: String },
     #[error("relay selected no WebSocket subprotocol")]
     NoSubprotocol,
     #[error("relay selected subprotocol `{0}`, which the agent did not offer")]
     Subprotocol(String),
-    #[error("WebSocket handshake failed: {0}")]
+    #[error("WebSocket handshake with the relay failed: {0}")]
     Handshake(String),
 }
 
@@ -61,10 +115,17 @@ impl DialError {
     /// Short stable name of the cause.
     pub fn reason(&self) -> &'static str {
         match self {
-            DialError::Token { .. } => "token",
+            DialError::Token(TokenError::Expired { .. }) => "token_expired",
+            DialError::Token(_) => "token",
             DialError::Resolve { .. } => "dns",
             DialError::Connect { .. } => "connect",
+            DialError::Proxy(e) => e.reason(),
+            DialError::TlsUntrusted { .. } => "tls_untrusted",
+            DialError::TlsName { .. } => "tls_hostname",
+            DialError::ClientCert { .. } => "tls_client_cert",
             DialError::Tls { .. } => "tls",
+            DialError::Refused { status: 401, .. } => "unauthorized",
+            DialError::Refused { status: 403, .. } => "forbidden",
             DialError::Refused { .. } => "refused",
             DialError::NoSubprotocol | DialError::Subprotocol(_) => "subprotocol",
             DialError::Handshake(_) => "handshake",
@@ -72,23 +133,69 @@ impl DialError {
     }
 }
 
-/// A bearer token; never printed.
-struct Token(String);
+/// The step of a dial in flight (for timeout messages).
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU8);
 
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MASKED")
+/// Steps, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Step {
+    Token = 0,
+    Dns = 1,
+    Tcp = 2,
+    ProxyDns = 3,
+    ProxyTcp = 4,
+    ProxyTls = 5,
+    ProxyConnect = 6,
+    RelayTls = 7,
+    Upgrade = 8,
+    Hello = 9,
+}
+
+impl Progress {
+    pub fn set(&self, step: Step) {
+        self.0.store(step as u8, Ordering::Relaxed);
     }
+
+    pub fn get(&self) -> Step {
+        match self.0.load(Ordering::Relaxed) {
+            0 => Step::Token,
+            1 => Step::Dns,
+            2 => Step::Tcp,
+            3 => Step::ProxyDns,
+            4 => Step::ProxyTcp,
+            5 => Step::ProxyTls,
+            6 => Step::ProxyConnect,
+            7 => Step::RelayTls,
+            8 => Step::Upgrade,
+            _ => Step::Hello,
+        }
+    }
+}
+
+/// A successful dial.
+#[derive(Debug)]
+pub struct Dialed {
+    pub ws: WsStream,
+    pub version: Version,
+    /// The token sent (to know when it expires and whether the file changed since).
+    pub token: Option<Token>,
 }
 
 /// Everything needed to open a tunnel; cheap to keep for the life of the agent.
 #[derive(Clone)]
 pub struct Dialer {
     url: RelayUrl,
-    tls: Option<TlsConnector>,
+    tls: Option<ClientConfigs>,
+    proxy: Option<ProxyUrl>,
+    no_proxy: NoProxy,
     token_file: Option<PathBuf>,
     protocol: ProtocolChoice,
     ws_config: WebSocketConfig,
+    /// Wording of certificate errors: what the operator can change.
+    ca_bundle_only: bool,
+    client_cert: bool,
 }
 
 impl fmt::Debug for Dialer {
@@ -96,6 +203,7 @@ impl fmt::Debug for Dialer {
         f.debug_struct("Dialer")
             .field("url", &self.url)
             .field("tls", &self.tls.is_some())
+            .field("proxy", &self.proxy)
             .field("token_file", &self.token_file)
             .field("protocol", &self.protocol)
             .finish()
@@ -103,18 +211,23 @@ impl fmt::Debug for Dialer {
 }
 
 impl Dialer {
-    /// `tls` is required for `wss://` URLs (built once by [`crate::tls::client_config`]).
-    pub fn new(cfg: &AgentConfig, tls: Option<Arc<rustls::ClientConfig>>) -> Dialer {
+    /// `tls` is required for a `wss://` relay or an `https://` proxy (built once by
+    /// [`crate::tls::client_configs`]).
+    pub fn new(cfg: &AgentConfig, tls: Option<ClientConfigs>) -> Dialer {
         let limits: &Limits = &cfg.limits.protocol;
         let max = limits.max_v1_text_len().max(limits.max_v2_frame_len());
         Dialer {
             url: cfg.url.clone(),
-            tls: tls.map(TlsConnector::from),
+            tls,
+            proxy: cfg.proxy.clone(),
+            no_proxy: cfg.no_proxy.clone(),
             token_file: cfg.token_file.clone(),
             protocol: cfg.protocol,
             ws_config: WebSocketConfig::default()
                 .max_message_size(Some(max))
                 .max_frame_size(Some(max)),
+            ca_bundle_only: cfg.tls.ca_bundle_only,
+            client_cert: cfg.tls.client_cert.is_some(),
         }
     }
 
@@ -122,14 +235,47 @@ impl Dialer {
         &self.url
     }
 
+    pub fn token_file(&self) -> Option<&std::path::Path> {
+        self.token_file.as_deref()
+    }
+
+    /// The proxy used for the relay, unless none is set or `no_proxy` matches the relay.
+    pub fn route(&self) -> Option<&ProxyUrl> {
+        self.proxy
+            .as_ref()
+            .filter(|_| !self.no_proxy.matches(&self.url.host, self.url.port))
+    }
+
+    /// What a dial stuck at `step` was doing, for a timeout line.
+    pub fn describe(&self, step: Step) -> String {
+        let relay = self.url.authority();
+        let proxy = self
+            .route()
+            .map(ProxyUrl::authority)
+            .unwrap_or_else(|| "(none)".into());
+        match step {
+            Step::Token => "reading the token file".into(),
+            Step::Dns => format!("resolving relay host {}", self.url.host),
+            Step::Tcp => format!("connecting to relay {relay}"),
+            Step::ProxyDns => format!("resolving proxy host of {proxy}"),
+            Step::ProxyTcp => format!("connecting to proxy {proxy}"),
+            Step::ProxyTls => format!("in the TLS handshake with proxy {proxy}"),
+            Step::ProxyConnect => format!("waiting for proxy {proxy} to answer CONNECT {relay}"),
+            Step::RelayTls => format!("in the TLS handshake with relay {relay}"),
+            Step::Upgrade => format!("waiting for relay {relay} to answer the WebSocket upgrade"),
+            Step::Hello => format!("waiting for relay {relay} to acknowledge HELLO"),
+        }
+    }
+
     /// Opens the tunnel's WebSocket and returns it with the negotiated protocol version.
     ///
     /// A reference-system hub answers the upgrade without `Sec-WebSocket-Protocol` even though we
     /// offered some; tungstenite then fails the handshake as RFC 6455 asks. Such a hub speaks v1,
     /// so we dial once more offering nothing, which it accepts as v1 (unless v2 was forced).
-    pub async fn connect(&self) -> Result<(WsStream, Version), DialError> {
+    pub async fn connect(&self, progress: &Progress) -> Result<Dialed, DialError> {
+        progress.set(Step::Token);
         let token = match &self.token_file {
-            Some(path) => Some(read_token(path).await?),
+            Some(path) => Some(token::read(path).await?),
             None => None,
         };
         let offer = match self.protocol {
@@ -137,25 +283,27 @@ impl Dialer {
             ProtocolChoice::V1 => subprotocol::V1,
             ProtocolChoice::V2 => subprotocol::V2,
         };
-        match self.attempt(Some(offer), token.as_ref()).await {
+        let (ws, version) = match self.attempt(Some(offer), token.as_ref(), progress).await {
             Err(DialError::NoSubprotocol) if self.protocol != ProtocolChoice::V2 => {
                 tracing::info!(
                     relay = %self.url,
                     "relay selected no subprotocol (reference hub); dialing again for v1"
                 );
-                self.attempt(None, token.as_ref()).await
+                self.attempt(None, token.as_ref(), progress).await?
             }
-            r => r,
-        }
+            r => r?,
+        };
+        Ok(Dialed { ws, version, token })
     }
 
     async fn attempt(
         &self,
         offer: Option<&'static str>,
         token: Option<&Token>,
+        progress: &Progress,
     ) -> Result<(WsStream, Version), DialError> {
-        let tcp = self.connect_tcp().await?;
-        let io = self.wrap_tls(tcp).await?;
+        let io = self.open(progress).await?;
+        progress.set(Step::Upgrade);
         let mut req = self
             .url
             .as_string()
@@ -165,9 +313,10 @@ impl Dialer {
             req.headers_mut()
                 .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(offer));
         }
-        if let Some(Token(t)) = token {
-            // Checked in read_token: only visible ASCII, so this cannot fail.
-            let mut v = HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+        if let Some(t) = token {
+            // Token::parse admits only visible ASCII, so this cannot fail; the error (if it
+            // ever did) does not include the value.
+            let mut v = HeaderValue::from_str(&format!("Bearer {}", t.secret())).map_err(|_| {
                 DialError::Handshake("token is not a valid header value".to_owned())
             })?;
             v.set_sensitive(true);
@@ -175,7 +324,7 @@ impl Dialer {
         }
         let (ws, resp) = tokio_tungstenite::client_async_with_config(req, io, Some(self.ws_config))
             .await
-            .map_err(map_ws_error)?;
+            .map_err(|e| self.map_ws_error(e))?;
         let selected = resp
             .headers()
             .get(SEC_WEBSOCKET_PROTOCOL)
@@ -184,105 +333,240 @@ impl Dialer {
         Ok((ws, version))
     }
 
-    /// Resolves the relay host and connects to the first address that answers.
-    async fn connect_tcp(&self) -> Result<TcpStream, DialError> {
-        let host = self.url.host.as_str();
-        let addrs: Vec<_> = tokio::net::lookup_host((host, self.url.port))
-            .await
-            .map_err(|source| DialError::Resolve {
-                host: host.to_owned(),
-                source,
-            })?
-            .collect();
-        let mut last = None;
-        for addr in addrs {
-            match TcpStream::connect(addr).await {
-                Ok(s) => {
-                    // Small frames (LDAP, TLS records inside) must not wait for delayed ACKs.
-                    let _ = s.set_nodelay(true);
-                    return Ok(s);
-                }
-                Err(e) => last = Some((addr, e)),
+    /// The byte stream to the relay: direct or through the proxy, then TLS for `wss://`.
+    async fn open(&self, progress: &Progress) -> Result<TunnelIo, DialError> {
+        let io = match self.route() {
+            None => {
+                progress.set(Step::Dns);
+                let tcp = connect_tcp(Hop::Relay, &self.url.host, self.url.port, progress).await?;
+                TunnelIo::Plain(tcp)
             }
+            Some(p) => {
+                progress.set(Step::ProxyDns);
+                let tcp = connect_tcp(Hop::Proxy, &p.host, p.port, progress).await?;
+                let mut io = TunnelIo::Plain(tcp);
+                if p.secure {
+                    progress.set(Step::ProxyTls);
+                    io = self.tls(Hop::Proxy, &p.host, io).await?;
+                }
+                progress.set(Step::ProxyConnect);
+                proxy::connect(&mut io, p, &self.url.authority()).await?;
+                tracing::debug!(proxy = %p, relay = %self.url.authority(), "proxy tunnel open");
+                io
+            }
+        };
+        if !self.url.secure {
+            return Ok(io);
         }
-        Err(match last {
-            Some((addr, source)) => DialError::Connect {
-                addr: addr.to_string(),
-                source,
-            },
-            None => DialError::Resolve {
-                host: host.to_owned(),
-                source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
-            },
-        })
+        progress.set(Step::RelayTls);
+        self.tls(Hop::Relay, &self.url.host, io).await
     }
 
-    async fn wrap_tls(&self, tcp: TcpStream) -> Result<TunnelIo, DialError> {
-        if !self.url.secure {
-            return Ok(TunnelIo::Plain(tcp));
-        }
-        let tls_err = |source| DialError::Tls {
-            host: self.url.host.clone(),
-            source,
-        };
-        let connector = self
-            .tls
-            .as_ref()
-            .ok_or_else(|| tls_err(io::Error::other("no TLS settings (internal error)")))?;
-        let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
-            .map_err(|e| tls_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-        let tls = connector.connect(name, tcp).await.map_err(tls_err)?;
+    /// TLS handshake with `host` (SNI and certificate name) over `io`.
+    async fn tls(&self, hop: Hop, host: &str, io: TunnelIo) -> Result<TunnelIo, DialError> {
+        let config = self.tls.as_ref().map(|t| match hop {
+            Hop::Relay => t.relay.clone(),
+            Hop::Proxy => t.proxy.clone(),
+        });
+        let config: Arc<ClientConfig> = config.ok_or_else(|| DialError::Tls {
+            hop,
+            host: host.to_owned(),
+            message: "no TLS settings (internal error)".into(),
+        })?;
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| DialError::Tls {
+            hop,
+            host: host.to_owned(),
+            message: e.to_string(),
+        })?;
+        let tls = TlsConnector::from(config)
+            .connect(name, io)
+            .await
+            .map_err(|e| self.tls_error(hop, host, &e))?;
         Ok(TunnelIo::Tls(Box::new(tls)))
     }
-}
 
-/// Reads the token file now (it may have been rotated since the last connect).
-async fn read_token(path: &Path) -> Result<Token, DialError> {
-    let err = |message: String| DialError::Token {
-        path: path.to_owned(),
-        message,
-    };
-    let text = tokio::fs::read_to_string(path)
-        .await
-        .map_err(|e| err(e.to_string()))?;
-    let t = text.trim();
-    if t.is_empty() {
-        return Err(err("file is empty".into()));
-    }
-    if !t.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(err(
-            "token contains spaces, control or non-ASCII characters".into(),
-        ));
-    }
-    Ok(Token(t.to_owned()))
-}
-
-fn map_ws_error(e: WsError) -> DialError {
-    match e {
-        WsError::Http(resp) => {
-            let body = resp.body().as_deref().unwrap_or_default();
-            let text: String = String::from_utf8_lossy(body)
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(160)
-                .collect();
-            DialError::Refused {
-                status: resp.status().as_u16(),
-                reason: if text.trim().is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", text.trim())
-                },
+    /// Words a TLS failure: untrusted issuer, wrong name, client certificate, or rustls' text.
+    fn tls_error(&self, hop: Hop, host: &str, e: &io::Error) -> DialError {
+        let host = host.to_owned();
+        let Some(err) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        else {
+            return DialError::Tls {
+                hop,
+                host,
+                message: e.to_string(),
+            };
+        };
+        match err {
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                if let Some(u) = other.0.downcast_ref::<Untrusted>() {
+                    return DialError::TlsUntrusted {
+                        hop,
+                        host,
+                        issuer: u.issuer.clone(),
+                        hint: if self.ca_bundle_only {
+                            " (only proxy.ca_bundle is trusted: proxy.ca_bundle_only is set)"
+                        } else {
+                            "; add its CA certificate to proxy.ca_bundle (NC_CA_BUNDLE)"
+                        },
+                    };
+                }
             }
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForNameContext {
+                presented,
+                ..
+            }) => {
+                let presented = if presented.is_empty() {
+                    "no names".to_owned()
+                } else {
+                    presented
+                        .iter()
+                        .take(8)
+                        .map(|n| n.chars().filter(|c| !c.is_control()).collect::<String>())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return DialError::TlsName {
+                    hop,
+                    host,
+                    presented,
+                };
+            }
+            rustls::Error::InvalidCertificate(CertificateError::NotValidForName) => {
+                return DialError::TlsName {
+                    hop,
+                    host,
+                    presented: "other names".into(),
+                };
+            }
+            rustls::Error::AlertReceived(alert) if hop == Hop::Relay => {
+                if let Some(message) = client_cert_alert(*alert, self.client_cert) {
+                    return DialError::ClientCert { host, message };
+                }
+            }
+            _ => {}
         }
-        WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
-            SubProtocolError::NoSubProtocol,
-        )) => DialError::NoSubprotocol,
-        WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
-            SubProtocolError::InvalidSubProtocol,
-        )) => DialError::Subprotocol("(not offered)".to_owned()),
-        other => DialError::Handshake(other.to_string()),
+        DialError::Tls {
+            hop,
+            host,
+            message: err.to_string(),
+        }
     }
+
+    fn map_ws_error(&self, e: WsError) -> DialError {
+        match e {
+            WsError::Http(resp) => {
+                let body = resp.body().as_deref().unwrap_or_default();
+                let text: String = String::from_utf8_lossy(body)
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(160)
+                    .collect();
+                DialError::Refused {
+                    status: resp.status().as_u16(),
+                    reason: if text.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", text.trim())
+                    },
+                }
+            }
+            WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
+                SubProtocolError::NoSubProtocol,
+            )) => DialError::NoSubprotocol,
+            WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
+                SubProtocolError::InvalidSubProtocol,
+            )) => DialError::Subprotocol("(not offered)".to_owned()),
+            // With TLS 1.3 the relay judges our client certificate after our side of the
+            // handshake is done: its verdict arrives as an alert on the first read.
+            WsError::Io(io) if self.url.secure && is_rustls(&io) => {
+                self.tls_error(Hop::Relay, &self.url.host, &io)
+            }
+            other => DialError::Handshake(other.to_string()),
+        }
+    }
+}
+
+fn is_rustls(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// An alert from the relay that is about our client certificate, worded for the operator.
+fn client_cert_alert(alert: AlertDescription, have_cert: bool) -> Option<String> {
+    use AlertDescription as A;
+    let about_cert = matches!(
+        alert,
+        A::CertificateRequired
+            | A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::AccessDenied
+            | A::HandshakeFailure
+    );
+    if !about_cert {
+        return None;
+    }
+    Some(if have_cert {
+        format!("the relay refused our client certificate (TLS alert {alert:?})")
+    } else {
+        format!(
+            "the relay requires a client certificate (TLS alert {alert:?}); set \
+             tunnel.auth.client_cert_file and client_key_file (NC_CLIENT_CERT, NC_CLIENT_KEY)"
+        )
+    })
+}
+
+/// Resolves `host` and connects to the first address that answers.
+async fn connect_tcp(
+    hop: Hop,
+    host: &str,
+    port: u16,
+    progress: &Progress,
+) -> Result<TcpStream, DialError> {
+    let addrs: Vec<_> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| DialError::Resolve {
+            hop,
+            host: host.to_owned(),
+            source,
+        })?
+        .collect();
+    progress.set(match hop {
+        Hop::Relay => Step::Tcp,
+        Hop::Proxy => Step::ProxyTcp,
+    });
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                // Small frames (LDAP, TLS records inside) must not wait for delayed ACKs.
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = Some((addr, e)),
+        }
+    }
+    Err(match last {
+        Some((addr, source)) => DialError::Connect {
+            hop,
+            addr: if addr.ip().to_string() == host {
+                addr.to_string()
+            } else {
+                format!("{} ({addr})", proxy::authority(host, port))
+            },
+            source,
+        },
+        None => DialError::Resolve {
+            hop,
+            host: host.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+        },
+    })
 }
 
 impl AsyncRead for TunnelIo {
@@ -347,23 +631,36 @@ impl AsyncWrite for TunnelIo {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn token_file_is_trimmed_and_masked() {
-        let dir = std::env::temp_dir().join(format!("nc-agent-tok-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let p = dir.join("token");
-        std::fs::write(&p, "abc.def.ghi\n").expect("write");
-        let t = read_token(&p).await.expect("token");
-        assert_eq!(t.0, "abc.def.ghi");
-        assert_eq!(format!("{t:?}"), "MASKED");
-        std::fs::write(&p, "  \n").expect("write");
-        assert!(read_token(&p).await.is_err());
-        std::fs::write(&p, "secret with space").expect("write");
-        let e = read_token(&p).await.expect_err("bad token").to_string();
+    #[test]
+    fn client_cert_alerts_are_worded_for_the_operator() {
+        let m =
+            client_cert_alert(AlertDescription::CertificateRequired, false).expect("about certs");
         assert!(
-            !e.contains("secret"),
-            "token text must not appear in errors: {e}"
+            m.contains("requires a client certificate") && m.contains("client_cert_file"),
+            "{m}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        let m = client_cert_alert(AlertDescription::UnknownCA, true).expect("about certs");
+        assert!(m.contains("refused our client certificate"), "{m}");
+        assert!(client_cert_alert(AlertDescription::ProtocolVersion, true).is_none());
+    }
+
+    #[test]
+    fn progress_round_trips() {
+        let p = Progress::default();
+        for s in [
+            Step::Token,
+            Step::Dns,
+            Step::Tcp,
+            Step::ProxyDns,
+            Step::ProxyTcp,
+            Step::ProxyTls,
+            Step::ProxyConnect,
+            Step::RelayTls,
+            Step::Upgrade,
+            Step::Hello,
+        ] {
+            p.set(s);
+            assert_eq!(p.get(), s);
+        }
     }
 }

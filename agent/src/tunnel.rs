@@ -1,4 +1,4 @@
-//! The tunnel: one session per WebSocket connection, and the supervisor that reconnects.
+//! The tunnel: one session per WebSocket connection, and the supervisor that keeps one up.
 //!
 //! A session dials the relay, sends HELLO, waits for HELLO_ACK (health READY), then reads
 //! frames and dispatches them to stream tasks until the WebSocket closes, the keepalive fails
@@ -9,11 +9,17 @@
 //! The reader never waits on anything but the WebSocket: frames for a stream go into that
 //! stream's channel (bounded by the v2 window or the v1 queue depth, both enforced here), and
 //! control frames go to the writer's unbounded control queue.
+//!
+//! Token refresh: when the token in use has `exp`, the supervisor re-reads the token file
+//! `refresh_before_exp` ahead of it; if the file holds a new token it opens a second session
+//! while the first stays READY, and once the new one is READY (the relay sends new streams to
+//! the newest tunnel of an agent) the old one is retired: it closes when its last stream ends,
+//! or at its token's expiry. Health therefore stays READY across a refresh.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use nowconnect_shared::subprotocol::Version;
@@ -21,16 +27,17 @@ use nowconnect_shared::{
     binary, DecodeError, Dir, Frame, Hello, RecvWindow, RstCode, StreamId, DEFAULT_WINDOW,
 };
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{Id as TaskId, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::AgentConfig;
-use crate::health::HealthState;
+use crate::health::{HealthState, ReadyGuard};
 use crate::stream::{self, Drained, StreamCtx, ToStream};
-use crate::transport::{DialError, Dialer};
+use crate::token::{self, Token};
+use crate::transport::{DialError, Dialed, Dialer, Progress, Step};
 use crate::writer::{self, Encoder, Outgoing};
 
 /// A tunnel READY this long resets the reconnect backoff.
@@ -39,6 +46,8 @@ const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Most streams one tunnel carries at once; more OPENs are reset (bounds agent memory).
 const MAX_STREAMS: usize = 65_536;
+/// A retired tunnel may keep its streams at least this long, even if its token has expired.
+const MIN_DRAIN: Duration = Duration::from_secs(5);
 
 /// What the supervisor and its sessions share.
 #[derive(Debug)]
@@ -53,12 +62,35 @@ pub(crate) struct Shared {
 pub(crate) enum End {
     Shutdown,
     Dial(DialError),
-    HandshakeTimeout,
+    /// The dial did not finish in time; says at which step.
+    HandshakeTimeout(String),
     HelloTimeout,
-    RelayClosed { code: u16, reason: String },
+    RelayClosed {
+        code: u16,
+        reason: String,
+    },
     Broken(String),
     KeepaliveTimeout,
     Protocol(String),
+    /// Replaced by a newer tunnel (token refresh) and drained.
+    Retired,
+}
+
+impl End {
+    /// Short stable name of the cause.
+    fn reason(&self) -> &'static str {
+        match self {
+            End::Shutdown => "shutdown",
+            End::Dial(e) => e.reason(),
+            End::HandshakeTimeout(_) => "timeout",
+            End::HelloTimeout => "hello_timeout",
+            End::RelayClosed { .. } => "relay_closed",
+            End::Broken(_) => "broken",
+            End::KeepaliveTimeout => "keepalive",
+            End::Protocol(_) => "protocol",
+            End::Retired => "retired",
+        }
+    }
 }
 
 impl fmt::Display for End {
@@ -66,7 +98,7 @@ impl fmt::Display for End {
         match self {
             End::Shutdown => f.write_str("agent shutting down"),
             End::Dial(e) => write!(f, "{e}"),
-            End::HandshakeTimeout => f.write_str("timed out connecting to the relay"),
+            End::HandshakeTimeout(what) => write!(f, "timed out {what}"),
             End::HelloTimeout => f.write_str("relay did not acknowledge HELLO in time"),
             End::RelayClosed { code, reason } if reason.is_empty() => {
                 write!(f, "relay closed the tunnel (code {code})")
@@ -77,58 +109,205 @@ impl fmt::Display for End {
             End::Broken(e) => write!(f, "tunnel broken: {e}"),
             End::KeepaliveTimeout => f.write_str("no pong or frame from the relay in time"),
             End::Protocol(e) => write!(f, "protocol error from the relay: {e}"),
+            End::Retired => f.write_str("replaced by a newer tunnel"),
         }
     }
 }
 
-/// Keeps a tunnel up until `cancel`: session, backoff, session, ...
+/// A session's HELLO_ACK, reported to the supervisor.
+#[derive(Debug)]
+struct Ready {
+    id: TaskId,
+    token: Option<Token>,
+}
+
+/// A session the supervisor started; `retire` asks it to drain and close.
+#[derive(Debug)]
+struct Tracked {
+    id: TaskId,
+    retire: CancellationToken,
+    /// The token it connected with (set at READY).
+    token: Option<Token>,
+}
+
+/// What a session task returns.
+type SessionResult = (End, Option<Duration>);
+
+/// Keeps a tunnel up until `cancel`: dial, READY, reconnect with backoff after a failure, and
+/// refresh ahead of the token's expiry. See the module docs for the refresh overlap.
 pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     let limits = &shared.cfg.limits;
+    let margin = shared.cfg.token_refresh_before;
+    // While the file still holds the expiring token, look again this often.
+    let recheck = (margin / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut backoff = Backoff::new(limits.reconnect_initial, limits.reconnect_max);
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Ready>();
+    let mut sessions: JoinSet<SessionResult> = JoinSet::new();
+    // The READY tunnel new streams use.
+    let mut current: Option<Tracked> = None;
+    // A session dialing or waiting for HELLO_ACK (first connect, reconnect or refresh).
+    let mut pending: Option<Tracked> = None;
+    let mut retry_at: Option<Instant> = Some(Instant::now());
+    let mut refresh_at: Option<Instant> = None;
+    let mut stale_warned = false;
+    let far = || Instant::now() + Duration::from_secs(86_400);
+
     loop {
-        let (end, ready_for) = session(&shared, &cancel).await;
-        shared.health.set_ready(false);
-        if cancel.is_cancelled() {
-            tracing::info!("tunnel stopped");
-            return;
-        }
-        if ready_for.is_some_and(|d| d >= HEALTHY_PERIOD) {
-            backoff.reset();
-        }
-        let delay = backoff.next_delay();
-        let delay_ms = delay.as_millis() as u64;
-        match &end {
-            End::Dial(e) => {
-                tracing::warn!(relay = %shared.dialer.url(), reason = e.reason(), error = %e, delay_ms, "cannot connect to the relay; retrying")
-            }
-            other => {
-                tracing::warn!(relay = %shared.dialer.url(), reason = %other, delay_ms, "tunnel down; reconnecting")
-            }
-        }
         tokio::select! {
-            _ = cancel.cancelled() => {
-                tracing::info!("tunnel stopped");
-                return;
+            biased;
+            _ = cancel.cancelled() => break,
+            Some(ready) = ready_rx.recv() => {
+                let Some(mut p) = pending.take_if(|p| p.id == ready.id) else { continue };
+                refresh_at = refresh_deadline(ready.token.as_ref(), margin);
+                stale_warned = false;
+                p.token = ready.token;
+                if let Some(old) = current.replace(p) {
+                    tracing::info!("new tunnel READY; the previous one closes when its streams end");
+                    old.retire.cancel();
+                }
             }
-            _ = tokio::time::sleep(delay) => {}
+            Some(joined) = sessions.join_next_with_id(), if !sessions.is_empty() => {
+                let (id, end, ready_for) = match joined {
+                    Ok((id, (end, ready_for))) => (id, end, ready_for),
+                    Err(e) => (e.id(), End::Broken(format!("session task failed: {e}")), None),
+                };
+                if end.is_shutdown_or(&cancel) {
+                    continue;
+                }
+                if pending.as_ref().is_some_and(|p| p.id == id) {
+                    pending = None;
+                    let delay = backoff.next_delay();
+                    retry_at = Some(Instant::now() + delay);
+                    shared.health.set_error(end.to_string());
+                    let delay_ms = delay.as_millis() as u64;
+                    if current.is_some() {
+                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot open the replacement tunnel; the current one stays up; retrying");
+                    } else {
+                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
+                    }
+                } else if current.as_ref().is_some_and(|c| c.id == id) {
+                    current = None;
+                    refresh_at = None;
+                    if ready_for.is_some_and(|d| d >= HEALTHY_PERIOD) {
+                        backoff.reset();
+                    }
+                    shared.health.set_error(end.to_string());
+                    if pending.is_none() {
+                        let delay = backoff.next_delay();
+                        retry_at = Some(Instant::now() + delay);
+                        let delay_ms = delay.as_millis() as u64;
+                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "tunnel down; reconnecting");
+                    } else {
+                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, "tunnel down while its replacement is being opened");
+                    }
+                } else {
+                    tracing::info!(reason = end.reason(), "previous tunnel closed: {end}");
+                }
+            }
+            _ = sleep_until(retry_at.unwrap_or_else(far)), if retry_at.is_some() && pending.is_none() => {
+                retry_at = None;
+                pending = Some(spawn_session(&mut sessions, &shared, &cancel, &ready_tx));
+            }
+            _ = sleep_until(refresh_at.unwrap_or_else(far)),
+                if refresh_at.is_some() && pending.is_none() && retry_at.is_none() => {
+                refresh_at = None;
+                let (Some(cur), Some(path)) = (&current, shared.dialer.token_file()) else { continue };
+                match token::read_any(path).await {
+                    Ok(t) if cur.token.as_ref() != Some(&t) => {
+                        tracing::info!(token_file = %path.display(), "token file holds a new token; opening a new tunnel before the current token expires");
+                        pending = Some(spawn_session(&mut sessions, &shared, &cancel, &ready_tx));
+                    }
+                    other => {
+                        if !stale_warned {
+                            stale_warned = true;
+                            let left = cur
+                                .token
+                                .as_ref()
+                                .and_then(|t| t.time_left(SystemTime::now()))
+                                .map(|l| match l {
+                                    Ok(d) => format!("expires in {} s", d.as_secs()),
+                                    Err(d) => format!("expired {} s ago", d.as_secs()),
+                                })
+                                .unwrap_or_default();
+                            match other {
+                                Err(e) => tracing::warn!(error = %e, "the tunnel's token {left}; cannot read a new one yet"),
+                                Ok(_) => tracing::warn!(token_file = %path.display(), "the tunnel's token {left} and the token file still holds it; waiting for a new token"),
+                            }
+                        }
+                        refresh_at = Some(Instant::now() + recheck);
+                    }
+                }
+            }
         }
+    }
+    // Every session watches `cancel`: each sends its Close and ends.
+    while sessions.join_next().await.is_some() {}
+    tracing::info!("tunnel stopped");
+}
+
+impl End {
+    fn is_shutdown_or(&self, cancel: &CancellationToken) -> bool {
+        matches!(self, End::Shutdown) || cancel.is_cancelled()
+    }
+}
+
+/// When to look for a new token: `margin` before `exp` (now, if that has passed).
+fn refresh_deadline(token: Option<&Token>, margin: Duration) -> Option<Instant> {
+    let left = match token?.time_left(SystemTime::now())? {
+        Ok(left) => left,
+        Err(_) => Duration::ZERO,
+    };
+    Some(Instant::now() + left.saturating_sub(margin))
+}
+
+fn spawn_session(
+    sessions: &mut JoinSet<SessionResult>,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+    ready_tx: &mpsc::UnboundedSender<Ready>,
+) -> Tracked {
+    let retire = CancellationToken::new();
+    let handle = sessions.spawn(session(
+        shared.clone(),
+        cancel.clone(),
+        retire.clone(),
+        ready_tx.clone(),
+    ));
+    Tracked {
+        id: handle.id(),
+        retire,
+        token: None,
     }
 }
 
 /// One connection to the relay, from dial to close. Returns why it ended and how long it was
 /// READY.
-async fn session(shared: &Shared, cancel: &CancellationToken) -> (End, Option<Duration>) {
+async fn session(
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    retire: CancellationToken,
+    ready_tx: mpsc::UnboundedSender<Ready>,
+) -> SessionResult {
     let cfg = &shared.cfg;
     let deadline = Instant::now() + cfg.limits.handshake_timeout;
+    let progress = Progress::default();
     let dialed = tokio::select! {
         _ = cancel.cancelled() => return (End::Shutdown, None),
-        r = tokio::time::timeout_at(deadline, shared.dialer.connect()) => r,
+        r = tokio::time::timeout_at(deadline, shared.dialer.connect(&progress)) => r,
     };
-    let (ws, version) = match dialed {
+    let Dialed { ws, version, token } = match dialed {
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return (End::Dial(e), None),
-        Err(_) => return (End::HandshakeTimeout, None),
+        Err(_) => {
+            let what = format!(
+                "after {} ms {}",
+                cfg.limits.handshake_timeout.as_millis(),
+                shared.dialer.describe(progress.get())
+            );
+            return (End::HandshakeTimeout(what), None);
+        }
     };
+    progress.set(Step::Hello);
     tracing::info!(relay = %shared.dialer.url(), protocol = version.name(), "connected; sending HELLO");
     let (sink, reader) = ws.split();
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
@@ -144,7 +323,7 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> (End, Option<Du
     let _ = ctrl_tx.send(Outgoing::Frame(Frame::Hello(hello)));
     let (drained_tx, drained_rx) = mpsc::unbounded_channel();
     let mut t = Session {
-        shared,
+        shared: &shared,
         version,
         encoder,
         ctrl: ctrl_tx,
@@ -154,9 +333,19 @@ async fn session(shared: &Shared, cancel: &CancellationToken) -> (End, Option<Du
         tasks: JoinSet::new(),
         next_serial: 0,
         ready_at: None,
+        ready_guard: None,
+        ready_tx,
+        token,
     };
     let end = t
-        .run(reader, drained_rx, &mut writer_task, cancel, deadline)
+        .run(
+            reader,
+            drained_rx,
+            &mut writer_task,
+            &cancel,
+            &retire,
+            deadline,
+        )
         .await;
     let ready_for = t.ready_at.map(|at| at.elapsed());
     if matches!(end, End::Protocol(_)) {
@@ -196,6 +385,11 @@ struct Session<'a> {
     tasks: JoinSet<(StreamId, u64)>,
     next_serial: u64,
     ready_at: Option<Instant>,
+    /// Held from HELLO_ACK to the end of the session: health READY.
+    ready_guard: Option<ReadyGuard>,
+    ready_tx: mpsc::UnboundedSender<Ready>,
+    /// The token this tunnel was opened with (handed to the supervisor at READY).
+    token: Option<Token>,
 }
 
 type Reader = futures_util::stream::SplitStream<crate::transport::WsStream>;
@@ -207,6 +401,7 @@ impl Session<'_> {
         mut drained_rx: mpsc::UnboundedReceiver<Drained>,
         writer_task: &mut JoinSet<Result<(), String>>,
         cancel: &CancellationToken,
+        retire: &CancellationToken,
         hello_deadline: Instant,
     ) -> End {
         let ka = self.shared.cfg.keepalive;
@@ -217,13 +412,30 @@ impl Session<'_> {
         tokio::pin!(keepalive);
         let hello_timer = sleep_until(hello_deadline);
         tokio::pin!(hello_timer);
+        // Set once retired: the latest moment to close even if streams are still open.
+        let mut drain_until: Option<Instant> = None;
+        let drain_timer = sleep_until(hello_deadline);
+        tokio::pin!(drain_timer);
         loop {
+            if drain_until.is_some() && self.streams.is_empty() {
+                return self.close_retired(writer_task).await;
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => {
                     let _ = self.ctrl.send(Outgoing::Close { code: 1001, reason: "agent shutting down" });
                     let _ = tokio::time::timeout(CLOSE_GRACE, writer_task.join_next()).await;
                     return End::Shutdown;
+                }
+                _ = retire.cancelled(), if drain_until.is_none() => {
+                    let until = self.drain_deadline();
+                    tracing::info!(streams = self.streams.len(), "tunnel replaced; draining its streams");
+                    drain_until = Some(until);
+                    drain_timer.as_mut().reset(until);
+                }
+                _ = &mut drain_timer, if drain_until.is_some() => {
+                    tracing::info!(streams = self.streams.len(), "closing the replaced tunnel with streams still open");
+                    return self.close_retired(writer_task).await;
                 }
                 r = writer_task.join_next() => {
                     return match r {
@@ -271,6 +483,30 @@ impl Session<'_> {
                 }
             }
         }
+    }
+
+    /// The latest close of a retired tunnel: its token's expiry, but never less than
+    /// [`MIN_DRAIN`] from now.
+    fn drain_deadline(&self) -> Instant {
+        let min = Instant::now() + MIN_DRAIN;
+        match self
+            .token
+            .as_ref()
+            .and_then(|t| t.time_left(SystemTime::now()))
+        {
+            Some(Ok(left)) => (Instant::now() + left).max(min),
+            _ => min,
+        }
+    }
+
+    /// Sends a normal Close (the relay drops this tunnel; the agent's newer one stays).
+    async fn close_retired(&mut self, writer_task: &mut JoinSet<Result<(), String>>) -> End {
+        let _ = self.ctrl.send(Outgoing::Close {
+            code: 1000,
+            reason: "replaced by a newer tunnel",
+        });
+        let _ = tokio::time::timeout(CLOSE_GRACE, writer_task.join_next()).await;
+        End::Retired
     }
 
     /// Handles one WebSocket message; `Some` ends the session.
@@ -352,7 +588,11 @@ impl Session<'_> {
             return match frame {
                 Frame::HelloAck => {
                     self.ready_at = Some(Instant::now());
-                    self.shared.health.set_ready(true);
+                    self.ready_guard = Some(self.shared.health.ready_guard());
+                    let _ = self.ready_tx.send(Ready {
+                        id: tokio::task::id(),
+                        token: self.token.clone(),
+                    });
                     tracing::info!(
                         agent_id = %self.shared.cfg.agent_id,
                         connectors = self.shared.cfg.connectors.len(),
