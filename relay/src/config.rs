@@ -1,9 +1,9 @@
 //! Relay configuration: YAML (`config/cloud.yaml`) -> env overrides -> `validate()` -> [`RelayConfig`].
 //!
 //! Parsing is strict (`deny_unknown_fields`) except for keys that later issues implement
-//! (JWT, PDP, HA): those are accepted and produce a warning, so an operator's existing
-//! reference config loads. Validation reports every problem at once, each naming its key.
-//! This module never reads the process environment itself: callers pass an [`Env`].
+//! (`security.fapi_mode`, `ha`): those are accepted and produce a warning, so an operator's
+//! existing reference config loads. Validation reports every problem at once, each naming its
+//! key. This module never reads the process environment itself: callers pass an [`Env`].
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -101,8 +101,8 @@ struct RawConfig {
     security: RawSecurity,
     #[serde(default)]
     observability: RawObservability,
-    /// Later issue (AuthZEN PDP): accepted, ignored with a warning.
-    pdp: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pdp: RawPdp,
     /// Later issue (HA with Redis and a mesh): accepted, ignored with a warning.
     ha: Option<serde_yaml::Value>,
 }
@@ -142,6 +142,7 @@ struct RawLimits {
     idle_timeout_ms: Option<u64>,
     queue_depth_per_cid: Option<usize>,
     max_conn_total: Option<usize>,
+    max_streams_per_agent: Option<usize>,
     shutdown_grace_ms: Option<u64>,
 }
 
@@ -150,12 +151,30 @@ struct RawLimits {
 struct RawSecurity {
     dev_bypass: Option<bool>,
     allow_cidrs: Option<Vec<String>>,
-    // JWT validation lands in a later issue; until then every upgrade needs the dev bypass.
-    jwks_url: Option<serde_yaml::Value>,
-    audience: Option<serde_yaml::Value>,
-    issuer: Option<serde_yaml::Value>,
-    require_connector_scopes: Option<serde_yaml::Value>,
+    tunnel_allow_cidrs: Option<Vec<String>>,
+    jwks_url: Option<String>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    require_connector_scopes: Option<bool>,
+    leeway_sec: Option<u64>,
+    jwks_refresh_sec: Option<u64>,
+    jwks_min_refresh_sec: Option<u64>,
+    ca_file: Option<PathBuf>,
+    max_pending_upgrades_per_ip: Option<usize>,
+    auth_failure_limit: Option<u32>,
+    auth_failure_window_sec: Option<u64>,
+    auth_cooldown_sec: Option<u64>,
+    /// Later issue: accepted, ignored with a warning.
     fapi_mode: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPdp {
+    url: Option<String>,
+    cache_ttl_sec: Option<u64>,
+    timeout_ms: Option<u64>,
+    fail_open: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -177,6 +196,8 @@ pub struct RelayConfig {
     pub tunnel: TunnelConfig,
     pub limits: LimitsConfig,
     pub security: SecurityConfig,
+    /// Per-stream authorization; `None`: every OPEN that passes the CIDR checks is allowed.
+    pub pdp: Option<PdpConfig>,
     pub observability: ObservabilityConfig,
     /// Accepted-but-ignored keys and similar notes; logged at start-up.
     pub warnings: Vec<String>,
@@ -221,16 +242,81 @@ pub struct LimitsConfig {
     pub queue_depth_per_cid: usize,
     /// Client connections open at once across all listeners.
     pub max_conn_total: usize,
+    /// Streams open at once on one agent tunnel; more clients for it are closed at once.
+    pub max_streams_per_agent: usize,
     /// How long open streams may run on after SIGTERM / `shutdown()`.
     pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone)]
 pub struct SecurityConfig {
-    /// Accept agents without authentication (local development only; loopback binds only).
+    /// Accept agents without authentication (local development only; loopback binds only;
+    /// refused together with `jwt`).
     pub dev_bypass: bool,
-    /// Empty: agents may connect from anywhere.
+    /// Client addresses allowed on every listener (each listener's own list applies too).
+    /// Empty: no global restriction.
     pub allow_cidrs: Vec<IpNet>,
+    /// Agent source addresses allowed on `/tunnel`. Empty: agents may connect from anywhere.
+    pub tunnel_allow_cidrs: Vec<IpNet>,
+    /// JWT validation of agents; `None` without `jwks_url` (then only the dev bypass admits).
+    pub jwt: Option<JwtConfig>,
+    /// Every connector in HELLO must be granted by the token (`connectors`, `scp`, `scope`).
+    pub require_connector_scopes: bool,
+    pub abuse: AbuseConfig,
+}
+
+/// How agent tokens are checked.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub jwks: JwksSource,
+    /// Required `aud` (default `nowconnect`).
+    pub audience: String,
+    /// Required `iss` when set.
+    pub issuer: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// Periodic JWKS refresh.
+    pub refresh: Duration,
+    /// A token with an unknown `kid` refreshes the JWKS only if the last fetch is older than this.
+    pub min_refresh: Duration,
+    /// Extra PEM roots for https JWKS and PDP URLs (a private CA).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the IdP's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// `http://` or `https://` URL.
+    Url(String),
+    /// `file:///path`: a JWKS document on disk (air-gapped sites), re-read on refresh.
+    File(PathBuf),
+}
+
+/// Limits on agents that fail to authenticate.
+#[derive(Debug, Clone)]
+pub struct AbuseConfig {
+    /// `/tunnel` attempts from one source (IPv4 address or IPv6 /64) that may be between the
+    /// upgrade request and an accepted HELLO at once; more get 429.
+    pub max_pending_per_ip: usize,
+    /// This many auth failures from one source within `failure_window` start a cool-down.
+    pub failure_limit: u32,
+    pub failure_window: Duration,
+    /// During a cool-down every `/tunnel` request from that source gets 429.
+    pub cooldown: Duration,
+}
+
+/// OpenID AuthZEN-style policy decision point asked on every OPEN.
+#[derive(Debug, Clone)]
+pub struct PdpConfig {
+    /// The access evaluation endpoint (`http://` or `https://`), POSTed to as is.
+    pub url: String,
+    /// How long an allow decision is reused; zero: never cached.
+    pub cache_ttl: Duration,
+    pub timeout: Duration,
+    /// Allow when the PDP fails or times out (default: deny).
+    pub fail_open: bool,
+    /// Extra PEM roots (`security.ca_file`).
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -292,12 +378,18 @@ impl RelayConfig {
                 idle_timeout: Some(Duration::from_millis(DEFAULT_IDLE_MS)),
                 queue_depth_per_cid: DEFAULT_QUEUE_DEPTH,
                 max_conn_total: DEFAULT_MAX_CONN,
+                max_streams_per_agent: DEFAULT_MAX_STREAMS_PER_AGENT,
                 shutdown_grace: Duration::from_millis(DEFAULT_GRACE_MS),
             },
             security: SecurityConfig {
                 dev_bypass: true,
                 allow_cidrs: Vec::new(),
+                tunnel_allow_cidrs: Vec::new(),
+                jwt: None,
+                require_connector_scopes: false,
+                abuse: AbuseConfig::default(),
             },
+            pdp: None,
             observability: ObservabilityConfig {
                 metrics_port: None,
                 log_level: "info".to_owned(),
@@ -313,6 +405,25 @@ const DEFAULT_IDLE_MS: u64 = 300_000;
 const DEFAULT_QUEUE_DEPTH: usize = 256;
 const DEFAULT_MAX_CONN: usize = 10_000;
 const DEFAULT_GRACE_MS: u64 = 10_000;
+const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 5_000;
+/// The reference's audience.
+pub const DEFAULT_AUDIENCE: &str = "nowconnect";
+const DEFAULT_LEEWAY_SEC: u64 = 30;
+const DEFAULT_JWKS_REFRESH_SEC: u64 = 300;
+const DEFAULT_JWKS_MIN_REFRESH_SEC: u64 = 30;
+const DEFAULT_PDP_CACHE_TTL_SEC: u64 = 30;
+const DEFAULT_PDP_TIMEOUT_MS: u64 = 500;
+
+impl Default for AbuseConfig {
+    fn default() -> Self {
+        AbuseConfig {
+            max_pending_per_ip: 16,
+            failure_limit: 20,
+            failure_window: Duration::from_secs(60),
+            cooldown: Duration::from_secs(60),
+        }
+    }
+}
 
 /// Whether `host` certainly names a loopback address.
 pub(crate) fn host_is_loopback(host: &str) -> bool {
@@ -367,6 +478,87 @@ fn parse_bool_env(c: &mut Collector, env: &dyn Env, name: &str) -> Option<bool> 
             None
         }
     }
+}
+
+fn parse_u64_env(c: &mut Collector, env: &dyn Env, name: &str) -> Option<u64> {
+    let v = env_str(env, name)?;
+    match v.parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(_) => {
+            c.bad(name, format!("`{v}` is not a whole number"));
+            None
+        }
+    }
+}
+
+/// A non-empty, trimmed env value (an empty variable counts as unset).
+fn env_str(env: &dyn Env, name: &str) -> Option<String> {
+    env.var(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Checks an `http(s)://host[:port]/path` URL. Plain http is accepted (with a warning unless the
+/// host is loopback): keys or decisions fetched over it can be forged by anyone on the path.
+fn check_http_url(c: &mut Collector, warnings: &mut Vec<String>, key: &str, url: &str) -> bool {
+    let parsed = match url.parse::<hyper::Uri>() {
+        Ok(u) => u,
+        Err(_) => {
+            c.bad(key, format!("`{url}` is not a URL"));
+            return false;
+        }
+    };
+    let Some(host) = parsed.host().filter(|h| !h.is_empty()) else {
+        c.bad(key, format!("`{url}` has no host"));
+        return false;
+    };
+    match parsed.scheme_str() {
+        Some("https") => true,
+        Some("http") => {
+            if !host_is_loopback(host) {
+                warnings.push(format!(
+                    "{key}: `{url}` is plain http; use https outside local tests"
+                ));
+            }
+            true
+        }
+        _ => {
+            c.bad(key, format!("`{url}` must start with http:// or https://"));
+            false
+        }
+    }
+}
+
+/// `security.jwks_url`: http(s) or `file:///absolute/path`.
+fn jwks_source(
+    c: &mut Collector,
+    warnings: &mut Vec<String>,
+    key: &str,
+    url: &str,
+) -> Option<JwksSource> {
+    if let Some(path) = url.strip_prefix("file://") {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            c.bad(
+                key,
+                "a file:// JWKS needs an absolute path (file:///etc/nowconnect/jwks.json)",
+            );
+            return None;
+        }
+        return Some(JwksSource::File(path));
+    }
+    check_http_url(c, warnings, key, url).then(|| JwksSource::Url(url.to_owned()))
+}
+
+/// A duration in whole seconds within `min..=max`.
+fn secs(c: &mut Collector, key: &str, v: u64, min: u64, max: u64) -> Duration {
+    if v < min || v > max {
+        c.bad(
+            key,
+            format!("must be between {min} and {max} seconds, got {v}"),
+        );
+    }
+    Duration::from_secs(v)
 }
 
 impl RawConfig {
@@ -499,6 +691,12 @@ impl RawConfig {
         if max_conn_total == 0 {
             c.bad("limits.max_conn_total", "must be at least 1");
         }
+        let max_streams_per_agent = l
+            .max_streams_per_agent
+            .unwrap_or(DEFAULT_MAX_STREAMS_PER_AGENT);
+        if max_streams_per_agent == 0 {
+            c.bad("limits.max_streams_per_agent", "must be at least 1");
+        }
         let grace_ms = l.shutdown_grace_ms.unwrap_or(DEFAULT_GRACE_MS);
 
         // security
@@ -508,35 +706,127 @@ impl RawConfig {
             dev_bypass = v;
         }
         let allow_cidrs = c.cidrs("security.allow_cidrs", &s.allow_cidrs.unwrap_or_default());
+        let tunnel_allow_cidrs = c.cidrs(
+            "security.tunnel_allow_cidrs",
+            &s.tunnel_allow_cidrs.unwrap_or_default(),
+        );
         for (key, present) in [
-            ("security.jwks_url", s.jwks_url.is_some()),
-            ("security.audience", s.audience.is_some()),
-            ("security.issuer", s.issuer.is_some()),
-            (
-                "security.require_connector_scopes",
-                s.require_connector_scopes.is_some(),
-            ),
             ("security.fapi_mode", s.fapi_mode.is_some()),
-            ("pdp", self.pdp.is_some()),
             ("ha", self.ha.is_some()),
         ] {
             if present {
                 warnings.push(format!("{key} is not implemented yet and is ignored"));
             }
         }
-        for var in [
-            "NOWCONNECT_JWKS_URL",
-            "NOWCONNECT_AUDIENCE",
-            "NOWCONNECT_REQUIRE_CONNECTOR_SCOPES",
-            "NOWCONNECT_PDP_URL",
-            "NOWCONNECT_PDP_CACHE_TTL_SEC",
-            "NOWCONNECT_PDP_TIMEOUT_MS",
-            "NOWCONNECT_PDP_FAIL_OPEN",
-        ] {
-            if env.var(var).is_some() {
-                warnings.push(format!("{var} is not implemented yet and is ignored"));
-            }
+        let (jwks_key, jwks_url) = match env_str(env, "NOWCONNECT_JWKS_URL") {
+            Some(v) => ("NOWCONNECT_JWKS_URL", Some(v)),
+            None => (
+                "security.jwks_url",
+                s.jwks_url
+                    .map(|u| u.trim().to_owned())
+                    .filter(|u| !u.is_empty()),
+            ),
+        };
+        let jwks = jwks_url.and_then(|u| jwks_source(&mut c, &mut warnings, jwks_key, &u));
+        let (aud_key, audience) = match env_str(env, "NOWCONNECT_AUDIENCE") {
+            Some(v) => ("NOWCONNECT_AUDIENCE", v),
+            None => (
+                "security.audience",
+                s.audience.unwrap_or_else(|| DEFAULT_AUDIENCE.to_owned()),
+            ),
+        };
+        if audience.trim().is_empty() {
+            c.bad(aud_key, "must not be empty");
         }
+        let issuer = s
+            .issuer
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty());
+        let mut require_connector_scopes = s.require_connector_scopes.unwrap_or(false);
+        if let Some(v) = parse_bool_env(&mut c, env, "NOWCONNECT_REQUIRE_CONNECTOR_SCOPES") {
+            require_connector_scopes = v;
+        }
+        let leeway = secs(
+            &mut c,
+            "security.leeway_sec",
+            s.leeway_sec.unwrap_or(DEFAULT_LEEWAY_SEC),
+            0,
+            300,
+        );
+        let refresh = secs(
+            &mut c,
+            "security.jwks_refresh_sec",
+            s.jwks_refresh_sec.unwrap_or(DEFAULT_JWKS_REFRESH_SEC),
+            1,
+            86_400,
+        );
+        let min_refresh = secs(
+            &mut c,
+            "security.jwks_min_refresh_sec",
+            s.jwks_min_refresh_sec
+                .unwrap_or(DEFAULT_JWKS_MIN_REFRESH_SEC),
+            1,
+            86_400,
+        );
+        let ca_file = s.ca_file;
+        if dev_bypass && jwks.is_some() {
+            c.bad(
+                "security.dev_bypass",
+                format!(
+                    "cannot be combined with {jwks_key}: the dev bypass admits agents without a \
+                     token, so a relay with both would silently stop checking tokens; turn one off"
+                ),
+            );
+        }
+        if jwks.is_none() && !dev_bypass {
+            warnings.push(
+                "security.jwks_url is not set: every agent is refused (401) until it is".into(),
+            );
+        }
+        if require_connector_scopes && jwks.is_none() {
+            warnings.push(
+                "security.require_connector_scopes has no effect without security.jwks_url".into(),
+            );
+        }
+        let jwt = jwks.map(|jwks| JwtConfig {
+            jwks,
+            audience: audience.trim().to_owned(),
+            issuer,
+            leeway,
+            refresh,
+            min_refresh,
+            ca_file: ca_file.clone(),
+        });
+        let d = AbuseConfig::default();
+        let max_pending_per_ip = s
+            .max_pending_upgrades_per_ip
+            .unwrap_or(d.max_pending_per_ip);
+        if max_pending_per_ip == 0 {
+            c.bad("security.max_pending_upgrades_per_ip", "must be at least 1");
+        }
+        let failure_limit = s.auth_failure_limit.unwrap_or(d.failure_limit);
+        if failure_limit == 0 {
+            c.bad("security.auth_failure_limit", "must be at least 1");
+        }
+        let abuse = AbuseConfig {
+            max_pending_per_ip,
+            failure_limit,
+            failure_window: secs(
+                &mut c,
+                "security.auth_failure_window_sec",
+                s.auth_failure_window_sec
+                    .unwrap_or(d.failure_window.as_secs()),
+                1,
+                86_400,
+            ),
+            cooldown: secs(
+                &mut c,
+                "security.auth_cooldown_sec",
+                s.auth_cooldown_sec.unwrap_or(d.cooldown.as_secs()),
+                1,
+                86_400,
+            ),
+        };
         if dev_bypass && !host_is_loopback(&host) {
             c.bad(
                 "security.dev_bypass",
@@ -544,6 +834,53 @@ impl RawConfig {
                     "the dev bypass accepts agents without authentication and is refused unless \
                      tunnel.host is a loopback address (127.0.0.1, ::1, localhost); got `{host}`"
                 ),
+            );
+        }
+
+        // pdp
+        let p = self.pdp;
+        let (pdp_key, pdp_url) = match env_str(env, "NOWCONNECT_PDP_URL") {
+            Some(v) => ("NOWCONNECT_PDP_URL", Some(v)),
+            None => (
+                "pdp.url",
+                p.url.map(|u| u.trim().to_owned()).filter(|u| !u.is_empty()),
+            ),
+        };
+        let mut cache_ttl_sec = p.cache_ttl_sec.unwrap_or(DEFAULT_PDP_CACHE_TTL_SEC);
+        if let Some(v) = parse_u64_env(&mut c, env, "NOWCONNECT_PDP_CACHE_TTL_SEC") {
+            cache_ttl_sec = v;
+        }
+        if cache_ttl_sec > 86_400 {
+            c.bad(
+                "pdp.cache_ttl_sec",
+                "must be at most 86400 (0 disables the cache)",
+            );
+        }
+        let mut timeout_ms = p.timeout_ms.unwrap_or(DEFAULT_PDP_TIMEOUT_MS);
+        if let Some(v) = parse_u64_env(&mut c, env, "NOWCONNECT_PDP_TIMEOUT_MS") {
+            timeout_ms = v;
+        }
+        if timeout_ms == 0 || timeout_ms > 60_000 {
+            c.bad("pdp.timeout_ms", "must be between 1 and 60000");
+        }
+        let mut fail_open = p.fail_open.unwrap_or(false);
+        if let Some(v) = parse_bool_env(&mut c, env, "NOWCONNECT_PDP_FAIL_OPEN") {
+            fail_open = v;
+        }
+        let pdp = match pdp_url {
+            Some(url) if check_http_url(&mut c, &mut warnings, pdp_key, &url) => Some(PdpConfig {
+                url,
+                cache_ttl: Duration::from_secs(cache_ttl_sec),
+                timeout: Duration::from_millis(timeout_ms),
+                fail_open,
+                ca_file,
+            }),
+            _ => None,
+        };
+        if pdp.as_ref().is_some_and(|p| p.fail_open) {
+            warnings.push(
+                "pdp.fail_open is on: streams are allowed whenever the PDP fails or times out"
+                    .into(),
             );
         }
 
@@ -582,12 +919,18 @@ impl RawConfig {
                 idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
                 queue_depth_per_cid,
                 max_conn_total,
+                max_streams_per_agent,
                 shutdown_grace: Duration::from_millis(grace_ms),
             },
             security: SecurityConfig {
                 dev_bypass,
                 allow_cidrs,
+                tunnel_allow_cidrs,
+                jwt,
+                require_connector_scopes,
+                abuse,
             },
+            pdp,
             observability: ObservabilityConfig {
                 metrics_port: o.metrics_port,
                 log_level,
@@ -667,11 +1010,142 @@ limits:
 
         let yaml = MINIMAL.replace(
             "security:\n  dev_bypass: true",
-            "security:\n  dev_bypass: true\n  jwks_url: https://idp/jwks\n  audience: nc",
-        ) + "pdp:\n  url: http://pdp\nha:\n  enabled: false\n";
+            "security:\n  dev_bypass: true\n  fapi_mode: true",
+        ) + "ha:\n  enabled: false\n";
         let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
-        assert_eq!(cfg.warnings.len(), 4, "{:?}", cfg.warnings);
-        assert!(cfg.warnings[0].contains("security.jwks_url"));
+        assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
+        assert!(cfg.warnings[0].contains("security.fapi_mode"));
+        assert!(cfg.warnings[1].contains("ha"));
+    }
+
+    const JWT: &str = "
+listeners:
+  - name: ldap
+    bind: 127.0.0.1:0
+    connector: addomain
+security:
+  jwks_url: https://idp.example.com/jwks
+";
+
+    #[test]
+    fn jwt_defaults_and_keys() {
+        let cfg = RelayConfig::from_yaml_str(JWT).expect("valid");
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let j = cfg.security.jwt.expect("jwt on");
+        assert_eq!(
+            j.jwks,
+            JwksSource::Url("https://idp.example.com/jwks".into())
+        );
+        assert_eq!(j.audience, "nowconnect");
+        assert_eq!(j.issuer, None);
+        assert_eq!(j.leeway, Duration::from_secs(30));
+        assert!(!cfg.security.require_connector_scopes);
+        assert!(cfg.pdp.is_none());
+        assert_eq!(cfg.limits.max_streams_per_agent, 5000);
+
+        let yaml = JWT.to_owned()
+            + "  audience: nc\n  issuer: https://idp\n  require_connector_scopes: true\n  \
+               leeway_sec: 5\n  tunnel_allow_cidrs: [10.0.0.0/8]\n  allow_cidrs: [192.168.0.0/16]\n\
+               pdp:\n  url: https://pdp/eval\n  cache_ttl_sec: 0\n  timeout_ms: 50\n  fail_open: true\n";
+        let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+        let j = cfg.security.jwt.expect("jwt on");
+        assert_eq!(j.audience, "nc");
+        assert_eq!(j.issuer.as_deref(), Some("https://idp"));
+        assert_eq!(j.leeway, Duration::from_secs(5));
+        assert!(cfg.security.require_connector_scopes);
+        assert_eq!(cfg.security.tunnel_allow_cidrs.len(), 1);
+        assert_eq!(cfg.security.allow_cidrs.len(), 1);
+        let p = cfg.pdp.expect("pdp on");
+        assert_eq!(p.cache_ttl, Duration::ZERO);
+        assert_eq!(p.timeout, Duration::from_millis(50));
+        assert!(p.fail_open);
+        assert!(cfg.warnings.iter().any(|w| w.contains("fail_open")));
+    }
+
+    #[test]
+    fn nowconnect_env_overrides_win() {
+        let env = |k: &str| {
+            Some(
+                match k {
+                    "NOWCONNECT_JWKS_URL" => "file:///etc/nc/jwks.json",
+                    "NOWCONNECT_AUDIENCE" => "other",
+                    "NOWCONNECT_REQUIRE_CONNECTOR_SCOPES" => "true",
+                    "NOWCONNECT_PDP_URL" => "http://127.0.0.1:9/eval",
+                    "NOWCONNECT_PDP_CACHE_TTL_SEC" => "7",
+                    "NOWCONNECT_PDP_TIMEOUT_MS" => "250",
+                    "NOWCONNECT_PDP_FAIL_OPEN" => "yes",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let cfg = RelayConfig::from_yaml_str_with_env(JWT, &env).expect("valid");
+        let j = cfg.security.jwt.expect("jwt on");
+        assert_eq!(j.jwks, JwksSource::File("/etc/nc/jwks.json".into()));
+        assert_eq!(j.audience, "other");
+        assert!(cfg.security.require_connector_scopes);
+        let p = cfg.pdp.expect("pdp on");
+        assert_eq!(p.url, "http://127.0.0.1:9/eval");
+        assert_eq!(p.cache_ttl, Duration::from_secs(7));
+        assert_eq!(p.timeout, Duration::from_millis(250));
+        assert!(p.fail_open);
+
+        let bad = |k: &str| {
+            Some(
+                match k {
+                    "NOWCONNECT_JWKS_URL" => "ftp://idp/jwks",
+                    "NOWCONNECT_PDP_TIMEOUT_MS" => "soon",
+                    "NOWCONNECT_PDP_FAIL_OPEN" => "perhaps",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let err = RelayConfig::from_yaml_str_with_env(JWT, &bad).expect_err("invalid");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "NOWCONNECT_JWKS_URL",
+            "NOWCONNECT_PDP_TIMEOUT_MS",
+            "NOWCONNECT_PDP_FAIL_OPEN",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn jwks_url_forms() {
+        let with = |url: &str| {
+            RelayConfig::from_yaml_str(&JWT.replace("https://idp.example.com/jwks", url))
+        };
+        let cfg = with("http://127.0.0.1:8080/jwks").expect("loopback http");
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+        let cfg = with("http://idp.internal/jwks").expect("remote http is allowed");
+        assert!(cfg.warnings[0].contains("plain http"), "{:?}", cfg.warnings);
+        assert!(with("file://relative/jwks.json").is_err());
+        assert!(with("ftp://idp/jwks").is_err());
+        assert!(with("https:///nohost").is_err());
+    }
+
+    #[test]
+    fn dev_bypass_and_jwks_are_exclusive() {
+        let yaml = JWT.replace(
+            "security:\n",
+            "tunnel:\n  host: 127.0.0.1\nsecurity:\n  dev_bypass: true\n",
+        );
+        let err = RelayConfig::from_yaml_str(&yaml).expect_err("refused");
+        assert_eq!(err.problems()[0].key, "security.dev_bypass");
+        assert!(err.to_string().contains("security.jwks_url"), "{err}");
+        let on = |k: &str| (k == "NOWCONNECT_DEV_BYPASS").then(|| "true".to_owned());
+        let yaml = JWT.replace("security:\n", "tunnel:\n  host: 127.0.0.1\nsecurity:\n");
+        assert!(RelayConfig::from_yaml_str_with_env(&yaml, &on).is_err());
+        // Neither configured: valid, with a warning that every agent will be refused.
+        let yaml = MINIMAL.replace("dev_bypass: true", "dev_bypass: false");
+        let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+        assert!(
+            cfg.warnings[0].contains("every agent is refused"),
+            "{:?}",
+            cfg.warnings
+        );
     }
 
     #[test]
@@ -718,7 +1192,14 @@ limits:
         assert_eq!(cfg.listeners[0].allow_cidrs.len(), 2);
         assert_eq!(cfg.tunnel.port, DEFAULT_TUNNEL_PORT);
         assert!(!cfg.security.dev_bypass);
-        assert!(cfg.warnings.is_empty());
+        let j = cfg.security.jwt.as_ref().expect("jwt configured");
+        assert!(matches!(&j.jwks, JwksSource::Url(u) if u.starts_with("https://")));
+        assert_eq!(j.audience, DEFAULT_AUDIENCE);
+        assert!(j.issuer.is_some());
+        assert!(cfg.security.require_connector_scopes);
+        assert!(cfg.pdp.is_none(), "pdp.url is commented out");
+        assert_eq!(cfg.limits.max_streams_per_agent, 5000);
+        assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! Plain hyper (HTTP/1.1) over either a TCP or a TLS stream: the same service serves both, and
 //! the upgraded connection is handed to [`crate::tunnel::run`]. Four routes do not need a
 //! framework. Never logs header values (Authorization, cookies).
+//!
+//! `/tunnel` checks, in order, before anything is upgraded: draining (503), the agent source
+//! allowlist `security.tunnel_allow_cidrs` (403), the per-source abuse gate (429), the
+//! WebSocket handshake itself (426/400), then the Bearer token (401/403/503). Every refusal is
+//! counted in `nowconnect_agent_auth_failures_total{reason}` and audited; the token never is.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +31,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
+use crate::abuse::Refusal;
+use crate::audit::{Action, Event};
+use crate::auth::{self, AuthError};
 use crate::metrics::ReasonLabel;
 use crate::Shared;
 
@@ -94,7 +101,7 @@ where
     let root = shared.root.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, shared, routes)) }
+        async move { Ok::<_, Infallible>(handle(req, peer, shared, routes).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -108,7 +115,11 @@ where
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    text_owned(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn text_owned(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -117,7 +128,7 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     r
 }
 
-fn handle(
+async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     shared: Arc<Shared>,
@@ -126,7 +137,7 @@ fn handle(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if shared.ready.load(Ordering::Acquire) && !shared.draining.is_cancelled() {
+            if shared.is_ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
@@ -142,17 +153,60 @@ fn handle(
             );
             r
         }
-        (_, "/tunnel") if routes == Routes::All => upgrade(req, peer, shared),
+        (_, "/tunnel") if routes == Routes::All => upgrade(req, peer, shared).await,
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
-fn auth_failure(shared: &Shared, reason: &'static str) {
+/// Counts, audits and answers a refused `/tunnel` attempt. Failures that say something about
+/// the caller (not our own 503s) count toward the source's cool-down.
+fn refuse(
+    shared: &Shared,
+    peer: SocketAddr,
+    status: StatusCode,
+    reason: &'static str,
+    message: &str,
+) -> Response<Body> {
     shared
         .metrics
         .agent_auth_failures
         .get_or_create(&ReasonLabel { reason })
         .inc();
+    shared.audit.record(
+        Event::new(Action::TunnelAuth, false)
+            .reason(reason)
+            .source(peer),
+    );
+    if status != StatusCode::SERVICE_UNAVAILABLE {
+        note_failure(shared, peer);
+    }
+    let mut r = text_owned(status, format!("{message}\n"));
+    if status == StatusCode::UNAUTHORIZED {
+        // RFC 6750: tell the agent the token is what failed; `reason` is already public.
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "Bearer error=\"invalid_token\", error_description=\"{reason}\""
+        )) {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+        }
+    }
+    r
+}
+
+/// Counts one auth failure of `peer` against its cool-down; audits the start of one.
+pub(crate) fn note_failure(shared: &Shared, peer: SocketAddr) {
+    if shared.gate.failed(peer.ip()) {
+        let cooldown = shared.cfg.security.abuse.cooldown;
+        shared.audit.record(
+            Event::new(Action::SourceCooldown, false)
+                .reason("auth_failure_limit")
+                .source(peer.ip())
+                .detail(format!(
+                    "refused for {} s after {} failures",
+                    cooldown.as_secs(),
+                    shared.cfg.security.abuse.failure_limit
+                )),
+        );
+    }
 }
 
 fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
@@ -163,26 +217,56 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
     })
 }
 
-fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) -> Response<Body> {
+async fn upgrade(
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Response<Body> {
     if shared.draining.is_cancelled() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "relay is shutting down\n");
     }
-    let allow = &shared.cfg.security.allow_cidrs;
+    let allow = &shared.cfg.security.tunnel_allow_cidrs;
     let ip = peer.ip().to_canonical();
     if !allow.is_empty() && !allow.iter().any(|n| n.contains(&ip)) {
-        auth_failure(&shared, "cidr");
-        warn!(event = "agent_auth_failed", reason = "cidr", %peer, "agent address not in security.allow_cidrs");
-        return text(StatusCode::FORBIDDEN, "address not allowed\n");
-    }
-    if !shared.cfg.security.dev_bypass {
-        // JWT validation is a later issue: until then nothing but the dev bypass admits agents.
-        auth_failure(&shared, "not_configured");
-        warn!(event = "agent_auth_failed", reason = "not_configured", %peer, "agent authentication not configured");
-        return text(
-            StatusCode::UNAUTHORIZED,
-            "agent authentication not configured\n",
+        return refuse(
+            &shared,
+            peer,
+            StatusCode::FORBIDDEN,
+            "cidr_blocked",
+            "address not allowed",
         );
     }
+    let slot = match shared.gate.admit(ip) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            // Not audited one by one: a source in cool-down may knock thousands of times.
+            shared
+                .metrics
+                .agent_auth_failures
+                .get_or_create(&ReasonLabel {
+                    reason: refusal.reason(),
+                })
+                .inc();
+            debug!(%peer, reason = refusal.reason(), "tunnel attempt refused");
+            let mut r = match refusal {
+                Refusal::Cooldown(_) => text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed attempts; retry later\n",
+                ),
+                Refusal::TooManyPending => text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many tunnel attempts in progress from this address\n",
+                ),
+            };
+            let retry = match refusal {
+                Refusal::Cooldown(left) => left.as_secs().max(1),
+                Refusal::TooManyPending => 1,
+            };
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            return r;
+        }
+    };
     let is_ws = req.method() == Method::GET
         && header_has_token(&req, header::CONNECTION, "upgrade")
         && header_has_token(&req, header::UPGRADE, "websocket");
@@ -215,6 +299,36 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) ->
         }
     };
 
+    let identity = if shared.cfg.security.dev_bypass {
+        None
+    } else {
+        let Some(auth) = &shared.auth else {
+            let e = AuthError::NotConfigured;
+            return refuse(&shared, peer, e.status(), e.reason(), &e.to_string());
+        };
+        let checked = match auth::bearer(req.headers()) {
+            Ok(token) => auth.authenticate(token).await,
+            Err(e) => Err(e),
+        };
+        match checked {
+            Ok(identity) => Some(identity),
+            Err(e) => return refuse(&shared, peer, e.status(), e.reason(), &e.to_string()),
+        }
+    };
+    shared.metrics.agent_auth_successes.inc();
+    let mut event = Event::new(Action::TunnelAuth, true).source(peer);
+    event = match &identity {
+        Some(id) => {
+            let e = event.agent(&id.agent_id);
+            match &id.subject {
+                Some(sub) => e.detail(format!("sub={sub}")),
+                None => e,
+            }
+        }
+        None => event.reason("dev_bypass"),
+    };
+    shared.audit.record(event);
+
     let on_upgrade = hyper::upgrade::on(&mut req);
     let version = negotiated.version;
     let limits = Limits::default();
@@ -236,7 +350,8 @@ fn upgrade(mut req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>) ->
                 let ws =
                     WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, Some(config))
                         .await;
-                crate::tunnel::run(ws, version, peer, shared2).await;
+                let admission = crate::tunnel::Admission { identity, slot };
+                crate::tunnel::run(ws, version, peer, shared2, admission).await;
             }
             Err(e) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
         }

@@ -6,10 +6,16 @@
 //! dropping the handle stops everything at once.
 #![forbid(unsafe_code)]
 
+mod abuse;
+pub mod audit;
+mod auth;
 pub mod config;
 mod http;
+mod httpc;
+mod jwks;
 mod listener;
 pub mod metrics;
+mod pdp;
 mod registry;
 mod stream;
 mod tls;
@@ -27,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use audit::{Action, AuditFilter, AuditRecord};
 pub use config::{ConfigError, RelayConfig};
 
 /// Why the relay could not start.
@@ -63,6 +70,25 @@ pub(crate) struct Shared {
     /// Open client connections, for `limits.max_conn_total`.
     pub conns: Arc<AtomicUsize>,
     pub next_tunnel_id: AtomicU64,
+    /// Security decisions, logged and kept for the portal.
+    pub audit: Arc<audit::Audit>,
+    /// Per-source limits on `/tunnel` attempts.
+    pub gate: Arc<abuse::Gate>,
+    /// Token checks; `None` without `security.jwks_url`.
+    pub auth: Option<auth::Authenticator>,
+    pub jwks: Option<Arc<jwks::Jwks>>,
+    /// Per-stream authorization; `None` without `pdp.url`.
+    pub pdp: Option<Arc<pdp::Pdp>>,
+}
+
+impl Shared {
+    /// Listeners are bound, the relay is not draining, and signing keys are cached (when JWT
+    /// is configured). An IdP outage after keys were loaded keeps the relay ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+            && !self.draining.is_cancelled()
+            && self.jwks.as_ref().is_none_or(|j| j.has_keys())
+    }
 }
 
 /// A running relay. Dropping it stops everything at once, like killing the process.
@@ -107,6 +133,21 @@ impl RelayHandle {
     /// Client connections open now.
     pub fn open_connections(&self) -> usize {
         self.shared.conns.load(Ordering::Acquire)
+    }
+
+    /// What `/readyz` says: listeners bound, not draining, signing keys cached.
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+
+    /// Audit records still in memory (the newest [`audit::AUDIT_RING`]), oldest first.
+    pub fn audit_records(&self, filter: &AuditFilter) -> Vec<AuditRecord> {
+        self.shared.audit.query(filter)
+    }
+
+    /// Sources the `/tunnel` abuse controls track now (bounded).
+    pub fn tracked_sources(&self) -> usize {
+        self.shared.gate.tracked()
     }
 
     /// Prometheus text of this relay's metrics (what `/metrics` serves).
@@ -200,6 +241,55 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
     };
 
     let metrics = Arc::new(metrics::Metrics::new());
+    let needs_http = cfg
+        .security
+        .jwt
+        .as_ref()
+        .is_some_and(|j| matches!(j.jwks, config::JwksSource::Url(_)))
+        || cfg.pdp.is_some();
+    let ca_file = cfg
+        .security
+        .jwt
+        .as_ref()
+        .and_then(|j| j.ca_file.clone())
+        .or_else(|| cfg.pdp.as_ref().and_then(|p| p.ca_file.clone()));
+    let http = if needs_http {
+        Some(httpc::HttpClient::new(ca_file.as_deref()).map_err(StartError::Config)?)
+    } else {
+        None
+    };
+    let (auth, jwks, jwks_loaded) = match &cfg.security.jwt {
+        Some(j) => {
+            let jwks = Arc::new(jwks::Jwks::new(
+                j.jwks.clone(),
+                http.clone(),
+                j.refresh,
+                j.min_refresh,
+                metrics.clone(),
+            ));
+            // A local file must be readable at start-up; an IdP may be down for a while.
+            let loaded = matches!(j.jwks, config::JwksSource::File(_));
+            if loaded {
+                jwks.refresh_now(jwks::Trigger::Startup)
+                    .await
+                    .map_err(|e| StartError::Config(format!("security.jwks_url: {e}")))?;
+            }
+            (
+                Some(auth::Authenticator::new(j.clone(), jwks.clone())),
+                Some(jwks),
+                loaded,
+            )
+        }
+        None => (None, None, false),
+    };
+    let pdp = match (&cfg.pdp, &http) {
+        (Some(p), Some(http)) => Some(Arc::new(pdp::Pdp::new(
+            p.clone(),
+            http.clone(),
+            metrics.clone(),
+        ))),
+        _ => None,
+    };
     let mut bound = Vec::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
         let what = format!("listeners[{i}] ({})", l.name);
@@ -214,6 +304,7 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         bound.push((listener, addr, ctx));
     }
 
+    let cfg_abuse = cfg.security.abuse.clone();
     let shared = Arc::new(Shared {
         cfg,
         registry: registry::Registry::default(),
@@ -225,7 +316,17 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         tasks: TaskTracker::new(),
         conns: Arc::new(AtomicUsize::new(0)),
         next_tunnel_id: AtomicU64::new(1),
+        audit: Arc::new(audit::Audit::default()),
+        gate: Arc::new(abuse::Gate::new(cfg_abuse)),
+        auth,
+        jwks,
+        pdp,
     });
+    if let Some(j) = &shared.jwks {
+        shared
+            .tasks
+            .spawn(j.clone().run_refresher(jwks_loaded, shared.root.clone()));
+    }
 
     let mut names = Vec::with_capacity(bound.len());
     for (listener, addr, ctx) in bound {

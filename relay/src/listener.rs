@@ -1,8 +1,9 @@
 //! One TCP listener per connector: accept, check the client, hand the socket to an agent tunnel.
 //!
-//! Owns only the accept loop. A client outside `allow_cidrs`, over `max_conn_total`, or for a
-//! connector no agent serves is closed at once; everything else becomes a stream on the tunnel
-//! the registry picks.
+//! Owns only the accept loop. A client outside `security.allow_cidrs` (global) or the
+//! listener's own `allow_cidrs` (both apply), over `max_conn_total`, or for a connector no agent
+//! serves is closed at once, before any OPEN; everything else becomes a stream on the tunnel the
+//! registry picks (where the PDP, if any, decides before a byte is relayed).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +14,7 @@ use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
+use crate::audit::{Action, Event};
 use crate::metrics::ConnectorMetrics;
 use crate::tunnel::TunnelCmd;
 use crate::Shared;
@@ -81,7 +83,7 @@ pub(crate) async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>, shared: Ar
     info!(listener = %ctx.name, connector = %ctx.connector, "listener stopped accepting");
 }
 
-fn reject(sock: TcpStream) {
+pub(crate) fn reject(sock: TcpStream) {
     // Close at once; a reset tells the client there is nothing behind this port right now.
     let _ = sock.set_zero_linger();
     drop(sock);
@@ -89,9 +91,24 @@ fn reject(sock: TcpStream) {
 
 fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
     let _ = sock.set_nodelay(true);
-    if !allowed(&ctx.allow_cidrs, peer.ip()) {
-        shared.metrics.rejected(&ctx.connector, "cidr");
-        info!(event = "client_not_allowed", connector = %ctx.connector, client = %peer, "client address not in allow_cidrs");
+    let global = &shared.cfg.security.allow_cidrs;
+    let blocked_by = if !allowed(global, peer.ip()) {
+        Some("security.allow_cidrs")
+    } else if !allowed(&ctx.allow_cidrs, peer.ip()) {
+        Some("listener allow_cidrs")
+    } else {
+        None
+    };
+    if let Some(list) = blocked_by {
+        shared.metrics.rejected(&ctx.connector, "cidr_blocked");
+        shared.audit.record(
+            Event::new(Action::Open, false)
+                .by("cidr")
+                .reason("cidr_blocked")
+                .connector(&ctx.connector)
+                .source(peer)
+                .detail(format!("listener={}; not in {list}", ctx.name)),
+        );
         reject(sock);
         return;
     }

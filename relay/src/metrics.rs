@@ -53,6 +53,17 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksRefreshLabels {
+    pub trigger: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: &'static str,
 }
@@ -76,6 +87,10 @@ pub struct Metrics {
     pub agent_disconnects: Family<ReasonLabel, Counter>,
     pub agents_connected: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub agent_auth_failures: Family<ReasonLabel, Counter>,
+    pub agent_auth_successes: Counter<u64, AtomicU64>,
+    pub pdp_decisions: Family<ResultLabel, Counter>,
+    pub jwks_refreshes: Family<JwksRefreshLabels, Counter>,
+    pub jwks_keys: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub protocol_errors: Counter<u64, AtomicU64>,
 }
 
@@ -108,6 +123,10 @@ impl Metrics {
             agent_disconnects: Family::default(),
             agents_connected: Gauge::default(),
             agent_auth_failures: Family::default(),
+            agent_auth_successes: Counter::default(),
+            pdp_decisions: Family::default(),
+            jwks_refreshes: Family::default(),
+            jwks_keys: Gauge::default(),
             protocol_errors: Counter::default(),
             registry: Registry::default(),
         };
@@ -160,7 +179,8 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_connections_rejected",
-            "Client connections closed at once (no_agent, max_conn_total, cidr)",
+            "Client connections closed before any byte was relayed (no_agent, max_conn_total, \
+             cidr_blocked, pdp_denied, scope_denied, max_streams_per_agent)",
             m.connections_rejected.clone(),
         );
         registry.register(
@@ -180,8 +200,28 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_agent_auth_failures",
-            "Agent tunnel upgrades refused, by reason",
+            "Agent tunnels refused (at the upgrade or at HELLO), by reason",
             m.agent_auth_failures.clone(),
+        );
+        registry.register(
+            "nowconnect_agent_auth_successes",
+            "Agent tunnel upgrades whose token was accepted",
+            m.agent_auth_successes.clone(),
+        );
+        registry.register(
+            "nowconnect_pdp_decisions",
+            "Per-stream PDP decisions (allow, deny, cache_hit, error, timeout)",
+            m.pdp_decisions.clone(),
+        );
+        registry.register(
+            "nowconnect_jwks_refreshes",
+            "JWKS fetches, by trigger (startup, periodic, unknown_kid) and result (ok, error)",
+            m.jwks_refreshes.clone(),
+        );
+        registry.register(
+            "nowconnect_jwks_keys",
+            "Signing keys cached from the JWKS",
+            m.jwks_keys.clone(),
         );
         registry.register(
             "nowconnect_protocol_errors",

@@ -27,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::audit::{Action, Event};
 use crate::listener::{ConnGuard, ListenerCtx};
 use crate::metrics::{CodeLabel, DirLabel};
 use crate::tunnel::{Out, TunnelCmd, TunnelShared};
@@ -91,6 +92,15 @@ struct Counts {
 }
 
 pub(crate) async fn run(mut ctx: StreamCtx) {
+    if !authorize(&ctx).await {
+        // Nothing was sent to the agent (OPEN follows the decision), so nothing to reset there.
+        let t = &ctx.tunnel;
+        crate::listener::reject(ctx.sock);
+        let _ = t.cmd.send(TunnelCmd::Closed(ctx.id));
+        t.active.fetch_sub(1, Ordering::Relaxed);
+        drop(ctx.guard);
+        return;
+    }
     let started = Instant::now();
     let listener = ctx.listener.clone();
     let lm = &listener.metrics;
@@ -138,6 +148,51 @@ pub(crate) async fn run(mut ctx: StreamCtx) {
         "stream closed"
     );
     drop(ctx.guard);
+}
+
+/// Decides whether this client may be relayed, before OPEN: the token's connector grants (when
+/// required), then the PDP. Waits only in this stream's task; audits the decision.
+async fn authorize(ctx: &StreamCtx) -> bool {
+    let t = &ctx.tunnel;
+    let connector = &ctx.listener.connector;
+    let event = |ok: bool, by: &'static str| {
+        Event::new(Action::Open, ok)
+            .by(by)
+            .agent(&t.agent_id)
+            .connector(connector)
+            .source(ctx.peer)
+            .tunnel(t.tunnel_id)
+    };
+    let metrics = &t.metrics;
+    if let Some(grants) = &t.grants {
+        // HELLO was checked already; this guards any later path that could route around it.
+        if !grants.allows(connector) {
+            metrics.rejected(connector, "scope_denied");
+            t.audit.record(event(false, "scope").reason("scope_denied"));
+            return false;
+        }
+    }
+    let Some(pdp) = &t.pdp else {
+        t.audit.record(event(true, "none"));
+        return true;
+    };
+    let decision = tokio::select! {
+        d = pdp.decide(&t.agent_id, connector, ctx.peer, &ctx.listener.name) => d,
+        _ = t.token.cancelled() => return false,
+    };
+    if decision.allowed {
+        t.audit.record(event(true, "pdp").reason(decision.result));
+        true
+    } else {
+        metrics.rejected(connector, "pdp_denied");
+        t.audit
+            .record(event(false, "pdp").reason(match decision.result {
+                "deny" => "pdp_denied",
+                "timeout" => "pdp_timeout",
+                _ => "pdp_error",
+            }));
+        false
+    }
 }
 
 /// Queues a frame for the writer unless the tunnel is going away.

@@ -30,8 +30,12 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::abuse::PendingSlot;
+use crate::audit::{Action, Audit, Event};
+use crate::auth::{Grants, Identity};
 use crate::listener::{ConnGuard, ListenerCtx};
 use crate::metrics::{CodeLabel, DirLabel, ReasonLabel, VersionLabel};
+use crate::pdp::Pdp;
 use crate::registry::AgentHandle;
 use crate::stream::{self, Inbound, StreamCtx};
 use crate::Shared;
@@ -73,11 +77,26 @@ pub(crate) enum Out {
     Close(CloseFrame),
 }
 
+/// What the upgrade established about a tunnel before its HELLO.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Who the token says the agent is; `None` under the dev bypass.
+    pub identity: Option<Identity>,
+    /// The source's pending-attempt slot, released once HELLO is accepted (or refused).
+    pub slot: PendingSlot,
+}
+
 /// What every stream of one tunnel shares.
 #[derive(Debug)]
 pub(crate) struct TunnelShared {
     pub version: Version,
     pub agent_id: Arc<str>,
+    pub tunnel_id: u64,
+    /// Connectors the token grants, checked again on every OPEN; `None` when
+    /// `require_connector_scopes` is off (or under the dev bypass).
+    pub grants: Option<Arc<Grants>>,
+    pub pdp: Option<Arc<Pdp>>,
+    pub audit: Arc<Audit>,
     pub out: mpsc::Sender<Out>,
     pub cmd: mpsc::UnboundedSender<TunnelCmd>,
     /// Cancelled when the tunnel ends (or the relay stops): streams close at once.
@@ -111,6 +130,7 @@ pub(crate) async fn run<S>(
     version: Version,
     peer: SocketAddr,
     shared: Arc<Shared>,
+    admission: Admission,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -134,13 +154,15 @@ pub(crate) async fn run<S>(
             Ok(Ok(hello)) => hello,
             Ok(Err(why)) => {
                 warn!(event = "hello_refused", %peer, reason = %why, "agent tunnel refused");
-                shared
-                    .metrics
-                    .agent_auth_failures
-                    .get_or_create(&ReasonLabel {
-                        reason: "bad_hello",
-                    })
-                    .inc();
+                refuse_hello(
+                    &shared,
+                    peer,
+                    tunnel_id,
+                    &admission,
+                    "bad_hello",
+                    None,
+                    why.clone(),
+                );
                 close_and_stop(
                     &out_tx,
                     writer,
@@ -152,6 +174,15 @@ pub(crate) async fn run<S>(
             }
             Err(_) => {
                 warn!(event = "hello_timeout", %peer, "agent sent no HELLO in time");
+                refuse_hello(
+                    &shared,
+                    peer,
+                    tunnel_id,
+                    &admission,
+                    "hello_timeout",
+                    None,
+                    "no HELLO in time".into(),
+                );
                 close_and_stop(
                     &out_tx,
                     writer,
@@ -162,6 +193,53 @@ pub(crate) async fn run<S>(
                 return;
             }
         };
+
+    // HELLO reconciliation: the token names the agent and may limit its connectors.
+    if let Some(id) = &admission.identity {
+        let refusal = if hello.agent_id != id.agent_id {
+            Some((
+                "agent_id_mismatch",
+                format!(
+                    "agent_id `{}` in HELLO does not match the token's `{}`",
+                    hello.agent_id, id.agent_id
+                ),
+            ))
+        } else if shared.cfg.security.require_connector_scopes {
+            hello
+                .connectors
+                .iter()
+                .find(|c| !id.grants.allows(c))
+                .map(|c| {
+                    (
+                        "connector_not_granted",
+                        format!("connector `{c}` is not granted by the token"),
+                    )
+                })
+        } else {
+            None
+        };
+        if let Some((reason, why)) = refusal {
+            warn!(event = "hello_refused", %peer, agent_id = %id.agent_id, reason, "{why}");
+            refuse_hello(
+                &shared,
+                peer,
+                tunnel_id,
+                &admission,
+                reason,
+                Some(&hello.agent_id),
+                why.clone(),
+            );
+            close_and_stop(
+                &out_tx,
+                writer,
+                &token,
+                close_frame(CloseCode::Policy, &why),
+            )
+            .await;
+            return;
+        }
+    }
+    let Admission { identity, slot } = admission;
 
     // HELLO_ACK goes into the writer queue before the agent is registered, so it precedes
     // every OPEN on the wire.
@@ -179,6 +257,24 @@ pub(crate) async fn run<S>(
         active: active.clone(),
     };
     let superseded = shared.registry.register(&handle, &hello.connectors);
+    // An accepted HELLO ends the unauthenticated phase for the source's pending count.
+    drop(slot);
+    let mut event = Event::new(Action::Hello, true)
+        .agent(&agent_id)
+        .source(peer)
+        .tunnel(tunnel_id)
+        .detail(format!("connectors={}", hello.connectors.join(",")));
+    if identity.is_none() {
+        event = event.reason("dev_bypass");
+    }
+    if !superseded.is_empty() {
+        event = event.detail(format!(
+            "connectors={}; superseded tunnels {:?} get no new streams",
+            hello.connectors.join(","),
+            superseded
+        ));
+    }
+    shared.audit.record(event);
     let m = &shared.metrics;
     m.agent_connects
         .get_or_create(&VersionLabel {
@@ -200,9 +296,22 @@ pub(crate) async fn run<S>(
         warn!(agent_id = %agent_id, ?superseded, "agent_id connected again; older tunnels get no new streams");
     }
 
+    let grants = identity
+        .as_ref()
+        .filter(|_| shared.cfg.security.require_connector_scopes)
+        .map(|id| id.grants.clone());
+    // A tunnel lives as long as its token (plus leeway); the agent reconnects before `exp`.
+    let expires = match (&identity, &shared.auth) {
+        (Some(id), Some(auth)) => Some(Instant::now() + id.remaining(auth.leeway())),
+        _ => None,
+    };
     let ctx = Arc::new(TunnelShared {
         version,
         agent_id: agent_id.clone(),
+        tunnel_id,
+        grants,
+        pdp: shared.pdp.clone(),
+        audit: shared.audit.clone(),
         out: out_tx.clone(),
         cmd: cmd_tx,
         token: token.clone(),
@@ -225,10 +334,20 @@ pub(crate) async fn run<S>(
     let mut last_rx = Instant::now();
     let keepalive = tokio::time::sleep(dead_after);
     tokio::pin!(keepalive);
+    let far = Instant::now() + Duration::from_secs(86_400 * 365 * 10);
+    let token_expiry = tokio::time::sleep_until(expires.unwrap_or(far));
+    tokio::pin!(token_expiry);
     let reason: &'static str = loop {
         tokio::select! {
             biased;
             _ = token.cancelled() => break "shutdown",
+            () = &mut token_expiry => {
+                info!(agent_id = %agent_id, tunnel_id, "agent token expired; closing the tunnel");
+                let _ = out_tx
+                    .send(Out::Close(close_frame(CloseCode::Policy, "token expired")))
+                    .await;
+                break "token_expired";
+            }
             Some(cmd) = cmd_rx.recv() => match cmd {
                 TunnelCmd::Open { sock, peer, listener, guard } => {
                     session.open(sock, peer, listener, guard);
@@ -267,7 +386,7 @@ pub(crate) async fn run<S>(
 
     // Teardown: no new streams, then every stream of this tunnel closes its client at once.
     shared.registry.unregister(tunnel_id);
-    if reason == "protocol_error" {
+    if reason == "protocol_error" || reason == "token_expired" {
         // Let the writer send the close frame before everything stops.
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     }
@@ -279,6 +398,46 @@ pub(crate) async fn run<S>(
         .get_or_create(&ReasonLabel { reason })
         .inc();
     info!(event = "agent_disconnected", agent_id = %agent_id, tunnel_id, reason, open_streams = open, "agent tunnel ended");
+    shared.audit.record(
+        Event::new(Action::AgentDisconnected, true)
+            .agent(&agent_id)
+            .source(peer)
+            .tunnel(tunnel_id)
+            .reason(reason)
+            .detail(format!("open_streams={open}")),
+    );
+}
+
+/// Counts, audits and logs a refused HELLO (the caller closes the tunnel).
+fn refuse_hello(
+    shared: &Shared,
+    peer: SocketAddr,
+    tunnel_id: u64,
+    admission: &Admission,
+    reason: &'static str,
+    hello_agent_id: Option<&str>,
+    why: String,
+) {
+    shared
+        .metrics
+        .agent_auth_failures
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+    let agent = admission
+        .identity
+        .as_ref()
+        .map(|i| i.agent_id.as_str())
+        .or(hello_agent_id);
+    let mut event = Event::new(Action::Hello, false)
+        .reason(reason)
+        .source(peer)
+        .tunnel(tunnel_id)
+        .detail(why);
+    if let Some(a) = agent {
+        event = event.agent(a);
+    }
+    shared.audit.record(event);
+    crate::http::note_failure(shared, peer);
 }
 
 /// Queues a close frame, gives the writer a moment to send it, then stops the tunnel.
@@ -372,6 +531,25 @@ impl Session {
         listener: Arc<ListenerCtx>,
         guard: ConnGuard,
     ) {
+        let cap = self.shared.cfg.limits.max_streams_per_agent;
+        if self.streams.len() >= cap {
+            self.shared
+                .metrics
+                .rejected(&listener.connector, "max_streams_per_agent");
+            self.ctx.audit.record(
+                Event::new(Action::Open, false)
+                    .by("stream_cap")
+                    .reason("max_streams_per_agent")
+                    .agent(&self.ctx.agent_id)
+                    .connector(&listener.connector)
+                    .source(peer)
+                    .tunnel(self.ctx.tunnel_id)
+                    .detail(format!("limits.max_streams_per_agent={cap}")),
+            );
+            crate::listener::reject(sock);
+            drop(guard);
+            return;
+        }
         let id = self.alloc_id();
         let (tx, rx) = mpsc::unbounded_channel();
         self.streams.insert(id, tx);

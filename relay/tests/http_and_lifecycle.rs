@@ -299,11 +299,41 @@ fn binary_exits_0_on_sigterm() {
 
 #[tokio::test]
 async fn tunnel_allow_cidrs_refuses_other_sources() {
-    let relay = relay(&format!("{DEV}  allow_cidrs: [10.0.0.0/8]\n")).await;
+    let relay = relay(&format!("{DEV}  tunnel_allow_cidrs: [10.0.0.0/8]\n")).await;
     let err = ws_connect(relay.tunnel_addr(), Some("nowconnect.v2"))
         .await
         .expect_err("refused");
     assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 403));
+    assert!(relay
+        .metrics_text()
+        .contains("nowconnect_agent_auth_failures_total{reason=\"cidr_blocked\"} 1"));
+}
+
+#[tokio::test]
+async fn global_allow_cidrs_fence_every_listener() {
+    // security.allow_cidrs applies to listener clients (not to agents on /tunnel).
+    let relay = relay(&format!("{DEV}  allow_cidrs: [10.0.0.0/8]\n")).await;
+    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
+    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
+        .await
+        .unwrap();
+    let (_, closed) = read_to_close(&mut client, T).await;
+    assert!(closed);
+    assert!(
+        agent.try_recv(Duration::from_millis(100)).await.is_none(),
+        "no OPEN"
+    );
+    assert!(relay.metrics_text().contains(
+        "nowconnect_connections_rejected_total{connector=\"addomain\",reason=\"cidr_blocked\"} 1"
+    ));
+    let denied = relay.audit_records(&nowconnect_relay::AuditFilter {
+        action: Some(nowconnect_relay::Action::Open),
+        success: Some(false),
+        ..Default::default()
+    });
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].by, Some("cidr"));
+    assert_eq!(denied[0].reason, Some("cidr_blocked"));
 }
 
 #[tokio::test]
@@ -326,6 +356,6 @@ async fn listener_allow_cidrs_closes_other_clients() {
         "no OPEN"
     );
     assert!(relay.metrics_text().contains(
-        "nowconnect_connections_rejected_total{connector=\"addomain\",reason=\"cidr\"} 1"
+        "nowconnect_connections_rejected_total{connector=\"addomain\",reason=\"cidr_blocked\"} 1"
     ));
 }
