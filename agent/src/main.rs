@@ -22,8 +22,16 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        // The proxy prints without its password.
+        let proxy = match &cfg.proxy {
+            Some(p) if cfg.no_proxy.matches(&cfg.url.host, cfg.url.port) => {
+                format!("{p} (bypassed for the relay by no_proxy)")
+            }
+            Some(p) => p.to_string(),
+            None => "none".into(),
+        };
         println!(
-            "configuration OK: agent_id={} relay={} connectors={} health={}",
+            "configuration OK: agent_id={} relay={} connectors={} health={} proxy={proxy}",
             cfg.agent_id,
             cfg.url,
             cfg.connectors.join(","),

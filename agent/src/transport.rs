@@ -103,10 +103,10 @@ pub enum DialError {
     },
     #[error("relay refused the WebSocket upgrade: HTTP {status}{reason}")]
     Refused { status: u16, reason: String },
-    #[error("relay selected no WebSocket subprotocol")]
+    #[error("relay accepted the upgrade without a WebSocket subprotocol; tunnel.protocol v2 allows no fallback to v1")]
     NoSubprotocol,
-    #[error("relay selected subprotocol `{0}`, which the agent did not offer")]
-    Subprotocol(String),
+    #[error("WebSocket subprotocol refused: the relay selected {}, which the agent did not offer", .0.as_deref().map(|s| format!("`{s}`")).unwrap_or_else(|| "another one".into()))]
+    Subprotocol(Option<String>),
     #[error("WebSocket handshake with the relay failed: {0}")]
     Handshake(String),
 }
@@ -124,6 +124,10 @@ impl DialError {
             DialError::TlsName { .. } => "tls_hostname",
             DialError::ClientCert { .. } => "tls_client_cert",
             DialError::Tls { .. } => "tls",
+            DialError::Refused {
+                status: 400,
+                reason,
+            } if reason.contains("subprotocol") => "subprotocol",
             DialError::Refused { status: 401, .. } => "unauthorized",
             DialError::Refused { status: 403, .. } => "forbidden",
             DialError::Refused { .. } => "refused",
@@ -329,7 +333,8 @@ impl Dialer {
             .headers()
             .get(SEC_WEBSOCKET_PROTOCOL)
             .and_then(|v| v.to_str().ok());
-        let version = subprotocol::accept_selected(selected).map_err(DialError::Subprotocol)?;
+        let version =
+            subprotocol::accept_selected(selected).map_err(|s| DialError::Subprotocol(Some(s)))?;
         Ok((ws, version))
     }
 
@@ -423,7 +428,7 @@ impl Dialer {
                     presented
                         .iter()
                         .take(8)
-                        .map(|n| n.chars().filter(|c| !c.is_control()).collect::<String>())
+                        .map(|n| pretty_name(n))
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
@@ -477,7 +482,7 @@ impl Dialer {
             )) => DialError::NoSubprotocol,
             WsError::Protocol(ProtocolError::SecWebSocketSubProtocolError(
                 SubProtocolError::InvalidSubProtocol,
-            )) => DialError::Subprotocol("(not offered)".to_owned()),
+            )) => DialError::Subprotocol(None),
             // With TLS 1.3 the relay judges our client certificate after our side of the
             // handshake is done: its verdict arrives as an alert on the first read.
             WsError::Io(io) if self.url.secure && is_rustls(&io) => {
@@ -486,6 +491,24 @@ impl Dialer {
             other => DialError::Handshake(other.to_string()),
         }
     }
+}
+
+/// webpki lists presented names as `DnsName("a.example")` / `IpAddress(10.0.0.1)`; show the
+/// names themselves.
+fn pretty_name(n: &str) -> String {
+    let inner = n
+        .strip_prefix("DnsName(\"")
+        .and_then(|r| r.strip_suffix("\")"))
+        .or_else(|| {
+            n.strip_prefix("IpAddress(")
+                .and_then(|r| r.strip_suffix(')'))
+        })
+        .unwrap_or(n);
+    inner
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect()
 }
 
 fn is_rustls(e: &io::Error) -> bool {
@@ -642,6 +665,16 @@ mod tests {
         let m = client_cert_alert(AlertDescription::UnknownCA, true).expect("about certs");
         assert!(m.contains("refused our client certificate"), "{m}");
         assert!(client_cert_alert(AlertDescription::ProtocolVersion, true).is_none());
+    }
+
+    #[test]
+    fn presented_names_are_shown_plainly() {
+        assert_eq!(
+            pretty_name("DnsName(\"relay.example.com\")"),
+            "relay.example.com"
+        );
+        assert_eq!(pretty_name("IpAddress(10.0.0.1)"), "10.0.0.1");
+        assert_eq!(pretty_name("DirectoryName"), "DirectoryName");
     }
 
     #[test]

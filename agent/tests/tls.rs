@@ -24,6 +24,9 @@ fn pki() -> Pki {
     let ca_key = KeyPair::generate().expect("ca key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name = rcgen::DistinguishedName::new();
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "NowConnect Test CA");
     let ca_cert = ca.self_signed(&ca_key).expect("ca cert");
     let key = KeyPair::generate().expect("key");
     let leaf = CertificateParams::new(vec!["localhost".to_string()])
@@ -81,6 +84,14 @@ async fn wss_with_private_ca_bundle() {
         "agent must refuse a certificate from an unknown CA"
     );
     assert_eq!(health(agent.health_addr()).await, "OK\n");
+    wait_until("the untrusted-certificate error", || async {
+        agent.last_error().as_deref()
+            == Some(
+                "TLS to relay localhost: certificate not trusted: issued by `CN=NowConnect Test CA`, \
+                 which is not a trusted root; add its CA certificate to proxy.ca_bundle (NC_CA_BUNDLE)",
+            )
+    })
+    .await;
     drop(agent);
 
     // With the bundle: TLS, upgrade, HELLO.

@@ -444,4 +444,20 @@ fn shipped_example_is_valid() {
     );
     assert_eq!(c.targets["devdomain1"].host, "dc1.dev.local");
     assert_eq!(c.health_port, 8090);
+    assert_eq!(c.token_refresh_before, Duration::from_secs(60));
+    let proxy = c.proxy.expect("example proxy");
+    assert_eq!(
+        (proxy.host.as_str(), proxy.port),
+        ("proxy.corp.example", 3128)
+    );
+    assert!(c.no_proxy.matches("127.0.0.1", 443));
+    assert!(c.no_proxy.matches("relay.internal.example", 443));
+    assert!(!c.no_proxy.matches("relay.example.com", 443));
+    assert!(!c.tls.ca_bundle_only && c.tls.client_cert.is_none());
+    // The commented-out client certificate keys are valid when enabled.
+    let mtls = text
+        .replace("# client_cert_file", "client_cert_file")
+        .replace("# client_key_file", "client_key_file");
+    let c = AgentConfig::from_yaml_str(&mtls).expect("example with mTLS is valid");
+    assert!(c.tls.client_cert.is_some());
 }

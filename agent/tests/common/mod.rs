@@ -1,6 +1,8 @@
 //! Test support: a mock relay (WebSocket server speaking raw frames), targets, health probes.
 #![allow(dead_code, clippy::result_large_err)]
 
+pub mod pki;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +10,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use nowconnect_shared::subprotocol::Version;
 use nowconnect_shared::{binary, Frame, Limits, V1Codec};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -110,7 +112,12 @@ pub struct MockConn {
 
 impl MockRelay {
     pub async fn bind() -> MockRelay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        MockRelay::bind_on("127.0.0.1:0").await
+    }
+
+    /// Binds on `addr` (e.g. `[::1]:0`).
+    pub async fn bind_on(addr: &str) -> MockRelay {
+        let listener = TcpListener::bind(addr).await.expect("bind relay");
         let addr = listener.local_addr().expect("addr");
         MockRelay { listener, addr }
     }
@@ -119,54 +126,94 @@ impl MockRelay {
         format!("ws://{}/tunnel", self.addr)
     }
 
+    /// Accepts one TCP connection (for tests that speak TLS or raw HTTP on it).
+    pub async fn accept_tcp(&self) -> TcpStream {
+        within("agent connection", self.listener.accept())
+            .await
+            .expect("accept")
+            .0
+    }
+
     /// Accepts one agent connection.
     pub async fn accept(&self, select: Select) -> MockConn {
         let (sock, _) = within("agent connection", self.listener.accept())
             .await
             .expect("accept");
-        let mut upgrade = Upgrade::default();
-        let mut version = Version::V1;
-        let cb = |req: &Request, mut resp: Response| {
-            upgrade.path = req.uri().path().to_owned();
-            upgrade.offered = req
-                .headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            upgrade.authorization = req
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-            if select == Select::Negotiate {
-                let offered = upgrade.offered.clone().unwrap_or_default();
-                let pick = if offered.contains("nowconnect.v2") {
-                    version = Version::V2;
-                    Some("nowconnect.v2")
-                } else if offered.contains("nowconnect.v1") {
-                    Some("nowconnect.v1")
-                } else {
-                    None
-                };
-                if let Some(p) = pick {
-                    resp.headers_mut()
-                        .insert("sec-websocket-protocol", HeaderValue::from_static(p));
-                }
-            }
-            Ok(resp)
-        };
-        let ws = within(
-            "WebSocket upgrade",
-            tokio_tungstenite::accept_hdr_async(sock, cb),
-        )
-        .await
-        .expect("upgrade");
+        let (ws, version, upgrade) = upgrade(sock, select).await;
         MockConn {
             ws,
             version,
             upgrade,
             codec: V1Codec::new(Limits::default()),
             limits: Limits::default(),
+        }
+    }
+}
+
+/// Server side of the WebSocket upgrade on any stream (TCP or TLS): records what the agent sent
+/// and selects a subprotocol as `select` says.
+pub async fn upgrade<S>(sock: S, select: Select) -> (WebSocketStream<S>, Version, Upgrade)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut upgrade = Upgrade::default();
+    let mut version = Version::V1;
+    let cb = |req: &Request, mut resp: Response| {
+        upgrade.path = req.uri().path().to_owned();
+        upgrade.offered = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        upgrade.authorization = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if select == Select::Negotiate {
+            let offered = upgrade.offered.clone().unwrap_or_default();
+            let pick = if offered.contains("nowconnect.v2") {
+                version = Version::V2;
+                Some("nowconnect.v2")
+            } else if offered.contains("nowconnect.v1") {
+                Some("nowconnect.v1")
+            } else {
+                None
+            };
+            if let Some(p) = pick {
+                resp.headers_mut()
+                    .insert("sec-websocket-protocol", HeaderValue::from_static(p));
+            }
+        }
+        Ok(resp)
+    };
+    let ws = within(
+        "WebSocket upgrade",
+        tokio_tungstenite::accept_hdr_async(sock, cb),
+    )
+    .await
+    .expect("upgrade");
+    (ws, version, upgrade)
+}
+
+/// On a v2 tunnel over any stream: expects HELLO, answers HELLO_ACK; returns the HELLO's agent id.
+pub async fn v2_hello_ack<S>(ws: &mut WebSocketStream<S>) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = Limits::default();
+    loop {
+        let msg = within("HELLO", ws.next())
+            .await
+            .expect("agent closed before HELLO")
+            .expect("WebSocket message");
+        if let Message::Binary(b) = msg {
+            let Frame::Hello(h) = binary::decode(&b, &limits).expect("v2 frame") else {
+                panic!("first frame must be HELLO");
+            };
+            let ack = binary::encode_to_bytes(&Frame::HelloAck, &limits).expect("encode");
+            ws.send(Message::Binary(ack)).await.expect("send HELLO_ACK");
+            return h.agent_id;
         }
     }
 }
