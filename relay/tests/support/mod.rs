@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+pub mod idp;
+
 pub const T: Duration = Duration::from_secs(5);
 
 /// Minimal config: one listener `ldap` for connector `addomain`, dev bypass on loopback.
