@@ -1,6 +1,7 @@
 //! Test support: a mock relay (WebSocket server speaking raw frames), targets, health probes.
 #![allow(dead_code, clippy::result_large_err)]
 
+pub mod edge;
 pub mod pki;
 
 use std::future::Future;
