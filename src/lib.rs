@@ -1,4 +1,6 @@
-//! NowConnect: the root package. It owns the end-to-end tests (`tests/`) and the loopback demo.
+//! NowConnect: the root package. It owns the end-to-end tests (`tests/`), the loopback demo and
+//! the tunnel benchmark (`nowconnect-bench`).
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod demo;

@@ -1,0 +1,247 @@
+//! The system under test: a relay process and an agent process over `wss://` on loopback.
+//!
+//! The relay is a separate process, so its ports must be known before it starts: we pick free
+//! ports (bind 127.0.0.1:0, note the port, release it) and write them into its YAML. Should
+//! another process grab one in between, the relay exits with a bind error and we retry with new
+//! ports. Readiness: `/readyz` on the relay's plain-HTTP admin port (`observability.metrics_port`),
+//! then `READY` on the agent's health port, then one echo through the tunnel.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use super::pki::Pki;
+use super::proc::Child;
+
+/// How long the relay may take to report ready, and the agent to say READY.
+const START_DEADLINE: Duration = Duration::from_secs(15);
+/// Port picks tried when the relay cannot bind one.
+const START_ATTEMPTS: usize = 3;
+
+/// How to start the pair.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Directory holding `nowconnect-relay` and `nowconnect-agent`.
+    pub bin_dir: PathBuf,
+    /// Working directory for configs and logs.
+    pub dir: PathBuf,
+    /// `tunnel.protocol` of the agent: `v2` or `v1`.
+    pub protocol: String,
+    /// Start the agent with `--multi-thread` (default: its current-thread runtime).
+    pub agent_multi_thread: bool,
+    /// Log level of both processes (warn keeps logging off the data path).
+    pub log_level: String,
+}
+
+/// A running relay + agent; dropping it kills both.
+#[derive(Debug)]
+pub struct Tunnel {
+    pub relay: Child,
+    pub agent: Child,
+    /// Relay listener for each connector (the addresses clients connect to).
+    pub listeners: BTreeMap<String, SocketAddr>,
+}
+
+impl Tunnel {
+    pub fn listener(&self, connector: &str) -> anyhow::Result<SocketAddr> {
+        self.listeners
+            .get(connector)
+            .copied()
+            .with_context(|| format!("no relay listener for connector {connector}"))
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Starts relay and agent exporting `targets` (connector name -> target address).
+pub fn start(
+    opts: &Options,
+    pki: &Pki,
+    targets: &BTreeMap<String, SocketAddr>,
+) -> anyhow::Result<Tunnel> {
+    let mut last_err = None;
+    for attempt in 1..=START_ATTEMPTS {
+        match start_once(opts, pki, targets) {
+            Ok(t) => return Ok(t),
+            Err(e) => {
+                eprintln!("  start attempt {attempt} failed: {e:#}");
+                last_err = Some(e);
+            }
+        }
+    }
+    Err(last_err.unwrap_or_else(|| anyhow::anyhow!("relay and agent did not start")))
+}
+
+fn start_once(
+    opts: &Options,
+    pki: &Pki,
+    targets: &BTreeMap<String, SocketAddr>,
+) -> anyhow::Result<Tunnel> {
+    let tunnel_port = free_port()?;
+    let admin_port = free_port()?;
+    let health_port = free_port()?;
+    let mut listeners = BTreeMap::new();
+    for name in targets.keys() {
+        listeners.insert(
+            name.clone(),
+            SocketAddr::from(([127, 0, 0, 1], free_port()?)),
+        );
+    }
+
+    let relay_yaml = relay_yaml(opts, pki, tunnel_port, admin_port, &listeners);
+    let relay_cfg = opts.dir.join("relay.yaml");
+    std::fs::write(&relay_cfg, relay_yaml).context("writing relay.yaml")?;
+    let mut relay = Child::spawn(
+        "relay",
+        &opts.bin_dir.join("nowconnect-relay"),
+        &["--config", path_str(&relay_cfg)?],
+        &opts.dir.join("relay.log"),
+    )?;
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
+    wait_for(&mut relay, "relay /readyz", || {
+        http_get(admin, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    })?;
+
+    let agent_yaml = agent_yaml(opts, pki, tunnel_port, health_port, targets);
+    let agent_cfg = opts.dir.join("agent.yaml");
+    std::fs::write(&agent_cfg, agent_yaml).context("writing agent.yaml")?;
+    let mut args = vec!["--config", path_str(&agent_cfg)?];
+    if opts.agent_multi_thread {
+        args.push("--multi-thread");
+    }
+    let mut agent = Child::spawn(
+        "agent",
+        &opts.bin_dir.join("nowconnect-agent"),
+        &args,
+        &opts.dir.join("agent.log"),
+    )?;
+    let health = SocketAddr::from(([127, 0, 0, 1], health_port));
+    let ready = wait_for(&mut agent, "agent READY", || {
+        health_line(health).as_deref() == Some("READY")
+    });
+    if let Err(e) = ready {
+        // The relay's side of the story is usually the useful half.
+        bail!("{e:#}\n--- relay log (tail) ---\n{}", relay.log_tail(2000));
+    }
+    Ok(Tunnel {
+        relay,
+        agent,
+        listeners,
+    })
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .with_context(|| format!("path is not UTF-8: {}", p.display()))
+}
+
+/// Polls `ready` until it holds; fails early if `child` exits, with its log tail.
+fn wait_for(child: &mut Child, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let end = Instant::now() + START_DEADLINE;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Some(status) = child.exited() {
+            bail!(
+                "{} exited ({status}) before {what}\n--- {} log (tail) ---\n{}",
+                child.name(),
+                child.name(),
+                child.log_tail(2000)
+            );
+        }
+        if Instant::now() > end {
+            bail!(
+                "no {what} within {START_DEADLINE:?}\n--- {} log (tail) ---\n{}",
+                child.name(),
+                child.log_tail(2000)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn relay_yaml(
+    opts: &Options,
+    pki: &Pki,
+    tunnel_port: u16,
+    admin_port: u16,
+    listeners: &BTreeMap<String, SocketAddr>,
+) -> String {
+    let mut y = format!(
+        "# written by nowconnect-bench\n\
+         tunnel:\n  host: 127.0.0.1\n  port: {tunnel_port}\n  \
+         tls:\n    cert_file: '{}'\n    key_file: '{}'\n\
+         security:\n  dev_bypass: true\n\
+         observability:\n  metrics_port: {admin_port}\n  log_level: {}\n\
+         listeners:\n",
+        pki.cert.display(),
+        pki.key.display(),
+        opts.log_level
+    );
+    for (name, addr) in listeners {
+        y.push_str(&format!(
+            "  - name: {name}\n    bind: {addr}\n    connector: {name}\n"
+        ));
+    }
+    y
+}
+
+fn agent_yaml(
+    opts: &Options,
+    pki: &Pki,
+    tunnel_port: u16,
+    health_port: u16,
+    targets: &BTreeMap<String, SocketAddr>,
+) -> String {
+    let names: Vec<&str> = targets.keys().map(String::as_str).collect();
+    let mut y = format!(
+        "# written by nowconnect-bench\n\
+         tunnel:\n  url: wss://localhost:{tunnel_port}/tunnel\n  agent_id: bench-agent\n  \
+         protocol: {}\n  exported_connectors: [{}]\n\
+         proxy:\n  ca_bundle: '{}'\n\
+         health:\n  host: 127.0.0.1\n  port: {health_port}\n\
+         logging:\n  level: {}\n\
+         targets:\n",
+        opts.protocol,
+        names.join(", "),
+        pki.ca.display(),
+        opts.log_level
+    );
+    for (name, addr) in targets {
+        y.push_str(&format!(
+            "  {name}: {{host: '{}', port: {}}}\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    y
+}
+
+/// A plain HTTP/1.1 GET; the whole response, or `None` on any failure.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// What the agent's health port says (`OK` or `READY`).
+fn health_line(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.trim().to_owned())
+}

@@ -1,0 +1,174 @@
+//! `nowconnect-bench`: direct vs tunnel on loopback, in one run (see `scripts/bench-tunnel.sh`).
+//!
+//! Starts the release relay and agent next to this binary as separate processes (TLS, v2 by
+//! default), runs bulk, ping-pong, connection setup, idle streams and LDAP paged search against
+//! the targets directly and through the tunnel, and prints one markdown table with ratios and
+//! the budgets.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use nowconnect::bench::{ldap, proc, run};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nowconnect-bench",
+    about = "NowConnect tunnel benchmark: direct vs tunnel on loopback"
+)]
+struct Args {
+    /// Directory with nowconnect-relay and nowconnect-agent (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Tunnel protocol the agent uses: v2 or v1.
+    #[arg(long, default_value = "v2", value_parser = ["v1", "v2"])]
+    protocol: String,
+    /// Run the agent with its multi-threaded runtime (default: current-thread, as shipped).
+    #[arg(long)]
+    agent_multi_thread: bool,
+    /// Seconds per bulk transfer (each direction, each stream count, direct and tunnel).
+    #[arg(long, default_value_t = 5.0)]
+    bulk_secs: f64,
+    /// Cap per bulk stream, MiB.
+    #[arg(long, default_value_t = 1024)]
+    bulk_mib: u64,
+    /// Parallel streams of the multi-stream bulk transfers.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Ping-pong round trips (after 200 warm-up ones).
+    #[arg(long, default_value_t = 20_000)]
+    pingpong: usize,
+    /// Ping-pong message size, bytes.
+    #[arg(long, default_value_t = 64)]
+    pingpong_size: usize,
+    /// Idle streams held through the tunnel for the memory figure.
+    #[arg(long, default_value_t = 1000)]
+    idle_streams: usize,
+    /// slapd to search (the team harness's, from ../shared/bench/setup.sh); "off" skips LDAP.
+    #[arg(long, default_value = "127.0.0.1:3890")]
+    ldap: String,
+    #[arg(long, default_value = "cn=admin,dc=example,dc=org")]
+    ldap_dn: String,
+    #[arg(long, default_value = "admin")]
+    ldap_password: String,
+    #[arg(long, default_value = "dc=example,dc=org")]
+    ldap_base: String,
+    /// Timed paged searches each way.
+    #[arg(long, default_value_t = 50)]
+    ldap_searches: usize,
+    /// Log level of relay and agent.
+    #[arg(long, default_value = "warn")]
+    log_level: String,
+    /// Keep the work directory (configs, certificates, relay.log, agent.log).
+    #[arg(long)]
+    keep: bool,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn settings(a: &Args) -> anyhow::Result<run::Settings> {
+    let bin_dir = match &a.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .parent()
+            .context("this binary has no directory")?
+            .to_owned(),
+    };
+    for b in ["nowconnect-relay", "nowconnect-agent"] {
+        anyhow::ensure!(
+            bin_dir.join(b).is_file(),
+            "{} not found; build with `cargo build --release --workspace --bins` or pass --bin-dir",
+            bin_dir.join(b).display()
+        );
+    }
+    anyhow::ensure!(
+        a.bulk_secs > 0.0 && a.bulk_secs <= 120.0,
+        "--bulk-secs must be in (0, 120]"
+    );
+    anyhow::ensure!((1..=64).contains(&a.streams), "--streams must be 1..=64");
+    anyhow::ensure!(
+        (1..=1_000_000).contains(&a.pingpong),
+        "--pingpong must be 1..=1000000"
+    );
+    anyhow::ensure!(
+        (1..=65_536).contains(&a.pingpong_size),
+        "--pingpong-size must be 1..=65536"
+    );
+    anyhow::ensure!(
+        (1..=20_000).contains(&a.idle_streams),
+        "--idle-streams must be 1..=20000"
+    );
+    let ldap = if a.ldap == "off" {
+        None
+    } else {
+        let addr: SocketAddr = a
+            .ldap
+            .parse()
+            .with_context(|| format!("--ldap {}: expected IP:PORT or off", a.ldap))?;
+        Some(run::LdapSettings {
+            addr,
+            dn: a.ldap_dn.clone(),
+            password: a.ldap_password.clone(),
+            search: ldap::Search {
+                base: a.ldap_base.clone(),
+                filter: ("objectClass".into(), "inetOrgPerson".into()),
+                attrs: vec!["uid".into(), "cn".into(), "sn".into()],
+                page_size: 100,
+            },
+            searches: a.ldap_searches.max(1),
+        })
+    };
+    Ok(run::Settings {
+        bin_dir,
+        work_dir: std::env::temp_dir().join(format!("nowconnect-bench-{}", std::process::id())),
+        protocol: a.protocol.clone(),
+        agent_multi_thread: a.agent_multi_thread,
+        log_level: a.log_level.clone(),
+        bulk_secs: a.bulk_secs,
+        bulk_cap: a.bulk_mib.max(1) << 20,
+        streams: a.streams,
+        pingpong_count: a.pingpong,
+        pingpong_size: a.pingpong_size,
+        idle_streams: a.idle_streams,
+        ldap,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    proc::install_guards();
+    let s = match settings(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nowconnect-bench: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = run::run(&s);
+    if args.keep {
+        eprintln!("work directory kept: {}", s.work_dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&s.work_dir);
+    }
+    match result {
+        Ok(report) => {
+            let label = format!("tunnel ({}, wss)", s.protocol);
+            println!("{}", report.render(&label));
+            if let Some(path) = &args.json {
+                let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("nowconnect-bench: cannot write {}: {e}", path.display());
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("nowconnect-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
