@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Builds the static ARM agents and runs each under qemu-user against the x86-64 relay on loopback:
+# READY on the health port and a byte-exact transfer through the tunnel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || {
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-user >/dev/null
+}
+scripts/cross-build.sh aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf
+cargo build -q --bin nowconnect-smoke
+target/debug/nowconnect-smoke -- qemu-aarch64 target/aarch64-unknown-linux-musl/release/nowconnect-agent
+target/debug/nowconnect-smoke -- qemu-arm target/armv7-unknown-linux-gnueabihf/release/nowconnect-agent

@@ -1,0 +1,126 @@
+//! Smoke test of an agent *binary* (any architecture, e.g. under qemu-user) against the in-process
+//! x86-64 relay on loopback: the agent must report READY on its health port and carry 4 MiB each
+//! way byte-exact. Used by `scripts/qemu-smoke.sh`; exits non-zero on any failure.
+//!
+//! `nowconnect-smoke -- qemu-aarch64 target/aarch64-unknown-linux-musl/release/nowconnect-agent`
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use nowconnect_relay::RelayConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Bytes sent each way.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    bytes: usize,
+    /// How long the agent may take to become READY (emulation is slow).
+    #[arg(long, default_value_t = 60)]
+    ready_timeout_sec: u64,
+    /// The agent command line (runner first, e.g. qemu-aarch64 PATH).
+    #[arg(required = true, last = true)]
+    agent: Vec<String>,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let echo = echo_target().await?;
+    let yaml = "tunnel:\n  host: 127.0.0.1\n  port: 0\nsecurity:\n  dev_bypass: true\n\
+                listeners:\n  - name: echo\n    bind: 127.0.0.1:0\n    connector: echo\n";
+    let relay = nowconnect_relay::start(RelayConfig::from_yaml_str(yaml)?).await?;
+    let health = free_port().await?;
+    let (program, rest) = args.agent.split_first().context("no agent command")?;
+    let mut agent = Command::new(program)
+        .args(rest)
+        .env_clear()
+        .env("NC_AGENT_URL", format!("ws://{}/tunnel", relay.tunnel_addr()))
+        .env("NC_ALLOW_INSECURE_WS", "true")
+        .env("NC_AGENT_ID", "smoke")
+        .env("NC_CONNECTORS", "echo")
+        .env("NC_TARGET_echo_HOST", "127.0.0.1")
+        .env("NC_TARGET_echo_PORT", echo.port().to_string())
+        .env("NC_HEALTH_HOST", "127.0.0.1")
+        .env("NC_HEALTH_PORT", health.port().to_string())
+        .env("NC_LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", args.agent.join(" ")))?;
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.ready_timeout_sec);
+    loop {
+        if let Some(status) = agent.try_wait()? {
+            bail!("the agent exited before READY: {status}");
+        }
+        if read_health(health).await.as_deref() == Some("READY\n") {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the agent was not READY within {} s", args.ready_timeout_sec);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ready_after = started.elapsed();
+
+    let client = relay.listener_addr("echo").context("echo listener")?;
+    let sent: Vec<u8> = (0..args.bytes).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut s = TcpStream::connect(client).await?;
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&sent).await?;
+        w.shutdown().await
+    };
+    let mut back = Vec::with_capacity(sent.len());
+    let (wrote, read) =
+        tokio::time::timeout(Duration::from_secs(120), async { tokio::join!(write, r.read_to_end(&mut back)) })
+            .await
+            .context("transfer did not finish within 120 s")?;
+    wrote?;
+    read?;
+    if back != sent {
+        bail!("echoed bytes differ: sent {}, got {}", sent.len(), back.len());
+    }
+    println!(
+        "smoke OK: `{}` READY after {} ms, {} bytes each way byte-exact",
+        args.agent.join(" "),
+        ready_after.as_millis(),
+        sent.len()
+    );
+    agent.kill().await.ok();
+    Ok(())
+}
+
+async fn read_health(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.ok()?.ok()?;
+    Some(out)
+}
+
+async fn free_port() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(l.local_addr()?)
+}
+
+async fn echo_target() -> anyhow::Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Ok(addr)
+}
