@@ -344,8 +344,7 @@ async fn bad_tokens_are_refused_with_status_and_reason_and_open_no_stream() {
     let string_nbf = mint(&ec, &with("nbf", json!((now() + 3600).to_string())));
     let err = upgrade(relay.tunnel_addr(), Some(&string_nbf), None)
         .await
-        .err()
-        .expect("string nbf refused");
+        .expect_err("string nbf refused");
     assert_eq!(refusal(err).0, 401);
     let unknown = mint(&ghost, &good);
     refused(&relay, "unknown kid", Some(&unknown), 401, "unknown_kid").await;
