@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, only when missing: Debian packages for the real servers the
-# end-to-end tests start on loopback, rustup components, and cargo tools. Idempotent.
+# end-to-end tests start on loopback (slapd, and tinyproxy as the agent's forward proxy), rustup
+# components, and cargo tools. Idempotent.
 set -euo pipefail
 need_apt=()
-for pair in slapd:slapd ldapsearch:ldap-utils; do
+for pair in slapd:slapd ldapsearch:ldap-utils tinyproxy:tinyproxy; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
 done

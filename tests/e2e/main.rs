@@ -4,6 +4,7 @@
 mod support;
 
 mod demo;
+mod edge;
 mod health;
 mod ldap;
 mod ldap_fixture;
