@@ -47,6 +47,8 @@ const OUT_QUEUE: usize = 256;
 const MAX_BATCH: usize = 64;
 /// The agent must send HELLO this soon after the upgrade.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// "Never" for timers: a year.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
 /// Largest stream id (ids stay below 2^31; v1 cids of the peer's own use the upper half).
 const MAX_STREAM_ID: StreamId = (1 << 31) - 1;
 
@@ -301,8 +303,11 @@ pub(crate) async fn run<S>(
         .filter(|_| shared.cfg.security.require_connector_scopes)
         .map(|id| id.grants.clone());
     // A tunnel lives as long as its token (plus leeway); the agent reconnects before `exp`.
+    // Tokens valid for more than a year are not timed (and cannot overflow the clock).
     let expires = match (&identity, &shared.auth) {
-        (Some(id), Some(auth)) => Some(Instant::now() + id.remaining(auth.leeway())),
+        (Some(id), Some(auth)) => Some(id.remaining(auth.leeway()))
+            .filter(|d| *d <= FAR)
+            .map(|d| Instant::now() + d),
         _ => None,
     };
     let ctx = Arc::new(TunnelShared {
@@ -334,8 +339,7 @@ pub(crate) async fn run<S>(
     let mut last_rx = Instant::now();
     let keepalive = tokio::time::sleep(dead_after);
     tokio::pin!(keepalive);
-    let far = Instant::now() + Duration::from_secs(86_400 * 365 * 10);
-    let token_expiry = tokio::time::sleep_until(expires.unwrap_or(far));
+    let token_expiry = tokio::time::sleep_until(expires.unwrap_or_else(|| Instant::now() + FAR));
     tokio::pin!(token_expiry);
     let reason: &'static str = loop {
         tokio::select! {
@@ -437,7 +441,11 @@ fn refuse_hello(
         event = event.agent(a);
     }
     shared.audit.record(event);
-    crate::http::note_failure(shared, peer);
+    // Only identity failures count toward the source's cool-down; a HELLO that is late or
+    // malformed says nothing about stolen or guessed tokens.
+    if matches!(reason, "agent_id_mismatch" | "connector_not_granted") {
+        crate::http::note_failure(shared, peer);
+    }
 }
 
 /// Queues a close frame, gives the writer a moment to send it, then stops the tunnel.
