@@ -253,15 +253,16 @@ impl Dialer {
     /// What a dial stuck at `step` was doing, for a timeout line.
     pub fn describe(&self, step: Step) -> String {
         let relay = self.url.authority();
-        let proxy = self
-            .route()
+        let route = self.route();
+        let proxy = route
             .map(ProxyUrl::authority)
             .unwrap_or_else(|| "(none)".into());
+        let proxy_host = route.map(|p| p.host.as_str()).unwrap_or("(none)");
         match step {
             Step::Token => "reading the token file".into(),
             Step::Dns => format!("resolving relay host {}", self.url.host),
             Step::Tcp => format!("connecting to relay {relay}"),
-            Step::ProxyDns => format!("resolving proxy host of {proxy}"),
+            Step::ProxyDns => format!("resolving proxy host {proxy_host}"),
             Step::ProxyTcp => format!("connecting to proxy {proxy}"),
             Step::ProxyTls => format!("in the TLS handshake with proxy {proxy}"),
             Step::ProxyConnect => format!("waiting for proxy {proxy} to answer CONNECT {relay}"),

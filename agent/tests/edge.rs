@@ -136,6 +136,40 @@ async fn proxy_refusing_the_connection_is_named() {
 }
 
 #[tokio::test]
+async fn a_silent_proxy_times_out_naming_the_step() {
+    // A proxy that accepts and never answers CONNECT.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let held = tokio::spawn(async move {
+        let mut socks = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            socks.push(s);
+        }
+    });
+    let echo = echo_target().await;
+    let y = yaml(
+        "ws://relay.example.com:8765/tunnel",
+        echo,
+        "",
+        &format!("proxy: {{https_proxy: 'http://127.0.0.1:{port}'}}\n"),
+    )
+    .replace(
+        "reconnect_max_ms: 200}",
+        "reconnect_max_ms: 200, handshake_timeout_ms: 300}",
+    );
+    let agent = start(&y).await;
+    let line = wait_error(&agent, &["timed out"]).await;
+    assert_eq!(
+        line,
+        format!(
+            "timed out after 300 ms waiting for proxy 127.0.0.1:{port} to answer CONNECT \
+             relay.example.com:8765"
+        )
+    );
+    held.abort();
+}
+
+#[tokio::test]
 async fn hostname_mismatch_names_the_certificate_names() {
     let ca = Ca::new("NowConnect Test CA");
     let relay = MockRelay::bind().await;

@@ -429,6 +429,40 @@ fn cli_flags_parse_into_a_layer() {
     assert_eq!(c.protocol, ProtocolChoice::V2);
     assert_eq!(c.targets["b"].host, "::1");
     assert_eq!(c.health_port, 0);
+    let cli = crate::cli::Cli::try_parse_from([
+        "nowconnect-agent",
+        "--url",
+        "wss://relay.example.com/t",
+        "--agent-id",
+        "a",
+        "--target",
+        "a=h:1",
+        "--https-proxy",
+        "https://u:p@proxy:8443",
+        "--no-proxy",
+        ".corp",
+        "--ca-bundle",
+        "/ca.pem",
+        "--ca-bundle-only",
+        "--client-cert",
+        "/c.pem",
+        "--client-key",
+        "/k.pem",
+    ])
+    .expect("parses");
+    // The flag beats the trusted environment.
+    let c = cli
+        .load(&env(&[
+            ("NC_TRUST_ENV", "true"),
+            ("HTTPS_PROXY", "http://env:1"),
+        ]))
+        .expect("valid");
+    let p = c.proxy.expect("proxy");
+    assert!(p.secure && p.host == "proxy" && p.port == 8443);
+    assert!(c.no_proxy.matches("x.corp", 443));
+    assert!(c.tls.ca_bundle_only && c.tls.client_cert.is_some());
+    let trust = crate::cli::Cli::try_parse_from(["x", "--trust-env"]).expect("parses");
+    assert_eq!(trust.layer(&mut Vec::new()).trust_env, Some(true));
     let bad = crate::cli::Cli::try_parse_from(["x", "--target", "nonsense"]).expect("parses");
     let e = bad.load(&env(&[])).expect_err("bad target");
     assert!(e.problems().iter().any(|p| p.key == "--target"), "{e}");
