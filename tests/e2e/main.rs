@@ -3,6 +3,7 @@
 
 mod support;
 
+mod agent_auth;
 mod demo;
 mod edge;
 mod health;
