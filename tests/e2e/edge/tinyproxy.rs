@@ -23,7 +23,15 @@ pub struct Options {
 pub struct Tinyproxy {
     pub port: u16,
     log: PathBuf,
+    dir: PathBuf,
+    /// Killed when dropped (`kill_on_drop`), also when the test panics.
     _child: Child,
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Where tinyproxy is installed, if it is.
@@ -67,6 +75,7 @@ impl Tinyproxy {
                 return Some(Tinyproxy {
                     port,
                     log,
+                    dir,
                     _child: child,
                 });
             }
