@@ -15,6 +15,8 @@ use tracing::{info, warn};
 
 /// Records kept in memory; older ones are dropped (they stay in the log).
 pub const AUDIT_RING: usize = 4096;
+/// Longest `detail` kept.
+pub const MAX_DETAIL: usize = 512;
 
 /// What happened. The `as_str` names are the `action` field of records and of portal filters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -121,8 +123,17 @@ impl Event {
         self.rec.tunnel_id = Some(tunnel_id);
         self
     }
+    /// A note, cut to [`MAX_DETAIL`] bytes (it may quote peer-supplied names).
     pub fn detail(mut self, detail: impl Into<String>) -> Event {
-        self.rec.detail = Some(detail.into());
+        let mut d = detail.into();
+        if d.len() > MAX_DETAIL {
+            let mut end = MAX_DETAIL;
+            while !d.is_char_boundary(end) {
+                end -= 1;
+            }
+            d.truncate(end);
+        }
+        self.rec.detail = Some(d);
         self
     }
 }
@@ -285,5 +296,8 @@ mod tests {
         assert_eq!(json["success"], false);
         assert_eq!(json["reason"], "expired");
         assert!(json.get("agent_id").is_none());
+        let long = Event::new(Action::Hello, false).detail("é".repeat(MAX_DETAIL));
+        let d = long.rec.detail.expect("detail");
+        assert!(d.len() <= MAX_DETAIL && d.chars().all(|c| c == 'é'));
     }
 }

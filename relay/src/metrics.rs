@@ -205,7 +205,7 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_agent_auth_successes",
-            "Agent tunnel upgrades whose token was accepted",
+            "Agent tunnel upgrades admitted (token accepted, or the dev bypass)",
             m.agent_auth_successes.clone(),
         );
         registry.register(
