@@ -82,10 +82,7 @@ async fn refused_target_closes_the_client_within_a_second() {
     let refused = closed_port().await;
     let relay = relay(&["gone"]).await;
     let _agent = ready_agent(&relay, "v2", &[("gone", refused)]).await;
-    let mut s = TcpStream::connect(listener(&relay, "gone"))
-        .await
-        .expect("connect");
-    let waited = wait_closed(&mut s, Duration::from_secs(5)).await;
+    let waited = connect_and_wait_closed(listener(&relay, "gone"), Duration::from_secs(5)).await;
     assert!(
         waited < Duration::from_secs(1),
         "client closed after {waited:?}, want < 1 s"
@@ -95,10 +92,7 @@ async fn refused_target_closes_the_client_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connector_without_agent_closes_the_client_at_once() {
     let relay = relay(&["orphan"]).await;
-    let mut s = TcpStream::connect(listener(&relay, "orphan"))
-        .await
-        .expect("connect");
-    let waited = wait_closed(&mut s, Duration::from_secs(5)).await;
+    let waited = connect_and_wait_closed(listener(&relay, "orphan"), Duration::from_secs(5)).await;
     assert!(
         waited < Duration::from_secs(1),
         "client closed after {waited:?}"

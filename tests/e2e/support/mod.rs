@@ -227,6 +227,25 @@ pub async fn wait_closed(s: &mut TcpStream, deadline: Duration) -> Duration {
     }
 }
 
+/// Connects to `addr` and waits until the relay closes the connection. A reset that lands before
+/// the connect completes (the relay closes refused clients with RST) counts as closed at once.
+pub async fn connect_and_wait_closed(addr: SocketAddr, deadline: Duration) -> Duration {
+    let start = Instant::now();
+    match TcpStream::connect(addr).await {
+        Ok(mut s) => start.elapsed() + wait_closed(&mut s, deadline).await,
+        Err(e) => {
+            assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ),
+                "connect to {addr} failed with {e}, not with the relay's reset"
+            );
+            start.elapsed()
+        }
+    }
+}
+
 /// Target that writes as fast as it can (up to `cap` bytes) and counts what the kernel accepted.
 pub async fn firehose(cap: u64) -> (SocketAddr, Arc<AtomicU64>) {
     let written = Arc::new(AtomicU64::new(0));
