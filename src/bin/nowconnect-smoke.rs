@@ -20,6 +20,10 @@ struct Args {
     /// Bytes sent each way.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     bytes: usize,
+    /// Also measure the agent process: RSS idle and READY, RSS with this many open streams, threads.
+    /// Meaningful only for a native binary (under qemu the process is the emulator).
+    #[arg(long)]
+    footprint_streams: Option<usize>,
     /// How long the agent may take to become READY (emulation is slow).
     #[arg(long, default_value_t = 60)]
     ready_timeout_sec: u64,
@@ -40,7 +44,10 @@ async fn main() -> anyhow::Result<()> {
     let mut agent = Command::new(program)
         .args(rest)
         .env_clear()
-        .env("NC_AGENT_URL", format!("ws://{}/tunnel", relay.tunnel_addr()))
+        .env(
+            "NC_AGENT_URL",
+            format!("ws://{}/tunnel", relay.tunnel_addr()),
+        )
         .env("NC_ALLOW_INSECURE_WS", "true")
         .env("NC_AGENT_ID", "smoke")
         .env("NC_CONNECTORS", "echo")
@@ -64,14 +71,19 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the agent was not READY within {} s", args.ready_timeout_sec);
+            bail!(
+                "the agent was not READY within {} s",
+                args.ready_timeout_sec
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let ready_after = started.elapsed();
 
     let client = relay.listener_addr("echo").context("echo listener")?;
-    let sent: Vec<u8> = (0..args.bytes).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let sent: Vec<u8> = (0..args.bytes)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut s = TcpStream::connect(client).await?;
     let (mut r, mut w) = s.split();
     let write = async {
@@ -79,14 +91,19 @@ async fn main() -> anyhow::Result<()> {
         w.shutdown().await
     };
     let mut back = Vec::with_capacity(sent.len());
-    let (wrote, read) =
-        tokio::time::timeout(Duration::from_secs(120), async { tokio::join!(write, r.read_to_end(&mut back)) })
-            .await
-            .context("transfer did not finish within 120 s")?;
+    let (wrote, read) = tokio::time::timeout(Duration::from_secs(120), async {
+        tokio::join!(write, r.read_to_end(&mut back))
+    })
+    .await
+    .context("transfer did not finish within 120 s")?;
     wrote?;
     read?;
     if back != sent {
-        bail!("echoed bytes differ: sent {}, got {}", sent.len(), back.len());
+        bail!(
+            "echoed bytes differ: sent {}, got {}",
+            sent.len(),
+            back.len()
+        );
     }
     println!(
         "smoke OK: `{}` READY after {} ms, {} bytes each way byte-exact",
@@ -94,14 +111,63 @@ async fn main() -> anyhow::Result<()> {
         ready_after.as_millis(),
         sent.len()
     );
+    drop(s);
+    if let Some(n) = args.footprint_streams {
+        let pid = agent.id().context("agent pid")?;
+        footprint(pid, client, n).await?;
+    }
     agent.kill().await.ok();
     Ok(())
+}
+
+/// Prints the agent's RSS idle (READY, no streams), with `n` open idle streams, and its threads.
+async fn footprint(pid: u32, client: SocketAddr, n: usize) -> anyhow::Result<()> {
+    // Let the finished transfer's stream close on the agent side first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = proc_status(pid, "VmRSS")?;
+    let mut streams = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut s = TcpStream::connect(client).await?;
+        let msg = (i as u32).to_be_bytes();
+        s.write_all(&msg).await?;
+        let mut back = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut back))
+            .await
+            .context("stream echo")??;
+        if back != msg {
+            bail!("stream {i}: echo differs");
+        }
+        streams.push(s);
+    }
+    let loaded = proc_status(pid, "VmRSS")?;
+    let threads = proc_status(pid, "Threads")?;
+    let per_stream = (loaded.saturating_sub(idle)) as f64 / n as f64;
+    println!("footprint: agent RSS idle READY {idle} KiB; with {n} open streams {loaded} KiB ({per_stream:.2} KiB per stream); threads {threads}");
+    drop(streams);
+    Ok(())
+}
+
+/// A numeric field of /proc/PID/status (kB for memory fields).
+fn proc_status(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .with_context(|| format!("no {field}"))?;
+    line.split_whitespace()
+        .nth(1)
+        .context("value")?
+        .parse()
+        .context("number")
 }
 
 async fn read_health(addr: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await.ok()?.ok()?;
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+        .await
+        .ok()?
+        .ok()?;
     Some(out)
 }
 

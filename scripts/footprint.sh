@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Agent footprint: stripped static binary size per target, and for the native static build the RSS
+# idle with a READY tunnel, RSS with 1,000 open streams, and threads. Prints a markdown table.
+# Budgets (issue 6): aarch64 binary <= 4 MiB; idle RSS <= 6 MiB; <= 8 KiB per idle open stream.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+targets=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf x86_64-unknown-linux-musl)
+scripts/cross-build.sh "${targets[@]}" >/dev/null
+cargo build -q --bin nowconnect-smoke
+echo "| target | stripped static agent |"
+echo "|---|---|"
+for t in "${targets[@]}"; do
+  b="target/$t/release/nowconnect-agent"
+  printf '| %s | %s bytes (%.2f MiB) |\n' "$t" "$(stat -c %s "$b")" "$(echo "$(stat -c %s "$b") / 1048576" | bc -l)"
+done
+size=$(stat -c %s target/aarch64-unknown-linux-musl/release/nowconnect-agent)
+[ "$size" -le $((4 * 1024 * 1024)) ] || { echo "aarch64 agent is $size bytes: over the 4 MiB budget" >&2; exit 1; }
+echo
+target/debug/nowconnect-smoke --footprint-streams 1000 -- target/x86_64-unknown-linux-musl/release/nowconnect-agent 2>/dev/null
+echo
+echo "single-threaded: the agent runs a current-thread tokio runtime (1 thread; plus none for DNS unless a name is resolved)."
