@@ -4,7 +4,8 @@
 # components, and cargo tools. Idempotent.
 set -euo pipefail
 need_apt=()
-for pair in slapd:slapd ldapsearch:ldap-utils tinyproxy:tinyproxy; do
+for pair in slapd:slapd ldapsearch:ldap-utils tinyproxy:tinyproxy openssl:openssl file:file bc:bc \
+    qemu-aarch64:qemu-user systemd-analyze:systemd; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
 done

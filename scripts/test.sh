@@ -26,6 +26,15 @@ else
   cargo test --workspace --locked --no-fail-fast
 fi
 
+step "systemd units: verify and security score"
+scripts/systemd-check.sh
+
+step "ARM agents under qemu-user against the x86-64 relay"
+scripts/qemu-smoke.sh
+
+step "agent footprint"
+scripts/footprint.sh
+
 fuzz_seconds=${FUZZ_SECONDS:-60}
 if [ "$fuzz_seconds" -gt 0 ]; then
   if cargo +nightly --version >/dev/null 2>&1; then
