@@ -77,6 +77,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// Longest `tunnel.agent_id`, in bytes (the protocol's `Limits::max_agent_id_len`).
+pub const MAX_AGENT_ID_LEN: usize = 128;
+/// Longest connector name, in bytes (the protocol's `Limits::max_connector_len`).
+pub const MAX_CONNECTOR_LEN: usize = 64;
+/// Most exported connectors (the protocol's `Limits::max_connectors`; a power of two, as the
+/// fixed-capacity target table needs).
+pub const MAX_CONNECTORS: usize = 64;
+
+/// `tunnel.agent_id`: fixed capacity, validated to fit.
+pub type AgentId = heapless::String<MAX_AGENT_ID_LEN>;
+/// A connector name: fixed capacity, validated to fit. Stream tasks carry it by value, so
+/// opening a stream allocates nothing for its name.
+pub type ConnectorName = heapless::String<MAX_CONNECTOR_LEN>;
+/// Exported connectors and their targets, in HELLO order. Fixed capacity: the table is sized
+/// once by validation and cannot grow afterwards.
+pub type Targets = heapless::FnvIndexMap<ConnectorName, Target, MAX_CONNECTORS>;
+
 /// Where one connector's streams go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -116,11 +133,10 @@ pub struct AgentConfig {
     /// `tunnel.url`: the relay's `/tunnel` endpoint.
     pub url: RelayUrl,
     /// `tunnel.agent_id`, sent in HELLO.
-    pub agent_id: String,
-    /// `tunnel.exported_connectors`, in HELLO order; each has a target.
-    pub connectors: Vec<String>,
-    /// `targets`: connector name -> target.
-    pub targets: BTreeMap<String, Target>,
+    pub agent_id: AgentId,
+    /// `tunnel.exported_connectors` (in HELLO order) with their `targets`: every exported
+    /// connector has a target, by construction. See [`AgentConfig::connectors`].
+    pub targets: Targets,
     /// `tunnel.auth.token_file`: re-read at every connect; sent as a Bearer token.
     pub token_file: Option<PathBuf>,
     /// `tunnel.auth.refresh_before_exp_sec`: reconnect this long before the token's `exp`.
@@ -517,9 +533,14 @@ impl Layer {
             .agent_id
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        if let Err(m) = check_name(&agent_id, limits.max_agent_id_len) {
-            bad(AGENT_ID, m);
-        }
+        let agent_id = match check_name(&agent_id, MAX_AGENT_ID_LEN) {
+            // `check_name` bounded the length: the conversion cannot fail.
+            Ok(()) => AgentId::try_from(agent_id.as_str()).unwrap_or_default(),
+            Err(m) => {
+                bad(AGENT_ID, m);
+                AgentId::new()
+            }
+        };
 
         // Without an explicit list every configured target is exported.
         let connectors = self
@@ -528,19 +549,15 @@ impl Layer {
         if connectors.is_empty() {
             bad(CONNECTORS, "at least one connector is required".into());
         }
-        if connectors.len() > limits.max_connectors {
+        if connectors.len() > MAX_CONNECTORS {
             bad(
                 CONNECTORS,
-                format!(
-                    "{} connectors, at most {}",
-                    connectors.len(),
-                    limits.max_connectors
-                ),
+                format!("{} connectors, at most {MAX_CONNECTORS}", connectors.len()),
             );
         }
-        let mut targets = BTreeMap::new();
+        let mut targets = Targets::new();
         for (i, name) in connectors.iter().enumerate() {
-            if let Err(m) = check_name(name, limits.max_connector_len) {
+            if let Err(m) = check_name(name, MAX_CONNECTOR_LEN) {
                 bad(CONNECTORS, format!("connector `{}`: {m}", printable(name)));
                 continue;
             }
@@ -566,7 +583,11 @@ impl Layer {
                 .filter(|h| !h.is_empty());
             match (host, t.port) {
                 (Some(host), Some(port)) if port != 0 => {
-                    targets.insert(name.clone(), Target { host, port });
+                    // Both fit: `check_name` bounded the name and the count was checked
+                    // above (past the capacity the problem is already reported).
+                    if let Ok(key) = ConnectorName::try_from(name.as_str()) {
+                        let _ = targets.insert(key, Target { host, port });
+                    }
                 }
                 (host, port) => {
                     if host.is_none() {
@@ -812,7 +833,6 @@ impl Layer {
         Some(AgentConfig {
             url: url?,
             agent_id,
-            connectors,
             targets,
             token_file,
             token_refresh_before,
@@ -893,6 +913,18 @@ impl AgentConfig {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The exported connectors, in HELLO order.
+    pub fn connectors(&self) -> impl Iterator<Item = &str> + '_ {
+        self.targets.keys().map(|k| k.as_str())
+    }
+
+    /// The target of connector `name`, if this agent exports it.
+    pub fn target(&self, name: &str) -> Option<&Target> {
+        // A name longer than any exported one cannot be exported.
+        let key = ConnectorName::try_from(name).ok()?;
+        self.targets.get(&key)
     }
 
     /// The socket address of the health listener.

@@ -23,6 +23,8 @@ struct Inner {
     ready: AtomicUsize,
     /// HELLO_ACKs received since start.
     connects: AtomicU64,
+    /// Streams open on every tunnel; the sum of the [`StreamGauge`]s.
+    streams: AtomicUsize,
     /// One line: why the last attempt failed (cleared by the next HELLO_ACK).
     last_error: Mutex<Option<String>>,
 }
@@ -34,6 +36,36 @@ pub struct ReadyGuard(Arc<Inner>);
 impl Drop for ReadyGuard {
     fn drop(&mut self) {
         self.0.ready.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One tunnel's open streams, counted into the agent's total; dropping it takes them back.
+#[derive(Debug)]
+pub struct StreamGauge {
+    inner: Arc<Inner>,
+    /// What this tunnel has added to the total.
+    mine: usize,
+}
+
+impl StreamGauge {
+    /// This tunnel now has `n` streams open.
+    pub fn set(&mut self, n: usize) {
+        if n > self.mine {
+            self.inner
+                .streams
+                .fetch_add(n - self.mine, Ordering::Relaxed);
+        } else if n < self.mine {
+            self.inner
+                .streams
+                .fetch_sub(self.mine - n, Ordering::Relaxed);
+        }
+        self.mine = n;
+    }
+}
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.set(0);
     }
 }
 
@@ -53,6 +85,19 @@ impl HealthState {
     /// Tunnels established (HELLO_ACK) since start.
     pub fn connects(&self) -> u64 {
         self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// A gauge for one tunnel's streams (starts at 0).
+    pub fn stream_gauge(&self) -> StreamGauge {
+        StreamGauge {
+            inner: self.inner.clone(),
+            mine: 0,
+        }
+    }
+
+    /// Streams open right now, on every tunnel.
+    pub fn streams(&self) -> usize {
+        self.inner.streams.load(Ordering::Relaxed)
     }
 
     /// Records why an attempt failed (one line, no secrets: callers pass error `Display`s).
@@ -128,4 +173,25 @@ async fn respond(mut sock: TcpStream, answer: &[u8]) -> std::io::Result<()> {
     let mut sink = [0u8; 256];
     while sock.read(&mut sink).await? > 0 {}
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_gauges_add_up_and_give_back_on_drop() {
+        let h = HealthState::default();
+        let mut a = h.stream_gauge();
+        let mut b = h.stream_gauge();
+        a.set(3);
+        b.set(2);
+        assert_eq!(h.streams(), 5);
+        a.set(1);
+        assert_eq!(h.streams(), 3);
+        drop(b);
+        assert_eq!(h.streams(), 1);
+        drop(a);
+        assert_eq!(h.streams(), 0);
+    }
 }

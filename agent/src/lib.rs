@@ -9,7 +9,8 @@
 //! TCP, proxy CONNECT, TLS, WebSocket), [`proxy`] and [`no_proxy`] (the HTTP proxy and its
 //! bypass list), [`tls`] (roots, client certificate), `x509` (issuer names for error lines),
 //! [`token`] (token file, `exp`), `tunnel` (sessions, reconnects, token refresh), `stream` (one
-//! target connection), `writer` (the tunnel's batching writer), [`health`], [`backoff`].
+//! target connection), `writer` (the tunnel's batching writer), [`health`], [`notify`]
+//! (systemd's `sd_notify`), [`backoff`].
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod no_proxy;
+pub mod notify;
 pub mod proxy;
 mod stream;
 pub mod tls;
@@ -36,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::AgentConfig;
 pub use health::HealthState;
+pub use notify::Notifier;
 
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,11 @@ impl AgentHandle {
         self.health.last_error()
     }
 
+    /// Streams open right now, on every tunnel.
+    pub fn streams(&self) -> usize {
+        self.health.streams()
+    }
+
     /// Tunnels established (HELLO_ACK received) since start, token refreshes included.
     pub fn connects(&self) -> u64 {
         self.health.connects()
@@ -105,7 +113,14 @@ impl AgentHandle {
 
 /// Starts the agent: health port, then the tunnel (which keeps reconnecting until shutdown).
 /// Fails only on what retrying cannot fix: an unusable CA bundle or health address.
+/// Sends no systemd notifications; see [`start_with`].
 pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, StartError> {
+    start_with(cfg, Notifier::default()).await
+}
+
+/// [`start`], notifying systemd through `notify` (READY=1 after the first HELLO_ACK, STATUS=
+/// lines, WATCHDOG=1 from the tunnel supervisor, STOPPING=1 on shutdown).
+pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandle, StartError> {
     if !cfg.url.secure {
         tracing::warn!(relay = %cfg.url, "ws:// tunnel without TLS: for local development only");
     }
@@ -128,7 +143,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, StartError> {
     tracing::info!(
         agent_id = %cfg.agent_id,
         relay = %cfg.url,
-        connectors = ?cfg.connectors,
+        connectors = ?cfg.connectors().collect::<Vec<_>>(),
         health = %health_addr,
         proxy = %dialer.route().map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
         "agent starting"
@@ -137,6 +152,7 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, StartError> {
         cfg,
         dialer,
         health: health.clone(),
+        notify,
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(health::serve(listener, health.clone(), cancel.clone()));

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use nowconnect_agent::cli::Cli;
 use nowconnect_agent::config::{AgentConfig, LogFormat, ProcessEnv};
+use nowconnect_agent::Notifier;
 
 /// How long a graceful stop may take before the remaining tasks are dropped.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -34,7 +35,7 @@ fn main() -> ExitCode {
             "configuration OK: agent_id={} relay={} connectors={} health={} proxy={proxy}",
             cfg.agent_id,
             cfg.url,
-            cfg.connectors.join(","),
+            cfg.connectors().collect::<Vec<_>>().join(","),
             cfg.health_addr()
         );
         return ExitCode::SUCCESS;
@@ -59,7 +60,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(cfg: AgentConfig) -> ExitCode {
-    let handle = match nowconnect_agent::start(cfg).await {
+    // systemd (Type=notify) sets NOTIFY_SOCKET and, with WatchdogSec=, WATCHDOG_USEC.
+    let notify = Notifier::from_env(&ProcessEnv);
+    let handle = match nowconnect_agent::start_with(cfg, notify).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");

@@ -23,7 +23,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::config::Target;
+use crate::config::{ConnectorName, Target};
 use crate::writer::Outgoing;
 
 /// What the tunnel forwards to a stream.
@@ -54,7 +54,7 @@ pub(crate) struct Drained {
 pub(crate) struct StreamCtx {
     pub id: StreamId,
     pub serial: u64,
-    pub connector: String,
+    pub connector: ConnectorName,
     pub target: Target,
     pub connect_timeout: Duration,
     pub version: Version,

@@ -15,6 +15,10 @@
 //! while the first stays READY, and once the new one is READY (the relay sends new streams to
 //! the newest tunnel of an agent) the old one is retired: it closes when its last stream ends,
 //! or at its token's expiry. Health therefore stays READY across a refresh.
+//!
+//! systemd: the supervisor alone speaks to it (see [`crate::notify`]): READY=1 with the first
+//! HELLO_ACK, a STATUS line per state change (connecting, READY with the stream count,
+//! reconnecting with the delay and the cause), WATCHDOG=1 from its loop, STOPPING=1 at the end.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -33,8 +37,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::AgentConfig;
-use crate::health::{HealthState, ReadyGuard};
+use crate::config::{AgentConfig, ConnectorName};
+use crate::health::{HealthState, ReadyGuard, StreamGauge};
+use crate::notify::{Notifier, StatusLine};
 use crate::stream::{self, Drained, StreamCtx, ToStream};
 use crate::token::{self, Token};
 use crate::transport::{DialError, Dialed, Dialer, Progress, Step};
@@ -45,9 +50,19 @@ const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
 /// How long a graceful stop waits for the Close frame to go out.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Most streams one tunnel carries at once; more OPENs are reset (bounds agent memory).
+///
+/// The stream table stays a `HashMap` with this explicit cap rather than a heapless map: a
+/// fixed-capacity table of 65,536 entries would take ~3 MiB up front, in every session,
+/// whereas an idle agent needs a few entries. The cap bounds it; [`shrink_streams`] gives the
+/// memory back after a burst.
 const MAX_STREAMS: usize = 65_536;
+/// The stream table keeps at least this many slots when it shrinks (no churn on small agents).
+const STREAMS_MIN_CAPACITY: usize = 256;
 /// A retired tunnel may keep its streams at least this long, even if its token has expired.
 const MIN_DRAIN: Duration = Duration::from_secs(5);
+/// How often systemd's STATUS line is refreshed while READY (its stream count changes without
+/// waking the supervisor).
+const STATUS_REFRESH: Duration = Duration::from_secs(5);
 
 /// What the supervisor and its sessions share.
 #[derive(Debug)]
@@ -55,6 +70,8 @@ pub(crate) struct Shared {
     pub cfg: AgentConfig,
     pub dialer: Dialer,
     pub health: HealthState,
+    /// systemd notifications (no-op without NOTIFY_SOCKET); sent by the supervisor only.
+    pub notify: Notifier,
 }
 
 /// Why a session ended.
@@ -151,15 +168,39 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut refresh_at: Option<Instant> = None;
     let mut stale_warned = false;
     let far = || Instant::now() + Duration::from_secs(86_400);
+    // systemd: STATUS while down (connecting / reconnecting), a note while a replacement
+    // tunnel fails, and the watchdog, pinged from this loop only: if the loop wedges, the
+    // pings stop and systemd restarts the agent.
+    let relay = shared.dialer.url().origin();
+    let mut status = StatusLine::new(shared.notify.clone());
+    let mut down_status = format!("connecting to {relay}");
+    let mut note: Option<String> = None;
+    let ping_every = shared.notify.ping_every();
+    let mut watchdog = tokio::time::interval(ping_every.unwrap_or(STATUS_REFRESH));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(STATUS_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        if status.notifier().is_enabled() {
+            let ready = current.is_some();
+            let text = if ready {
+                ready_status(&relay, shared.health.streams(), note.as_deref())
+            } else {
+                down_status.clone()
+            };
+            status.publish(text, ready);
+        }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
+            _ = watchdog.tick(), if ping_every.is_some() => status.notifier().watchdog(),
+            _ = refresh.tick(), if current.is_some() && status.notifier().is_enabled() => {}
             Some(ready) = ready_rx.recv() => {
                 let Some(mut p) = pending.take_if(|p| p.id == ready.id) else { continue };
                 refresh_at = refresh_deadline(ready.token.as_ref(), margin);
                 stale_warned = false;
+                note = None;
                 p.token = ready.token;
                 if let Some(old) = current.replace(p) {
                     tracing::info!("new tunnel READY; the previous one closes when its streams end");
@@ -180,9 +221,12 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                     retry_at = Some(Instant::now() + delay);
                     shared.health.set_error(end.to_string());
                     let delay_ms = delay.as_millis() as u64;
+                    let retry = format!("retrying in {}: {end}", seconds(delay));
                     if current.is_some() {
+                        note = Some(format!("replacement tunnel failed, {retry}"));
                         tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot open the replacement tunnel; the current one stays up; retrying");
                     } else {
+                        down_status = format!("reconnecting in {}: {end}", seconds(delay));
                         tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
                     }
                 } else if current.as_ref().is_some_and(|c| c.id == id) {
@@ -195,9 +239,11 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                     if pending.is_none() {
                         let delay = backoff.next_delay();
                         retry_at = Some(Instant::now() + delay);
+                        down_status = format!("reconnecting in {}: {end}", seconds(delay));
                         let delay_ms = delay.as_millis() as u64;
                         tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "tunnel down; reconnecting");
                     } else {
+                        down_status = format!("connecting to {relay} (tunnel down: {end})");
                         tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, "tunnel down while its replacement is being opened");
                     }
                 } else {
@@ -206,6 +252,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
             }
             _ = sleep_until(retry_at.unwrap_or_else(far)), if retry_at.is_some() && pending.is_none() => {
                 retry_at = None;
+                if current.is_none() {
+                    down_status = format!("connecting to {relay}");
+                }
                 pending = Some(spawn_session(&mut sessions, &shared, &cancel, &ready_tx));
             }
             _ = sleep_until(refresh_at.unwrap_or_else(far)),
@@ -240,6 +289,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
             }
         }
     }
+    status.notifier().stopping("stopping: closing the tunnel");
     // Every session watches `cancel`: each sends its Close and ends.
     while sessions.join_next().await.is_some() {}
     tracing::info!("tunnel stopped");
@@ -249,6 +299,20 @@ impl End {
     fn is_shutdown_or(&self, cancel: &CancellationToken) -> bool {
         matches!(self, End::Shutdown) || cancel.is_cancelled()
     }
+}
+
+/// systemd's STATUS while a tunnel is READY.
+fn ready_status(relay: &str, streams: usize, note: Option<&str>) -> String {
+    let s = if streams == 1 { "" } else { "s" };
+    match note {
+        Some(note) => format!("READY: tunnel to {relay} up, {streams} stream{s}; {note}"),
+        None => format!("READY: tunnel to {relay} up, {streams} stream{s}"),
+    }
+}
+
+/// A delay as `1.2s`.
+fn seconds(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
 }
 
 /// When to look for a new token: `margin` before `exp` (now, if that has passed).
@@ -316,8 +380,8 @@ async fn session(
     let mut writer_task = JoinSet::new();
     writer_task.spawn(writer::run(sink, ctrl_rx, data_rx, encoder.clone()));
     let hello = Hello {
-        agent_id: cfg.agent_id.clone(),
-        connectors: cfg.connectors.clone(),
+        agent_id: cfg.agent_id.as_str().to_owned(),
+        connectors: cfg.connectors().map(str::to_owned).collect(),
         ver: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let _ = ctrl_tx.send(Outgoing::Frame(Frame::Hello(hello)));
@@ -332,6 +396,7 @@ async fn session(
         streams: HashMap::new(),
         tasks: JoinSet::new(),
         next_serial: 0,
+        gauge: shared.health.stream_gauge(),
         ready_at: None,
         ready_guard: None,
         ready_tx,
@@ -384,6 +449,8 @@ struct Session<'a> {
     streams: HashMap<StreamId, Entry>,
     tasks: JoinSet<(StreamId, u64)>,
     next_serial: u64,
+    /// `streams.len()`, counted into the agent's total (systemd STATUS).
+    gauge: StreamGauge,
     ready_at: Option<Instant>,
     /// Held from HELLO_ACK to the end of the session: health READY.
     ready_guard: Option<ReadyGuard>,
@@ -417,6 +484,7 @@ impl Session<'_> {
         let drain_timer = sleep_until(hello_deadline);
         tokio::pin!(drain_timer);
         loop {
+            self.gauge.set(self.streams.len());
             if drain_until.is_some() && self.streams.is_empty() {
                 return self.close_retired(writer_task).await;
             }
@@ -465,6 +533,7 @@ impl Session<'_> {
                             if self.streams.get(&id).is_some_and(|e| e.serial == serial) {
                                 self.streams.remove(&id);
                             }
+                            shrink_streams(&mut self.streams);
                         }
                         Err(e) => tracing::error!(error = %e, "stream task failed"),
                     }
@@ -595,7 +664,7 @@ impl Session<'_> {
                     });
                     tracing::info!(
                         agent_id = %self.shared.cfg.agent_id,
-                        connectors = self.shared.cfg.connectors.len(),
+                        connectors = self.shared.cfg.targets.len(),
                         "HELLO_ACK received; READY"
                     );
                     None
@@ -679,7 +748,11 @@ impl Session<'_> {
             self.streams.remove(&id);
         }
         let cfg = &self.shared.cfg;
-        let Some(target) = cfg.targets.get(&connector) else {
+        // A name too long for the table cannot be one we export.
+        let found = ConnectorName::try_from(connector.as_str())
+            .ok()
+            .and_then(|name| cfg.targets.get(&name).map(|t| (name, t)));
+        let Some((connector, target)) = found else {
             tracing::info!(id, connector = %printable(&connector), "OPEN for a connector this agent does not export");
             self.send_rst(
                 id,
@@ -757,6 +830,40 @@ impl Session<'_> {
     }
 }
 
+/// Gives memory back once a burst of streams has ended: a table using under a quarter of its
+/// slots shrinks to twice its length (never below [`STREAMS_MIN_CAPACITY`]).
+fn shrink_streams<V>(streams: &mut HashMap<StreamId, V>) {
+    let keep = (streams.len() * 2).max(STREAMS_MIN_CAPACITY);
+    if streams.capacity() > 2 * keep {
+        streams.shrink_to(keep);
+    }
+}
+
 fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_table_gives_memory_back_after_a_burst() {
+        let mut t: HashMap<StreamId, ()> = HashMap::new();
+        for id in 0..10_000 {
+            t.insert(id, ());
+        }
+        let burst = t.capacity();
+        shrink_streams(&mut t);
+        assert_eq!(t.capacity(), burst, "a full table keeps its slots");
+        t.retain(|id, _| *id < 10);
+        shrink_streams(&mut t);
+        assert!(t.capacity() >= STREAMS_MIN_CAPACITY);
+        assert!(
+            t.capacity() < 2 * 2 * STREAMS_MIN_CAPACITY,
+            "{}",
+            t.capacity()
+        );
+        assert_eq!(t.len(), 10);
+    }
 }

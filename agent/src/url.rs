@@ -86,6 +86,13 @@ impl RelayUrl {
         }
     }
 
+    /// `scheme://host:port` without the path and query (which may carry parameters an operator
+    /// would not want shown), as in a status line.
+    pub fn origin(&self) -> String {
+        let scheme = if self.secure { "wss" } else { "ws" };
+        format!("{scheme}://{}", self.authority())
+    }
+
     /// The URL as text (canonical form).
     pub fn as_string(&self) -> String {
         let scheme = if self.secure { "wss" } else { "ws" };
@@ -138,6 +145,7 @@ mod tests {
         assert!(!u.secure);
         assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 8765));
         assert_eq!(u.path, "/tunnel?x=1");
+        assert_eq!(u.origin(), "ws://127.0.0.1:8765", "no path or query");
         let u = RelayUrl::parse("wss://[::1]:9000").expect("valid");
         assert_eq!(
             (u.host.as_str(), u.port, u.path.as_str()),

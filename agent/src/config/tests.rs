@@ -32,9 +32,12 @@ fn minimal_yaml_gets_defaults() {
     assert_eq!(c.url.host, "relay.example.com");
     assert!(c.url.secure);
     assert_eq!(c.agent_id, "premise-01");
-    assert_eq!(c.connectors, vec!["addomain".to_string()]);
     assert_eq!(
-        c.targets["addomain"],
+        c.connectors().collect::<Vec<_>>(),
+        vec!["addomain".to_string()]
+    );
+    assert_eq!(
+        *c.target("addomain").expect("target"),
         Target {
             host: "10.0.0.5".into(),
             port: 389
@@ -90,7 +93,10 @@ logging: {level: WARNING, format: json}
     assert_eq!(c.keepalive.ping_timeout, Duration::from_secs(7));
     assert_eq!(c.log_level, "warn");
     assert_eq!(c.log_format, LogFormat::Json);
-    assert_eq!(c.connectors, vec!["x".to_string(), "y".to_string()]);
+    assert_eq!(
+        c.connectors().collect::<Vec<_>>(),
+        vec!["x".to_string(), "y".to_string()]
+    );
 }
 
 #[test]
@@ -99,7 +105,10 @@ fn connectors_default_to_the_targets() {
         "tunnel: {url: 'wss://r/t', agent_id: a}\ntargets: {b: {host: h, port: 2}, a: {host: h, port: 1}}",
     )
     .expect("valid");
-    assert_eq!(c.connectors, vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(
+        c.connectors().collect::<Vec<_>>(),
+        vec!["a".to_string(), "b".to_string()]
+    );
 }
 
 #[test]
@@ -195,8 +204,12 @@ logging: {level: debug}
     let c = AgentConfig::load(flags, Some(&p), &e).expect("valid");
     assert_eq!(c.url.host, "yaml", "yaml when nothing overrides it");
     assert_eq!(c.agent_id, "env-id", "env over yaml");
-    assert_eq!(c.targets["ad"].host, "env-host", "env over yaml, per field");
-    assert_eq!(c.targets["ad"].port, 1, "yaml port kept");
+    assert_eq!(
+        c.target("ad").expect("target").host,
+        "env-host",
+        "env over yaml, per field"
+    );
+    assert_eq!(c.target("ad").expect("target").port, 1, "yaml port kept");
     assert_eq!(c.health_port, 3333, "flag over env");
     assert_eq!(c.log_level, "warn");
     assert_eq!(c.health_host.to_string(), "0.0.0.0", "default");
@@ -219,11 +232,11 @@ fn env_alone_is_enough() {
     let c = AgentConfig::load(Layer::default(), None, &e).expect("valid");
     assert_eq!(c.url.port, 8443);
     assert_eq!(
-        c.connectors,
+        c.connectors().collect::<Vec<_>>(),
         vec!["addomain".to_string(), "devdomain1".to_string()]
     );
-    assert_eq!(c.targets["devdomain1"].port, 389);
-    assert_eq!(c.targets["addomain"].port, 636);
+    assert_eq!(c.target("devdomain1").expect("target").port, 389);
+    assert_eq!(c.target("addomain").expect("target").port, 636);
     assert_eq!(c.log_format, LogFormat::Json);
 }
 
@@ -382,9 +395,9 @@ fn ipv6_targets_with_or_without_brackets() {
     )
     .expect("valid");
     assert_eq!(c.url.host, "::1");
-    assert_eq!(c.targets["a"].host, "::1");
-    assert_eq!(c.targets["b"].host, "fd00::5");
-    assert_eq!(c.targets["c"].host, "dc1.corp");
+    assert_eq!(c.target("a").expect("target").host, "::1");
+    assert_eq!(c.target("b").expect("target").host, "fd00::5");
+    assert_eq!(c.target("c").expect("target").host, "dc1.corp");
 }
 
 #[test]
@@ -427,7 +440,7 @@ fn cli_flags_parse_into_a_layer() {
     let c = cli.load(&env(&[("NC_AGENT_ID", "env")])).expect("valid");
     assert_eq!(c.agent_id, "cli");
     assert_eq!(c.protocol, ProtocolChoice::V2);
-    assert_eq!(c.targets["b"].host, "::1");
+    assert_eq!(c.target("b").expect("target").host, "::1");
     assert_eq!(c.health_port, 0);
     let cli = crate::cli::Cli::try_parse_from([
         "nowconnect-agent",
@@ -473,10 +486,13 @@ fn shipped_example_is_valid() {
     let text = include_str!("../../premise.example.yaml");
     let c = AgentConfig::from_yaml_str(text).expect("example config is valid");
     assert_eq!(
-        c.connectors,
+        c.connectors().collect::<Vec<_>>(),
         vec!["addomain".to_string(), "devdomain1".to_string()]
     );
-    assert_eq!(c.targets["devdomain1"].host, "dc1.dev.local");
+    assert_eq!(
+        c.target("devdomain1").expect("target").host,
+        "dc1.dev.local"
+    );
     assert_eq!(c.health_port, 8090);
     assert_eq!(c.token_refresh_before, Duration::from_secs(60));
     let proxy = c.proxy.expect("example proxy");
@@ -494,4 +510,65 @@ fn shipped_example_is_valid() {
         .replace("# client_key_file", "client_key_file");
     let c = AgentConfig::from_yaml_str(&mtls).expect("example with mTLS is valid");
     assert!(c.tls.client_cert.is_some());
+}
+
+#[test]
+fn fixed_capacities_match_the_protocol_limits() {
+    let l = Limits::default();
+    assert_eq!(MAX_AGENT_ID_LEN, l.max_agent_id_len);
+    assert_eq!(MAX_CONNECTOR_LEN, l.max_connector_len);
+    assert_eq!(MAX_CONNECTORS, l.max_connectors);
+}
+
+/// YAML with `n` connectors named by `name(i)`, each with a target.
+fn yaml_with(agent_id: &str, n: usize, name: impl Fn(usize) -> String) -> String {
+    let mut y = format!("tunnel: {{url: 'wss://r/t', agent_id: '{agent_id}'}}\ntargets:\n");
+    for i in 0..n {
+        y.push_str(&format!("  '{}': {{host: h, port: {}}}\n", name(i), i + 1));
+    }
+    y
+}
+
+#[test]
+fn tables_fill_to_capacity_exactly() {
+    let id = "a".repeat(MAX_AGENT_ID_LEN);
+    let long = |i: usize| format!("{i:0>width$}", width = MAX_CONNECTOR_LEN);
+    let c = AgentConfig::from_yaml_str(&yaml_with(&id, MAX_CONNECTORS, long)).expect("valid");
+    assert_eq!(c.agent_id.as_str(), id);
+    assert_eq!(c.connectors().count(), MAX_CONNECTORS);
+    assert_eq!(c.target(&long(7)).expect("target").port, 8);
+    // Longer than any exported name: not found, and no panic.
+    assert!(c.target(&"x".repeat(MAX_CONNECTOR_LEN + 1)).is_none());
+}
+
+#[test]
+fn exceeding_a_capacity_is_a_one_line_error_naming_the_key() {
+    let cases = [
+        (
+            yaml_with(&"a".repeat(MAX_AGENT_ID_LEN + 1), 1, |i| format!("c{i}")),
+            "tunnel.agent_id",
+            "129 bytes long, at most 128",
+        ),
+        (
+            yaml_with("a", 1, |_| "n".repeat(MAX_CONNECTOR_LEN + 1)),
+            "tunnel.exported_connectors",
+            "65 bytes long, at most 64",
+        ),
+        (
+            yaml_with("a", MAX_CONNECTORS + 1, |i| format!("c{i}")),
+            "tunnel.exported_connectors",
+            "65 connectors, at most 64",
+        ),
+    ];
+    for (yaml, key, message) in cases {
+        let e = AgentConfig::from_yaml_str(&yaml).expect_err("over capacity");
+        let line = e.to_string();
+        assert!(!line.contains('\n'), "one line: {line}");
+        assert!(
+            e.problems()
+                .iter()
+                .any(|p| p.key.starts_with(key) && p.message.contains(message)),
+            "{key}: {message} in {line}"
+        );
+    }
 }
