@@ -220,38 +220,16 @@ impl Authenticator {
 
     /// Validates `token` and returns who it names.
     pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(AuthError::Malformed);
-        }
-        let header = parse_header(token)?;
-        if header.crit.is_some() {
-            // We implement no JWS extensions, so a token that requires one is refused.
-            return Err(AuthError::Malformed);
-        }
-        let alg = allowed_alg(&header.alg)?;
-        let key = match self.jwks.lookup(header.kid.as_deref()).await {
-            Lookup::Found(k) => k,
-            Lookup::NoKeys => return Err(AuthError::KeysUnavailable),
-            Lookup::Unknown if header.kid.is_none() => return Err(AuthError::MissingKid),
-            Lookup::Unknown => return Err(AuthError::UnknownKid),
-        };
-        if !key.algs.contains(&alg) {
-            return Err(AuthError::AlgMismatch);
-        }
-        let mut v = Validation::new(alg);
-        v.leeway = self.cfg.leeway.as_secs();
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.validate_aud = true;
-        v.set_audience(&[&self.cfg.audience]);
-        let mut required = vec!["exp", "aud"];
-        if let Some(iss) = &self.cfg.issuer {
-            v.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        v.set_required_spec_claims(&required);
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(map_error)?;
-        let claims = data.claims;
+        let claims: Claims = verify(
+            &self.jwks,
+            token,
+            &Expect {
+                audience: &self.cfg.audience,
+                issuer: self.cfg.issuer.as_deref(),
+                leeway: self.cfg.leeway,
+            },
+        )
+        .await?;
         let agent_id = match &claims.agent_id {
             Some(serde_json::Value::String(s))
                 if !s.is_empty()
@@ -280,6 +258,55 @@ impl Authenticator {
             expires_at,
         })
     }
+}
+
+/// What a token must carry besides a good signature.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Expect<'a> {
+    pub audience: &'a str,
+    pub issuer: Option<&'a str>,
+    pub leeway: Duration,
+}
+
+/// Checks a compact JWS against `jwks` (algorithm, key, signature, `aud`, `exp`/`nbf`, `iss`)
+/// and returns its claims as `C`. Shared by agent tokens and portal tokens.
+pub(crate) async fn verify<C: serde::de::DeserializeOwned>(
+    jwks: &Jwks,
+    token: &str,
+    expect: &Expect<'_>,
+) -> Result<C, AuthError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(AuthError::Malformed);
+    }
+    let header = parse_header(token)?;
+    if header.crit.is_some() {
+        // We implement no JWS extensions, so a token that requires one is refused.
+        return Err(AuthError::Malformed);
+    }
+    let alg = allowed_alg(&header.alg)?;
+    let key = match jwks.lookup(header.kid.as_deref()).await {
+        Lookup::Found(k) => k,
+        Lookup::NoKeys => return Err(AuthError::KeysUnavailable),
+        Lookup::Unknown if header.kid.is_none() => return Err(AuthError::MissingKid),
+        Lookup::Unknown => return Err(AuthError::UnknownKid),
+    };
+    if !key.algs.contains(&alg) {
+        return Err(AuthError::AlgMismatch);
+    }
+    let mut v = Validation::new(alg);
+    v.leeway = expect.leeway.as_secs();
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.set_audience(&[expect.audience]);
+    let mut required = vec!["exp", "aud"];
+    if let Some(iss) = expect.issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    v.set_required_spec_claims(&required);
+    let data = jsonwebtoken::decode::<C>(token, &key.key, &v).map_err(map_error)?;
+    Ok(data.claims)
 }
 
 /// The JOSE header of a compact JWS, parsed without trusting anything in it.

@@ -103,6 +103,12 @@ struct RawConfig {
     observability: RawObservability,
     #[serde(default)]
     pdp: RawPdp,
+    #[serde(default)]
+    portal: RawPortal,
+    #[serde(default)]
+    audit: RawAudit,
+    /// Where the relay keeps state across restarts (policies, block list, default audit file).
+    state_dir: Option<PathBuf>,
     /// Later issue (HA with Redis and a mesh): accepted, ignored with a warning.
     ha: Option<serde_yaml::Value>,
 }
@@ -179,6 +185,27 @@ struct RawPdp {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPortal {
+    bind: Option<String>,
+    jwks_url: Option<String>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    admin_role: Option<String>,
+    mfa_required: Option<bool>,
+    pdp_enforce: Option<bool>,
+    cidr_allowlists: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    file: Option<PathBuf>,
+    max_file_bytes: Option<u64>,
+    keep_files: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawObservability {
     metrics_port: Option<u16>,
     log_level: Option<String>,
@@ -199,6 +226,12 @@ pub struct RelayConfig {
     /// Per-stream authorization; `None`: every OPEN that passes the CIDR checks is allowed.
     pub pdp: Option<PdpConfig>,
     pub observability: ObservabilityConfig,
+    /// The `/api/v1` portal API.
+    pub portal: PortalConfig,
+    /// The audit trail's file; `None`: records live in memory and the log only.
+    pub audit_file: Option<crate::audit::AuditFileConfig>,
+    /// Where policies and the block list persist; `None`: they last until the relay stops.
+    pub state_dir: Option<PathBuf>,
     /// Accepted-but-ignored keys and similar notes; logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -319,6 +352,49 @@ pub struct PdpConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// The portal API: who may call it and the policies' start values.
+#[derive(Debug, Clone)]
+pub struct PortalConfig {
+    /// Separate address for `/api/v1` (then not served on the tunnel port).
+    pub bind: Option<SocketAddr>,
+    /// Keys for portal tokens; `None`: the agents' `security.jwks_url`.
+    pub jwks: Option<JwksSource>,
+    /// Required `aud` of portal tokens (default `nowconnect-portal`).
+    pub audience: String,
+    /// Required `iss` when set (default: `security.issuer`).
+    pub issuer: Option<String>,
+    /// The role (in `roles` or `role`) that makes a token an administrator.
+    pub admin_role: String,
+    /// Policy values used until an operator changes them (then the state file wins).
+    pub defaults: PolicyDefaults,
+}
+
+/// Start values of the four policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PolicyDefaults {
+    pub mfa_required: bool,
+    pub connector_scopes: bool,
+    pub pdp_enforce: bool,
+    pub cidr_allowlists: bool,
+}
+
+impl PolicyDefaults {
+    fn new(connector_scopes: bool) -> PolicyDefaults {
+        PolicyDefaults {
+            mfa_required: true,
+            connector_scopes,
+            pdp_enforce: true,
+            cidr_allowlists: true,
+        }
+    }
+}
+
+/// The portal tokens' default audience.
+pub const DEFAULT_PORTAL_AUDIENCE: &str = "nowconnect-portal";
+const DEFAULT_ADMIN_ROLE: &str = "admin";
+const DEFAULT_AUDIT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+const DEFAULT_AUDIT_KEEP: usize = 3;
+
 #[derive(Debug, Clone)]
 pub struct ObservabilityConfig {
     /// Separate port for `/healthz`, `/readyz`, `/metrics` on `tunnel.host`; `None`: same as `/tunnel`.
@@ -394,6 +470,16 @@ impl RelayConfig {
                 metrics_port: None,
                 log_level: "info".to_owned(),
             },
+            portal: PortalConfig {
+                bind: None,
+                jwks: None,
+                audience: DEFAULT_PORTAL_AUDIENCE.to_owned(),
+                issuer: None,
+                admin_role: DEFAULT_ADMIN_ROLE.to_owned(),
+                defaults: PolicyDefaults::new(false),
+            },
+            audit_file: None,
+            state_dir: None,
             warnings: Vec::new(),
         }
     }
@@ -902,6 +988,68 @@ impl RawConfig {
             }
         }
 
+        // portal, audit, state_dir
+        let state_dir = self.state_dir.filter(|d| !d.as_os_str().is_empty());
+        let pt = self.portal;
+        let portal_bind = pt.bind.as_deref().map(str::trim).and_then(|b| {
+            b.parse::<SocketAddr>()
+                .map_err(|_| {
+                    c.bad(
+                        "portal.bind",
+                        format!("`{b}` is not an IP:port address (e.g. 127.0.0.1:8766)"),
+                    )
+                })
+                .ok()
+        });
+        let portal_jwks = pt
+            .jwks_url
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .and_then(|u| jwks_source(&mut c, &mut warnings, "portal.jwks_url", &u));
+        let portal_audience = pt
+            .audience
+            .map(|a| a.trim().to_owned())
+            .unwrap_or_else(|| DEFAULT_PORTAL_AUDIENCE.to_owned());
+        if portal_audience.is_empty() {
+            c.bad("portal.audience", "must not be empty");
+        }
+        let admin_role = pt
+            .admin_role
+            .map(|a| a.trim().to_owned())
+            .unwrap_or_else(|| DEFAULT_ADMIN_ROLE.to_owned());
+        if admin_role.is_empty() {
+            c.bad("portal.admin_role", "must not be empty");
+        }
+        let portal_issuer = pt
+            .issuer
+            .map(|i| i.trim().to_owned())
+            .filter(|i| !i.is_empty())
+            .or_else(|| jwt.as_ref().and_then(|j| j.issuer.clone()));
+        let mut defaults = PolicyDefaults::new(require_connector_scopes);
+        defaults.mfa_required = pt.mfa_required.unwrap_or(true);
+        defaults.pdp_enforce = pt.pdp_enforce.unwrap_or(true);
+        defaults.cidr_allowlists = pt.cidr_allowlists.unwrap_or(true);
+        if !defaults.mfa_required {
+            warnings.push("portal.mfa_required is off: portal tokens need no second factor".into());
+        }
+        let au = self.audit;
+        let max_bytes = au.max_file_bytes.unwrap_or(DEFAULT_AUDIT_MAX_BYTES);
+        if max_bytes < 4096 {
+            c.bad("audit.max_file_bytes", "must be at least 4096");
+        }
+        let keep = au.keep_files.unwrap_or(DEFAULT_AUDIT_KEEP);
+        if keep == 0 || keep > 100 {
+            c.bad("audit.keep_files", "must be between 1 and 100");
+        }
+        let audit_path = au
+            .file
+            .filter(|f| !f.as_os_str().is_empty())
+            .or_else(|| state_dir.as_ref().map(|d| d.join("audit.jsonl")));
+        let audit_file = audit_path.map(|path| crate::audit::AuditFileConfig {
+            path,
+            max_bytes,
+            keep,
+        });
         if !c.problems.is_empty() {
             return Err(ConfigError::Invalid(c.problems));
         }
@@ -935,6 +1083,16 @@ impl RawConfig {
                 metrics_port: o.metrics_port,
                 log_level,
             },
+            portal: PortalConfig {
+                bind: portal_bind,
+                jwks: portal_jwks,
+                audience: portal_audience,
+                issuer: portal_issuer,
+                admin_role,
+                defaults,
+            },
+            audit_file,
+            state_dir,
             warnings,
         })
     }

@@ -1,8 +1,9 @@
-//! The relay's HTTP side: `/tunnel` (WebSocket upgrade), `/healthz`, `/readyz`, `/metrics`.
+//! The relay's HTTP side: `/tunnel` (WebSocket upgrade), `/healthz`, `/readyz`, `/metrics`, and
+//! the portal API under `/api/v1` ([`crate::portal`]).
 //!
 //! Plain hyper (HTTP/1.1) over either a TCP or a TLS stream: the same service serves both, and
-//! the upgraded connection is handed to [`crate::tunnel::run`]. Four routes do not need a
-//! framework. Never logs header values (Authorization, cookies).
+//! the upgraded connection is handed to [`crate::tunnel::run`]. A handful of routes do not need
+//! a framework. Never logs header values (Authorization, cookies).
 //!
 //! `/tunnel` checks, in order, before anything is upgraded: draining (503), the agent source
 //! allowlist `security.tunnel_allow_cidrs` (403), the per-source abuse gate (429), the
@@ -42,11 +43,12 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Body = Full<Bytes>;
 
-/// Which routes a server exposes: the main one has `/tunnel`, the optional admin port does not.
+/// Which routes a server exposes besides health and metrics: the main one has `/tunnel` (and
+/// the portal unless `portal.bind` moves it), the optional metrics port neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Routes {
-    All,
-    AdminOnly,
+pub(crate) struct Routes {
+    pub tunnel: bool,
+    pub portal: bool,
 }
 
 /// Accepts HTTP connections until the relay stops.
@@ -153,7 +155,10 @@ async fn handle(
             );
             r
         }
-        (_, "/tunnel") if routes == Routes::All => upgrade(req, peer, shared).await,
+        (_, "/tunnel") if routes.tunnel => upgrade(req, peer, shared).await,
+        (_, p) if routes.portal && (p == "/api/v1" || p.starts_with("/api/v1/")) => {
+            crate::portal::handle(req, peer, shared).await
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -315,6 +320,26 @@ async fn upgrade(
             Err(e) => return refuse(&shared, peer, e.status(), e.reason(), &e.to_string()),
         }
     };
+    if let Some(id) = &identity {
+        if shared.state.is_blocked(&id.agent_id) {
+            // Not a credential failure: does not count toward the source's cool-down.
+            shared
+                .metrics
+                .agent_auth_failures
+                .get_or_create(&ReasonLabel {
+                    reason: "agent_blocked",
+                })
+                .inc();
+            shared.audit.record(
+                Event::new(Action::TunnelAuth, false)
+                    .reason("agent_blocked")
+                    .agent(&id.agent_id)
+                    .source(peer)
+                    .detail("agent_id is on the portal block list"),
+            );
+            return text(StatusCode::FORBIDDEN, "agent is blocked\n");
+        }
+    }
     shared.metrics.agent_auth_successes.inc();
     let mut event = Event::new(Action::TunnelAuth, true).source(peer);
     event = match &identity {

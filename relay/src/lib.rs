@@ -16,7 +16,9 @@ mod jwks;
 mod listener;
 pub mod metrics;
 mod pdp;
+mod portal;
 mod registry;
+pub mod state;
 mod stream;
 mod tls;
 mod tunnel;
@@ -79,6 +81,29 @@ pub(crate) struct Shared {
     pub jwks: Option<Arc<jwks::Jwks>>,
     /// Per-stream authorization; `None` without `pdp.url`.
     pub pdp: Option<Arc<pdp::Pdp>>,
+    /// Policies and the agent block list (changed through the portal).
+    pub state: Arc<state::State>,
+    /// Live streams, for the portal.
+    pub sessions: Arc<registry::Sessions>,
+    /// Keys for portal tokens: `portal.jwks_url`'s, else the agents'; `None`: portal refuses (503).
+    pub portal_jwks: Option<Arc<jwks::Jwks>>,
+    /// Bound listeners, for the portal's connector view.
+    pub listeners: Vec<BoundListener>,
+}
+
+/// A listener as bound.
+#[derive(Debug, Clone)]
+pub(crate) struct BoundListener {
+    pub name: String,
+    pub connector: String,
+    pub addr: SocketAddr,
+}
+
+/// Now as Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shared {
@@ -97,6 +122,7 @@ pub struct RelayHandle {
     shared: Arc<Shared>,
     tunnel_addr: SocketAddr,
     metrics_addr: SocketAddr,
+    portal_addr: SocketAddr,
     listeners: Vec<(String, SocketAddr)>,
     supervisor: Option<JoinHandle<()>>,
 }
@@ -110,6 +136,11 @@ impl RelayHandle {
     /// Where `/metrics` (and health) is served: `tunnel_addr` unless `observability.metrics_port`.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr
+    }
+
+    /// Where `/api/v1` is served: `tunnel_addr` unless `portal.bind`.
+    pub fn portal_addr(&self) -> SocketAddr {
+        self.portal_addr
     }
 
     /// The bound address of the listener named `name`.
@@ -240,12 +271,33 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         None => tunnel_addr,
     };
 
+    let portal_listener = match cfg.portal.bind {
+        Some(addr) => Some(bind("portal (portal.bind)", &addr.to_string()).await?),
+        None => None,
+    };
+    let portal_addr = match &portal_listener {
+        Some(l) => local_addr(l, "portal")?,
+        None => tunnel_addr,
+    };
+
     let metrics = Arc::new(metrics::Metrics::new());
+    let audit = audit::Audit::open(audit::AUDIT_RING, cfg.audit_file.clone(), &metrics)
+        .map_err(StartError::Config)?;
+    let state = state::State::open(
+        cfg.state_dir.as_deref(),
+        cfg.portal.defaults,
+        metrics.clone(),
+    )
+    .map_err(StartError::Config)?;
+    if cfg.state_dir.is_none() {
+        info!("state_dir is not set: policy changes and the block list last until the relay stops");
+    }
     let needs_http = cfg
         .security
         .jwt
         .as_ref()
         .is_some_and(|j| matches!(j.jwks, config::JwksSource::Url(_)))
+        || matches!(cfg.portal.jwks, Some(config::JwksSource::Url(_)))
         || cfg.pdp.is_some();
     let ca_file = cfg
         .security
@@ -282,6 +334,34 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         }
         None => (None, None, false),
     };
+    // Portal tokens: their own JWKS when `portal.jwks_url` is set, else the agents' keys.
+    let (portal_jwks, portal_jwks_loaded) = match (&cfg.portal.jwks, &jwks) {
+        (Some(source), _) => {
+            let (refresh, min_refresh) = cfg
+                .security
+                .jwt
+                .as_ref()
+                .map_or((Duration::from_secs(300), Duration::from_secs(30)), |j| {
+                    (j.refresh, j.min_refresh)
+                });
+            let pj = Arc::new(jwks::Jwks::new(
+                source.clone(),
+                http.clone(),
+                refresh,
+                min_refresh,
+                metrics.clone(),
+            ));
+            let loaded = matches!(source, config::JwksSource::File(_));
+            if loaded {
+                pj.refresh_now(jwks::Trigger::Startup)
+                    .await
+                    .map_err(|e| StartError::Config(format!("portal.jwks_url: {e}")))?;
+            }
+            (Some(pj), Some(loaded))
+        }
+        (None, Some(agent_keys)) => (Some(agent_keys.clone()), None),
+        (None, None) => (None, None),
+    };
     let pdp = match (&cfg.pdp, &http) {
         (Some(p), Some(http)) => Some(Arc::new(pdp::Pdp::new(
             p.clone(),
@@ -291,10 +371,16 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         _ => None,
     };
     let mut bound = Vec::with_capacity(cfg.listeners.len());
+    let mut bound_info = Vec::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
         let what = format!("listeners[{i}] ({})", l.name);
         let listener = bind(&what, &l.bind.to_string()).await?;
         let addr = local_addr(&listener, &what)?;
+        bound_info.push(BoundListener {
+            name: l.name.clone(),
+            connector: l.connector.clone(),
+            addr,
+        });
         let ctx = Arc::new(listener::ListenerCtx {
             name: l.name.clone(),
             connector: l.connector.clone(),
@@ -316,16 +402,25 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         tasks: TaskTracker::new(),
         conns: Arc::new(AtomicUsize::new(0)),
         next_tunnel_id: AtomicU64::new(1),
-        audit: Arc::new(audit::Audit::default()),
+        audit: Arc::new(audit),
         gate: Arc::new(abuse::Gate::new(cfg_abuse)),
         auth,
         jwks,
         pdp,
+        state: Arc::new(state),
+        sessions: Arc::new(registry::Sessions::default()),
+        portal_jwks,
+        listeners: bound_info,
     });
     if let Some(j) = &shared.jwks {
         shared
             .tasks
             .spawn(j.clone().run_refresher(jwks_loaded, shared.root.clone()));
+    }
+    if let (Some(pj), Some(loaded)) = (&shared.portal_jwks, portal_jwks_loaded) {
+        shared
+            .tasks
+            .spawn(pj.clone().run_refresher(loaded, shared.root.clone()));
     }
 
     let mut names = Vec::with_capacity(bound.len());
@@ -343,18 +438,38 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         %metrics_addr,
         "relay HTTP server listening (/tunnel, /healthz, /readyz, /metrics)"
     );
+    let portal_here = portal_listener.is_none();
     shared.tasks.spawn(http::serve(
         tunnel_listener,
-        tls,
+        tls.clone(),
         shared.clone(),
-        http::Routes::All,
+        http::Routes {
+            tunnel: true,
+            portal: portal_here,
+        },
     ));
     if let Some(l) = metrics_listener {
         shared.tasks.spawn(http::serve(
             l,
             None,
             shared.clone(),
-            http::Routes::AdminOnly,
+            http::Routes {
+                tunnel: false,
+                portal: false,
+            },
+        ));
+    }
+    if let Some(l) = portal_listener {
+        info!(%portal_addr, "portal API listening (/api/v1)");
+        // Same TLS as /tunnel when configured: portal tokens never cross the network in clear.
+        shared.tasks.spawn(http::serve(
+            l,
+            tls,
+            shared.clone(),
+            http::Routes {
+                tunnel: false,
+                portal: true,
+            },
         ));
     }
     let supervisor = tokio::spawn(supervise(shared.clone()));
@@ -362,6 +477,7 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         shared,
         tunnel_addr,
         metrics_addr,
+        portal_addr,
         listeners: names,
         supervisor: Some(supervisor),
     })

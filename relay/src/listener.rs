@@ -92,7 +92,11 @@ pub(crate) fn reject(sock: TcpStream) {
 fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
     let _ = sock.set_nodelay(true);
     let global = &shared.cfg.security.allow_cidrs;
-    let blocked_by = if !allowed(global, peer.ip()) {
+    // pol-cidr-allowlists: an operator may switch the allowlists off (e.g. during an incident).
+    let enforce = shared.state.cidr_allowlists();
+    let blocked_by = if !enforce {
+        None
+    } else if !allowed(global, peer.ip()) {
         Some("security.allow_cidrs")
     } else if !allowed(&ctx.allow_cidrs, peer.ip()) {
         Some("listener allow_cidrs")

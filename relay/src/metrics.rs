@@ -68,6 +68,26 @@ pub struct VersionLabel {
     pub version: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditLabels {
+    pub action: &'static str,
+    /// `success` or `failure`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortalLabels {
+    pub method: &'static str,
+    /// The route template (`/api/v1/sessions/{cid}`), never the concrete path.
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    pub policy: &'static str,
+}
+
 /// Every metric the relay exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -92,6 +112,13 @@ pub struct Metrics {
     pub jwks_refreshes: Family<JwksRefreshLabels, Counter>,
     pub jwks_keys: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub protocol_errors: Counter<u64, AtomicU64>,
+    pub audit_records: Family<AuditLabels, Counter>,
+    pub audit_write_errors: Counter<u64, AtomicU64>,
+    pub portal_requests: Family<PortalLabels, Counter>,
+    pub portal_auth_failures: Family<ReasonLabel, Counter>,
+    pub policy_enabled: Family<PolicyLabel, Gauge>,
+    pub agents_blocked: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub sessions_terminated: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -128,6 +155,13 @@ impl Metrics {
             jwks_refreshes: Family::default(),
             jwks_keys: Gauge::default(),
             protocol_errors: Counter::default(),
+            audit_records: Family::default(),
+            audit_write_errors: Counter::default(),
+            portal_requests: Family::default(),
+            portal_auth_failures: Family::default(),
+            policy_enabled: Family::default(),
+            agents_blocked: Gauge::default(),
+            sessions_terminated: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder.
@@ -227,6 +261,41 @@ impl Metrics {
             "nowconnect_protocol_errors",
             "Frames refused as protocol errors",
             m.protocol_errors.clone(),
+        );
+        registry.register(
+            "nowconnect_audit_records",
+            "Audit records written, by action and result (success, failure)",
+            m.audit_records.clone(),
+        );
+        registry.register(
+            "nowconnect_audit_write_errors",
+            "Audit records that could not be appended to audit.file (they stay in memory and the log)",
+            m.audit_write_errors.clone(),
+        );
+        registry.register(
+            "nowconnect_portal_requests",
+            "Portal API requests, by method, route template and status",
+            m.portal_requests.clone(),
+        );
+        registry.register(
+            "nowconnect_portal_auth_failures",
+            "Portal API requests refused before any handler ran, by reason",
+            m.portal_auth_failures.clone(),
+        );
+        registry.register(
+            "nowconnect_policy_enabled",
+            "Security policies now in force (1 on, 0 off)",
+            m.policy_enabled.clone(),
+        );
+        registry.register(
+            "nowconnect_agents_blocked",
+            "agent_ids on the portal's block list",
+            m.agents_blocked.clone(),
+        );
+        registry.register(
+            "nowconnect_sessions_terminated",
+            "Sessions (streams) terminated by an operator through the portal",
+            m.sessions_terminated.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -30,6 +30,7 @@ use tracing::debug;
 use crate::audit::{Action, Event};
 use crate::listener::{ConnGuard, ListenerCtx};
 use crate::metrics::{CodeLabel, DirLabel};
+use crate::registry::SessionInfo;
 use crate::tunnel::{Out, TunnelCmd, TunnelShared};
 
 /// Reads at most this small are copied into an exact-size buffer so a queued small frame does
@@ -58,6 +59,8 @@ pub(crate) struct StreamCtx {
     pub listener: Arc<ListenerCtx>,
     /// Holds a slot of `max_conn_total` until the stream ends.
     pub guard: ConnGuard,
+    /// What the portal lists (byte counts, the operator's kill switch).
+    pub info: Arc<SessionInfo>,
 }
 
 /// How a stream ended.
@@ -102,6 +105,8 @@ pub(crate) async fn run(mut ctx: StreamCtx) {
         return;
     }
     let started = Instant::now();
+    // Listed for the portal from the OPEN until the task ends.
+    let listed = ctx.tunnel.sessions.insert(ctx.info.clone());
     let listener = ctx.listener.clone();
     let lm = &listener.metrics;
     lm.active.inc();
@@ -147,6 +152,7 @@ pub(crate) async fn run(mut ctx: StreamCtx) {
         duration_ms = elapsed.as_millis() as u64,
         "stream closed"
     );
+    drop(listed);
     drop(ctx.guard);
 }
 
@@ -172,8 +178,14 @@ async fn authorize(ctx: &StreamCtx) -> bool {
             return false;
         }
     }
-    let Some(pdp) = &t.pdp else {
-        t.audit.record(event(true, "none"));
+    let Some(pdp) = t.pdp.as_ref().filter(|_| t.state.pdp_enforce()) else {
+        let e = event(true, "none");
+        // A configured PDP that an operator switched off (pol-pdp-enforce) is worth saying.
+        t.audit.record(if t.pdp.is_some() {
+            e.reason("pdp_policy_off")
+        } else {
+            e
+        });
         return true;
     };
     let decision = tokio::select! {
@@ -242,6 +254,9 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
         tokio::select! {
             biased;
             _ = t.token.cancelled() => return End::TunnelGone,
+            _ = ctx.info.kill.cancelled() => {
+                return End::Local(RstCode::Denied, "terminated by operator");
+            }
             item = ctx.rx.recv() => {
                 last = Instant::now();
                 match item {
@@ -286,6 +301,7 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
                 if written > 0 {
                     last = Instant::now();
                     counts.a2c += written as u64;
+                    ctx.info.bytes_a2c.fetch_add(written as u64, Ordering::Relaxed);
                     lm.bytes_a2c.inc_by(written as u64);
                     if v2 {
                         match recv.on_drained(written) {
@@ -326,6 +342,7 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
                     Ok(n) => {
                         last = Instant::now();
                         counts.c2a += n as u64;
+                        ctx.info.bytes_c2a.fetch_add(n as u64, Ordering::Relaxed);
                         lm.bytes_c2a.inc_by(n as u64);
                         let bytes = if n <= SMALL_READ && cap > 2 * SMALL_READ {
                             Bytes::copy_from_slice(&buf)

@@ -36,7 +36,8 @@ use crate::auth::{Grants, Identity};
 use crate::listener::{ConnGuard, ListenerCtx};
 use crate::metrics::{CodeLabel, DirLabel, ReasonLabel, VersionLabel};
 use crate::pdp::Pdp;
-use crate::registry::AgentHandle;
+use crate::registry::{AgentHandle, Sessions, TunnelInfo};
+use crate::state::State;
 use crate::stream::{self, Inbound, StreamCtx};
 use crate::Shared;
 
@@ -109,6 +110,11 @@ pub(crate) struct TunnelShared {
     pub idle_timeout: Option<Duration>,
     pub queue_depth: usize,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Policies (read per stream: PDP on/off).
+    pub state: Arc<State>,
+    /// Live streams, for the portal.
+    pub sessions: Arc<Sessions>,
+    pub info: Arc<TunnelInfo>,
 }
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
@@ -196,6 +202,30 @@ pub(crate) async fn run<S>(
             }
         };
 
+    // An operator blocked this agent_id (checked here too for the dev bypass and for a block
+    // that landed between the upgrade and HELLO).
+    if shared.state.is_blocked(&hello.agent_id) {
+        let why = format!("agent_id `{}` is blocked", hello.agent_id);
+        warn!(event = "hello_refused", %peer, agent_id = %hello.agent_id, reason = "agent_blocked", "{why}");
+        refuse_hello(
+            &shared,
+            peer,
+            tunnel_id,
+            &admission,
+            "agent_blocked",
+            Some(&hello.agent_id),
+            why.clone(),
+        );
+        close_and_stop(
+            &out_tx,
+            writer,
+            &token,
+            close_frame(CloseCode::Policy, &why),
+        )
+        .await;
+        return;
+    }
+
     // HELLO reconciliation: the token names the agent and may limit its connectors.
     if let Some(id) = &admission.identity {
         let refusal = if hello.agent_id != id.agent_id {
@@ -206,7 +236,7 @@ pub(crate) async fn run<S>(
                     hello.agent_id, id.agent_id
                 ),
             ))
-        } else if shared.cfg.security.require_connector_scopes {
+        } else if shared.state.connector_scopes() {
             hello
                 .connectors
                 .iter()
@@ -252,11 +282,25 @@ pub(crate) async fn run<S>(
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
     let active = Arc::new(AtomicUsize::new(0));
     let agent_id: Arc<str> = Arc::from(hello.agent_id.as_str());
+    let info = Arc::new(TunnelInfo {
+        tunnel_id,
+        agent_id: agent_id.clone(),
+        connectors: hello.connectors.clone(),
+        peer,
+        since_ms: crate::unix_ms(),
+        protocol: version.name(),
+        agent_version: hello.ver.clone(),
+        active: active.clone(),
+        closed_c2a: Default::default(),
+        closed_a2c: Default::default(),
+        kick: CancellationToken::new(),
+    });
     let handle = AgentHandle {
         tunnel_id,
         agent_id: agent_id.clone(),
         cmd: cmd_tx.clone(),
         active: active.clone(),
+        info: info.clone(),
     };
     let superseded = shared.registry.register(&handle, &hello.connectors);
     // An accepted HELLO ends the unauthenticated phase for the source's pending count.
@@ -300,7 +344,7 @@ pub(crate) async fn run<S>(
 
     let grants = identity
         .as_ref()
-        .filter(|_| shared.cfg.security.require_connector_scopes)
+        .filter(|_| shared.state.connector_scopes())
         .map(|id| id.grants.clone());
     // A tunnel lives as long as its token (plus leeway); the agent reconnects before `exp`.
     // Tokens valid for more than a year are not timed (and cannot overflow the clock).
@@ -325,6 +369,9 @@ pub(crate) async fn run<S>(
         idle_timeout: shared.cfg.limits.idle_timeout,
         queue_depth: shared.cfg.limits.queue_depth_per_cid,
         metrics: shared.metrics.clone(),
+        state: shared.state.clone(),
+        sessions: shared.sessions.clone(),
+        info: info.clone(),
     });
     let mut session = Session {
         ctx,
@@ -345,6 +392,13 @@ pub(crate) async fn run<S>(
         tokio::select! {
             biased;
             _ = token.cancelled() => break "shutdown",
+            _ = info.kick.cancelled() => {
+                info!(agent_id = %agent_id, tunnel_id, "agent disconnected by an operator");
+                let _ = out_tx
+                    .send(Out::Close(close_frame(CloseCode::Policy, "disconnected by operator")))
+                    .await;
+                break "admin_disconnect";
+            }
             () = &mut token_expiry => {
                 info!(agent_id = %agent_id, tunnel_id, "agent token expired; closing the tunnel");
                 let _ = out_tx
@@ -390,7 +444,10 @@ pub(crate) async fn run<S>(
 
     // Teardown: no new streams, then every stream of this tunnel closes its client at once.
     shared.registry.unregister(tunnel_id);
-    if reason == "protocol_error" || reason == "token_expired" {
+    if matches!(
+        reason,
+        "protocol_error" | "token_expired" | "admin_disconnect"
+    ) {
         // Let the writer send the close frame before everything stops.
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     }
@@ -563,6 +620,16 @@ impl Session {
         self.streams.insert(id, tx);
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
         debug!(cid = id, connector = %listener.connector, agent_id = %self.ctx.agent_id, client = %peer, "stream opened");
+        let info = Arc::new(crate::registry::SessionInfo {
+            tunnel: self.ctx.info.clone(),
+            cid: id,
+            connector: listener.connector.clone(),
+            client: peer,
+            started_ms: crate::unix_ms(),
+            bytes_c2a: Default::default(),
+            bytes_a2c: Default::default(),
+            kill: CancellationToken::new(),
+        });
         let ctx = StreamCtx {
             id,
             peer,
@@ -571,6 +638,7 @@ impl Session {
             tunnel: self.ctx.clone(),
             listener,
             guard,
+            info,
         };
         self.shared.streams.spawn(stream::run(ctx));
     }

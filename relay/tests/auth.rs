@@ -170,7 +170,7 @@ async fn refused(relay: &RelayHandle, case: &str, token: Option<&str>, status: u
         .pop()
         .unwrap();
     assert!(!last.success, "{case}");
-    assert_eq!(last.reason, Some(reason), "{case}: audit reason");
+    assert_eq!(last.reason.as_deref(), Some(reason), "{case}: audit reason");
     no_stream(relay).await;
 }
 
@@ -251,7 +251,9 @@ async fn valid_tokens_of_every_key_type_get_hello_ack_and_carry_traffic() {
         ..Default::default()
     });
     assert_eq!(opens.len(), 4);
-    assert!(opens.iter().all(|r| r.success && r.by == Some("none")));
+    assert!(opens
+        .iter()
+        .all(|r| r.success && r.by.as_deref() == Some("none")));
 }
 
 #[tokio::test]
@@ -419,7 +421,7 @@ async fn hello_agent_id_mismatch_closes_the_tunnel() {
         })
         .pop()
         .unwrap();
-    assert_eq!(rec.reason, Some("agent_id_mismatch"));
+    assert_eq!(rec.reason.as_deref(), Some("agent_id_mismatch"));
     assert_eq!(rec.agent_id.as_deref(), Some("premise-01"));
     assert!(rec.detail.unwrap().contains("premise-02"));
     no_stream(&relay).await;
@@ -706,7 +708,10 @@ async fn tunnel_closes_when_its_token_expires() {
         action: Some(Action::AgentDisconnected),
         ..Default::default()
     });
-    assert_eq!(gone.last().unwrap().reason, Some("token_expired"));
+    assert_eq!(
+        gone.last().unwrap().reason.as_deref(),
+        Some("token_expired")
+    );
 }
 
 #[tokio::test]

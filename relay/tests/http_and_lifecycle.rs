@@ -332,8 +332,8 @@ async fn global_allow_cidrs_fence_every_listener() {
         ..Default::default()
     });
     assert_eq!(denied.len(), 1);
-    assert_eq!(denied[0].by, Some("cidr"));
-    assert_eq!(denied[0].reason, Some("cidr_blocked"));
+    assert_eq!(denied[0].by.as_deref(), Some("cidr"));
+    assert_eq!(denied[0].reason.as_deref(), Some("cidr_blocked"));
 }
 
 #[tokio::test]

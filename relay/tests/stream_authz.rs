@@ -155,7 +155,7 @@ async fn pdp_allow_relays_and_is_asked_in_authzen_form() {
         .pop()
         .unwrap();
     assert!(open.success);
-    assert_eq!(open.by, Some("pdp"));
+    assert_eq!(open.by.as_deref(), Some("pdp"));
     assert_eq!(open.agent_id.as_deref(), Some("premise-01"));
 }
 
@@ -183,7 +183,10 @@ async fn pdp_deny_closes_the_client_before_any_open_and_is_not_cached() {
         })
         .pop()
         .unwrap();
-    assert_eq!((open.by, open.reason), (Some("pdp"), Some("pdp_denied")));
+    assert_eq!(
+        (open.by.as_deref(), open.reason.as_deref()),
+        (Some("pdp"), Some("pdp_denied"))
+    );
     // The tunnel itself is fine.
     assert_eq!(relay.agents_for("addomain"), 1);
 }
@@ -249,7 +252,7 @@ async fn pdp_timeout_with_fail_open_allows() {
         .pop()
         .unwrap();
     assert!(open.success);
-    assert_eq!(open.reason, Some("timeout"));
+    assert_eq!(open.reason.as_deref(), Some("timeout"));
 }
 
 #[tokio::test]
@@ -339,7 +342,10 @@ async fn listener_allowing_only_127_0_0_2_refuses_127_0_0_1() {
         })
         .pop()
         .unwrap();
-    assert_eq!((rec.by, rec.reason), (Some("cidr"), Some("cidr_blocked")));
+    assert_eq!(
+        (rec.by.as_deref(), rec.reason.as_deref()),
+        (Some("cidr"), Some("cidr_blocked"))
+    );
     assert!(rec.source.unwrap().starts_with("127.0.0.1:"));
     // The allowed address gets through.
     let mut ok = connect_from(other(), addr).await;
