@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 pub mod idp;
+pub mod portal;
 
 pub const T: Duration = Duration::from_secs(5);
 
