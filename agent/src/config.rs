@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nowconnect_shared::Limits;
@@ -87,12 +88,12 @@ pub const MAX_CONNECTORS: usize = 64;
 
 /// `tunnel.agent_id`: fixed capacity, validated to fit.
 pub type AgentId = heapless::String<MAX_AGENT_ID_LEN>;
-/// A connector name: fixed capacity, validated to fit. Stream tasks carry it by value, so
-/// opening a stream allocates nothing for its name.
+/// A connector name: fixed capacity, validated to fit.
 pub type ConnectorName = heapless::String<MAX_CONNECTOR_LEN>;
 /// Exported connectors and their targets, in HELLO order. Fixed capacity: the table is sized
-/// once by validation and cannot grow afterwards.
-pub type Targets = heapless::FnvIndexMap<ConnectorName, Target, MAX_CONNECTORS>;
+/// once by validation and cannot grow afterwards. Targets are shared with the stream tasks
+/// (`Arc`: opening a stream copies no host name).
+pub type Targets = heapless::FnvIndexMap<ConnectorName, Arc<Target>, MAX_CONNECTORS>;
 
 /// Where one connector's streams go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -586,7 +587,7 @@ impl Layer {
                     // Both fit: `check_name` bounded the name and the count was checked
                     // above (past the capacity the problem is already reported).
                     if let Ok(key) = ConnectorName::try_from(name.as_str()) {
-                        let _ = targets.insert(key, Target { host, port });
+                        let _ = targets.insert(key, Arc::new(Target { host, port }));
                     }
                 }
                 (host, port) => {
@@ -924,7 +925,7 @@ impl AgentConfig {
     pub fn target(&self, name: &str) -> Option<&Target> {
         // A name longer than any exported one cannot be exported.
         let key = ConnectorName::try_from(name).ok()?;
-        self.targets.get(&key)
+        self.targets.get(&key).map(Arc::as_ref)
     }
 
     /// The socket address of the health listener.

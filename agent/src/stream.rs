@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -23,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::config::{ConnectorName, Target};
+use crate::config::Target;
 use crate::writer::Outgoing;
 
 /// What the tunnel forwards to a stream.
@@ -54,8 +55,8 @@ pub(crate) struct Drained {
 pub(crate) struct StreamCtx {
     pub id: StreamId,
     pub serial: u64,
-    pub connector: ConnectorName,
-    pub target: Target,
+    pub connector: String,
+    pub target: Arc<Target>,
     pub connect_timeout: Duration,
     pub version: Version,
     pub max_payload: usize,
@@ -153,10 +154,10 @@ impl Stream {
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<ToStream>,
     ) -> Result<TcpStream, Abort> {
-        let (host, port) = (self.ctx.target.host.clone(), self.ctx.target.port);
+        let target = self.ctx.target.clone();
         let dial = tokio::time::timeout(
             self.ctx.connect_timeout,
-            TcpStream::connect((host.as_str(), port)),
+            TcpStream::connect((target.host.as_str(), target.port)),
         );
         tokio::pin!(dial);
         let result = loop {

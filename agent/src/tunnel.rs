@@ -751,8 +751,8 @@ impl Session<'_> {
         // A name too long for the table cannot be one we export.
         let found = ConnectorName::try_from(connector.as_str())
             .ok()
-            .and_then(|name| cfg.targets.get(&name).map(|t| (name, t)));
-        let Some((connector, target)) = found else {
+            .and_then(|name| cfg.targets.get(&name));
+        let Some(target) = found else {
             tracing::info!(id, connector = %printable(&connector), "OPEN for a connector this agent does not export");
             self.send_rst(
                 id,
