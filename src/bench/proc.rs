@@ -88,12 +88,13 @@ pub struct Child {
 }
 
 impl Child {
-    /// Starts `program args...` with an empty environment (only `PATH`), so the operator's
-    /// `NC_*` / `NOWCONNECT_*` variables cannot change what is measured.
+    /// Starts `program args...` with an empty environment (only `PATH` and `env`), so the
+    /// operator's `NC_*` / `NOWCONNECT_*` variables cannot change what is measured.
     pub fn spawn(
         name: &'static str,
         program: &Path,
         args: &[&str],
+        env: &[(String, String)],
         log: &Path,
     ) -> anyhow::Result<Child> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -107,6 +108,7 @@ impl Child {
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
         }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let mut guard = live();
         let child = cmd
             .spawn()

@@ -1,5 +1,5 @@
 //! The whole benchmark, in order: start everything, run each workload direct then through the
-//! tunnel, sample memory and CPU around it, and fill the [`Report`].
+//! tunnel (alternating, `rounds` times), sample memory and CPU around it, and fill the [`Report`].
 //!
 //! Order matters for memory: idle RSS and the idle-streams delta are taken first, before bulk
 //! transfers grow the allocators' caches.
@@ -19,7 +19,7 @@ use super::proc::{self, Sample};
 use super::report::{Cell, Report};
 use super::stats::{summarize, Summary};
 use super::system::{self, Tunnel};
-use super::targets;
+use super::targets::{self, SinkReport, Target};
 
 /// Everything the run needs to know; see the `nowconnect-bench` flags.
 #[derive(Debug, Clone)]
@@ -28,7 +28,11 @@ pub struct Settings {
     pub work_dir: PathBuf,
     pub protocol: String,
     pub agent_multi_thread: bool,
+    /// `TOKIO_WORKER_THREADS` for the relay (None: tokio's default, one per core).
+    pub relay_worker_threads: Option<usize>,
     pub log_level: String,
+    /// Each throughput/latency workload runs this many times, direct and tunnel alternating.
+    pub rounds: usize,
     pub bulk_secs: f64,
     pub bulk_cap: u64,
     pub streams: usize,
@@ -48,23 +52,43 @@ pub struct LdapSettings {
     pub searches: usize,
 }
 
-/// CPU of relay, agent and this process, and the machine's busy share, over one workload.
-#[derive(Debug, Clone, Copy)]
+/// CPU of relay, agent and this process, and the machine's busy share, over some workload.
+#[derive(Debug, Clone, Copy, Default)]
 struct Cpu {
     relay_s: f64,
     agent_s: f64,
+    /// This process: clients and targets.
     client_s: f64,
     wall_s: f64,
-    /// Busy share of all cores (0..1) during the window.
-    machine_busy: f64,
+    /// Busy jiffies of all cores over all jiffies (summed, to average over several windows).
+    machine_busy: u64,
+    machine_total: u64,
 }
 
 impl Cpu {
     fn tunnel_s(&self) -> f64 {
         self.relay_s + self.agent_s
     }
+
+    fn busy_share(&self) -> f64 {
+        if self.machine_total == 0 {
+            f64::NAN
+        } else {
+            self.machine_busy as f64 / self.machine_total as f64
+        }
+    }
+
+    fn add(&mut self, o: &Cpu) {
+        self.relay_s += o.relay_s;
+        self.agent_s += o.agent_s;
+        self.client_s += o.client_s;
+        self.wall_s += o.wall_s;
+        self.machine_busy += o.machine_busy;
+        self.machine_total += o.machine_total;
+    }
 }
 
+/// Start of a CPU measurement window.
 struct CpuWindow {
     relay: Option<Sample>,
     agent: Option<Sample>,
@@ -88,21 +112,26 @@ fn cpu_end(w: &CpuWindow, t: Option<&Tunnel>, tck: f64) -> Cpu {
         (Some(a), Some(b)) => b.cpu_ticks.saturating_sub(a.cpu_ticks) as f64 / tck,
         _ => 0.0,
     };
-    let busy = match (w.machine, proc::machine_jiffies()) {
-        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
-        _ => f64::NAN,
+    let (machine_busy, machine_total) = match (w.machine, proc::machine_jiffies()) {
+        (Some((b0, t0)), Some((b1, t1))) => (b1.saturating_sub(b0), t1.saturating_sub(t0)),
+        _ => (0, 0),
     };
     Cpu {
         relay_s: secs(w.relay, t.and_then(|t| proc::sample(t.relay.pid()))),
         agent_s: secs(w.agent, t.and_then(|t| proc::sample(t.agent.pid()))),
         client_s: secs(w.me, proc::sample_self()),
         wall_s: w.start.elapsed().as_secs_f64(),
-        machine_busy: busy,
+        machine_busy,
+        machine_total,
     }
 }
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
 }
 
 /// Both processes sampled now.
@@ -112,15 +141,20 @@ fn mem(t: &Tunnel) -> anyhow::Result<(Sample, Sample)> {
     Ok((r, a))
 }
 
-/// Runs everything and returns the filled report.
-pub fn run(s: &Settings) -> anyhow::Result<Report> {
-    let tck = proc::clk_tck();
-    let mut rep = Report::default();
-    let load_start = proc::loadavg();
+/// Targets, the tunnel in front of them, and what is needed to drive them.
+struct Setup {
+    echo: Target,
+    sink: Target,
+    sink_rx: mpsc::Receiver<SinkReport>,
+    source: Target,
+    ldap: Option<LdapSettings>,
+    tunnel: Tunnel,
+    tck: f64,
+}
+
+fn start(s: &Settings, rep: &mut Report) -> anyhow::Result<Setup> {
     std::fs::create_dir_all(&s.work_dir).context("creating the work directory")?;
     let pki = pki::write(&s.work_dir)?;
-
-    // Targets (in this process) and the connectors that lead to them.
     let echo = targets::echo()?;
     let (sink_tx, sink_rx) = mpsc::channel();
     let sink = targets::sink(sink_tx)?;
@@ -137,60 +171,135 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
                 Some(l.clone())
             }
             Err(e) => {
-                rep.notes.push(format!(
-                    "LDAP workload skipped: no usable slapd at {} ({e:#}); run ../shared/bench/setup.sh",
+                let why = format!(
+                    "LDAP workload skipped: no usable slapd at {} ({e:#}); \
+                     ../shared/bench/setup.sh starts one",
                     l.addr
-                ));
+                );
+                eprintln!("{why}");
+                rep.notes.push(why);
                 None
             }
         },
         None => None,
     };
-
     eprintln!("starting relay and agent ({}, wss)", s.protocol);
+    let mut relay_env = Vec::new();
+    if let Some(n) = s.relay_worker_threads {
+        relay_env.push(("TOKIO_WORKER_THREADS".to_owned(), n.to_string()));
+    }
     let opts = system::Options {
         bin_dir: s.bin_dir.clone(),
         dir: s.work_dir.clone(),
         protocol: s.protocol.clone(),
         agent_multi_thread: s.agent_multi_thread,
+        relay_env,
         log_level: s.log_level.clone(),
     };
     let tunnel = system::start(&opts, &pki, &exported)?;
-    let via_echo = tunnel.listener("echo")?;
-    load::probe(via_echo).context("first echo through the tunnel")?;
+    load::probe(tunnel.listener("echo")?).context("first echo through the tunnel")?;
+    Ok(Setup {
+        echo,
+        sink,
+        sink_rx,
+        source,
+        ldap,
+        tunnel,
+        tck: proc::clk_tck(),
+    })
+}
 
-    // --- memory: idle, then N idle streams -------------------------------------------------
+/// RSS idle and with N idle streams; setup latency of those streams (and of N direct ones).
+struct Memory {
+    relay_idle: Sample,
+    agent_idle: Sample,
+    relay_before: Sample,
+    agent_before: Sample,
+    relay_held: Sample,
+    agent_held: Sample,
+    established: usize,
+    alive: usize,
+    direct_setup: Summary,
+    tunnel_setup: Summary,
+}
+
+fn memory(env: &Setup, s: &Settings) -> anyhow::Result<Memory> {
     std::thread::sleep(Duration::from_secs(1));
-    let (relay_idle, agent_idle) = mem(&tunnel)?;
+    let (relay_idle, agent_idle) = mem(&env.tunnel)?;
     eprintln!(
         "idle streams: {} direct, then through the tunnel",
         s.idle_streams
     );
-    let direct_held = load::hold(echo.addr, s.idle_streams, 120.0);
-    let direct_setup = summarize(&mut direct_held.setup_us.clone());
-    drop(direct_held);
+    let direct = load::hold(env.echo.addr, s.idle_streams, 120.0);
+    let direct_setup = summarize(&mut direct.setup_us.clone());
+    drop(direct);
     std::thread::sleep(Duration::from_millis(500));
-    let (relay_before, agent_before) = mem(&tunnel)?;
-    let mut held = load::hold(via_echo, s.idle_streams, 120.0);
+    let (relay_before, agent_before) = mem(&env.tunnel)?;
+    let mut held = load::hold(env.tunnel.listener("echo")?, s.idle_streams, 120.0);
+    // Let both sides settle (lazily grown tables, allocator) before reading RSS.
     std::thread::sleep(Duration::from_secs(2));
-    let (relay_held, agent_held) = mem(&tunnel)?;
+    let (relay_held, agent_held) = mem(&env.tunnel)?;
     let alive = held.verify();
-    let established = held.conns.len();
-    let tunnel_setup = summarize(&mut held.setup_us.clone());
-    drop(held);
+    Ok(Memory {
+        relay_idle,
+        agent_idle,
+        relay_before,
+        agent_before,
+        relay_held,
+        agent_held,
+        established: held.conns.len(),
+        alive,
+        direct_setup,
+        tunnel_setup: summarize(&mut held.setup_us),
+    })
+}
 
-    // --- ping-pong ---------------------------------------------------------------------------
-    eprintln!("ping-pong: {} x {} B", s.pingpong_count, s.pingpong_size);
+struct PingPong {
+    direct: Summary,
+    tunnel: Summary,
+    cpu: Cpu,
+}
+
+fn pingpong(env: &Setup, s: &Settings) -> anyhow::Result<PingPong> {
+    eprintln!(
+        "ping-pong: {} x {} B, {} round(s)",
+        s.pingpong_count, s.pingpong_size, s.rounds
+    );
+    let via = env.tunnel.listener("echo")?;
     let pp = |addr| load::pingpong(addr, s.pingpong_size, s.pingpong_count, 200, 60.0);
-    let pp_direct = summarize(&mut pp(echo.addr)?);
-    let w = cpu_begin(Some(&tunnel));
-    let pp_tunnel = summarize(&mut pp(via_echo)?);
-    let pp_cpu = cpu_end(&w, Some(&tunnel), tck);
+    let (mut d, mut t, mut cpu) = (Vec::new(), Vec::new(), Cpu::default());
+    for _ in 0..s.rounds {
+        d.extend(pp(env.echo.addr)?);
+        let w = cpu_begin(Some(&env.tunnel));
+        t.extend(pp(via)?);
+        cpu.add(&cpu_end(&w, Some(&env.tunnel), env.tck));
+    }
+    Ok(PingPong {
+        direct: summarize(&mut d),
+        tunnel: summarize(&mut t),
+        cpu,
+    })
+}
 
-    // --- bulk --------------------------------------------------------------------------------
-    let via_sink = tunnel.listener("sink")?;
-    let via_source = tunnel.listener("source")?;
-    let mut bulk = Vec::new();
+struct BulkCase {
+    dir: &'static str,
+    streams: usize,
+    direct: Vec<Bulk>,
+    tunnel: Vec<Bulk>,
+    direct_cpu: Cpu,
+    tunnel_cpu: Cpu,
+}
+
+/// Median throughput of the rounds.
+fn median_gbit(runs: &[Bulk]) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(Bulk::gbit_s).collect();
+    summarize(&mut v).p50
+}
+
+fn bulk(env: &Setup, s: &Settings) -> anyhow::Result<Vec<BulkCase>> {
+    let via_sink = env.tunnel.listener("sink")?;
+    let via_source = env.tunnel.listener("source")?;
+    let mut out = Vec::new();
     for (dir, n) in [
         ("up", 1),
         ("up", s.streams),
@@ -198,215 +307,142 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
         ("down", s.streams),
     ] {
         eprintln!(
-            "bulk {dir} x{n}: {} s or {} MiB per stream",
+            "bulk {dir} x{n}: {} s or {} MiB per stream, {} round(s)",
             s.bulk_secs,
-            s.bulk_cap >> 20
+            s.bulk_cap >> 20,
+            s.rounds
         );
         let go = |addr: SocketAddr| -> anyhow::Result<Bulk> {
             if dir == "up" {
-                load::upload(addr, n, s.bulk_secs, s.bulk_cap, &sink_rx)
+                load::upload(addr, n, s.bulk_secs, s.bulk_cap, &env.sink_rx)
             } else {
                 load::download(addr, n, s.bulk_secs + 60.0)
             }
         };
-        let wd = cpu_begin(None);
-        let d = go(if dir == "up" { sink.addr } else { source.addr })?;
-        let dcpu = cpu_end(&wd, None, tck);
-        std::thread::sleep(Duration::from_millis(500));
-        let wt = cpu_begin(Some(&tunnel));
-        let t = go(if dir == "up" { via_sink } else { via_source })?;
-        let tcpu = cpu_end(&wt, Some(&tunnel), tck);
-        std::thread::sleep(Duration::from_millis(500));
-        bulk.push((dir, n, d, dcpu, t, tcpu));
-    }
-
-    // --- LDAP --------------------------------------------------------------------------------
-    let ldap_result = match &ldap {
-        Some(l) => {
-            eprintln!("LDAP paged search: {} searches each way", l.searches);
-            let via = tunnel.listener("ldap")?;
-            let one = |addr| ldap::run(addr, &l.dn, &l.password, &l.search, l.searches, 3, 60.0);
-            let d = one(l.addr).context("LDAP direct")?;
-            let w = cpu_begin(Some(&tunnel));
-            let t = one(via).context("LDAP through the tunnel")?;
-            let c = cpu_end(&w, Some(&tunnel), tck);
-            Some((d, t, c))
-        }
-        None => None,
-    };
-
-    let (relay_end, agent_end) = mem(&tunnel)?;
-    let load_end = proc::loadavg();
-    drop(tunnel);
-
-    // --- report ------------------------------------------------------------------------------
-    for (dir, n, d, dcpu, t, tcpu) in &bulk {
-        let what = if *n == 1 {
-            "1 stream".to_owned()
+        let (direct_addr, tunnel_addr) = if dir == "up" {
+            (env.sink.addr, via_sink)
         } else {
-            format!("{n} streams")
+            (env.source.addr, via_source)
         };
-        rep.row(
-            format!("bulk {dir}, {what} (Gbit/s)"),
-            d.gbit_s(),
-            t.gbit_s(),
-            2,
-        );
-        let _ = dcpu;
-        let gib = t.bytes as f64 / f64::from(1u32 << 30);
-        rep.info(
-            format!("  relay + agent CPU, bulk {dir} {what} (s per GiB; relay / agent)"),
-            Cell::Missing,
-            format!(
-                "{:.2} ({:.2} / {:.2})",
-                tcpu.tunnel_s() / gib,
-                tcpu.relay_s / gib,
-                tcpu.agent_s / gib
-            ),
-            2,
-        );
-    }
-    if let Some((_, _, _, dcpu, _, tcpu)) = bulk.first() {
-        rep.info(
-            "  CPU busy during bulk up 1 stream (% of 2 cores; client+sink / relay / agent s)",
-            format!("{:.0}% ({:.1} s)", dcpu.machine_busy * 100.0, dcpu.client_s),
-            format!(
-                "{:.0}% ({:.1} / {:.1} / {:.1} s)",
-                tcpu.machine_busy * 100.0,
-                tcpu.client_s,
-                tcpu.relay_s,
-                tcpu.agent_s
-            ),
-            0,
-        );
-    }
-    pingpong_rows(&mut rep, s, &pp_direct, &pp_tunnel, &pp_cpu);
-    rep.row(
-        "new connection setup p50, connect + 1st echo (us)",
-        direct_setup.p50,
-        tunnel_setup.p50,
-        0,
-    );
-    rep.row(
-        "new connection setup p99 (us)",
-        direct_setup.p99,
-        tunnel_setup.p99,
-        0,
-    );
-    let n = s.idle_streams.max(1) as f64;
-    rep.info(
-        format!(
-            "{} idle streams: established / alive after idle",
-            s.idle_streams
-        ),
-        Cell::Missing,
-        format!("{established} / {alive}"),
-        0,
-    );
-    rep.info(
-        "relay RSS: idle / with idle streams (MiB)",
-        Cell::Missing,
-        format!(
-            "{:.1} / {:.1}",
-            mib(relay_idle.rss_kib),
-            mib(relay_held.rss_kib)
-        ),
-        1,
-    );
-    rep.info(
-        "agent RSS: idle / with idle streams (MiB)",
-        Cell::Missing,
-        format!(
-            "{:.1} / {:.1}",
-            mib(agent_idle.rss_kib),
-            mib(agent_held.rss_kib)
-        ),
-        1,
-    );
-    let d_relay = relay_held.rss_kib as f64 - relay_before.rss_kib as f64;
-    let d_agent = agent_held.rss_kib as f64 - agent_before.rss_kib as f64;
-    let per_stream = (d_relay + d_agent) / n;
-    rep.info(
-        "memory per idle stream, relay + agent (KiB; relay / agent)",
-        Cell::Missing,
-        format!("{per_stream:.1} ({:.1} / {:.1})", d_relay / n, d_agent / n),
-        1,
-    );
-    rep.info(
-        "peak RSS over the whole run, relay / agent (MiB)",
-        Cell::Missing,
-        format!(
-            "{:.1} / {:.1}",
-            mib(relay_end.hwm_kib),
-            mib(agent_end.hwm_kib)
-        ),
-        1,
-    );
-    if let Some((d, t, c)) = &ldap_result {
-        let sd = summarize(&mut d.ms.clone());
-        let st = summarize(&mut t.ms.clone());
-        let label = format!(
-            "LDAP paged search, {} entries in {} pages (ms)",
-            t.entries, t.pages
-        );
-        rep.row(format!("{label} p50"), sd.p50, st.p50, 2);
-        rep.row("LDAP paged search p99 (ms)", sd.p99, st.p99, 2);
-        rep.row(
-            "LDAP paged searches per second, 1 connection",
-            d.ms.len() as f64 / d.wall_s,
-            t.ms.len() as f64 / t.wall_s,
-            1,
-        );
-        rep.info(
-            "  relay + agent CPU per LDAP search (ms)",
-            Cell::Missing,
-            1e3 * c.tunnel_s() / t.ms.len().max(1) as f64,
-            2,
-        );
-    }
-
-    // --- budgets -----------------------------------------------------------------------------
-    match bulk.first() {
-        Some((_, _, d, _, t, _)) => {
-            let share = t.gbit_s() / d.gbit_s();
-            rep.budget(
-                "one stream over TLS vs direct loopback TCP",
-                ">= 25%",
-                format!("{:.0}%", share * 100.0),
-                Some(share >= 0.25),
-            );
+        let mut case = BulkCase {
+            dir,
+            streams: n,
+            direct: Vec::new(),
+            tunnel: Vec::new(),
+            direct_cpu: Cpu::default(),
+            tunnel_cpu: Cpu::default(),
+        };
+        for _ in 0..s.rounds {
+            let w = cpu_begin(None);
+            case.direct.push(go(direct_addr).context("direct")?);
+            case.direct_cpu.add(&cpu_end(&w, None, env.tck));
+            // Let the loopback queues and the relay's buffers drain between runs.
+            std::thread::sleep(Duration::from_millis(300));
+            let w = cpu_begin(Some(&env.tunnel));
+            case.tunnel
+                .push(go(tunnel_addr).context("through the tunnel")?);
+            case.tunnel_cpu
+                .add(&cpu_end(&w, Some(&env.tunnel), env.tck));
+            std::thread::sleep(Duration::from_millis(300));
         }
-        None => rep.budget(
-            "one stream over TLS vs direct loopback TCP",
-            ">= 25%",
-            "–".into(),
-            None,
-        ),
+        out.push(case);
     }
-    let added = pp_tunnel.p99 - pp_direct.p99;
-    rep.budget(
-        "added p99 round trip (64 B ping-pong)",
-        "< 200 us",
-        format!("{added:.0} us"),
-        Some(added < 200.0),
-    );
-    rep.budget(
-        "relay + agent memory per idle stream",
-        "< 16 KiB",
-        format!("{per_stream:.1} KiB"),
-        Some(per_stream < 16.0 && alive == s.idle_streams),
-    );
+    Ok(out)
+}
+
+struct LdapResult {
+    direct: ldap::Run,
+    tunnel: ldap::Run,
+    cpu: Cpu,
+}
+
+fn ldap_search(env: &Setup) -> anyhow::Result<Option<LdapResult>> {
+    let Some(l) = &env.ldap else {
+        return Ok(None);
+    };
+    eprintln!("LDAP paged search: {} searches each way", l.searches);
+    let via = env.tunnel.listener("ldap")?;
+    let one = |addr| ldap::run(addr, &l.dn, &l.password, &l.search, l.searches, 3, 60.0);
+    let direct = one(l.addr).context("LDAP direct")?;
+    let w = cpu_begin(Some(&env.tunnel));
+    let tunnel = one(via).context("LDAP through the tunnel")?;
+    let cpu = cpu_end(&w, Some(&env.tunnel), env.tck);
+    Ok(Some(LdapResult {
+        direct,
+        tunnel,
+        cpu,
+    }))
+}
+
+/// Runs everything and returns the filled report.
+pub fn run(s: &Settings) -> anyhow::Result<Report> {
+    let mut rep = Report::default();
+    let load_start = proc::loadavg();
+    let env = start(s, &mut rep)?;
+    let memory = memory(&env, s)?;
+    let pp = pingpong(&env, s)?;
+    let bulk = bulk(&env, s)?;
+    let ldap = ldap_search(&env)?;
+    let (relay_end, agent_end) = mem(&env.tunnel)?;
+    let load_end = proc::loadavg();
+    drop(env);
+
+    bulk_rows(&mut rep, &bulk);
+    pingpong_rows(&mut rep, s, &pp);
+    memory_rows(&mut rep, s, &memory, relay_end, agent_end);
+    if let Some(l) = &ldap {
+        ldap_rows(&mut rep, l);
+    }
+    budgets(&mut rep, s, &bulk, &pp, &memory);
     rep.notes.push(format!(
-        "load average (1 min) at start / end: {} / {}; CPU busy is the share of all cores used \
-         by every process on the machine during the window.",
+        "{} round(s) per workload, direct and tunnel alternating; throughput is the median \
+         round, latency percentiles pool all rounds. Load average (1 min) at start / end: \
+         {} / {}.",
+        s.rounds,
         load_start.map_or("?".into(), |l| format!("{l:.2}")),
         load_end.map_or("?".into(), |l| format!("{l:.2}"))
     ));
-    drop((echo, sink, source));
     Ok(rep)
 }
 
-fn pingpong_rows(rep: &mut Report, s: &Settings, d: &Summary, t: &Summary, cpu: &Cpu) {
+fn bulk_rows(rep: &mut Report, bulk: &[BulkCase]) {
+    for c in bulk {
+        let what = if c.streams == 1 {
+            "1 stream".to_owned()
+        } else {
+            format!("{} streams", c.streams)
+        };
+        rep.row(
+            format!("bulk {}, {what} (Gbit/s)", c.dir),
+            median_gbit(&c.direct),
+            median_gbit(&c.tunnel),
+            2,
+        );
+        let gd = gib(c.direct.iter().map(|b| b.bytes).sum());
+        let gt = gib(c.tunnel.iter().map(|b| b.bytes).sum());
+        let (dc, tc) = (&c.direct_cpu, &c.tunnel_cpu);
+        rep.info(
+            "  CPU s per GiB: direct = client + target; tunnel = relay + agent (relay / agent)",
+            format!("{:.2}", dc.client_s / gd),
+            format!(
+                "{:.2} ({:.2} / {:.2})",
+                tc.tunnel_s() / gt,
+                tc.relay_s / gt,
+                tc.agent_s / gt
+            ),
+            2,
+        );
+        rep.info(
+            "  machine CPU busy (all cores, every process on the machine)",
+            format!("{:.0}%", 100.0 * dc.busy_share()),
+            format!("{:.0}%", 100.0 * tc.busy_share()),
+            0,
+        );
+    }
+}
+
+fn pingpong_rows(rep: &mut Report, s: &Settings, pp: &PingPong) {
+    let (d, t, cpu) = (&pp.direct, &pp.tunnel, &pp.cpu);
     let size = s.pingpong_size;
     rep.row(
         format!("ping-pong {size} B round trip p50 (us)"),
@@ -432,16 +468,151 @@ fn pingpong_rows(rep: &mut Report, s: &Settings, d: &Summary, t: &Summary, cpu: 
         t.p99 - d.p99,
         0,
     );
+    let n = t.n.max(1) as f64;
     rep.info(
-        "  relay + agent CPU per round trip (us; relay / agent)",
+        "  relay + agent CPU per round trip (us; relay / agent; % of one core)",
         Cell::Missing,
         format!(
-            "{:.1} ({:.1} / {:.1})",
-            1e6 * cpu.tunnel_s() / t.n.max(1) as f64,
-            1e6 * cpu.relay_s / t.n.max(1) as f64,
-            1e6 * cpu.agent_s / t.n.max(1) as f64
+            "{:.1} ({:.1} / {:.1}; {:.0}%)",
+            1e6 * cpu.tunnel_s() / n,
+            1e6 * cpu.relay_s / n,
+            1e6 * cpu.agent_s / n,
+            100.0 * cpu.tunnel_s() / cpu.wall_s
         ),
         1,
     );
-    let _ = cpu.wall_s;
+}
+
+fn memory_rows(rep: &mut Report, s: &Settings, m: &Memory, relay_end: Sample, agent_end: Sample) {
+    rep.row(
+        "new connection setup p50, connect + 1st echo (us)",
+        m.direct_setup.p50,
+        m.tunnel_setup.p50,
+        0,
+    );
+    rep.row(
+        "new connection setup p99 (us)",
+        m.direct_setup.p99,
+        m.tunnel_setup.p99,
+        0,
+    );
+    rep.info(
+        format!(
+            "{} idle streams: established / alive after idle",
+            s.idle_streams
+        ),
+        Cell::Missing,
+        format!("{} / {}", m.established, m.alive),
+        0,
+    );
+    rep.info(
+        format!(
+            "relay RSS: idle / with {} idle streams (MiB)",
+            s.idle_streams
+        ),
+        Cell::Missing,
+        format!(
+            "{:.1} / {:.1}",
+            mib(m.relay_idle.rss_kib),
+            mib(m.relay_held.rss_kib)
+        ),
+        1,
+    );
+    rep.info(
+        format!(
+            "agent RSS: idle / with {} idle streams (MiB)",
+            s.idle_streams
+        ),
+        Cell::Missing,
+        format!(
+            "{:.1} / {:.1}",
+            mib(m.agent_idle.rss_kib),
+            mib(m.agent_held.rss_kib)
+        ),
+        1,
+    );
+    let (dr, da) = per_stream_kib(s, m);
+    rep.info(
+        "memory per idle stream, relay + agent (KiB; relay / agent)",
+        Cell::Missing,
+        format!("{:.1} ({dr:.1} / {da:.1})", dr + da),
+        1,
+    );
+    rep.info(
+        "peak RSS over the whole run, relay / agent (MiB)",
+        Cell::Missing,
+        format!(
+            "{:.1} / {:.1}",
+            mib(relay_end.hwm_kib),
+            mib(agent_end.hwm_kib)
+        ),
+        1,
+    );
+}
+
+/// RSS growth per idle stream (relay, agent), KiB.
+fn per_stream_kib(s: &Settings, m: &Memory) -> (f64, f64) {
+    let n = s.idle_streams.max(1) as f64;
+    let d = |held: &Sample, before: &Sample| (held.rss_kib as f64 - before.rss_kib as f64) / n;
+    (
+        d(&m.relay_held, &m.relay_before),
+        d(&m.agent_held, &m.agent_before),
+    )
+}
+
+fn ldap_rows(rep: &mut Report, l: &LdapResult) {
+    let sd = summarize(&mut l.direct.ms.clone());
+    let st = summarize(&mut l.tunnel.ms.clone());
+    rep.row(
+        format!(
+            "LDAP paged search p50, {} entries in {} pages, 1 connection (ms)",
+            l.tunnel.entries, l.tunnel.pages
+        ),
+        sd.p50,
+        st.p50,
+        2,
+    );
+    rep.row("LDAP paged search p99 (ms)", sd.p99, st.p99, 2);
+    rep.row(
+        "LDAP paged searches per second, back to back",
+        l.direct.ms.len() as f64 / l.direct.wall_s,
+        l.tunnel.ms.len() as f64 / l.tunnel.wall_s,
+        1,
+    );
+    rep.info(
+        "  relay + agent CPU per LDAP search (ms)",
+        Cell::Missing,
+        1e3 * l.cpu.tunnel_s() / l.tunnel.ms.len().max(1) as f64,
+        2,
+    );
+}
+
+fn budgets(rep: &mut Report, s: &Settings, bulk: &[BulkCase], pp: &PingPong, m: &Memory) {
+    const THROUGHPUT: &str = "one stream over TLS vs direct loopback TCP (bulk up)";
+    match bulk.first() {
+        Some(c) => {
+            let share = median_gbit(&c.tunnel) / median_gbit(&c.direct);
+            rep.budget(
+                THROUGHPUT,
+                ">= 25%",
+                format!("{:.0}%", share * 100.0),
+                Some(share >= 0.25),
+            );
+        }
+        None => rep.budget(THROUGHPUT, ">= 25%", "–".into(), None),
+    }
+    let added = pp.tunnel.p99 - pp.direct.p99;
+    rep.budget(
+        "added p99 round trip (64 B ping-pong)",
+        "< 200 us",
+        format!("{added:.0} us"),
+        Some(added < 200.0),
+    );
+    let (dr, da) = per_stream_kib(s, m);
+    rep.budget(
+        "relay + agent memory per idle stream",
+        "< 16 KiB",
+        format!("{:.1} KiB", dr + da),
+        Some(dr + da < 16.0 && m.alive == s.idle_streams),
+    );
 }

@@ -33,6 +33,8 @@ pub struct Options {
     pub protocol: String,
     /// Start the agent with `--multi-thread` (default: its current-thread runtime).
     pub agent_multi_thread: bool,
+    /// Extra environment of the relay (e.g. `TOKIO_WORKER_THREADS`).
+    pub relay_env: Vec<(String, String)>,
     /// Log level of both processes (warn keeps logging off the data path).
     pub log_level: String,
 }
@@ -103,6 +105,7 @@ fn start_once(
         "relay",
         &opts.bin_dir.join("nowconnect-relay"),
         &["--config", path_str(&relay_cfg)?],
+        &opts.relay_env,
         &opts.dir.join("relay.log"),
     )?;
     let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
@@ -121,6 +124,7 @@ fn start_once(
         "agent",
         &opts.bin_dir.join("nowconnect-agent"),
         &args,
+        &[],
         &opts.dir.join("agent.log"),
     )?;
     let health = SocketAddr::from(([127, 0, 0, 1], health_port));

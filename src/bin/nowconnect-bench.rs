@@ -28,6 +28,13 @@ struct Args {
     /// Run the agent with its multi-threaded runtime (default: current-thread, as shipped).
     #[arg(long)]
     agent_multi_thread: bool,
+    /// Worker threads of the relay's runtime (TOKIO_WORKER_THREADS; default: one per core).
+    #[arg(long)]
+    relay_worker_threads: Option<usize>,
+    /// Runs of each throughput and latency workload, direct and tunnel alternating; the table
+    /// shows the median throughput and pooled latency percentiles.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Seconds per bulk transfer (each direction, each stream count, direct and tunnel).
     #[arg(long, default_value_t = 5.0)]
     bulk_secs: f64,
@@ -90,6 +97,11 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         "--bulk-secs must be in (0, 120]"
     );
     anyhow::ensure!((1..=64).contains(&a.streams), "--streams must be 1..=64");
+    anyhow::ensure!((1..=20).contains(&a.rounds), "--rounds must be 1..=20");
+    anyhow::ensure!(
+        a.relay_worker_threads.is_none_or(|n| (1..=64).contains(&n)),
+        "--relay-worker-threads must be 1..=64"
+    );
     anyhow::ensure!(
         (1..=1_000_000).contains(&a.pingpong),
         "--pingpong must be 1..=1000000"
@@ -127,6 +139,8 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         work_dir: std::env::temp_dir().join(format!("nowconnect-bench-{}", std::process::id())),
         protocol: a.protocol.clone(),
         agent_multi_thread: a.agent_multi_thread,
+        relay_worker_threads: a.relay_worker_threads,
+        rounds: a.rounds,
         log_level: a.log_level.clone(),
         bulk_secs: a.bulk_secs,
         bulk_cap: a.bulk_mib.max(1) << 20,
