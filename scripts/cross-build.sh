@@ -13,6 +13,7 @@ for t in "${targets[@]}"; do
   case "$t" in
     aarch64-*) command -v aarch64-linux-gnu-gcc >/dev/null || need_apt+=(gcc-aarch64-linux-gnu libc6-dev-arm64-cross) ;;
     armv7-*) command -v arm-linux-gnueabihf-gcc >/dev/null || need_apt+=(gcc-arm-linux-gnueabihf libc6-dev-armhf-cross) ;;
+    x86_64-*-musl) command -v x86_64-linux-musl-gcc >/dev/null || need_apt+=(musl-tools) ;;
   esac
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
