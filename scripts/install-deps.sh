@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, only when missing: Debian packages for the real servers the
 # end-to-end tests start on loopback (slapd, and tinyproxy as the agent's forward proxy), rustup
-# components, and cargo tools. Idempotent.
+# components, cargo tools, and schemathesis (PyPI) for the portal API fuzz test. Idempotent.
 set -euo pipefail
 need_apt=()
 for pair in slapd:slapd ldapsearch:ldap-utils tinyproxy:tinyproxy openssl:openssl file:file bc:bc \
@@ -20,4 +20,17 @@ rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup com
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 if [ "${FUZZ_SECONDS:-60}" -gt 0 ] && cargo +nightly --version >/dev/null 2>&1; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+fi
+# schemathesis: property-based fuzzer for the relay's portal API (relay/tests/portal_openapi.rs).
+if ! command -v schemathesis >/dev/null 2>&1; then
+  pip=$(command -v pip3 || command -v pip || true)
+  if [ -z "$pip" ]; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    pip=pip3
+  fi
+  echo "pip install schemathesis"
+  # Debian's own Python refuses plain pip installs (PEP 668); then say so explicitly.
+  "$pip" install --quiet schemathesis || "$pip" install --quiet --break-system-packages schemathesis
 fi

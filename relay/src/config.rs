@@ -1357,7 +1357,103 @@ security:
         assert!(cfg.security.require_connector_scopes);
         assert!(cfg.pdp.is_none(), "pdp.url is commented out");
         assert_eq!(cfg.limits.max_streams_per_agent, 5000);
+        assert_eq!(
+            cfg.state_dir.as_deref(),
+            Some(Path::new("/var/lib/nowconnect"))
+        );
+        let p = &cfg.portal;
+        assert_eq!(p.bind, None, "portal on the tunnel port");
+        assert_eq!(p.jwks, None, "portal tokens use security.jwks_url");
+        assert_eq!(p.audience, DEFAULT_PORTAL_AUDIENCE);
+        assert_eq!(
+            p.issuer, j.issuer,
+            "portal issuer defaults to security.issuer"
+        );
+        assert_eq!(p.admin_role, "admin");
+        assert_eq!(
+            p.defaults,
+            PolicyDefaults {
+                mfa_required: true,
+                connector_scopes: true,
+                pdp_enforce: true,
+                cidr_allowlists: true,
+            }
+        );
+        let audit = cfg.audit_file.as_ref().expect("audit file");
+        assert_eq!(audit.path, Path::new("/var/log/nowconnect/audit.jsonl"));
+        assert_eq!((audit.max_bytes, audit.keep), (8 * 1024 * 1024, 3));
         assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    }
+
+    #[test]
+    fn portal_and_audit_keys() {
+        let cfg = RelayConfig::from_yaml_str(MINIMAL).expect("valid");
+        assert!(cfg.audit_file.is_none() && cfg.state_dir.is_none());
+        assert!(cfg.portal.defaults.mfa_required);
+        let yaml = MINIMAL.to_owned()
+            + "state_dir: /tmp/nc
+portal:
+  bind: 127.0.0.1:0
+  jwks_url: file:///etc/nc/ops.json
+  \
+               audience: ops
+  issuer: https://ops
+  admin_role: root
+  mfa_required: false
+  \
+               pdp_enforce: false
+  cidr_allowlists: false
+";
+        let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+        let p = &cfg.portal;
+        assert_eq!(p.bind, Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+        assert_eq!(p.jwks, Some(JwksSource::File("/etc/nc/ops.json".into())));
+        assert_eq!(
+            (p.audience.as_str(), p.admin_role.as_str()),
+            ("ops", "root")
+        );
+        assert_eq!(p.issuer.as_deref(), Some("https://ops"));
+        assert!(!p.defaults.mfa_required && !p.defaults.pdp_enforce && !p.defaults.cidr_allowlists);
+        assert!(cfg
+            .warnings
+            .iter()
+            .any(|w| w.contains("portal.mfa_required")));
+        let audit = cfg.audit_file.expect("defaults under state_dir");
+        assert_eq!(audit.path, Path::new("/tmp/nc/audit.jsonl"));
+
+        let bad = MINIMAL.to_owned()
+            + "portal:
+  bind: nowhere
+  audience: ''
+  admin_role: ' '
+  jwks_url: ftp://x
+  \
+               extra: 1
+";
+        assert!(RelayConfig::from_yaml_str(&bad).is_err(), "unknown key");
+        let bad = MINIMAL.to_owned()
+            + "portal:
+  bind: nowhere
+  audience: ''
+  admin_role: ' '
+  jwks_url: ftp://x
+\
+               audit:
+  max_file_bytes: 10
+  keep_files: 0
+";
+        let err = RelayConfig::from_yaml_str(&bad).expect_err("invalid");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "portal.bind",
+            "portal.audience",
+            "portal.admin_role",
+            "portal.jwks_url",
+            "audit.max_file_bytes",
+            "audit.keep_files",
+        ] {
+            assert!(keys.contains(&k), "missing {k} in {keys:?}");
+        }
     }
 
     #[test]

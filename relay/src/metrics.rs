@@ -203,7 +203,7 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_queue_overflow",
-            "Streams reset because a v1 per-stream queue overflowed",
+            "Streams reset because a per-stream queue overflowed (side: relay, or agent when its RST says queue_overflow)",
             m.queue_overflow.clone(),
         );
         registry.register(

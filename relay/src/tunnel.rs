@@ -743,6 +743,17 @@ impl Session {
                         code: code.as_str(),
                     })
                     .inc();
+                if code == RstCode::QueueOverflow {
+                    // The agent's own bounded queue overflowed (rare: one table lookup).
+                    if let Some(s) = self.ctx.sessions.get((self.ctx.tunnel_id, id)) {
+                        m.queue_overflow
+                            .get_or_create(&crate::metrics::OverflowLabels {
+                                side: "agent",
+                                connector: s.connector.clone(),
+                            })
+                            .inc();
+                    }
+                }
                 if let Some(tx) = self.streams.remove(&id) {
                     let _ = tx.send(Inbound::Rst(code));
                 }

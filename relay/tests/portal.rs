@@ -460,6 +460,19 @@ async fn deleting_a_session_resets_the_agent_stream_and_closes_the_client_within
     assert!(relay
         .metrics_text()
         .contains("nowconnect_sessions_terminated_total 1"));
+    // An agent-side queue overflow (its RST) is counted with side="agent".
+    a.send(&Frame::Rst {
+        id: other_id,
+        code: RstCode::QueueOverflow,
+        reason: String::new(),
+    })
+    .await;
+    eventually("agent-side overflow counted", || {
+        relay
+            .metrics_text()
+            .contains("nowconnect_queue_overflow_total{side=\"agent\",connector=\"addomain\"} 1")
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -493,8 +506,7 @@ async fn blocked_agent_is_dropped_and_refused_until_unblocked() {
         async move {
             let err = upgrade(addr, Some(&token), None)
                 .await
-                .err()
-                .expect("refused");
+                .expect_err("refused");
             let (status, body, _) = refusal(err);
             assert_eq!(status, 403, "{body}");
             assert!(body.contains("blocked"), "{body}");
@@ -576,8 +588,7 @@ async fn refused_agent_tokens_are_in_the_audit_trail_after_a_restart() {
     let token = mint(&key, &expired);
     let err = upgrade(relay.tunnel_addr(), Some(&token), None)
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(refusal(err).0, 401);
     let _ok = agent(&relay, &key, "agent-y", &["db"]).await;
 

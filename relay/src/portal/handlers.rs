@@ -164,7 +164,7 @@ pub(crate) fn list_agents(ctx: &Ctx<'_>) -> Reply {
 /// Disconnect an agent's tunnels (admin only); with `block=true` its reconnects are refused
 /// until it is unblocked.
 #[utoipa::path(delete, path = "/api/v1/agents/{id}", tag = "agents",
-    params(("id" = String, Path, description = "agent_id"), DisconnectQuery),
+    params(("id" = String, Path, description = "agent_id (no control characters, at most 128 characters)", min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"), DisconnectQuery),
     responses((status = 200, description = "Disconnected (and blocked)", body = DisconnectResult)))]
 pub(crate) fn disconnect_agent(ctx: &Ctx<'_>, agent_id: &str) -> Reply {
     let block = ctx.query.bool("block")?.unwrap_or(false);
@@ -220,7 +220,7 @@ pub(crate) fn disconnect_agent(ctx: &Ctx<'_>, agent_id: &str) -> Reply {
 
 /// Lift a block (admin only).
 #[utoipa::path(post, path = "/api/v1/agents/{id}/unblock", tag = "agents",
-    params(("id" = String, Path, description = "agent_id")),
+    params(("id" = String, Path, description = "agent_id (no control characters, at most 128 characters)", min_length = 1, max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")),
     responses((status = 200, description = "Unblocked", body = UnblockResult)))]
 pub(crate) fn unblock_agent(ctx: &Ctx<'_>, agent_id: &str) -> Reply {
     check_agent_id(agent_id)?;
@@ -406,12 +406,13 @@ pub(crate) fn query_audit(ctx: &Ctx<'_>) -> Reply {
     ok(&rows)
 }
 
-/// An agent_id as HELLO allows it.
+/// The path's agent_id as the schema describes it: 1 to 128 characters, none of them a control
+/// character. (HELLO counts bytes; a longer one can never connect, so blocking it is harmless.)
 fn check_agent_id(a: &str) -> Result<(), ApiError> {
     let max = nowconnect_shared::Limits::default().max_agent_id_len;
-    if a.is_empty() || a.len() > max || a.chars().any(char::is_control) {
+    if a.is_empty() || a.chars().count() > max || a.chars().any(char::is_control) {
         return Err(ApiError::bad_request(
-            "not a valid agent_id (1..=max length, no control characters)",
+            "not a valid agent_id (1 to 128 characters, no control characters)",
         ));
     }
     Ok(())
