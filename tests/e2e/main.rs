@@ -10,6 +10,7 @@ mod health;
 mod ldap;
 mod ldap_fixture;
 mod lifecycle;
+mod portal;
 mod streams;
 mod transfer;
 mod v1_raw_agent;
