@@ -1,6 +1,9 @@
 //! NowConnect relay ("cloud hub"): accepts agent tunnels on `/tunnel`, binds one TCP listener
 //! per connector, and relays every client connection as a stream through an agent's tunnel.
 //!
+//! Operators see and steer it through the portal API under `/api/v1` (module `portal`, see
+//! docs/portal.md): agents, connectors, live sessions, the audit trail and security policies.
+//!
 //! [`start`] binds everything (so tests can use port 0) and returns a [`RelayHandle`];
 //! `shutdown()` stops accepting and lets open streams finish for `limits.shutdown_grace_ms`;
 //! dropping the handle stops everything at once.
@@ -89,6 +92,8 @@ pub(crate) struct Shared {
     pub portal_jwks: Option<Arc<jwks::Jwks>>,
     /// Bound listeners, for the portal's connector view.
     pub listeners: Vec<BoundListener>,
+    /// Bounds how many refused portal requests are audited per second.
+    pub portal_refusals: portal::RefusalThrottle,
 }
 
 /// A listener as bound.
@@ -128,7 +133,8 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
-    /// The HTTP server with `/tunnel`, `/healthz`, `/readyz`, `/metrics`.
+    /// The HTTP server with `/tunnel`, `/healthz`, `/readyz`, `/metrics` (and `/api/v1` unless
+    /// `portal.bind` is set).
     pub fn tunnel_addr(&self) -> SocketAddr {
         self.tunnel_addr
     }
@@ -411,6 +417,7 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         sessions: Arc::new(registry::Sessions::default()),
         portal_jwks,
         listeners: bound_info,
+        portal_refusals: portal::RefusalThrottle::default(),
     });
     if let Some(j) = &shared.jwks {
         shared

@@ -36,6 +36,30 @@ const MAX_BODY: usize = 16 * 1024;
 /// Time a client gets to send its body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Refused portal requests written to the audit trail per second, at most; beyond that they are
+/// only counted (`nowconnect_portal_auth_failures_total`), so a flood of token-less requests
+/// cannot push the real records out of the ring and the rotated file.
+pub(crate) const MAX_AUDITED_REFUSALS_PER_SEC: u32 = 20;
+
+/// Counts audited refusals in the current second.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalThrottle {
+    /// (second, refusals audited in it)
+    window: std::sync::Mutex<(u64, u32)>,
+}
+
+impl RefusalThrottle {
+    /// Whether one more refusal in second `now` may be audited.
+    pub fn admit(&self, now: u64) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0 != now {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        w.1 <= MAX_AUDITED_REFUSALS_PER_SEC
+    }
+}
+
 /// An error answer: status, category, short reason.
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -333,7 +357,9 @@ fn refuse(
     if let Some(a) = actor {
         event = event.actor(a);
     }
-    shared.audit.record(event);
+    if shared.portal_refusals.admit(crate::unix_ms() / 1000) {
+        shared.audit.record(event);
+    }
     match refusal {
         Refusal::Token(e) => {
             let mut r = error_response(&ApiError::new(
@@ -462,6 +488,14 @@ mod tests {
     }
 
     #[test]
+    fn refusal_audit_is_throttled_per_second() {
+        let t = RefusalThrottle::default();
+        let admitted = (0..100).filter(|_| t.admit(7)).count();
+        assert_eq!(admitted, MAX_AUDITED_REFUSALS_PER_SEC as usize);
+        assert!(t.admit(8), "a new second starts a new budget");
+    }
+
+    #[test]
     fn times_round_trip() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         let t = rfc3339(1_700_000_000_123);
@@ -472,6 +506,15 @@ mod tests {
         );
         assert_eq!(parse_rfc3339_ms("1960-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
+        // Forms JSON Schema's date-time allows (RFC 3339 section 5.6).
+        for ok in [
+            "2020-01-01t00:00:00z",
+            "2016-12-31T23:59:60Z",
+            "2020-01-01T00:00:00.123456789+05:30",
+            "0001-01-01T00:00:00-23:59",
+        ] {
+            assert!(parse_rfc3339_ms(ok).is_some(), "{ok}");
+        }
     }
 
     #[test]
