@@ -110,7 +110,7 @@ async fn health(addr: SocketAddr) -> Option<String> {
 }
 
 /// The sample target: echoes every byte back, half-closes after the client's EOF.
-async fn echo_target() -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+pub async fn echo_target() -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
     let l = TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the echo target")?;

@@ -35,7 +35,7 @@ struct Args {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let echo = echo_target().await?;
+    let (echo, _echo_task) = nowconnect::demo::echo_target().await?;
     let yaml = "tunnel:\n  host: 127.0.0.1\n  port: 0\nsecurity:\n  dev_bypass: true\n\
                 listeners:\n  - name: echo\n    bind: 127.0.0.1:0\n    connector: echo\n";
     let relay = nowconnect_relay::start(RelayConfig::from_yaml_str(yaml)?).await?;
@@ -174,19 +174,4 @@ async fn read_health(addr: SocketAddr) -> Option<String> {
 async fn free_port() -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
     Ok(l.local_addr()?)
-}
-
-async fn echo_target() -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-                let _ = w.shutdown().await;
-            });
-        }
-    });
-    Ok(addr)
 }
