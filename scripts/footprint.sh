@@ -18,4 +18,9 @@ size=$(stat -c %s target/aarch64-unknown-linux-musl/release/nowconnect-agent)
 echo
 target/debug/nowconnect-smoke --footprint-streams 1000 -- target/x86_64-unknown-linux-musl/release/nowconnect-agent 2>/dev/null
 echo
-echo "single-threaded: the agent runs a current-thread tokio runtime (1 thread; plus none for DNS unless a name is resolved)."
+# The agent's tree must stay free of the relay's server, metrics, Redis and HTTP-client crates.
+tree=$(cargo tree -p nowconnect-agent -e normal --prefix none | sed 's/ (\*)//' | sort -u)
+forbidden=$(grep -iE '^(axum|hyper|hyper-util|prometheus-client|redis|reqwest|utoipa) ' <<<"$tree" || true)
+if [ -n "$forbidden" ]; then echo "agent dependency tree holds relay-side crates:" >&2; echo "$forbidden" >&2; exit 1; fi
+echo "agent dependency tree: $(wc -l <<<"$tree") crates (host target), none of axum/hyper/prometheus/redis/reqwest/utoipa"
+echo "the agent runs a current-thread tokio runtime: 1 thread, plus a short-lived blocking thread while a host name is resolved."
