@@ -7,6 +7,7 @@
 # e.g. `--bulk-secs 10`, `--protocol v1`, `--agent-multi-thread`, `--json out.json`, `--ldap off`.
 #   NO_BUILD=1   use the binaries already in target/release
 #   NO_SETUP=1   do not run the harness's setup.sh (the LDAP case needs its slapd running)
+#   HARNESS=DIR  the team harness (default ../shared/bench); CARGO_TARGET_DIR is honoured
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HARNESS=${HARNESS:-../shared/bench}
@@ -26,4 +27,4 @@ ulimit -n 8192 2>/dev/null || ulimit -n 4096 2>/dev/null || true
 echo "date: $(date -u +%FT%TZ); commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD 2>/dev/null || echo ' (dirty tree)')"
 echo "host: $(uname -srm); $(nproc) cores; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-exec target/release/nowconnect-bench "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/nowconnect-bench" "$@"

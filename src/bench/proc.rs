@@ -21,6 +21,14 @@ fn live() -> MutexGuard<'static, Vec<u32>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Directory removed when the bench is interrupted (its configs, keys and logs).
+static SCRATCH: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Remove `dir` if SIGINT/SIGTERM ends the bench (`None`: keep it).
+pub fn remove_on_interrupt(dir: Option<PathBuf>) {
+    *SCRATCH.lock().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
 /// SIGKILLs every registered child (via `kill(1)`: this crate forbids `unsafe`, so no libc).
 pub fn kill_all() {
     let pids: Vec<String> = match LIVE.try_lock() {
@@ -70,6 +78,11 @@ pub fn install_guards() {
                     }
                     eprintln!("nowconnect-bench: interrupted; stopping relay and agent");
                     kill_all();
+                    if let Ok(g) = SCRATCH.try_lock() {
+                        if let Some(dir) = g.as_ref() {
+                            let _ = std::fs::remove_dir_all(dir);
+                        }
+                    }
                     std::process::exit(130);
                 });
             });

@@ -162,6 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    proc::remove_on_interrupt((!args.keep).then(|| s.work_dir.clone()));
     let result = run::run(&s);
     if args.keep {
         eprintln!("work directory kept: {}", s.work_dir.display());
