@@ -203,32 +203,15 @@ pub(crate) async fn run<S>(
         };
 
     // An operator blocked this agent_id (checked here too for the dev bypass and for a block
-    // that landed between the upgrade and HELLO).
-    if shared.state.is_blocked(&hello.agent_id) {
-        let why = format!("agent_id `{}` is blocked", hello.agent_id);
-        warn!(event = "hello_refused", %peer, agent_id = %hello.agent_id, reason = "agent_blocked", "{why}");
-        refuse_hello(
-            &shared,
-            peer,
-            tunnel_id,
-            &admission,
+    // that landed between the upgrade and HELLO); then HELLO reconciliation: the token names the
+    // agent and may limit its connectors.
+    let refusal = if shared.state.is_blocked(&hello.agent_id) {
+        Some((
             "agent_blocked",
-            Some(&hello.agent_id),
-            why.clone(),
-        );
-        close_and_stop(
-            &out_tx,
-            writer,
-            &token,
-            close_frame(CloseCode::Policy, &why),
-        )
-        .await;
-        return;
-    }
-
-    // HELLO reconciliation: the token names the agent and may limit its connectors.
-    if let Some(id) = &admission.identity {
-        let refusal = if hello.agent_id != id.agent_id {
+            format!("agent_id `{}` is blocked", hello.agent_id),
+        ))
+    } else if let Some(id) = &admission.identity {
+        if hello.agent_id != id.agent_id {
             Some((
                 "agent_id_mismatch",
                 format!(
@@ -249,27 +232,29 @@ pub(crate) async fn run<S>(
                 })
         } else {
             None
-        };
-        if let Some((reason, why)) = refusal {
-            warn!(event = "hello_refused", %peer, agent_id = %id.agent_id, reason, "{why}");
-            refuse_hello(
-                &shared,
-                peer,
-                tunnel_id,
-                &admission,
-                reason,
-                Some(&hello.agent_id),
-                why.clone(),
-            );
-            close_and_stop(
-                &out_tx,
-                writer,
-                &token,
-                close_frame(CloseCode::Policy, &why),
-            )
-            .await;
-            return;
         }
+    } else {
+        None
+    };
+    if let Some((reason, why)) = refusal {
+        warn!(event = "hello_refused", %peer, agent_id = %hello.agent_id, reason, "{why}");
+        refuse_hello(
+            &shared,
+            peer,
+            tunnel_id,
+            &admission,
+            reason,
+            Some(&hello.agent_id),
+            why.clone(),
+        );
+        close_and_stop(
+            &out_tx,
+            writer,
+            &token,
+            close_frame(CloseCode::Policy, &why),
+        )
+        .await;
+        return;
     }
     let Admission { identity, slot } = admission;
 
