@@ -17,7 +17,7 @@ use nowconnect_shared::subprotocol::{self, Version};
 use nowconnect_shared::Limits;
 use rustls::pki_types::ServerName;
 use rustls::{AlertDescription, CertificateError, ClientConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -39,8 +39,17 @@ use crate::url::RelayUrl;
 #[derive(Debug)]
 pub enum TunnelIo {
     Plain(TcpStream),
+    /// TCP under TLS. rustls reads at most 4 KiB per call; the buffer turns a 64 KiB burst into
+    /// one `recvfrom` instead of sixteen.
+    Buffered(BufReader<TcpStream>),
     Tls(Box<tokio_rustls::client::TlsStream<TunnelIo>>),
 }
+
+/// Read buffer between a TCP socket and the TLS layer on top of it.
+const TLS_READ_BUFFER: usize = 64 * 1024;
+/// Most bytes tungstenite asks for in one read. Its default (128 KiB) is zero-filled before
+/// every read, even for a 9-byte WINDOW frame.
+pub(crate) const WS_READ_BUFFER: usize = 32 * 1024;
 
 /// The tunnel's WebSocket.
 pub type WsStream = WebSocketStream<TunnelIo>;
@@ -228,6 +237,7 @@ impl Dialer {
             token_file: cfg.token_file.clone(),
             protocol: cfg.protocol,
             ws_config: WebSocketConfig::default()
+                .read_buffer_size(WS_READ_BUFFER)
                 .max_message_size(Some(max))
                 .max_frame_size(Some(max)),
             ca_bundle_only: cfg.tls.ca_bundle_only,
@@ -384,6 +394,12 @@ impl Dialer {
             host: host.to_owned(),
             message: e.to_string(),
         })?;
+        let io = match io {
+            TunnelIo::Plain(tcp) => {
+                TunnelIo::Buffered(BufReader::with_capacity(TLS_READ_BUFFER, tcp))
+            }
+            other => other,
+        };
         let tls = TlsConnector::from(config)
             .connect(name, io)
             .await
@@ -601,6 +617,7 @@ impl AsyncRead for TunnelIo {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TunnelIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            TunnelIo::Buffered(s) => Pin::new(s).poll_read(cx, buf),
             TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -614,6 +631,7 @@ impl AsyncWrite for TunnelIo {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             TunnelIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            TunnelIo::Buffered(s) => Pin::new(s).poll_write(cx, buf),
             TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -625,6 +643,7 @@ impl AsyncWrite for TunnelIo {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             TunnelIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            TunnelIo::Buffered(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
@@ -632,6 +651,7 @@ impl AsyncWrite for TunnelIo {
     fn is_write_vectored(&self) -> bool {
         match self {
             TunnelIo::Plain(s) => s.is_write_vectored(),
+            TunnelIo::Buffered(s) => s.get_ref().is_write_vectored(),
             TunnelIo::Tls(s) => s.is_write_vectored(),
         }
     }
@@ -639,6 +659,7 @@ impl AsyncWrite for TunnelIo {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TunnelIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            TunnelIo::Buffered(s) => Pin::new(s).poll_flush(cx),
             TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -646,6 +667,7 @@ impl AsyncWrite for TunnelIo {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             TunnelIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            TunnelIo::Buffered(s) => Pin::new(s).poll_shutdown(cx),
             TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }

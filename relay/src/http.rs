@@ -24,7 +24,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nowconnect_shared::{subprotocol, Limits};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -40,6 +40,10 @@ use crate::Shared;
 
 /// Time a client gets to send its request head (and to finish a TLS handshake).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read buffer between an accepted socket and the TLS layer.
+const TLS_READ_BUFFER: usize = 64 * 1024;
+/// Most bytes tungstenite reads at once (it zero-fills that much first; its default is 128 KiB).
+const WS_READ_BUFFER: usize = 32 * 1024;
 
 type Body = Full<Bytes>;
 
@@ -80,6 +84,9 @@ pub(crate) async fn serve(
             match tls {
                 None => connection(sock, peer, shared2, routes).await,
                 Some(acceptor) => {
+                    // rustls reads at most 4 KiB per call: buffer the socket so a burst of
+                    // records costs one `recvfrom`, not one per 4 KiB.
+                    let sock = BufReader::with_capacity(TLS_READ_BUFFER, sock);
                     let hs = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock));
                     let stream = tokio::select! {
                         r = hs => r,
@@ -359,6 +366,8 @@ async fn upgrade(
     let limits = Limits::default();
     let max_msg = limits.max_v2_frame_len().max(limits.max_v1_text_len());
     let config = WebSocketConfig::default()
+        // tungstenite zero-fills up to this much before every read (default 128 KiB).
+        .read_buffer_size(WS_READ_BUFFER)
         .max_message_size(Some(max_msg))
         .max_frame_size(Some(max_msg))
         // Frames are batched by the writer; flush when its queue drains.

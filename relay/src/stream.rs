@@ -7,8 +7,8 @@
 //!   on one stream); what this task holds is bounded by the receive window (v2) or by
 //!   `queue_depth_per_cid` frames (v1). Credit returns with WINDOW after bytes reach the socket.
 //! - c2a: on `readable()`, one read of up to `max_payload` (and, v2, at most the send credit)
-//!   into a fresh buffer with the v2 header reserved, frozen and queued for the writer. No buffer
-//!   is kept between reads, so an idle stream holds no payload memory.
+//!   with the v2 header in front, frozen and queued for the writer. Bulk reads reuse an arena
+//!   while a burst lasts; an idle stream holds no payload memory (see `ClientReads`).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -33,9 +33,10 @@ use crate::metrics::{CodeLabel, DirLabel};
 use crate::registry::SessionInfo;
 use crate::tunnel::{Out, TunnelCmd, TunnelShared};
 
-/// Reads at most this small are copied into an exact-size buffer so a queued small frame does
-/// not pin a 64 KiB allocation.
+/// Reads outside a burst go into a buffer this small; a burst ends with a read no larger.
 const SMALL_READ: usize = 4 * 1024;
+/// Frames of `max_payload` one burst's arena holds.
+const ARENA_FRAMES: usize = 4;
 /// Most queued buffers handed to one vectored write.
 const MAX_IOV: usize = 16;
 
@@ -233,8 +234,9 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
     // a2c: bytes waiting for the client socket.
     let mut queue: VecDeque<Bytes> = VecDeque::new();
     let mut recv = RecvWindow::new(DEFAULT_WINDOW);
-    // c2a: what the agent still accepts (v2).
+    // c2a: what the agent still accepts (v2), and where client reads land.
     let mut credit = SendCredit::new(DEFAULT_WINDOW);
+    let mut reads = ClientReads::new(t.max_payload);
     // Client -> agent still open (no EOF read yet).
     let mut reading = true;
     // The agent sent FIN a2c: shut our write side once the queue drains.
@@ -326,29 +328,20 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
                 } else {
                     t.max_payload
                 };
-                let header = if v2 { HEADER_LEN } else { 0 };
-                let mut buf = BytesMut::with_capacity(header + cap);
-                if v2 {
-                    binary::put_header(&mut buf, FrameType::Data, id);
-                }
-                match ctx.sock.try_read_buf(&mut (&mut buf).limit(cap)) {
-                    Ok(0) => {
+                let header = if v2 { Some(id) } else { None };
+                match reads.read(&ctx.sock, cap, header) {
+                    Ok(None) => {
                         reading = false;
                         t.metrics.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
                         if !send_out(&t, Out::Frame(Frame::Fin { id, dir: Dir::C2a })).await {
                             return End::TunnelGone;
                         }
                     }
-                    Ok(n) => {
+                    Ok(Some((bytes, n))) => {
                         last = Instant::now();
                         counts.c2a += n as u64;
                         ctx.info.bytes_c2a.fetch_add(n as u64, Ordering::Relaxed);
                         lm.bytes_c2a.inc_by(n as u64);
-                        let bytes = if n <= SMALL_READ && cap > 2 * SMALL_READ {
-                            Bytes::copy_from_slice(&buf)
-                        } else {
-                            buf.freeze()
-                        };
                         let item = if v2 {
                             // Cannot fail: the read was capped at the available credit.
                             if credit.consume(n).is_err() {
@@ -379,6 +372,80 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
             let _ = ctx.sock.shutdown().await;
             write_shut = true;
         }
+    }
+}
+
+/// Where client reads land.
+///
+/// Outside a burst each read goes into a small buffer of its own, so an idle or chatty stream
+/// holds no payload memory. A read that fills it starts a burst: reads then go into an arena of
+/// a few frames, split off per frame and reclaimed once the writer has dropped them, so a bulk
+/// stream reuses the same warm pages instead of allocating (and faulting in) 64 KiB per read.
+/// A read of at most `SMALL_READ` bytes ends the burst and lets the arena go.
+#[derive(Debug)]
+struct ClientReads {
+    arena: BytesMut,
+    arena_cap: usize,
+}
+
+impl ClientReads {
+    fn new(max_payload: usize) -> ClientReads {
+        ClientReads {
+            arena: BytesMut::new(),
+            arena_cap: ARENA_FRAMES * (HEADER_LEN + max_payload),
+        }
+    }
+
+    /// One non-blocking read of at most `cap` bytes, with the v2 DATA header of `v2_id` in
+    /// front. `Ok(None)` is EOF; `Ok(Some((frame, n)))` carries `n` payload bytes.
+    fn read(
+        &mut self,
+        sock: &TcpStream,
+        cap: usize,
+        v2_id: Option<StreamId>,
+    ) -> io::Result<Option<(Bytes, usize)>> {
+        let header = if v2_id.is_some() { HEADER_LEN } else { 0 };
+        let bursting = self.arena.capacity() > 0;
+        let mut small = BytesMut::new();
+        let (buf, limit) = if bursting {
+            let need = header + cap;
+            if self.arena.capacity() < need && !self.arena.try_reclaim(need) {
+                // The writer still holds frames of this arena: start another.
+                self.arena = BytesMut::with_capacity(self.arena_cap.max(need));
+            }
+            (&mut self.arena, cap)
+        } else {
+            let limit = cap.min(SMALL_READ);
+            small.reserve(header + limit);
+            (&mut small, limit)
+        };
+        if let Some(id) = v2_id {
+            binary::put_header(buf, FrameType::Data, id);
+        }
+        let n = match sock.try_read_buf(&mut (&mut *buf).limit(limit)) {
+            Ok(n) => n,
+            Err(e) => {
+                buf.clear();
+                return Err(e);
+            }
+        };
+        if n == 0 {
+            self.arena = BytesMut::new();
+            return Ok(None);
+        }
+        let frame = if !bursting {
+            if n == SMALL_READ {
+                self.arena = BytesMut::with_capacity(self.arena_cap);
+            }
+            small.freeze()
+        } else if n <= SMALL_READ {
+            let copy = Bytes::copy_from_slice(buf);
+            self.arena = BytesMut::new();
+            copy
+        } else {
+            buf.split().freeze()
+        };
+        Ok(Some((frame, n)))
     }
 }
 

@@ -41,6 +41,46 @@ pub struct Settings {
     pub idle_streams: usize,
     /// None: skip the LDAP workload.
     pub ldap: Option<LdapSettings>,
+    /// Which workloads run (`--only`); the default is all of them.
+    pub only: Workloads,
+}
+
+/// The workloads `--only` can pick.
+#[derive(Debug, Clone, Copy)]
+pub struct Workloads {
+    pub memory: bool,
+    pub pingpong: bool,
+    /// Bulk transfers with one stream (up and down).
+    pub bulk1: bool,
+    /// Bulk transfers with `--streams` streams (up and down).
+    pub bulk_n: bool,
+    pub ldap: bool,
+}
+
+impl Workloads {
+    /// Parses `memory,pingpong,bulk,bulk1,ldap` (bulk = bulk1 + the multi-stream cases).
+    pub fn parse(list: &str) -> anyhow::Result<Workloads> {
+        let mut w = Workloads {
+            memory: false,
+            pingpong: false,
+            bulk1: false,
+            bulk_n: false,
+            ldap: false,
+        };
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item {
+                "memory" => w.memory = true,
+                "pingpong" => w.pingpong = true,
+                "bulk" => (w.bulk1, w.bulk_n) = (true, true),
+                "bulk1" => w.bulk1 = true,
+                "ldap" => w.ldap = true,
+                other => anyhow::bail!(
+                    "--only {other}: expected a list of memory, pingpong, bulk, bulk1, ldap"
+                ),
+            }
+        }
+        Ok(w)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -300,12 +340,14 @@ fn bulk(env: &Setup, s: &Settings) -> anyhow::Result<Vec<BulkCase>> {
     let via_sink = env.tunnel.listener("sink")?;
     let via_source = env.tunnel.listener("source")?;
     let mut out = Vec::new();
-    for (dir, n) in [
+    let cases = [
         ("up", 1),
         ("up", s.streams),
         ("down", 1),
         ("down", s.streams),
-    ] {
+    ];
+    let wanted = |n: usize| if n == 1 { s.only.bulk1 } else { s.only.bulk_n };
+    for (dir, n) in cases.into_iter().filter(|&(_, n)| wanted(n)) {
         eprintln!(
             "bulk {dir} x{n}: {} s or {} MiB per stream, {} round(s)",
             s.bulk_secs,
@@ -379,21 +421,37 @@ pub fn run(s: &Settings) -> anyhow::Result<Report> {
     let mut rep = Report::default();
     let load_start = proc::loadavg();
     let env = start(s, &mut rep)?;
-    let memory = memory(&env, s)?;
-    let pp = pingpong(&env, s)?;
+    let memory = if s.only.memory {
+        Some(memory(&env, s)?)
+    } else {
+        None
+    };
+    let pp = if s.only.pingpong {
+        Some(pingpong(&env, s)?)
+    } else {
+        None
+    };
     let bulk = bulk(&env, s)?;
-    let ldap = ldap_search(&env)?;
+    let ldap = if s.only.ldap {
+        ldap_search(&env)?
+    } else {
+        None
+    };
     let (relay_end, agent_end) = mem(&env.tunnel)?;
     let load_end = proc::loadavg();
     drop(env);
 
     bulk_rows(&mut rep, &bulk);
-    pingpong_rows(&mut rep, s, &pp);
-    memory_rows(&mut rep, s, &memory, relay_end, agent_end);
+    if let Some(pp) = &pp {
+        pingpong_rows(&mut rep, s, pp);
+    }
+    if let Some(m) = &memory {
+        memory_rows(&mut rep, s, m, relay_end, agent_end);
+    }
     if let Some(l) = &ldap {
         ldap_rows(&mut rep, l);
     }
-    budgets(&mut rep, s, &bulk, &pp, &memory);
+    budgets(&mut rep, s, &bulk, pp.as_ref(), memory.as_ref());
     rep.notes.push(format!(
         "{} round(s) per workload, direct and tunnel alternating; throughput is the median \
          round, latency percentiles pool all rounds. Load average (1 min) at start / end: \
@@ -587,9 +645,17 @@ fn ldap_rows(rep: &mut Report, l: &LdapResult) {
     );
 }
 
-fn budgets(rep: &mut Report, s: &Settings, bulk: &[BulkCase], pp: &PingPong, m: &Memory) {
+fn budgets(
+    rep: &mut Report,
+    s: &Settings,
+    bulk: &[BulkCase],
+    pp: Option<&PingPong>,
+    m: Option<&Memory>,
+) {
     const THROUGHPUT: &str = "one stream over TLS vs direct loopback TCP (bulk up)";
-    match bulk.first() {
+    const ADDED: &str = "added p99 round trip (64 B ping-pong)";
+    const MEMORY: &str = "relay + agent memory per idle stream";
+    match bulk.iter().find(|c| c.dir == "up" && c.streams == 1) {
         Some(c) => {
             let share = median_gbit(&c.tunnel) / median_gbit(&c.direct);
             rep.budget(
@@ -601,18 +667,28 @@ fn budgets(rep: &mut Report, s: &Settings, bulk: &[BulkCase], pp: &PingPong, m: 
         }
         None => rep.budget(THROUGHPUT, ">= 25%", "–".into(), None),
     }
-    let added = pp.tunnel.p99 - pp.direct.p99;
-    rep.budget(
-        "added p99 round trip (64 B ping-pong)",
-        "< 200 us",
-        format!("{added:.0} us"),
-        Some(added < 200.0),
-    );
-    let (dr, da) = per_stream_kib(s, m);
-    rep.budget(
-        "relay + agent memory per idle stream",
-        "< 16 KiB",
-        format!("{:.1} KiB", dr + da),
-        Some(dr + da < 16.0 && m.alive == s.idle_streams),
-    );
+    match pp {
+        Some(pp) => {
+            let added = pp.tunnel.p99 - pp.direct.p99;
+            rep.budget(
+                ADDED,
+                "< 200 us",
+                format!("{added:.0} us"),
+                Some(added < 200.0),
+            );
+        }
+        None => rep.budget(ADDED, "< 200 us", "–".into(), None),
+    }
+    match m {
+        Some(m) => {
+            let (dr, da) = per_stream_kib(s, m);
+            rep.budget(
+                MEMORY,
+                "< 16 KiB",
+                format!("{:.1} KiB", dr + da),
+                Some(dr + da < 16.0 && m.alive == s.idle_streams),
+            );
+        }
+        None => rep.budget(MEMORY, "< 16 KiB", "–".into(), None),
+    }
 }

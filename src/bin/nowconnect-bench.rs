@@ -71,6 +71,10 @@ struct Args {
     /// Keep the work directory (configs, certificates, relay.log, agent.log).
     #[arg(long)]
     keep: bool,
+    /// Run only these workloads: a comma list of memory, pingpong, bulk, bulk1 (one-stream bulk
+    /// only), ldap. Budgets of workloads left out show "–".
+    #[arg(long, default_value = "memory,pingpong,bulk,ldap")]
+    only: String,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -138,6 +142,7 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         bin_dir,
         work_dir: std::env::temp_dir().join(format!("nowconnect-bench-{}", std::process::id())),
         protocol: a.protocol.clone(),
+        only: run::Workloads::parse(&a.only)?,
         agent_multi_thread: a.agent_multi_thread,
         relay_worker_threads: a.relay_worker_threads,
         rounds: a.rounds,
