@@ -47,9 +47,10 @@ pub enum TunnelIo {
 
 /// Read buffer between a TCP socket and the TLS layer on top of it.
 const TLS_READ_BUFFER: usize = 64 * 1024;
-/// Most bytes tungstenite asks for in one read. Its default (128 KiB) is zero-filled before
-/// every read, even for a 9-byte WINDOW frame.
-pub(crate) const WS_READ_BUFFER: usize = 32 * 1024;
+/// Most bytes tungstenite asks for in one read. It zero-fills that much before every read (its
+/// default is 128 KiB, even for a 9-byte WINDOW frame), and tokio-rustls hands over at most one
+/// TLS record, 16 KiB of plaintext, per read.
+const WS_READ_BUFFER: usize = 16 * 1024;
 
 /// The tunnel's WebSocket.
 pub type WsStream = WebSocketStream<TunnelIo>;

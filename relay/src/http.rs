@@ -42,8 +42,9 @@ use crate::Shared;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer between an accepted socket and the TLS layer.
 const TLS_READ_BUFFER: usize = 64 * 1024;
-/// Most bytes tungstenite reads at once (it zero-fills that much first; its default is 128 KiB).
-const WS_READ_BUFFER: usize = 32 * 1024;
+/// Most bytes tungstenite reads at once: it zero-fills that much first (its default is 128 KiB),
+/// and tokio-rustls hands over at most one TLS record, 16 KiB of plaintext, per read.
+const WS_READ_BUFFER: usize = 16 * 1024;
 
 type Body = Full<Bytes>;
 

@@ -486,3 +486,92 @@ fn write_queued(sock: &TcpStream, queue: &mut VecDeque<Bytes>) -> io::Result<usi
     }
     Ok(total)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// A connected pair on loopback: (what we read from, what the test writes into).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (accepted.expect("accept").0, client.expect("connect"))
+    }
+
+    /// One read once the socket says it has something (bounded wait).
+    async fn read_once(
+        r: &mut ClientReads,
+        sock: &TcpStream,
+        cap: usize,
+        id: Option<StreamId>,
+    ) -> Option<(Bytes, usize)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "no data within 5 s");
+            sock.readable().await.expect("readable");
+            match r.read(sock, cap, id) {
+                Ok(x) => return x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => panic!("read failed: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn small_reads_hold_no_arena() {
+        let (sock, mut peer) = pair().await;
+        let mut reads = ClientReads::new(64 * 1024);
+        peer.write_all(b"hello").await.expect("write");
+        let (frame, n) = read_once(&mut reads, &sock, 64 * 1024, Some(7))
+            .await
+            .expect("data");
+        assert_eq!(n, 5);
+        assert_eq!(&frame[HEADER_LEN..], b"hello");
+        assert_eq!(frame.len(), HEADER_LEN + 5);
+        assert_eq!(reads.arena.capacity(), 0, "an idle stream keeps no arena");
+    }
+
+    #[tokio::test]
+    async fn bursts_reuse_an_arena_without_touching_frames_in_flight() {
+        let (sock, mut peer) = pair().await;
+        let mut reads = ClientReads::new(16 * 1024);
+        let total = 1 << 20;
+        let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+        let writer = {
+            let data = data.clone();
+            tokio::spawn(async move {
+                peer.write_all(&data).await.expect("write");
+                peer.shutdown().await.expect("shutdown");
+            })
+        };
+        // Keep frames alive (as a slow writer task would) while reading on; at the end every
+        // frame still held must equal its slice of the source: reclaiming the arena must never
+        // overwrite bytes somebody still holds.
+        let mut held: VecDeque<(usize, Bytes)> = VecDeque::new();
+        let mut got = 0;
+        let mut saw_arena = false;
+        while let Some((frame, n)) = read_once(&mut reads, &sock, 16 * 1024, None).await {
+            assert_eq!(frame.len(), n);
+            saw_arena |= reads.arena.capacity() > 0;
+            held.push_back((got, frame));
+            got += n;
+            assert!(got <= total);
+            if held.len() > 6 {
+                // Release the oldest frames so the arena can be reclaimed as well.
+                for (at, f) in held.drain(..3) {
+                    assert_eq!(&f[..], &data[at..at + f.len()], "frame at {at} changed");
+                }
+            }
+        }
+        writer.await.expect("writer");
+        assert_eq!(got, total);
+        assert!(saw_arena, "a 1 MiB upload reads through the arena");
+        assert_eq!(reads.arena.capacity(), 0, "EOF lets the arena go");
+        for (at, f) in held {
+            assert_eq!(&f[..], &data[at..at + f.len()], "frame at {at} changed");
+        }
+    }
+}

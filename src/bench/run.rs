@@ -326,6 +326,10 @@ struct BulkCase {
     streams: usize,
     direct: Vec<Bulk>,
     tunnel: Vec<Bulk>,
+    /// Through two plain TCP forwarders (one-stream cases only): the floor of the topology.
+    plain: Vec<Bulk>,
+    /// This process during the `plain` runs: client, target and both forwarders.
+    plain_cpu: Cpu,
     direct_cpu: Cpu,
     tunnel_cpu: Cpu,
 }
@@ -339,6 +343,14 @@ fn median_gbit(runs: &[Bulk]) -> f64 {
 fn bulk(env: &Setup, s: &Settings) -> anyhow::Result<Vec<BulkCase>> {
     let via_sink = env.tunnel.listener("sink")?;
     let via_source = env.tunnel.listener("source")?;
+    // Reference for the one-stream cases: client -> forwarder -> forwarder -> target.
+    let chain = |to: SocketAddr| -> anyhow::Result<(Target, Target)> {
+        let second = targets::forwarder(to)?;
+        let first = targets::forwarder(second.addr)?;
+        Ok((first, second))
+    };
+    let plain_sink = chain(env.sink.addr)?;
+    let plain_source = chain(env.source.addr)?;
     let mut out = Vec::new();
     let cases = [
         ("up", 1),
@@ -371,6 +383,8 @@ fn bulk(env: &Setup, s: &Settings) -> anyhow::Result<Vec<BulkCase>> {
             streams: n,
             direct: Vec::new(),
             tunnel: Vec::new(),
+            plain: Vec::new(),
+            plain_cpu: Cpu::default(),
             direct_cpu: Cpu::default(),
             tunnel_cpu: Cpu::default(),
         };
@@ -386,6 +400,18 @@ fn bulk(env: &Setup, s: &Settings) -> anyhow::Result<Vec<BulkCase>> {
             case.tunnel_cpu
                 .add(&cpu_end(&w, Some(&env.tunnel), env.tck));
             std::thread::sleep(Duration::from_millis(300));
+            if n == 1 {
+                let plain_addr = if dir == "up" {
+                    plain_sink.0.addr
+                } else {
+                    plain_source.0.addr
+                };
+                let w = cpu_begin(None);
+                case.plain
+                    .push(go(plain_addr).context("through two plain forwarders")?);
+                case.plain_cpu.add(&cpu_end(&w, None, env.tck));
+                std::thread::sleep(Duration::from_millis(300));
+            }
         }
         out.push(case);
     }
@@ -477,6 +503,22 @@ fn bulk_rows(rep: &mut Report, bulk: &[BulkCase]) {
             2,
         );
         let gd = gib(c.direct.iter().map(|b| b.bytes).sum());
+        if !c.plain.is_empty() {
+            // The forwarders run in this process: their CPU is what it spent beyond the
+            // client and target's share per GiB (measured in the direct runs).
+            let plain = median_gbit(&c.plain);
+            let gp = gib(c.plain.iter().map(|b| b.bytes).sum());
+            let fwd_cpu = c.plain_cpu.client_s / gp - c.direct_cpu.client_s / gd;
+            rep.info(
+                "  reference: two plain TCP forwarders in a row, no TLS (Gbit/s, x direct; their CPU s per GiB); tunnel / it",
+                format!(
+                    "{plain:.2} (x{:.2}; {fwd_cpu:.2})",
+                    plain / median_gbit(&c.direct)
+                ),
+                format!("x{:.2}", median_gbit(&c.tunnel) / plain),
+                2,
+            );
+        }
         let gt = gib(c.tunnel.iter().map(|b| b.bytes).sum());
         let (dc, tc) = (&c.direct_cpu, &c.tunnel_cpu);
         rep.info(

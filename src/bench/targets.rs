@@ -146,3 +146,42 @@ pub fn source(secs: f64, cap: u64) -> anyhow::Result<Target> {
         }
     })
 }
+
+/// A plain TCP forwarder to `upstream` (64 KiB reads, blocking writes, a thread per direction):
+/// two of these in a row are the floor for any tunnel made of two processes on this machine.
+pub fn forwarder(upstream: SocketAddr) -> anyhow::Result<Target> {
+    serve("forward", move |client| {
+        let Ok(up) = TcpStream::connect_timeout(&upstream, Duration::from_secs(5)) else {
+            return;
+        };
+        let _ = up.set_nodelay(true);
+        let (Ok(client2), Ok(up2)) = (client.try_clone(), up.try_clone()) else {
+            return;
+        };
+        let back = std::thread::Builder::new()
+            .stack_size(CONN_STACK)
+            .spawn(move || pump(up2, client2));
+        pump(client, up);
+        if let Ok(t) = back {
+            let _ = t.join();
+        }
+    })
+}
+
+/// Copies `from` to `to` until EOF or an error, then half-closes `to`.
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
