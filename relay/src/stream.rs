@@ -96,7 +96,10 @@ struct Counts {
 }
 
 pub(crate) async fn run(mut ctx: StreamCtx) {
-    if !authorize(&ctx).await {
+    // Boxed: the PDP call (an HTTP request) is a large future; inline, its space would stay in
+    // every stream's task for the stream's whole life (the task measured 8.2 KiB with it inline,
+    // 1.2 KiB boxed, in a debug build).
+    if !Box::pin(authorize(&ctx)).await {
         // Nothing was sent to the agent (OPEN follows the decision), so nothing to reset there.
         let t = &ctx.tunnel;
         crate::listener::reject(ctx.sock);
