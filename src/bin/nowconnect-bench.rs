@@ -38,8 +38,9 @@ struct Args {
     /// Seconds per bulk transfer (each direction, each stream count, direct and tunnel).
     #[arg(long, default_value_t = 5.0)]
     bulk_secs: f64,
-    /// Cap per bulk stream, MiB.
-    #[arg(long, default_value_t = 1024)]
+    /// Cap per bulk stream, MiB (high enough that a direct single-stream run lasts a second or
+    /// more on loopback, not a few hundred milliseconds).
+    #[arg(long, default_value_t = 4096)]
     bulk_mib: u64,
     /// Parallel streams of the multi-stream bulk transfers.
     #[arg(long, default_value_t = 8)]
@@ -101,6 +102,10 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         "--bulk-secs must be in (0, 120]"
     );
     anyhow::ensure!((1..=64).contains(&a.streams), "--streams must be 1..=64");
+    anyhow::ensure!(
+        (1..=65_536).contains(&a.bulk_mib),
+        "--bulk-mib must be 1..=65536"
+    );
     anyhow::ensure!((1..=20).contains(&a.rounds), "--rounds must be 1..=20");
     anyhow::ensure!(
         a.relay_worker_threads.is_none_or(|n| (1..=64).contains(&n)),
@@ -148,7 +153,7 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         rounds: a.rounds,
         log_level: a.log_level.clone(),
         bulk_secs: a.bulk_secs,
-        bulk_cap: a.bulk_mib.max(1) << 20,
+        bulk_cap: a.bulk_mib << 20,
         streams: a.streams,
         pingpong_count: a.pingpong,
         pingpong_size: a.pingpong_size,
