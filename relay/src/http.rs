@@ -40,8 +40,10 @@ use crate::Shared;
 
 /// Time a client gets to send its request head (and to finish a TLS handshake).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer between an accepted socket and the TLS layer.
-const TLS_READ_BUFFER: usize = 64 * 1024;
+/// Read buffer between an accepted socket and the TLS layer: one full TLS record (16 KiB of
+/// plaintext plus header and tag). Every connection gets it before it authenticates, so it stays
+/// small (the agent, with one connection, buffers 64 KiB).
+const TLS_READ_BUFFER: usize = 16 * 1024 + 256;
 /// Most bytes tungstenite reads at once: it zero-fills that much first (its default is 128 KiB),
 /// and tokio-rustls hands over at most one TLS record, 16 KiB of plaintext, per read.
 const WS_READ_BUFFER: usize = 16 * 1024;
@@ -85,8 +87,8 @@ pub(crate) async fn serve(
             match tls {
                 None => connection(sock, peer, shared2, routes).await,
                 Some(acceptor) => {
-                    // rustls reads at most 4 KiB per call: buffer the socket so a burst of
-                    // records costs one `recvfrom`, not one per 4 KiB.
+                    // rustls reads at most 4 KiB per call: buffer the socket so a record
+                    // costs one `recvfrom`, not four.
                     let sock = BufReader::with_capacity(TLS_READ_BUFFER, sock);
                     let hs = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock));
                     let stream = tokio::select! {
