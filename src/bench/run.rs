@@ -349,8 +349,11 @@ fn bulk(env: &Setup, s: &Settings) -> anyhow::Result<Vec<BulkCase>> {
         let first = targets::forwarder(second.addr)?;
         Ok((first, second))
     };
-    let plain_sink = chain(env.sink.addr)?;
-    let plain_source = chain(env.source.addr)?;
+    let plain = if s.only.bulk1 {
+        Some((chain(env.sink.addr)?, chain(env.source.addr)?))
+    } else {
+        None
+    };
     let mut out = Vec::new();
     let cases = [
         ("up", 1),
@@ -400,11 +403,11 @@ fn bulk(env: &Setup, s: &Settings) -> anyhow::Result<Vec<BulkCase>> {
             case.tunnel_cpu
                 .add(&cpu_end(&w, Some(&env.tunnel), env.tck));
             std::thread::sleep(Duration::from_millis(300));
-            if n == 1 {
+            if let Some((to_sink, to_source)) = plain.as_ref().filter(|_| n == 1) {
                 let plain_addr = if dir == "up" {
-                    plain_sink.0.addr
+                    to_sink.0.addr
                 } else {
-                    plain_source.0.addr
+                    to_source.0.addr
                 };
                 let w = cpu_begin(None);
                 case.plain

@@ -76,19 +76,11 @@ where
     })
 }
 
-/// Echoes every byte; closes after the peer's EOF.
+/// Echoes every byte; half-closes after the peer's EOF.
 pub fn echo() -> anyhow::Result<Target> {
-    serve("echo", |mut s| {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
+    serve("echo", |s| {
+        if let Ok(back) = s.try_clone() {
+            pump(s, back);
         }
     })
 }
