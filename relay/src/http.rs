@@ -25,7 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nowconnect_shared::{subprotocol, Limits};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -81,28 +81,58 @@ pub(crate) async fn serve(
         };
         // The tunnel socket carries every stream's bytes: no Nagle delay on it.
         let _ = sock.set_nodelay(true);
+        let Some(shards) = &shared.shards else {
+            shared
+                .tasks
+                .spawn(accepted(sock, peer, tls.clone(), shared.clone(), routes));
+            continue;
+        };
+        // Registered again on the shard so its readiness wakes that thread.
+        let sock = match sock.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(%peer, error = %e, "cannot move the connection to a shard");
+                continue;
+            }
+        };
+        let (rt, placement) = shards.place();
         let shared2 = shared.clone();
         let tls = tls.clone();
-        shared.tasks.spawn(async move {
-            match tls {
-                None => connection(sock, peer, shared2, routes).await,
-                Some(acceptor) => {
-                    // rustls reads at most 4 KiB per call: buffer the socket so a record
-                    // costs one `recvfrom`, not four.
-                    let sock = BufReader::with_capacity(TLS_READ_BUFFER, sock);
-                    let hs = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock));
-                    let stream = tokio::select! {
-                        r = hs => r,
-                        _ = shared2.root.cancelled() => return,
-                    };
-                    match stream {
-                        Ok(Ok(s)) => connection(s, peer, shared2, routes).await,
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
-                    }
-                }
+        rt.spawn(shared.tasks.track_future(async move {
+            let _placement = placement;
+            match TcpStream::from_std(sock) {
+                Ok(sock) => accepted(sock, peer, tls, shared2, routes).await,
+                Err(e) => debug!(%peer, error = %e, "cannot move the connection to a shard"),
             }
-        });
+        }));
+    }
+}
+
+/// One accepted connection: TLS when configured, then HTTP.
+async fn accepted(
+    sock: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    routes: Routes,
+) {
+    match tls {
+        None => connection(sock, peer, shared, routes).await,
+        Some(acceptor) => {
+            // rustls reads at most 4 KiB per call: buffer the socket so a record
+            // costs one `recvfrom`, not four.
+            let sock = BufReader::with_capacity(TLS_READ_BUFFER, sock);
+            let hs = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock));
+            let stream = tokio::select! {
+                r = hs => r,
+                _ = shared.root.cancelled() => return,
+            };
+            match stream {
+                Ok(Ok(s)) => connection(s, peer, shared, routes).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
+        }
     }
 }
 

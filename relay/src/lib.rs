@@ -21,6 +21,7 @@ pub mod metrics;
 mod pdp;
 mod portal;
 mod registry;
+mod shards;
 pub mod state;
 mod stream;
 mod tls;
@@ -40,6 +41,7 @@ use tracing::{info, warn};
 
 pub use audit::{Action, AuditFilter, AuditRecord};
 pub use config::{ConfigError, RelayConfig};
+pub use shards::Shards;
 
 /// Why the relay could not start.
 #[derive(Debug, Error)]
@@ -94,6 +96,8 @@ pub(crate) struct Shared {
     pub listeners: Vec<BoundListener>,
     /// Bounds how many refused portal requests are audited per second.
     pub portal_refusals: portal::RefusalThrottle,
+    /// Where HTTP connections (and so tunnels) run; `None`: on the caller's runtime.
+    pub shards: Option<Arc<Shards>>,
 }
 
 /// A listener as bound.
@@ -241,8 +245,18 @@ fn local_addr(l: &TcpListener, what: &str) -> Result<SocketAddr, StartError> {
     })
 }
 
-/// Binds `/tunnel`, the optional metrics port and every listener, then runs the relay.
+/// Binds `/tunnel`, the optional metrics port and every listener, then runs the relay, all on
+/// the caller's runtime.
 pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
+    start_sharded(cfg, None).await
+}
+
+/// As [`start`], with each HTTP connection (and so each tunnel, with its streams) placed on one
+/// of `shards` (see [`Shards`]). The binary runs this way.
+pub async fn start_sharded(
+    cfg: RelayConfig,
+    shards: Option<Arc<Shards>>,
+) -> Result<RelayHandle, StartError> {
     for w in &cfg.warnings {
         warn!("config: {w}");
     }
@@ -418,6 +432,7 @@ pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
         portal_jwks,
         listeners: bound_info,
         portal_refusals: portal::RefusalThrottle::default(),
+        shards,
     });
     if let Some(j) = &shared.jwks {
         shared

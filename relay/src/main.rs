@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nowconnect_relay::config::ProcessEnv;
-use nowconnect_relay::{start, RelayConfig, StartError};
+use nowconnect_relay::{start_sharded, RelayConfig, Shards, StartError};
 use tracing::{info, warn};
 
 #[derive(Debug, Parser)]
@@ -82,8 +82,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    rt.block_on(async {
-        let handle = match start(cfg).await {
+    let shards = match Shards::start(shard_count()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nowconnect-relay: cannot start the tunnel threads: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = rt.block_on(async {
+        let handle = match start_sharded(cfg, Some(shards.clone())).await {
             Ok(h) => h,
             Err(e @ StartError::Config(_)) => {
                 eprintln!("nowconnect-relay: {e}");
@@ -94,6 +101,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        info!(
+            shards = shards.len(),
+            "tunnels run on one thread each, spread over the shards"
+        );
         terminated().await;
         info!("signal received: graceful shutdown (a second signal stops at once)");
         handle.shutdown();
@@ -102,5 +113,17 @@ fn main() -> ExitCode {
             _ = terminated() => warn!("second signal: stopping now"),
         }
         ExitCode::SUCCESS
-    })
+    });
+    shards.stop();
+    code
+}
+
+/// Tunnel threads: `TOKIO_WORKER_THREADS` when set (the same knob sizes the runtime that
+/// accepts clients), else one per core.
+fn shard_count() -> usize {
+    std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

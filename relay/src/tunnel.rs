@@ -600,6 +600,19 @@ impl Session {
             drop(guard);
             return;
         }
+        // Accepted on the listener's runtime: register the socket with this tunnel's shard, so
+        // its readiness wakes this thread and the stream task never crosses threads.
+        let sock = if self.shared.shards.is_some() {
+            match sock.into_std().and_then(TcpStream::from_std) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(connector = %listener.connector, client = %peer, error = %e, "cannot move the client socket to the tunnel's shard; client closed");
+                    return;
+                }
+            }
+        } else {
+            sock
+        };
         let id = self.alloc_id();
         let (tx, rx) = mpsc::unbounded_channel();
         self.streams.insert(id, tx);

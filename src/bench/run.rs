@@ -28,7 +28,7 @@ pub struct Settings {
     pub work_dir: PathBuf,
     pub protocol: String,
     pub agent_multi_thread: bool,
-    /// `TOKIO_WORKER_THREADS` for the relay (None: tokio's default, one per core).
+    /// `TOKIO_WORKER_THREADS` for the relay: workers of its accepting runtime and tunnel shards (None: one per core).
     pub relay_worker_threads: Option<usize>,
     pub log_level: String,
     /// Each throughput/latency workload runs this many times, direct and tunnel alternating.

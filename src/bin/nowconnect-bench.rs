@@ -28,7 +28,7 @@ struct Args {
     /// Run the agent with its multi-threaded runtime (default: current-thread, as shipped).
     #[arg(long)]
     agent_multi_thread: bool,
-    /// Worker threads of the relay's runtime (TOKIO_WORKER_THREADS; default: one per core).
+    /// Relay threads (TOKIO_WORKER_THREADS: its accepting runtime and its tunnel shards; default: one per core).
     #[arg(long)]
     relay_worker_threads: Option<usize>,
     /// Runs of each throughput and latency workload, direct and tunnel alternating; the table

@@ -55,9 +55,14 @@ pub fn relay_yaml(tunnel_port: u16, connectors: &[&str]) -> String {
     y
 }
 
+/// Starts a relay as the binary runs it: tunnels on two shards of their own (so the e2e tests
+/// cover moving connections and client sockets between runtimes).
 pub async fn start_relay(yaml: &str) -> RelayHandle {
     let cfg = RelayConfig::from_yaml_str(yaml).expect("relay test config is valid");
-    nowconnect_relay::start(cfg).await.expect("relay starts")
+    let shards = nowconnect_relay::Shards::start(2).expect("relay shards start");
+    nowconnect_relay::start_sharded(cfg, Some(shards))
+        .await
+        .expect("relay starts")
 }
 
 /// A relay on a free port exporting `connectors`.
