@@ -72,6 +72,14 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&cfg.observability.log_level);
+    // tokio reads the same variable and panics on a bad value: refuse it here, in one line.
+    let threads = match thread_count() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("nowconnect-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,7 +90,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let shards = match Shards::start(shard_count()) {
+    let shards = match Shards::start(threads) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("nowconnect-relay: cannot start the tunnel threads: {e}");
@@ -120,10 +128,14 @@ fn main() -> ExitCode {
 
 /// Tunnel threads: `TOKIO_WORKER_THREADS` when set (the same knob sizes the runtime that
 /// accepts clients), else one per core.
-fn shard_count() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+fn thread_count() -> Result<usize, String> {
+    match std::env::var("TOKIO_WORKER_THREADS") {
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(n),
+            _ => Err(format!(
+                "TOKIO_WORKER_THREADS must be a whole number from 1 to 1024, got {v:?}"
+            )),
+        },
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
 }

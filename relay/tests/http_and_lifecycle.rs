@@ -254,6 +254,20 @@ fn binary_exits_2_on_bad_config() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+
+    // tokio would panic on this; the relay names the variable instead.
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, yaml(DEV)).unwrap();
+    let out = bin()
+        .arg("--config")
+        .arg(&good)
+        .env("TOKIO_WORKER_THREADS", "two")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
