@@ -37,6 +37,8 @@ use crate::tunnel::{Out, TunnelCmd, TunnelShared};
 const SMALL_READ: usize = 4 * 1024;
 /// Frames of `max_payload` one burst's arena holds.
 const ARENA_FRAMES: usize = 4;
+/// A burst's arena is let go after this long without a client read.
+const ARENA_IDLE: Duration = Duration::from_secs(1);
 /// Most queued buffers handed to one vectored write.
 const MAX_IOV: usize = 16;
 
@@ -249,6 +251,10 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
     let idle = t.idle_timeout;
     let sleep = tokio::time::sleep(idle.unwrap_or(far));
     tokio::pin!(sleep);
+    // Lets a burst's arena go once the client pauses (armed while one is held).
+    let release = tokio::time::sleep(far);
+    tokio::pin!(release);
+    let mut release_armed = false;
 
     loop {
         if !reading && write_shut {
@@ -342,6 +348,10 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
                     }
                     Ok(Some((bytes, n))) => {
                         last = Instant::now();
+                        if !release_armed && reads.in_burst() {
+                            release.as_mut().reset(last + ARENA_IDLE);
+                            release_armed = true;
+                        }
                         counts.c2a += n as u64;
                         ctx.info.bytes_c2a.fetch_add(n as u64, Ordering::Relaxed);
                         lm.bytes_c2a.inc_by(n as u64);
@@ -360,6 +370,12 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return End::Local(RstCode::Io, "client read failed"),
+                }
+            }
+            () = &mut release, if release_armed => {
+                match reads.release_if_idle(Instant::now()) {
+                    Some(at) => release.as_mut().reset(at),
+                    None => release_armed = false,
                 }
             }
             () = &mut sleep, if idle.is_some() => {
@@ -384,11 +400,15 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
 /// holds no payload memory. A read that fills it starts a burst: reads then go into an arena of
 /// a few frames, split off per frame and reclaimed once the writer has dropped them, so a bulk
 /// stream reuses the same warm pages instead of allocating (and faulting in) 64 KiB per read.
-/// A read of at most `SMALL_READ` bytes ends the burst and lets the arena go.
+/// A read of at most `SMALL_READ` bytes, EOF, or `ARENA_IDLE` without reads (the stream task
+/// calls [`ClientReads::release_if_idle`]) ends the burst and lets the arena go, so a stream
+/// that uploads in bulk and then waits holds no payload memory either.
 #[derive(Debug)]
 struct ClientReads {
     arena: BytesMut,
     arena_cap: usize,
+    /// When the last read of the current burst happened.
+    last_read: Instant,
 }
 
 impl ClientReads {
@@ -396,7 +416,26 @@ impl ClientReads {
         ClientReads {
             arena: BytesMut::new(),
             arena_cap: ARENA_FRAMES * (HEADER_LEN + max_payload),
+            last_read: Instant::now(),
         }
+    }
+
+    fn in_burst(&self) -> bool {
+        self.arena.capacity() > 0
+    }
+
+    /// Lets the arena go when no read came for `ARENA_IDLE` before `now`; otherwise returns
+    /// when to ask again. `None`: no arena is held (any more).
+    fn release_if_idle(&mut self, now: Instant) -> Option<Instant> {
+        if !self.in_burst() {
+            return None;
+        }
+        let at = self.last_read + ARENA_IDLE;
+        if now >= at {
+            self.arena = BytesMut::new();
+            return None;
+        }
+        Some(at)
     }
 
     /// One non-blocking read of at most `cap` bytes, with the v2 DATA header of `v2_id` in
@@ -408,7 +447,7 @@ impl ClientReads {
         v2_id: Option<StreamId>,
     ) -> io::Result<Option<(Bytes, usize)>> {
         let header = if v2_id.is_some() { HEADER_LEN } else { 0 };
-        let bursting = self.arena.capacity() > 0;
+        let bursting = self.in_burst();
         let mut small = BytesMut::new();
         let (buf, limit) = if bursting {
             let need = header + cap;
@@ -436,6 +475,7 @@ impl ClientReads {
             self.arena = BytesMut::new();
             return Ok(None);
         }
+        self.last_read = Instant::now();
         let frame = if !bursting {
             if n == SMALL_READ {
                 self.arena = BytesMut::with_capacity(self.arena_cap);
@@ -535,6 +575,48 @@ mod tests {
         assert_eq!(&frame[HEADER_LEN..], b"hello");
         assert_eq!(frame.len(), HEADER_LEN + 5);
         assert_eq!(reads.arena.capacity(), 0, "an idle stream keeps no arena");
+    }
+
+    #[tokio::test]
+    async fn a_paused_burst_lets_its_arena_go() {
+        let (sock, mut peer) = pair().await;
+        let mut reads = ClientReads::new(16 * 1024);
+        assert_eq!(
+            reads.release_if_idle(Instant::now()),
+            None,
+            "nothing held yet"
+        );
+        // More than the socket hands over at once; stop reading as soon as a read leaves an
+        // arena held (the rest stays in the socket).
+        let total = 256 * 1024;
+        let writer = tokio::spawn(async move {
+            let _ = peer.write_all(&vec![7u8; total]).await;
+            peer
+        });
+        let mut got = 0;
+        while !reads.in_burst() {
+            assert!(got < total, "no read ever filled its buffer");
+            let (_, n) = read_once(&mut reads, &sock, 16 * 1024, Some(1))
+                .await
+                .expect("data");
+            got += n;
+        }
+        assert!(reads.in_burst(), "full reads hold an arena");
+        let now = Instant::now();
+        let at = reads
+            .release_if_idle(now)
+            .expect("kept while the burst is fresh");
+        assert!(at > now && at <= now + ARENA_IDLE);
+        assert!(reads.in_burst());
+        assert_eq!(reads.release_if_idle(at), None, "let go once idle");
+        assert_eq!(reads.arena.capacity(), 0);
+        // The next read starts small again.
+        let (frame, n) = read_once(&mut reads, &sock, 16 * 1024, Some(1))
+            .await
+            .expect("data");
+        assert!(n <= SMALL_READ && frame.len() == HEADER_LEN + n);
+        drop(sock);
+        let _ = writer.await;
     }
 
     #[tokio::test]
