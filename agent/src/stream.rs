@@ -1,11 +1,12 @@
 //! One stream: the agent's TCP connection to a target, owned by one task.
 //!
 //! The task dials the target (bytes that arrive meanwhile are queued, within the window), then
-//! moves bytes both ways without a per-stream read buffer: it waits for the socket to be
-//! readable and reads into a fresh buffer sized to what it may send, with the v2 header written
-//! in front so the frame goes out without a copy. Bytes from the relay are queued as the
-//! `Bytes` they arrived in and written with vectored writes; every write is reported to the
-//! tunnel so it can return credit (v2) or count the queue down (v1).
+//! moves bytes both ways: it waits for the socket to be readable and reads at most what it may
+//! send, with the v2 header written in front so the frame goes out without a copy. Reads land in
+//! a [`ReadArena`]: a small buffer per read while the target is quiet or chatty, an arena reused
+//! across frames while it sends in bulk, nothing held once it pauses. Bytes from the relay are
+//! queued as the `Bytes` they arrived in and written with vectored writes; every write is
+//! reported to the tunnel so it can return credit (v2) or count the queue down (v1).
 //!
 //! Closing: the tunnel drops its sender to reset the stream (RST from the relay, overflow,
 //! tunnel loss); the task then closes the socket at once without flushing. Target EOF sends
@@ -16,13 +17,14 @@ use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use nowconnect_shared::binary::{self, FrameType, HEADER_LEN};
+use bytes::{Buf, Bytes};
+use nowconnect_shared::arena::{ReadArena, ARENA_IDLE};
 use nowconnect_shared::subprotocol::Version;
 use nowconnect_shared::{Dir, Frame, RstCode, SendCredit, StreamId};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::Target;
 use crate::writer::Outgoing;
@@ -66,10 +68,6 @@ pub(crate) struct StreamCtx {
     pub drained: mpsc::UnboundedSender<Drained>,
 }
 
-/// Smallest and first read sizes; reads grow toward `max_payload` while they fill the buffer,
-/// so an interactive stream does not allocate 64 KiB for every few bytes.
-const MIN_READ: usize = 4 * 1024;
-const FIRST_READ: usize = 16 * 1024;
 /// Buffers handed to one vectored write.
 const MAX_IOV: usize = 16;
 
@@ -97,8 +95,8 @@ struct Stream {
     eof_out: bool,
     /// v2 send credit (unused in v1).
     credit: SendCredit,
-    /// Size of the next read buffer.
-    read_size: usize,
+    /// Where target reads land.
+    reads: ReadArena,
 }
 
 /// How the stream ended, when it was not a clean close.
@@ -112,7 +110,7 @@ enum Abort {
 impl Stream {
     fn new(ctx: StreamCtx) -> Stream {
         let credit = SendCredit::new(ctx.window);
-        let read_size = FIRST_READ.min(ctx.max_payload).max(1);
+        let reads = ReadArena::new(ctx.max_payload);
         Stream {
             ctx,
             queue: VecDeque::new(),
@@ -120,7 +118,7 @@ impl Stream {
             shut_wr: false,
             eof_out: false,
             credit,
-            read_size,
+            reads,
         }
     }
 
@@ -210,6 +208,10 @@ impl Stream {
         rx: &mut mpsc::UnboundedReceiver<ToStream>,
     ) -> Result<(), Abort> {
         let io_err = |e: io::Error| Abort::Reset(RstCode::Io, short(&e.to_string()));
+        // Lets a burst's read arena go once the target pauses (armed while one is held).
+        let release = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+        tokio::pin!(release);
+        let mut release_armed = false;
         loop {
             if self.fin_in && self.queue.is_empty() && !self.shut_wr {
                 // Every byte before the FIN is written: pass the half-close on.
@@ -236,6 +238,16 @@ impl Stream {
                 r = sock.readable(), if can_read => {
                     r.map_err(io_err)?;
                     self.read_some(sock).await?;
+                    if !release_armed && self.reads.in_burst() {
+                        release.as_mut().reset(Instant::now() + ARENA_IDLE);
+                        release_armed = true;
+                    }
+                }
+                () = &mut release, if release_armed => {
+                    match self.reads.release_if_idle(Instant::now().into_std()) {
+                        Some(at) => release.as_mut().reset(Instant::from_std(at)),
+                        None => release_armed = false,
+                    }
                 }
             }
         }
@@ -280,49 +292,42 @@ impl Stream {
         Ok(())
     }
 
-    /// One read from the target into a fresh buffer, sent as DATA (or FIN at EOF).
+    /// One read from the target, sent as DATA (or FIN at EOF).
     async fn read_some(&mut self, sock: &TcpStream) -> Result<(), Abort> {
         let v2 = self.ctx.version == Version::V2;
-        let want = if v2 {
-            self.read_size.min(self.credit.available() as usize)
+        let cap = if v2 {
+            self.ctx.max_payload.min(self.credit.available() as usize)
         } else {
-            self.read_size
+            self.ctx.max_payload
         };
-        if want == 0 {
+        if cap == 0 {
             return Ok(());
         }
-        let mut buf = BytesMut::with_capacity(if v2 { HEADER_LEN + want } else { want });
-        if v2 {
-            binary::put_header(&mut buf, FrameType::Data, self.ctx.id);
-        }
-        let n = match sock.try_read_buf(&mut (&mut buf).limit(want)) {
-            Ok(n) => n,
+        let header = v2.then_some(self.ctx.id);
+        let now = Instant::now().into_std();
+        let (buf, n) = match self.reads.read(cap, header, now, |b| sock.try_read_buf(b)) {
+            Ok(Some(read)) => read,
+            Ok(None) => {
+                self.eof_out = true;
+                let fin = Frame::Fin {
+                    id: self.ctx.id,
+                    dir: Dir::A2c,
+                };
+                return self.send(Outgoing::Frame(fin)).await;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(Abort::Reset(RstCode::Io, short(&e.to_string()))),
         };
-        if n == 0 {
-            self.eof_out = true;
-            let fin = Frame::Fin {
-                id: self.ctx.id,
-                dir: Dir::A2c,
-            };
-            return self.send(Outgoing::Frame(fin)).await;
-        }
-        if n == want && want == self.read_size {
-            self.read_size = (self.read_size * 2).min(self.ctx.max_payload);
-        } else if n < self.read_size / 4 {
-            self.read_size = (self.read_size / 2).max(MIN_READ.min(self.ctx.max_payload));
-        }
         if v2 {
             // Cannot fail: we read at most the available credit.
             self.credit
                 .consume(n)
                 .map_err(|e| Abort::Reset(RstCode::FlowControl, short(&e.to_string())))?;
-            self.send(Outgoing::Encoded(buf.freeze())).await
+            self.send(Outgoing::Encoded(buf)).await
         } else {
             let data = Frame::Data {
                 id: self.ctx.id,
-                payload: buf.freeze(),
+                payload: buf,
             };
             self.send(Outgoing::Frame(data)).await
         }

@@ -8,7 +8,7 @@
 //!   `queue_depth_per_cid` frames (v1). Credit returns with WINDOW after bytes reach the socket.
 //! - c2a: on `readable()`, one read of up to `max_payload` (and, v2, at most the send credit)
 //!   with the v2 header in front, frozen and queued for the writer. Bulk reads reuse an arena
-//!   while a burst lasts; an idle stream holds no payload memory (see `ClientReads`).
+//!   while a burst lasts; an idle stream holds no payload memory (see `ReadArena`).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use nowconnect_shared::binary::{self, FrameType, HEADER_LEN};
+use bytes::{Buf, Bytes};
+use nowconnect_shared::arena::{ReadArena, ARENA_IDLE};
 use nowconnect_shared::{
     Dir, Frame, RecvWindow, RstCode, SendCredit, StreamId, Version, DEFAULT_WINDOW,
 };
@@ -33,12 +33,6 @@ use crate::metrics::{CodeLabel, DirLabel};
 use crate::registry::SessionInfo;
 use crate::tunnel::{Out, TunnelCmd, TunnelShared};
 
-/// Reads outside a burst go into a buffer this small; a burst ends with a read no larger.
-const SMALL_READ: usize = 4 * 1024;
-/// Frames of `max_payload` one burst's arena holds.
-const ARENA_FRAMES: usize = 4;
-/// A burst's arena is let go after this long without a client read.
-const ARENA_IDLE: Duration = Duration::from_secs(1);
 /// Most queued buffers handed to one vectored write.
 const MAX_IOV: usize = 16;
 
@@ -241,7 +235,7 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
     let mut recv = RecvWindow::new(DEFAULT_WINDOW);
     // c2a: what the agent still accepts (v2), and where client reads land.
     let mut credit = SendCredit::new(DEFAULT_WINDOW);
-    let mut reads = ClientReads::new(t.max_payload);
+    let mut reads = ReadArena::new(t.max_payload);
     // Client -> agent still open (no EOF read yet).
     let mut reading = true;
     // The agent sent FIN a2c: shut our write side once the queue drains.
@@ -338,7 +332,8 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
                     t.max_payload
                 };
                 let header = if v2 { Some(id) } else { None };
-                match reads.read(&ctx.sock, cap, header) {
+                let now = Instant::now().into_std();
+                match reads.read(cap, header, now, |b| ctx.sock.try_read_buf(b)) {
                     Ok(None) => {
                         reading = false;
                         t.metrics.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
@@ -373,8 +368,8 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
                 }
             }
             () = &mut release, if release_armed => {
-                match reads.release_if_idle(Instant::now()) {
-                    Some(at) => release.as_mut().reset(at),
+                match reads.release_if_idle(Instant::now().into_std()) {
+                    Some(at) => release.as_mut().reset(Instant::from_std(at)),
                     None => release_armed = false,
                 }
             }
@@ -391,104 +386,6 @@ async fn pump(ctx: &mut StreamCtx, counts: &mut Counts) -> End {
             let _ = ctx.sock.shutdown().await;
             write_shut = true;
         }
-    }
-}
-
-/// Where client reads land.
-///
-/// Outside a burst each read goes into a small buffer of its own, so an idle or chatty stream
-/// holds no payload memory. A read that fills it starts a burst: reads then go into an arena of
-/// a few frames, split off per frame and reclaimed once the writer has dropped them, so a bulk
-/// stream reuses the same warm pages instead of allocating (and faulting in) 64 KiB per read.
-/// A read of at most `SMALL_READ` bytes, EOF, or `ARENA_IDLE` without reads (the stream task
-/// calls [`ClientReads::release_if_idle`]) ends the burst and lets the arena go, so a stream
-/// that uploads in bulk and then waits holds no payload memory either.
-#[derive(Debug)]
-struct ClientReads {
-    arena: BytesMut,
-    arena_cap: usize,
-    /// When the last read of the current burst happened.
-    last_read: Instant,
-}
-
-impl ClientReads {
-    fn new(max_payload: usize) -> ClientReads {
-        ClientReads {
-            arena: BytesMut::new(),
-            arena_cap: ARENA_FRAMES * (HEADER_LEN + max_payload),
-            last_read: Instant::now(),
-        }
-    }
-
-    fn in_burst(&self) -> bool {
-        self.arena.capacity() > 0
-    }
-
-    /// Lets the arena go when no read came for `ARENA_IDLE` before `now`; otherwise returns
-    /// when to ask again. `None`: no arena is held (any more).
-    fn release_if_idle(&mut self, now: Instant) -> Option<Instant> {
-        if !self.in_burst() {
-            return None;
-        }
-        let at = self.last_read + ARENA_IDLE;
-        if now >= at {
-            self.arena = BytesMut::new();
-            return None;
-        }
-        Some(at)
-    }
-
-    /// One non-blocking read of at most `cap` bytes, with the v2 DATA header of `v2_id` in
-    /// front. `Ok(None)` is EOF; `Ok(Some((frame, n)))` carries `n` payload bytes.
-    fn read(
-        &mut self,
-        sock: &TcpStream,
-        cap: usize,
-        v2_id: Option<StreamId>,
-    ) -> io::Result<Option<(Bytes, usize)>> {
-        let header = if v2_id.is_some() { HEADER_LEN } else { 0 };
-        let bursting = self.in_burst();
-        let mut small = BytesMut::new();
-        let (buf, limit) = if bursting {
-            let need = header + cap;
-            if self.arena.capacity() < need && !self.arena.try_reclaim(need) {
-                // The writer still holds frames of this arena: start another.
-                self.arena = BytesMut::with_capacity(self.arena_cap.max(need));
-            }
-            (&mut self.arena, cap)
-        } else {
-            let limit = cap.min(SMALL_READ);
-            small.reserve(header + limit);
-            (&mut small, limit)
-        };
-        if let Some(id) = v2_id {
-            binary::put_header(buf, FrameType::Data, id);
-        }
-        let n = match sock.try_read_buf(&mut (&mut *buf).limit(limit)) {
-            Ok(n) => n,
-            Err(e) => {
-                buf.clear();
-                return Err(e);
-            }
-        };
-        if n == 0 {
-            self.arena = BytesMut::new();
-            return Ok(None);
-        }
-        self.last_read = Instant::now();
-        let frame = if !bursting {
-            if n == SMALL_READ {
-                self.arena = BytesMut::with_capacity(self.arena_cap);
-            }
-            small.freeze()
-        } else if n <= SMALL_READ {
-            let copy = Bytes::copy_from_slice(buf);
-            self.arena = BytesMut::new();
-            copy
-        } else {
-            buf.split().freeze()
-        };
-        Ok(Some((frame, n)))
     }
 }
 
@@ -546,7 +443,7 @@ mod tests {
 
     /// One read once the socket says it has something (bounded wait).
     async fn read_once(
-        r: &mut ClientReads,
+        r: &mut ReadArena,
         sock: &TcpStream,
         cap: usize,
         id: Option<StreamId>,
@@ -555,7 +452,7 @@ mod tests {
         loop {
             assert!(Instant::now() < deadline, "no data within 5 s");
             sock.readable().await.expect("readable");
-            match r.read(sock, cap, id) {
+            match r.read(cap, id, Instant::now().into_std(), |b| sock.try_read_buf(b)) {
                 Ok(x) => return x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => panic!("read failed: {e}"),
@@ -564,64 +461,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn small_reads_hold_no_arena() {
-        let (sock, mut peer) = pair().await;
-        let mut reads = ClientReads::new(64 * 1024);
-        peer.write_all(b"hello").await.expect("write");
-        let (frame, n) = read_once(&mut reads, &sock, 64 * 1024, Some(7))
-            .await
-            .expect("data");
-        assert_eq!(n, 5);
-        assert_eq!(&frame[HEADER_LEN..], b"hello");
-        assert_eq!(frame.len(), HEADER_LEN + 5);
-        assert_eq!(reads.arena.capacity(), 0, "an idle stream keeps no arena");
-    }
-
-    #[tokio::test]
-    async fn a_paused_burst_lets_its_arena_go() {
-        let (sock, mut peer) = pair().await;
-        let mut reads = ClientReads::new(16 * 1024);
-        assert_eq!(
-            reads.release_if_idle(Instant::now()),
-            None,
-            "nothing held yet"
-        );
-        // More than the socket hands over at once; stop reading as soon as a read leaves an
-        // arena held (the rest stays in the socket).
-        let total = 256 * 1024;
-        let writer = tokio::spawn(async move {
-            let _ = peer.write_all(&vec![7u8; total]).await;
-            peer
-        });
-        let mut got = 0;
-        while !reads.in_burst() {
-            assert!(got < total, "no read ever filled its buffer");
-            let (_, n) = read_once(&mut reads, &sock, 16 * 1024, Some(1))
-                .await
-                .expect("data");
-            got += n;
-        }
-        let now = Instant::now();
-        let at = reads
-            .release_if_idle(now)
-            .expect("kept while the burst is fresh");
-        assert!(at > now && at <= now + ARENA_IDLE);
-        assert!(reads.in_burst());
-        assert_eq!(reads.release_if_idle(at), None, "let go once idle");
-        assert_eq!(reads.arena.capacity(), 0);
-        // The next read starts small again.
-        let (frame, n) = read_once(&mut reads, &sock, 16 * 1024, Some(1))
-            .await
-            .expect("data");
-        assert!(n <= SMALL_READ && frame.len() == HEADER_LEN + n);
-        drop(sock);
-        let _ = writer.await;
-    }
-
-    #[tokio::test]
     async fn bursts_reuse_an_arena_without_touching_frames_in_flight() {
         let (sock, mut peer) = pair().await;
-        let mut reads = ClientReads::new(16 * 1024);
+        let mut reads = ReadArena::new(16 * 1024);
         let total = 1 << 20;
         let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
         let writer = {
@@ -639,7 +481,7 @@ mod tests {
         let mut saw_arena = false;
         while let Some((frame, n)) = read_once(&mut reads, &sock, 16 * 1024, None).await {
             assert_eq!(frame.len(), n);
-            saw_arena |= reads.arena.capacity() > 0;
+            saw_arena |= reads.in_burst();
             held.push_back((got, frame));
             got += n;
             assert!(got <= total);
@@ -653,7 +495,7 @@ mod tests {
         writer.await.expect("writer");
         assert_eq!(got, total);
         assert!(saw_arena, "a 1 MiB upload reads through the arena");
-        assert_eq!(reads.arena.capacity(), 0, "EOF lets the arena go");
+        assert_eq!(reads.held(), 0, "EOF lets the arena go");
         for (at, f) in held {
             assert_eq!(&f[..], &data[at..at + f.len()], "frame at {at} changed");
         }

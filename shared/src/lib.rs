@@ -7,6 +7,7 @@
 //! decoders never panic nor allocate more than [`Limits`] allow on hostile input.
 #![forbid(unsafe_code)]
 
+pub mod arena;
 pub mod binary;
 pub mod error;
 pub mod flow;

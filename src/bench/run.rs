@@ -25,6 +25,8 @@ use super::targets::{self, SinkReport, Target};
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub bin_dir: PathBuf,
+    /// The agent binary (default: `nowconnect-agent` in `bin_dir`).
+    pub agent_bin: PathBuf,
     pub work_dir: PathBuf,
     pub protocol: String,
     pub agent_multi_thread: bool,
@@ -223,13 +225,18 @@ fn start(s: &Settings, rep: &mut Report) -> anyhow::Result<Setup> {
         },
         None => None,
     };
-    eprintln!("starting relay and agent ({}, wss)", s.protocol);
+    eprintln!(
+        "starting relay and agent ({}, wss; agent {})",
+        s.protocol,
+        s.agent_bin.display()
+    );
     let mut relay_env = Vec::new();
     if let Some(n) = s.relay_worker_threads {
         relay_env.push(("TOKIO_WORKER_THREADS".to_owned(), n.to_string()));
     }
     let opts = system::Options {
         bin_dir: s.bin_dir.clone(),
+        agent_bin: s.agent_bin.clone(),
         dir: s.work_dir.clone(),
         protocol: s.protocol.clone(),
         agent_multi_thread: s.agent_multi_thread,

@@ -25,8 +25,10 @@ const START_ATTEMPTS: usize = 3;
 /// How to start the pair.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Directory holding `nowconnect-relay` and `nowconnect-agent`.
+    /// Directory holding `nowconnect-relay`.
     pub bin_dir: PathBuf,
+    /// The `nowconnect-agent` binary.
+    pub agent_bin: PathBuf,
     /// Working directory for configs and logs.
     pub dir: PathBuf,
     /// `tunnel.protocol` of the agent: `v2` or `v1`.
@@ -122,7 +124,7 @@ fn start_once(
     }
     let mut agent = Child::spawn(
         "agent",
-        &opts.bin_dir.join("nowconnect-agent"),
+        &opts.agent_bin,
         &args,
         &[],
         &opts.dir.join("agent.log"),

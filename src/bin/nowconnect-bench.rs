@@ -22,6 +22,10 @@ struct Args {
     /// Directory with nowconnect-relay and nowconnect-agent (default: next to this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// The agent binary to run instead of the one in --bin-dir: e.g. the static build that ships
+    /// for gateways (`scripts/cross-build.sh x86_64-unknown-linux-musl`).
+    #[arg(long)]
+    agent_bin: Option<PathBuf>,
     /// Tunnel protocol the agent uses: v2 or v1.
     #[arg(long, default_value = "v2", value_parser = ["v1", "v2"])]
     protocol: String,
@@ -90,11 +94,15 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
             .context("this binary has no directory")?
             .to_owned(),
     };
-    for b in ["nowconnect-relay", "nowconnect-agent"] {
+    let agent_bin = a
+        .agent_bin
+        .clone()
+        .unwrap_or_else(|| bin_dir.join("nowconnect-agent"));
+    for b in [bin_dir.join("nowconnect-relay"), agent_bin.clone()] {
         anyhow::ensure!(
-            bin_dir.join(b).is_file(),
+            b.is_file(),
             "{} not found; build with `cargo build --release --workspace --bins` or pass --bin-dir",
-            bin_dir.join(b).display()
+            b.display()
         );
     }
     anyhow::ensure!(
@@ -145,6 +153,7 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
     };
     Ok(run::Settings {
         bin_dir,
+        agent_bin,
         work_dir: std::env::temp_dir().join(format!("nowconnect-bench-{}", std::process::id())),
         protocol: a.protocol.clone(),
         only: run::Workloads::parse(&a.only)?,
