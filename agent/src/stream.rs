@@ -6,7 +6,9 @@
 //! a [`ReadArena`]: a small buffer per read while the target is quiet or chatty, an arena reused
 //! across frames while it sends in bulk, nothing held once it pauses. Bytes from the relay are
 //! queued as the `Bytes` they arrived in and written with vectored writes; every write is
-//! reported to the tunnel so it can return credit (v2) or count the queue down (v1).
+//! reported to the tunnel so it can return credit (v2) or count the queue down (v1). In v2 the
+//! tunnel task writes DATA into the socket itself while nothing of the stream is queued (it
+//! holds the socket once connected); only what the socket does not take reaches this task.
 //!
 //! Closing: the tunnel drops its sender to reset the stream (RST from the relay, overflow,
 //! tunnel loss); the task then closes the socket at once without flushing. Target EOF sends
@@ -14,14 +16,13 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use nowconnect_shared::arena::{ReadArena, ARENA_IDLE};
 use nowconnect_shared::subprotocol::Version;
 use nowconnect_shared::{Dir, Frame, RstCode, SendCredit, StreamId};
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -66,6 +67,9 @@ pub(crate) struct StreamCtx {
     pub window: u32,
     pub out: mpsc::Sender<Outgoing>,
     pub drained: mpsc::UnboundedSender<Drained>,
+    /// The target socket, once connected: shared with the tunnel task, which writes DATA into it
+    /// directly while nothing of this stream is queued (see `Session::on_frame`).
+    pub sock: Arc<OnceLock<Arc<TcpStream>>>,
 }
 
 /// Buffers handed to one vectored write.
@@ -124,7 +128,11 @@ impl Stream {
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ToStream>) {
         let result = match self.connect(&mut rx).await {
-            Ok(mut sock) => self.pump(&mut sock, &mut rx).await,
+            Ok(sock) => {
+                let sock = Arc::new(sock);
+                let _ = self.ctx.sock.set(sock.clone());
+                self.pump(&sock, &mut rx).await
+            }
             Err(abort) => Err(abort),
         };
         drop(rx);
@@ -204,7 +212,7 @@ impl Stream {
 
     async fn pump(
         &mut self,
-        sock: &mut TcpStream,
+        sock: &TcpStream,
         rx: &mut mpsc::UnboundedReceiver<ToStream>,
     ) -> Result<(), Abort> {
         let io_err = |e: io::Error| Abort::Reset(RstCode::Io, short(&e.to_string()));
@@ -216,7 +224,9 @@ impl Stream {
             if self.fin_in && self.queue.is_empty() && !self.shut_wr {
                 // Every byte before the FIN is written: pass the half-close on.
                 // tokio's TcpStream shutdown is shutdown(Write): reading goes on.
-                sock.shutdown().await.map_err(io_err)?;
+                socket2::SockRef::from(sock)
+                    .shutdown(std::net::Shutdown::Write)
+                    .map_err(io_err)?;
                 self.shut_wr = true;
             }
             if self.shut_wr && self.eof_out {
