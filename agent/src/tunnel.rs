@@ -26,7 +26,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-
 use futures_util::StreamExt;
 use nowconnect_shared::subprotocol::Version;
 use nowconnect_shared::{
