@@ -68,7 +68,7 @@ pub(crate) struct StreamCtx {
     pub out: mpsc::Sender<Outgoing>,
     pub drained: mpsc::UnboundedSender<Drained>,
     /// The target socket, once connected: shared with the tunnel task, which writes DATA into it
-    /// directly while nothing of this stream is queued (see `Session::on_frame`).
+    /// directly while nothing of this stream is queued (see `tunnel::write_through`).
     pub sock: Arc<OnceLock<Arc<TcpStream>>>,
 }
 

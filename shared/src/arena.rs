@@ -175,6 +175,15 @@ mod tests {
             Err(io::ErrorKind::WouldBlock.into())
         });
         assert!(err.is_err());
+        // The failed read's header is gone: the next frame holds one header and its bytes.
+        let mut more: &[u8] = &[2u8; 100];
+        let (frame, n) = reads
+            .read(16 * 1024, Some(1), Instant::now(), from(&mut more, 1 << 20))
+            .expect("read")
+            .expect("data");
+        assert_eq!(n, 100);
+        assert_eq!(frame.len(), HEADER_LEN + 100);
+        assert!(frame[HEADER_LEN..].iter().all(|&b| b == 2));
         let mut empty: &[u8] = &[];
         let eof = reads
             .read(16 * 1024, Some(1), Instant::now(), from(&mut empty, 1))
