@@ -610,6 +610,21 @@ async fn connect_tcp(
     })
 }
 
+impl TunnelIo {
+    /// The TLS version and cipher suite of the hop to the relay (`None` for `ws://`).
+    pub fn relay_tls(&self) -> Option<String> {
+        let TunnelIo::Tls(t) = self else {
+            return None;
+        };
+        let c = t.get_ref().1;
+        let version = c.protocol_version().map(|v| format!("{v:?}"))?;
+        let suite = c
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()))?;
+        Some(format!("{version} {suite}"))
+    }
+}
+
 impl AsyncRead for TunnelIo {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -374,7 +374,13 @@ async fn session(
         }
     };
     progress.set(Step::Hello);
-    tracing::info!(relay = %shared.dialer.url(), protocol = version.name(), "connected; sending HELLO");
+    let tls = ws.get_ref().relay_tls();
+    tracing::info!(
+        relay = %shared.dialer.url(),
+        protocol = version.name(),
+        tls = tls.as_deref().unwrap_or("none"),
+        "connected; sending HELLO"
+    );
     let (sink, reader) = ws.split();
     let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
     let (data_tx, data_rx) = mpsc::channel(writer::DATA_QUEUE);
