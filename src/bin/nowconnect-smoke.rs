@@ -114,16 +114,28 @@ async fn main() -> anyhow::Result<()> {
     drop(s);
     if let Some(n) = args.footprint_streams {
         let pid = agent.id().context("agent pid")?;
-        footprint(pid, client, n).await?;
+        footprint(pid, client, n, &relay).await?;
     }
     agent.kill().await.ok();
     Ok(())
 }
 
 /// Prints the agent's RSS idle (READY, no streams), with `n` open idle streams, and its threads.
-async fn footprint(pid: u32, client: SocketAddr, n: usize) -> anyhow::Result<()> {
-    // Let the finished transfer's stream close on the agent side first.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+async fn footprint(
+    pid: u32,
+    client: SocketAddr,
+    n: usize,
+    relay: &nowconnect_relay::RelayHandle,
+) -> anyhow::Result<()> {
+    // The finished transfer's stream first: the relay closes it once the agent has sent its FIN,
+    // which the agent does as its stream ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while relay.open_connections() > 0 {
+        if Instant::now() > deadline {
+            bail!("the transfer's stream was still open on the relay after 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let idle = proc_status(pid, "VmRSS")?;
     let mut streams = Vec::with_capacity(n);
     for i in 0..n {
