@@ -209,3 +209,118 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::ServerConfig;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
+
+    /// A CA (PEM) and an acceptor whose certificate it signed, for `localhost` and 127.0.0.1.
+    fn pki() -> (String, TlsAcceptor) {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &ca_cert, &ca_key)
+            .expect("leaf");
+        let config =
+            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(
+                    vec![leaf.der().clone()],
+                    PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+                )
+                .expect("server config");
+        (ca_cert.pem(), TlsAcceptor::from(Arc::new(config)))
+    }
+
+    /// Answers every HTTPS request with 200 and `body`; returns the port.
+    async fn https_server(acceptor: TlsAcceptor, body: &'static str) -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = l.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        port
+    }
+
+    fn ca_file(pem: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("nc-relay-httpc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = dir.join(format!("ca-{n}.pem"));
+        std::fs::write(&path, pem).expect("write CA");
+        path
+    }
+
+    #[tokio::test]
+    async fn https_get_and_post_trust_the_ca_file() {
+        let (ca, acceptor) = pki();
+        let port = https_server(acceptor, r#"{"keys":[]}"#).await;
+        let path = ca_file(&ca);
+        let client = HttpClient::new(Some(&path)).expect("client");
+        let t = Duration::from_secs(10);
+        for host in ["localhost", "127.0.0.1"] {
+            let url = format!("https://{host}:{port}/jwks");
+            let body = client.get(&url, 1024, t).await.expect("GET over https");
+            assert_eq!(&body[..], br#"{"keys":[]}"#, "{url}");
+        }
+        let url = format!("https://localhost:{port}/access/v1/evaluation");
+        let body = client
+            .post_json(&url, Bytes::from_static(b"{}"), 1024, t)
+            .await
+            .expect("POST over https");
+        assert_eq!(&body[..], br#"{"keys":[]}"#);
+        // The cap on the body holds over TLS too.
+        let err = client.get(&url, 4, t).await.expect_err("body over the cap");
+        assert!(matches!(err, HttpError::Body), "{err}");
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn https_refuses_a_server_outside_the_trusted_roots() {
+        let (_, acceptor) = pki();
+        let port = https_server(acceptor, "{}").await;
+        let client = HttpClient::new(None).expect("client");
+        let url = format!("https://localhost:{port}/jwks");
+        let err = client
+            .get(&url, 1024, Duration::from_secs(10))
+            .await
+            .expect_err("a certificate from an unknown CA");
+        assert!(matches!(err, HttpError::Tls(_)), "{err}");
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    }
+}
