@@ -9,6 +9,7 @@ use clap::Parser;
 use nowconnect_agent::cli::Cli;
 use nowconnect_agent::config::{AgentConfig, LogFormat, ProcessEnv};
 use nowconnect_agent::Notifier;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// How long a graceful stop may take before the remaining tasks are dropped.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
 async fn run(cfg: AgentConfig) -> ExitCode {
     // systemd (Type=notify) sets NOTIFY_SOCKET and, with WatchdogSec=, WATCHDOG_USEC.
     let notify = Notifier::from_env(&ProcessEnv);
+    let mut stop = StopSignals::register();
     let handle = match nowconnect_agent::start_with(cfg, notify).await {
         Ok(h) => h,
         Err(e) => {
@@ -70,7 +72,7 @@ async fn run(cfg: AgentConfig) -> ExitCode {
             return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
-    wait_for_signal().await;
+    stop.first().await;
     tracing::info!("stopping");
     handle.shutdown();
     if tokio::time::timeout(STOP_GRACE, handle.wait())
@@ -82,18 +84,38 @@ async fn run(cfg: AgentConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, registered before the agent starts: a stop that arrives while it connects
+/// (systemd's stop right after start, say) is graceful, never death by the signal's default action.
+struct StopSignals {
+    term: Option<Signal>,
+    int: Option<Signal>,
+}
+
+impl StopSignals {
+    /// Must run inside the runtime.
+    fn register() -> StopSignals {
+        let one = |kind: SignalKind, name: &str| {
+            signal(kind)
+                .map_err(|e| tracing::warn!(error = %e, "cannot watch {name}"))
+                .ok()
+        };
+        StopSignals {
+            term: one(SignalKind::terminate(), "SIGTERM"),
+            int: one(SignalKind::interrupt(), "SIGINT"),
+        }
+    }
+
+    async fn first(&mut self) {
+        async fn of(s: Option<&mut Signal>) {
+            if let Some(s) = s {
+                s.recv().await;
+            } else {
+                std::future::pending::<()>().await;
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the agent");
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = of(self.term.as_mut()) => {}
+            _ = of(self.int.as_mut()) => {}
         }
     }
 }

@@ -124,3 +124,61 @@ async fn sigterm_closes_the_tunnel_and_exits_0() {
     let status = within("agent exit", child.wait()).await.expect("wait");
     assert_eq!(status.code(), Some(0));
 }
+
+/// A stop that comes while the agent starts (systemd's stop right after start) is still the
+/// graceful one: SIGTERM at the agent's first log line, exit 0 after "stopping".
+#[tokio::test]
+async fn sigterm_at_the_first_log_line_is_a_graceful_stop() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let relay = MockRelay::bind().await;
+    let url = relay.url();
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "--url",
+            &url,
+            "--allow-insecure-ws",
+            "--agent-id",
+            "premise-01",
+            "--connectors",
+            "x",
+            "--target",
+            "x=127.0.0.1:9",
+            "--health-host",
+            "127.0.0.1",
+            "--health-port",
+            "0",
+        ])
+        .env_clear()
+        .env("NC_LOG_LEVEL", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let first = within("the first log line", lines.next_line())
+        .await
+        .expect("stderr")
+        .expect("a log line");
+    let pid = child.id().expect("pid").to_string();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let mut rest = Vec::new();
+    while let Some(l) = within("agent log", lines.next_line())
+        .await
+        .expect("stderr")
+    {
+        rest.push(l);
+    }
+    let status = within("agent exit", child.wait()).await.expect("wait");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "first line {first:?}, then {rest:?}"
+    );
+    assert!(rest.iter().any(|l| l.contains("stopping")), "{rest:?}");
+}

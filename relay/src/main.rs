@@ -41,25 +41,59 @@ fn init_logging(default_level: &str) {
     }
 }
 
-#[cfg(unix)]
-async fn terminated() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, watched from before start-up: a stop that arrives while the relay starts
+/// (systemd's stop right after start, say) is a graceful one too, not death by signal.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Must run inside the runtime.
+    fn watch() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let watch = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    warn!(error = %e, "cannot watch {name}");
+                    None
+                }
+            };
+            Signals {
+                term: watch(SignalKind::terminate(), "SIGTERM"),
+                int: watch(SignalKind::interrupt(), "SIGINT"),
             }
         }
-        Err(_) => {
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-#[cfg(not(unix))]
-async fn terminated() {
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn main() -> ExitCode {
@@ -98,6 +132,7 @@ fn main() -> ExitCode {
         }
     };
     let code = rt.block_on(async {
+        let mut signals = Signals::watch();
         let handle = match start_sharded(cfg, Some(shards.clone())).await {
             Ok(h) => h,
             Err(e @ StartError::Config(_)) => {
@@ -113,12 +148,12 @@ fn main() -> ExitCode {
             shards = shards.len(),
             "tunnels run on one thread each, spread over the shards"
         );
-        terminated().await;
+        signals.recv().await;
         info!("signal received: graceful shutdown (a second signal stops at once)");
         handle.shutdown();
         tokio::select! {
             _ = handle.wait() => {}
-            _ = terminated() => warn!("second signal: stopping now"),
+            _ = signals.recv() => warn!("second signal: stopping now"),
         }
         ExitCode::SUCCESS
     });
