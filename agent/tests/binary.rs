@@ -131,7 +131,9 @@ async fn sigterm_closes_the_tunnel_and_exits_0() {
 async fn sigterm_at_the_first_log_line_is_a_graceful_stop() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let relay = MockRelay::bind().await;
+    let echo = echo_target().await;
     let url = relay.url();
+    let target = format!("x={echo}");
     let mut child = tokio::process::Command::new(BIN)
         .args([
             "--url",
@@ -142,7 +144,7 @@ async fn sigterm_at_the_first_log_line_is_a_graceful_stop() {
             "--connectors",
             "x",
             "--target",
-            "x=127.0.0.1:9",
+            &target,
             "--health-host",
             "127.0.0.1",
             "--health-port",
