@@ -18,6 +18,42 @@ fn agent(args: &[&str], env: &[(&str, &str)]) -> Command {
     c
 }
 
+/// The agent with one connector `x` to `target` over `ws://` to `url`, health on a free
+/// port, a clean environment, stdio to null (callers may pipe stderr).
+fn tunnel_agent(url: &str, target: &str) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(BIN);
+    c.args([
+        "--url",
+        url,
+        "--allow-insecure-ws",
+        "--agent-id",
+        "premise-01",
+        "--connectors",
+        "x",
+        "--target",
+        target,
+        "--health-host",
+        "127.0.0.1",
+        "--health-port",
+        "0",
+    ])
+    .env_clear()
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .kill_on_drop(true);
+    c
+}
+
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("pid").to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
 #[test]
 fn bad_configuration_exits_2_with_one_line() {
     let out = agent(&[], &[]).output().expect("run");
@@ -83,29 +119,8 @@ async fn sigterm_closes_the_tunnel_and_exits_0() {
     let echo = echo_target().await;
     let url = relay.url();
     let target = format!("x={echo}");
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "--url",
-            &url,
-            "--allow-insecure-ws",
-            "--agent-id",
-            "premise-01",
-            "--connectors",
-            "x",
-            "--target",
-            &target,
-            "--health-host",
-            "127.0.0.1",
-            "--health-port",
-            "0",
-            "--log-format",
-            "json",
-        ])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
+    let mut child = tunnel_agent(&url, &target)
+        .args(["--log-format", "json"])
         .spawn()
         .expect("spawn");
     let mut conn = relay.accept(Select::Negotiate).await;
@@ -114,12 +129,7 @@ async fn sigterm_closes_the_tunnel_and_exits_0() {
         other => panic!("expected HELLO, got {other:?}"),
     }
     conn.send(Frame::HelloAck).await;
-    let pid = child.id().expect("pid").to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    sigterm(&child);
     assert!(conn.try_recv().await.is_none(), "Close frame on SIGTERM");
     let status = within("agent exit", child.wait()).await.expect("wait");
     assert_eq!(status.code(), Some(0));
@@ -134,28 +144,9 @@ async fn sigterm_at_the_first_log_line_is_a_graceful_stop() {
     let echo = echo_target().await;
     let url = relay.url();
     let target = format!("x={echo}");
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "--url",
-            &url,
-            "--allow-insecure-ws",
-            "--agent-id",
-            "premise-01",
-            "--connectors",
-            "x",
-            "--target",
-            &target,
-            "--health-host",
-            "127.0.0.1",
-            "--health-port",
-            "0",
-        ])
-        .env_clear()
+    let mut child = tunnel_agent(&url, &target)
         .env("NC_LOG_LEVEL", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
@@ -163,12 +154,7 @@ async fn sigterm_at_the_first_log_line_is_a_graceful_stop() {
         .await
         .expect("stderr")
         .expect("a log line");
-    let pid = child.id().expect("pid").to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    sigterm(&child);
     let mut rest = Vec::new();
     while let Some(l) = within("agent log", lines.next_line())
         .await
