@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use nowconnect_shared::{binary, Frame, Limits, V1Codec};
+use nowconnect_shared::{binary, Frame, Limits, V1Decoder, V1Encoder};
 use std::hint::black_box;
 
 const PAYLOAD: usize = 16 * 1024;
@@ -29,7 +29,8 @@ fn codecs(c: &mut Criterion) {
             black_box(decoded);
         })
     });
-    let (mut tx, mut rx) = (V1Codec::new(limits), V1Codec::new(limits));
+    let (mut tx, mut rx) = (V1Encoder::new(limits), V1Decoder::new(limits));
+    rx.open(7).expect("room");
     group.bench_function("v1", |b| {
         b.iter(|| {
             let text = tx.encode(black_box(&frame)).expect("encodes");

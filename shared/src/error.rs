@@ -67,6 +67,8 @@ pub enum EncodeError {
     NotInV1(&'static str),
     #[error("invalid frame: {0}")]
     Invalid(#[from] DecodeError),
+    #[error("more than {max} v1 streams tracked at once")]
+    TooManyStreams { max: usize },
 }
 
 /// Flow-control violations. `PeerExceeded` is the peer's fault; the others are ours.

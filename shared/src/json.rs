@@ -1,4 +1,4 @@
-//! v1 codec: the reference system's JSON text frames, byte for byte.
+//! v1 codec: the reference system's JSON text frames, byte for byte, as a decoder and an encoder.
 //!
 //! ```text
 //! {"t":"HELLO","agent_id":"premise-01","connectors":["addomain"],"ver":"1.5"}
@@ -10,16 +10,18 @@
 //! ```
 //! v1 streams are named by a text `cid`; the [`Frame`] model uses numeric ids. Our relay writes
 //! ids as UUID-shaped cids ([`cid_for`]) that map back without any table. A peer that mints its
-//! own cids (the reference hub) gets ids from a bounded table, allocated on OPEN. The codec also
-//! enforces the v1 rule that DATA `seq` grows by one per cid and direction, so it is stateful.
+//! own cids (the reference hub) gets ids from a bounded table, allocated when its OPEN is decoded.
 //!
-//! State lifecycle (the caller's duty, since only it knows which streams are live):
-//! - decoding the first DATA of an id starts its incoming seq state; encoding the first DATA of
-//!   an id starts its outgoing seq state; both are bounded by `Limits::max_v1_streams`.
-//! - call [`V1Codec::forget`] when a stream ends, *and* when you drop a decoded frame for an id
-//!   you do not know (a late DATA crossing an RST would otherwise leave state behind).
-//! - the incoming and outgoing halves never touch each other's state, so a reader task and a
-//!   writer task may each own a separate `V1Codec` (each forgets its own half).
+//! The two halves share no state, so a reader task may own the [`V1Decoder`] and a writer task
+//! the [`V1Encoder`]. What the encoder must know of the decoder's state (the cid a peer minted
+//! for a stream) is handed over explicitly: [`V1Decoder::foreign_cid`] then [`V1Encoder::bind`].
+//! Each half keeps per-stream state bounded by `Limits::max_v1_streams` and drops it on
+//! `forget(id)`, which the stream table calls when a stream ends (decoder) and the writer after
+//! the stream's last frame (encoder):
+//! - decoder: the DATA `seq` rule (it grows by one per cid; the first DATA sets the baseline)
+//!   for streams the table [`open`](V1Decoder::open)ed, and the cids the peer minted. DATA for a
+//!   stream that is not open is decoded without seq state (the table ignores it as unknown).
+//! - encoder: the next DATA `seq` per stream, created by its first DATA, and bound peer cids.
 
 use std::collections::HashMap;
 
@@ -109,44 +111,58 @@ impl<'a> Out<'a> {
     }
 }
 
-/// Stateful v1 codec for one tunnel (one per peer).
-#[derive(Debug, Default)]
-pub struct V1Codec {
+/// Decoding half of the v1 codec (one per tunnel reader).
+#[derive(Debug)]
+pub struct V1Decoder {
     limits: Limits,
-    /// Next DATA seq we send, per stream.
-    out_seq: HashMap<StreamId, u64>,
-    /// Next DATA seq we expect, per stream; the first DATA sets the baseline.
-    in_seq: HashMap<StreamId, u64>,
+    /// Streams whose DATA seq is checked, and the next seq expected (`None` before their first
+    /// DATA, which sets the baseline). Bounded by `limits.max_v1_streams`.
+    in_seq: HashMap<StreamId, Option<u64>>,
     /// cids the peer minted, both ways; bounded by `limits.max_v1_streams`.
     foreign: HashMap<String, StreamId>,
     foreign_rev: HashMap<StreamId, String>,
     next_foreign: StreamId,
 }
 
-impl V1Codec {
-    pub fn new(limits: Limits) -> V1Codec {
-        V1Codec {
+impl V1Decoder {
+    pub fn new(limits: Limits) -> V1Decoder {
+        V1Decoder {
             limits,
+            in_seq: HashMap::new(),
+            foreign: HashMap::new(),
+            foreign_rev: HashMap::new(),
             next_foreign: FOREIGN_ID_BASE,
-            ..V1Codec::default()
         }
     }
 
-    /// Drops the seq and cid state of a finished stream.
+    /// Starts checking the DATA seq of stream `id` (the stream table calls this when a stream
+    /// starts). Refused when `limits.max_v1_streams` streams are tracked already.
+    pub fn open(&mut self, id: StreamId) -> Result<(), DecodeError> {
+        if !self.in_seq.contains_key(&id) && self.in_seq.len() >= self.limits.max_v1_streams {
+            return Err(DecodeError::TooManyStreams {
+                max: self.limits.max_v1_streams,
+            });
+        }
+        self.in_seq.insert(id, None);
+        Ok(())
+    }
+
+    /// Drops the seq and cid state of a finished (or refused) stream.
     pub fn forget(&mut self, id: StreamId) {
-        self.out_seq.remove(&id);
         self.in_seq.remove(&id);
         if let Some(cid) = self.foreign_rev.remove(&id) {
             self.foreign.remove(&cid);
         }
     }
 
+    /// The cid the peer minted for stream `id`, if it did (hand it to [`V1Encoder::bind`]).
+    pub fn foreign_cid(&self, id: StreamId) -> Option<&str> {
+        self.foreign_rev.get(&id).map(String::as_str)
+    }
+
     /// Number of streams with state; for tests and leak checks.
     pub fn tracked_streams(&self) -> usize {
-        self.out_seq
-            .len()
-            .max(self.in_seq.len())
-            .max(self.foreign.len())
+        self.in_seq.len().max(self.foreign.len())
     }
 
     /// Parses one text frame, checks limits and the seq rule, and maps the cid to an id.
@@ -238,81 +254,6 @@ impl V1Codec {
         }
     }
 
-    /// Encodes one frame as v1 text. WINDOW has no v1 form; a v2-only RST reason is dropped
-    /// unless the code is `Other`, whose text then goes in `err`.
-    pub fn encode(&mut self, frame: &Frame) -> Result<String, EncodeError> {
-        let limits = self.limits;
-        let cid_text;
-        let b64_text;
-        let mut out;
-        match frame {
-            Frame::Hello(hello) => {
-                hello.validate(&limits)?;
-                out = Out::new("HELLO");
-                out.agent_id = Some(&hello.agent_id);
-                out.connectors = Some(&hello.connectors);
-                out.ver = Some(&hello.ver);
-            }
-            Frame::HelloAck => out = Out::new("HELLO_ACK"),
-            Frame::Open {
-                id,
-                connector,
-                client_addr: _,
-            } => {
-                check_name("connector", connector, limits.max_connector_len)?;
-                cid_text = self.cid_text(*id, "OPEN")?;
-                out = Out::new("OPEN");
-                out.cid = Some(&cid_text);
-                out.connector = Some(connector);
-            }
-            Frame::Data { id, payload } => {
-                if payload.len() > limits.max_payload {
-                    let e = DecodeError::Oversized {
-                        len: payload.len(),
-                        max: limits.max_payload,
-                    };
-                    return Err(e.into());
-                }
-                cid_text = self.cid_text(*id, "DATA")?;
-                let seq = self.out_seq.entry(*id).or_insert(0);
-                out = Out::new("DATA");
-                out.seq = Some(*seq);
-                *seq += 1;
-                b64_text = B64.encode(payload);
-                out.cid = Some(&cid_text);
-                out.b64 = Some(&b64_text);
-            }
-            Frame::Fin { id, dir } => {
-                cid_text = self.cid_text(*id, "FIN")?;
-                out = Out::new("FIN");
-                out.cid = Some(&cid_text);
-                out.dir = Some(dir.as_str());
-            }
-            Frame::Rst { id, code, reason } => {
-                check_text("reason", reason, limits.max_short_text_len)?;
-                cid_text = self.cid_text(*id, "RST")?;
-                out = Out::new("RST");
-                out.cid = Some(&cid_text);
-                out.err = Some(match code {
-                    RstCode::Other if !reason.is_empty() => reason,
-                    code => code.as_str(),
-                });
-            }
-            Frame::Window { .. } => return Err(EncodeError::NotInV1("WINDOW")),
-        }
-        serde_json::to_string(&out).map_err(|_| EncodeError::Invalid(DecodeError::NotAnObject))
-    }
-
-    fn cid_text(&self, id: StreamId, frame: &'static str) -> Result<String, DecodeError> {
-        if id == 0 {
-            return Err(DecodeError::StreamFrameOnConnection { frame });
-        }
-        match self.foreign_rev.get(&id) {
-            Some(cid) => Ok(cid.clone()),
-            None => Ok(cid_for(id)),
-        }
-    }
-
     fn stream_id(&mut self, cid: Option<&str>, open: bool) -> Result<StreamId, DecodeError> {
         let cid = cid.ok_or(DecodeError::MissingField("cid"))?;
         check_name("cid", cid, self.limits.max_short_text_len)?;
@@ -352,24 +293,149 @@ impl V1Codec {
 
     fn check_seq(&mut self, id: StreamId, seq: u64) -> Result<(), DecodeError> {
         match self.in_seq.get_mut(&id) {
-            Some(expected) if *expected == seq => {
+            // Not open: the stream table ignores the frame; keep no state for it.
+            None => Ok(()),
+            Some(expected @ None) => {
+                *expected = Some(seq.wrapping_add(1));
+                Ok(())
+            }
+            Some(Some(expected)) if *expected == seq => {
                 *expected = seq.wrapping_add(1);
                 Ok(())
             }
-            Some(expected) => Err(DecodeError::Seq {
+            Some(Some(expected)) => Err(DecodeError::Seq {
                 id,
                 expected: *expected,
                 got: seq,
             }),
-            None => {
-                if self.in_seq.len() >= self.limits.max_v1_streams {
-                    return Err(DecodeError::TooManyStreams {
-                        max: self.limits.max_v1_streams,
+        }
+    }
+}
+
+/// Encoding half of the v1 codec (one per tunnel writer).
+#[derive(Debug)]
+pub struct V1Encoder {
+    limits: Limits,
+    /// Next DATA seq we send, per stream; created by its first DATA, bounded by
+    /// `limits.max_v1_streams`.
+    out_seq: HashMap<StreamId, u64>,
+    /// cids the peer minted ([`V1Encoder::bind`]), bounded by `limits.max_v1_streams`.
+    foreign: HashMap<StreamId, String>,
+}
+
+impl V1Encoder {
+    pub fn new(limits: Limits) -> V1Encoder {
+        V1Encoder {
+            limits,
+            out_seq: HashMap::new(),
+            foreign: HashMap::new(),
+        }
+    }
+
+    /// Frames of stream `id` go out under the peer's own `cid` (from [`V1Decoder::foreign_cid`]).
+    pub fn bind(&mut self, id: StreamId, cid: &str) -> Result<(), EncodeError> {
+        if !self.foreign.contains_key(&id) && self.foreign.len() >= self.limits.max_v1_streams {
+            return Err(EncodeError::TooManyStreams {
+                max: self.limits.max_v1_streams,
+            });
+        }
+        self.foreign.insert(id, cid.to_owned());
+        Ok(())
+    }
+
+    /// Drops the seq and cid state of a stream whose last frame was encoded.
+    pub fn forget(&mut self, id: StreamId) {
+        self.out_seq.remove(&id);
+        self.foreign.remove(&id);
+    }
+
+    /// Number of streams with state; for tests and leak checks.
+    pub fn tracked_streams(&self) -> usize {
+        self.out_seq.len().max(self.foreign.len())
+    }
+
+    /// Encodes one frame as v1 text. WINDOW has no v1 form; a v2-only RST reason is dropped
+    /// unless the code is `Other`, whose text then goes in `err`.
+    pub fn encode(&mut self, frame: &Frame) -> Result<String, EncodeError> {
+        let limits = self.limits;
+        let cid_text;
+        let b64_text;
+        let mut out;
+        match frame {
+            Frame::Hello(hello) => {
+                hello.validate(&limits)?;
+                out = Out::new("HELLO");
+                out.agent_id = Some(&hello.agent_id);
+                out.connectors = Some(&hello.connectors);
+                out.ver = Some(&hello.ver);
+            }
+            Frame::HelloAck => out = Out::new("HELLO_ACK"),
+            Frame::Open {
+                id,
+                connector,
+                client_addr: _,
+            } => {
+                check_name("connector", connector, limits.max_connector_len)?;
+                cid_text = self.cid_text(*id, "OPEN")?;
+                out = Out::new("OPEN");
+                out.cid = Some(&cid_text);
+                out.connector = Some(connector);
+            }
+            Frame::Data { id, payload } => {
+                if payload.len() > limits.max_payload {
+                    let e = DecodeError::Oversized {
+                        len: payload.len(),
+                        max: limits.max_payload,
+                    };
+                    return Err(e.into());
+                }
+                if !self.out_seq.contains_key(id) && self.out_seq.len() >= limits.max_v1_streams {
+                    return Err(EncodeError::TooManyStreams {
+                        max: limits.max_v1_streams,
                     });
                 }
-                self.in_seq.insert(id, seq.wrapping_add(1));
-                Ok(())
+                let seq = self.out_seq.entry(*id).or_insert(0);
+                let this = *seq;
+                *seq += 1;
+                b64_text = B64.encode(payload);
+                cid_text = self.cid_text(*id, "DATA")?;
+                out = Out::new("DATA");
+                out.seq = Some(this);
+                out.cid = Some(&cid_text);
+                out.b64 = Some(&b64_text);
             }
+            Frame::Fin { id, dir } => {
+                cid_text = self.cid_text(*id, "FIN")?;
+                out = Out::new("FIN");
+                out.cid = Some(&cid_text);
+                out.dir = Some(dir.as_str());
+            }
+            Frame::Rst { id, code, reason } => {
+                check_text("reason", reason, limits.max_short_text_len)?;
+                cid_text = self.cid_text(*id, "RST")?;
+                out = Out::new("RST");
+                out.cid = Some(&cid_text);
+                out.err = Some(match code {
+                    RstCode::Other if !reason.is_empty() => reason,
+                    code => code.as_str(),
+                });
+            }
+            Frame::Window { .. } => return Err(EncodeError::NotInV1("WINDOW")),
         }
+        serde_json::to_string(&out).map_err(|_| EncodeError::Invalid(DecodeError::NotAnObject))
+    }
+
+    fn cid_text(
+        &self,
+        id: StreamId,
+        frame: &'static str,
+    ) -> Result<std::borrow::Cow<'_, str>, DecodeError> {
+        if id == 0 {
+            return Err(DecodeError::StreamFrameOnConnection { frame });
+        }
+        Ok(match self.foreign.get(&id) {
+            Some(cid) => std::borrow::Cow::Borrowed(cid.as_str()),
+            None => std::borrow::Cow::Owned(cid_for(id)),
+        })
     }
 }

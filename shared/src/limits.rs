@@ -13,7 +13,7 @@ pub struct Limits {
     pub max_agent_id_len: usize,
     /// Longest RST reason, client address, version string or v1 `cid`, in bytes.
     pub max_short_text_len: usize,
-    /// Most v1 streams whose `cid`/`seq` state one [`crate::V1Codec`] keeps at once.
+    /// Most v1 streams whose `cid`/`seq` state one [`crate::V1Decoder`] or [`crate::V1Encoder`] keeps at once.
     pub max_v1_streams: usize,
 }
 

@@ -2,10 +2,16 @@
 
 use bytes::Bytes;
 use nowconnect_shared::json::cid_for;
-use nowconnect_shared::{DecodeError, Dir, EncodeError, Frame, Hello, Limits, RstCode, V1Codec};
+use nowconnect_shared::{
+    DecodeError, Dir, EncodeError, Frame, Hello, Limits, RstCode, V1Decoder, V1Encoder,
+};
 
-fn codec() -> V1Codec {
-    V1Codec::new(Limits::default())
+fn dec() -> V1Decoder {
+    V1Decoder::new(Limits::default())
+}
+
+fn enc() -> V1Encoder {
+    V1Encoder::new(Limits::default())
 }
 
 fn hello() -> Hello {
@@ -19,7 +25,7 @@ fn hello() -> Hello {
 #[test]
 fn reference_frames_decode() {
     // Copied from the reference system's documentation (DESIGN.md, "v1").
-    let mut c = codec();
+    let mut c = dec();
     assert_eq!(
         c.decode(r#"{"t":"HELLO","agent_id":"premise-01","connectors":["addomain","devdomain1"],"ver":"1.5"}"#),
         Ok(Frame::Hello(hello()))
@@ -40,6 +46,7 @@ fn reference_frames_decode() {
         panic!("OPEN did not decode: {open:?}")
     };
     assert_eq!(connector, "addomain");
+    c.open(id).expect("room");
     assert_eq!(
         c.decode(&format!(
             r#"{{"t":"DATA","cid":"{cid}","seq":123,"b64":"aGVsbG8="}}"#
@@ -68,8 +75,11 @@ fn reference_frames_decode() {
             })
         );
     }
-    // And we answer with the hub's own cid.
-    let reply = c.encode(&Frame::Data {
+    // And we answer with the hub's own cid, which the decoder hands to the encoder.
+    let mut e = enc();
+    e.bind(id, c.foreign_cid(id).expect("hub cid"))
+        .expect("room");
+    let reply = e.encode(&Frame::Data {
         id,
         payload: Bytes::from_static(b"hi"),
     });
@@ -83,7 +93,7 @@ fn reference_frames_decode() {
 
 #[test]
 fn encoding_is_byte_identical_to_reference() {
-    let mut c = codec();
+    let mut c = enc();
     let cid = cid_for(7);
     assert_eq!(cid, "00000000-0000-4000-8000-000000000007");
     let cases: Vec<(Frame, String)> = vec![
@@ -123,15 +133,17 @@ fn encoding_is_byte_identical_to_reference() {
 #[test]
 fn window_has_no_v1_form() {
     assert_eq!(
-        codec().encode(&Frame::Window { id: 1, credit: 5 }),
+        enc().encode(&Frame::Window { id: 1, credit: 5 }),
         Err(EncodeError::NotInV1("WINDOW"))
     );
 }
 
 #[test]
 fn seq_must_grow_by_one_per_cid() {
-    let mut tx = codec();
-    let mut rx = codec();
+    let mut tx = enc();
+    let mut rx = dec();
+    rx.open(1).expect("room");
+    rx.open(2).expect("room");
     for i in 0..3u8 {
         let text = tx
             .encode(&Frame::Data {
@@ -168,33 +180,86 @@ fn seq_must_grow_by_one_per_cid() {
     rx.forget(1);
     assert!(
         rx.decode(&gap).is_ok(),
-        "a forgotten stream starts a new baseline"
+        "a forgotten stream is not checked (the stream table ignores it)"
     );
+    rx.open(1).expect("room");
+    assert!(
+        rx.decode(&gap).is_ok(),
+        "a reopened stream starts a new baseline"
+    );
+    assert!(rx.decode(&repeat).is_err());
 }
 
 #[test]
 fn forget_releases_all_state() {
-    let mut c = codec();
+    let mut c = dec();
+    let mut e = enc();
     let open = r#"{"t":"OPEN","cid":"abc","connector":"x"}"#;
     let Ok(Frame::Open { id, .. }) = c.decode(open) else {
         panic!("OPEN decodes")
     };
+    c.open(id).expect("room");
     assert!(c
         .decode(r#"{"t":"DATA","cid":"abc","seq":1,"b64":""}"#)
         .is_ok());
-    assert!(c
+    e.bind(id, c.foreign_cid(id).expect("minted"))
+        .expect("room");
+    assert!(e
         .encode(&Frame::Data {
             id,
             payload: Bytes::new()
         })
         .is_ok());
     assert_eq!(c.tracked_streams(), 1);
+    assert_eq!(e.tracked_streams(), 1);
     c.forget(id);
+    e.forget(id);
     assert_eq!(c.tracked_streams(), 0);
+    assert_eq!(e.tracked_streams(), 0);
     assert_eq!(
         c.decode(r#"{"t":"FIN","cid":"abc","dir":"c2a"}"#),
         Err(DecodeError::BadCid)
     );
+}
+
+#[test]
+fn untracked_streams_keep_no_state() {
+    // DATA for a stream nobody opened (a late frame after its end) decodes without seq state,
+    // so the caller need not forget anything after ignoring it.
+    let mut c = dec();
+    let late = format!(r#"{{"t":"DATA","cid":"{}","seq":9,"b64":""}}"#, cid_for(3));
+    assert!(c.decode(&late).is_ok());
+    assert_eq!(c.tracked_streams(), 0);
+}
+
+#[test]
+fn encoder_and_decoder_state_is_bounded() {
+    let limits = Limits {
+        max_v1_streams: 2,
+        ..Limits::default()
+    };
+    let mut e = V1Encoder::new(limits);
+    for id in 1..=2 {
+        e.encode(&Frame::Data {
+            id,
+            payload: Bytes::new(),
+        })
+        .expect("room");
+    }
+    assert_eq!(
+        e.encode(&Frame::Data {
+            id: 3,
+            payload: Bytes::new()
+        }),
+        Err(EncodeError::TooManyStreams { max: 2 })
+    );
+    assert_eq!(e.bind(1, "a"), Ok(()));
+    assert_eq!(e.bind(2, "b"), Ok(()));
+    assert_eq!(e.bind(3, "c"), Err(EncodeError::TooManyStreams { max: 2 }));
+    let mut d = V1Decoder::new(limits);
+    d.open(1).expect("room");
+    d.open(2).expect("room");
+    assert_eq!(d.open(3), Err(DecodeError::TooManyStreams { max: 2 }));
 }
 
 #[test]
@@ -203,7 +268,7 @@ fn foreign_cid_table_is_bounded() {
         max_v1_streams: 2,
         ..Limits::default()
     };
-    let mut c = V1Codec::new(limits);
+    let mut c = V1Decoder::new(limits);
     assert!(c
         .decode(r#"{"t":"OPEN","cid":"a","connector":"x"}"#)
         .is_ok());
@@ -312,7 +377,7 @@ fn malformed_frames_are_typed_errors() {
         ),
     ];
     for (text, want) in cases {
-        assert_eq!(codec().decode(&text), Err(want), "{text}");
+        assert_eq!(dec().decode(&text), Err(want), "{text}");
     }
 }
 
@@ -325,7 +390,7 @@ fn oversized_frames_are_refused_before_parsing() {
         "A".repeat(limits.max_v1_text_len())
     );
     assert!(matches!(
-        codec().decode(&huge),
+        dec().decode(&huge),
         Err(DecodeError::Oversized { .. })
     ));
     // A payload one byte over the limit, inside a frame the text bound still allows.
@@ -336,7 +401,7 @@ fn oversized_frames_are_refused_before_parsing() {
         cid_for(1)
     );
     assert!(matches!(
-        codec().decode(&text),
+        dec().decode(&text),
         Err(DecodeError::Oversized { .. })
     ));
     // Exactly the limit is fine.
@@ -345,8 +410,8 @@ fn oversized_frames_are_refused_before_parsing() {
         id: 1,
         payload: Bytes::from(payload),
     };
-    let text = codec().encode(&frame).expect("max payload encodes");
-    assert_eq!(codec().decode(&text), Ok(frame));
+    let text = enc().encode(&frame).expect("max payload encodes");
+    assert_eq!(dec().decode(&text), Ok(frame));
 }
 
 #[test]
@@ -357,7 +422,7 @@ fn hello_limits_enforced() {
         .collect();
     let text = serde_json_hello("a", &names);
     assert_eq!(
-        codec().decode(&text),
+        dec().decode(&text),
         Err(DecodeError::TooMany {
             field: "connectors",
             count: names.len(),
@@ -366,7 +431,7 @@ fn hello_limits_enforced() {
     );
     let long_id = "a".repeat(limits.max_agent_id_len + 1);
     assert!(matches!(
-        codec().decode(&serde_json_hello(&long_id, &[])),
+        dec().decode(&serde_json_hello(&long_id, &[])),
         Err(DecodeError::TooLong {
             field: "agent_id",
             ..
@@ -377,7 +442,7 @@ fn hello_limits_enforced() {
 #[test]
 fn unknown_fields_are_ignored_like_the_reference() {
     let text = r#"{"t":"HELLO_ACK","relay":"r1","x":[1,{"y":null}]}"#;
-    assert_eq!(codec().decode(text), Ok(Frame::HelloAck));
+    assert_eq!(dec().decode(text), Ok(Frame::HelloAck));
 }
 
 #[test]
@@ -387,7 +452,7 @@ fn error_messages_never_echo_payload() {
         r#"{{"t":"DATA","cid":"{}","seq":"{secret}","b64":"{secret}"}}"#,
         cid_for(1)
     );
-    let err = codec().decode(&text).expect_err("seq is a string");
+    let err = dec().decode(&text).expect_err("seq is a string");
     assert!(!err.to_string().contains(secret), "{err}");
 }
 
