@@ -9,12 +9,13 @@
 //! refused (a flood from many addresses must not lock out every agent).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::audit::{Action, Audit, Event};
 use crate::config::AbuseConfig;
 
 /// Sources tracked at once.
@@ -141,6 +142,22 @@ impl Gate {
             return true;
         }
         false
+    }
+
+    /// Counts one auth failure of `peer` against its cool-down; audits the start of one.
+    pub fn note_failure(&self, peer: SocketAddr, audit: &Audit) {
+        if self.failed(peer.ip()) {
+            audit.record(
+                Event::new(Action::SourceCooldown, false)
+                    .reason("auth_failure_limit")
+                    .source(peer.ip())
+                    .detail(format!(
+                        "refused for {} s after {} failures",
+                        self.cfg.cooldown.as_secs(),
+                        self.cfg.failure_limit
+                    )),
+            );
+        }
     }
 
     /// Sources tracked now (for tests and the memory bound).

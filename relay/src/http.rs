@@ -223,7 +223,7 @@ fn refuse(
             .source(peer),
     );
     if status != StatusCode::SERVICE_UNAVAILABLE {
-        note_failure(shared, peer);
+        shared.gate.note_failure(peer, &shared.audit);
     }
     let mut r = text_owned(status, format!("{message}\n"));
     if status == StatusCode::UNAUTHORIZED {
@@ -235,23 +235,6 @@ fn refuse(
         }
     }
     r
-}
-
-/// Counts one auth failure of `peer` against its cool-down; audits the start of one.
-pub(crate) fn note_failure(shared: &Shared, peer: SocketAddr) {
-    if shared.gate.failed(peer.ip()) {
-        let cooldown = shared.cfg.security.abuse.cooldown;
-        shared.audit.record(
-            Event::new(Action::SourceCooldown, false)
-                .reason("auth_failure_limit")
-                .source(peer.ip())
-                .detail(format!(
-                    "refused for {} s after {} failures",
-                    cooldown.as_secs(),
-                    shared.cfg.security.abuse.failure_limit
-                )),
-        );
-    }
 }
 
 fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {

@@ -12,7 +12,9 @@
 mod abuse;
 pub mod audit;
 mod auth;
+mod authorize;
 pub mod config;
+mod conn;
 mod http;
 mod httpc;
 mod jwks;
@@ -21,9 +23,9 @@ pub mod metrics;
 mod pdp;
 mod portal;
 mod registry;
+mod sessions;
 mod shards;
 pub mod state;
-mod stream;
 mod tls;
 mod tunnel;
 
@@ -89,7 +91,7 @@ pub(crate) struct Shared {
     /// Policies and the agent block list (changed through the portal).
     pub state: Arc<state::State>,
     /// Live streams, for the portal.
-    pub sessions: Arc<registry::Sessions>,
+    pub sessions: Arc<sessions::Sessions>,
     /// Keys for portal tokens: `portal.jwks_url`'s, else the agents'; `None`: portal refuses (503).
     pub portal_jwks: Option<Arc<jwks::Jwks>>,
     /// Bound listeners, for the portal's connector view.
@@ -401,7 +403,7 @@ pub async fn start_sharded(
             connector: l.connector.clone(),
             addr,
         });
-        let ctx = Arc::new(listener::ListenerCtx {
+        let ctx = Arc::new(conn::ListenerCtx {
             name: l.name.clone(),
             connector: l.connector.clone(),
             allow_cidrs: l.allow_cidrs.clone(),
@@ -428,7 +430,7 @@ pub async fn start_sharded(
         jwks,
         pdp,
         state: Arc::new(state),
-        sessions: Arc::new(registry::Sessions::default()),
+        sessions: Arc::new(sessions::Sessions::default()),
         portal_jwks,
         listeners: bound_info,
         portal_refusals: portal::RefusalThrottle::default(),

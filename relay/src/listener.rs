@@ -6,7 +6,6 @@
 //! registry picks (where the PDP, if any, decides before a byte is relayed).
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,44 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{info, warn};
 
 use crate::audit::{Action, Event};
-use crate::metrics::ConnectorMetrics;
-use crate::tunnel::TunnelCmd;
+use crate::conn::{reject, ConnGuard, ListenerCtx, NewConn};
 use crate::Shared;
-
-/// What streams need to know about the listener that accepted them.
-#[derive(Debug)]
-pub(crate) struct ListenerCtx {
-    pub name: String,
-    pub connector: String,
-    pub allow_cidrs: Vec<IpNet>,
-    pub metrics: ConnectorMetrics,
-}
-
-/// A slot of `limits.max_conn_total`, released on drop.
-#[derive(Debug)]
-pub(crate) struct ConnGuard {
-    count: Arc<AtomicUsize>,
-}
-
-impl ConnGuard {
-    /// Takes a slot unless `max` are in use.
-    pub fn try_acquire(count: &Arc<AtomicUsize>, max: usize) -> Option<ConnGuard> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ConnGuard {
-                count: count.clone(),
-            })
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 fn allowed(cidrs: &[IpNet], ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
@@ -81,12 +44,6 @@ pub(crate) async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>, shared: Ar
         }
     }
     info!(listener = %ctx.name, connector = %ctx.connector, "listener stopped accepting");
-}
-
-pub(crate) fn reject(sock: TcpStream) {
-    // Close at once; a reset tells the client there is nothing behind this port right now.
-    let _ = sock.set_zero_linger();
-    drop(sock);
 }
 
 fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
@@ -124,7 +81,7 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
         return;
     };
     ctx.metrics.connections.inc();
-    let mut cmd = TunnelCmd::Open {
+    let mut conn = NewConn {
         sock,
         peer,
         listener: ctx.clone(),
@@ -135,19 +92,17 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
         let Some(agent) = shared.registry.pick(&ctx.connector) else {
             break;
         };
-        match agent.cmd.send(cmd) {
+        match agent.conns.send(conn) {
             Ok(()) => return,
             Err(tokio::sync::mpsc::error::SendError(back)) => {
                 shared.registry.unregister(agent.tunnel_id);
-                cmd = back;
+                conn = back;
             }
         }
     }
     shared.metrics.rejected(&ctx.connector, "no_agent");
     warn!(event = "no_agent_for_connector", connector = %ctx.connector, client = %peer, "no agent serves this connector; client closed");
-    if let TunnelCmd::Open { sock, .. } = cmd {
-        reject(sock);
-    }
+    reject(conn.sock);
 }
 
 #[cfg(test)]
@@ -162,15 +117,5 @@ mod tests {
         // IPv4-mapped IPv6 (dual-stack listener) counts as the IPv4 address.
         assert!(allowed(&nets, "::ffff:10.0.0.1".parse().expect("ip")));
         assert!(allowed(&[], "192.168.1.1".parse().expect("ip")));
-    }
-
-    #[test]
-    fn conn_guard_caps_and_releases() {
-        let count = Arc::new(AtomicUsize::new(0));
-        let a = ConnGuard::try_acquire(&count, 2).expect("slot");
-        let _b = ConnGuard::try_acquire(&count, 2).expect("slot");
-        assert!(ConnGuard::try_acquire(&count, 2).is_none());
-        drop(a);
-        assert!(ConnGuard::try_acquire(&count, 2).is_some());
     }
 }

@@ -6,130 +6,28 @@
 //! An `agent_id` that registers again supersedes its older tunnels for new streams: the older one
 //! is most likely a dead connection the agent has already replaced.
 //!
-//! For the portal it also keeps every registered tunnel ([`TunnelInfo`]) and every live stream
-//! ([`Sessions`]). Those tables are touched once per tunnel and once per stream; byte counts are
-//! relaxed atomics the stream task bumps, and readers take snapshots (clones of `Arc`s).
+//! It also keeps every registered tunnel's [`TunnelInfo`] for the portal.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use nowconnect_shared::StreamId;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
-use crate::tunnel::TunnelCmd;
+use crate::conn::NewConn;
+use crate::sessions::TunnelInfo;
 
 /// What the registry holds for one tunnel.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentHandle {
     pub tunnel_id: u64,
     pub agent_id: Arc<str>,
-    pub cmd: mpsc::UnboundedSender<TunnelCmd>,
+    /// Where the listener hands this tunnel a new client.
+    pub conns: mpsc::UnboundedSender<NewConn>,
     /// Open streams on this tunnel (for least-streams picking).
     pub active: Arc<AtomicUsize>,
     /// What the portal lists about this tunnel.
     pub info: Arc<TunnelInfo>,
-}
-
-/// One registered tunnel as the portal sees it.
-#[derive(Debug)]
-pub(crate) struct TunnelInfo {
-    pub tunnel_id: u64,
-    pub agent_id: Arc<str>,
-    pub connectors: Vec<String>,
-    pub peer: SocketAddr,
-    /// Unix ms of the accepted HELLO.
-    pub since_ms: u64,
-    /// `nowconnect.v2` or `nowconnect.v1`.
-    pub protocol: &'static str,
-    /// The agent's `ver` from HELLO.
-    pub agent_version: String,
-    pub active: Arc<AtomicUsize>,
-    /// Bytes of this tunnel's streams that have ended (live ones are summed from [`Sessions`]).
-    pub closed_c2a: AtomicU64,
-    pub closed_a2c: AtomicU64,
-    /// Cancelled by an operator: the tunnel closes (reason `admin_disconnect`).
-    pub kick: CancellationToken,
-}
-
-/// Key of a live stream: stream ids are per tunnel.
-pub(crate) type SessionKey = (u64, StreamId);
-
-/// One live stream as the portal sees it.
-#[derive(Debug)]
-pub(crate) struct SessionInfo {
-    pub tunnel: Arc<TunnelInfo>,
-    pub cid: StreamId,
-    pub connector: String,
-    pub client: SocketAddr,
-    /// Unix ms of the OPEN.
-    pub started_ms: u64,
-    pub bytes_c2a: AtomicU64,
-    pub bytes_a2c: AtomicU64,
-    /// Cancelled by an operator: RST to the agent, the client socket closed at once.
-    pub kill: CancellationToken,
-}
-
-impl SessionInfo {
-    /// The relay-wide session id the portal uses: `<tunnel_id>-<cid>`.
-    pub fn id(&self) -> String {
-        format!("{}-{}", self.tunnel.tunnel_id, self.cid)
-    }
-}
-
-/// Live streams, for the portal. A stream lists itself once its OPEN is decided and removes
-/// itself (through [`Listed`]) when its task ends.
-#[derive(Debug, Default)]
-pub(crate) struct Sessions {
-    map: Mutex<HashMap<SessionKey, Arc<SessionInfo>>>,
-}
-
-/// Removes its session from the table when dropped, adding its bytes to the tunnel's total.
-#[derive(Debug)]
-pub(crate) struct Listed {
-    sessions: Arc<Sessions>,
-    info: Arc<SessionInfo>,
-}
-
-impl Drop for Listed {
-    fn drop(&mut self) {
-        let i = &self.info;
-        i.tunnel
-            .closed_c2a
-            .fetch_add(i.bytes_c2a.load(Ordering::Relaxed), Ordering::Relaxed);
-        i.tunnel
-            .closed_a2c
-            .fetch_add(i.bytes_a2c.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.sessions.lock().remove(&(i.tunnel.tunnel_id, i.cid));
-    }
-}
-
-impl Sessions {
-    fn lock(&self) -> MutexGuard<'_, HashMap<SessionKey, Arc<SessionInfo>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub fn insert(self: &Arc<Self>, info: Arc<SessionInfo>) -> Listed {
-        self.lock()
-            .insert((info.tunnel.tunnel_id, info.cid), info.clone());
-        Listed {
-            sessions: self.clone(),
-            info,
-        }
-    }
-
-    /// Every live stream, oldest first.
-    pub fn snapshot(&self) -> Vec<Arc<SessionInfo>> {
-        let mut v: Vec<_> = self.lock().values().cloned().collect();
-        v.sort_by_key(|s| (s.started_ms, s.tunnel.tunnel_id, s.cid));
-        v
-    }
-
-    pub fn get(&self, key: SessionKey) -> Option<Arc<SessionInfo>> {
-        self.lock().get(&key).cloned()
-    }
 }
 
 #[derive(Debug, Default)]
@@ -259,8 +157,11 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicU64;
+    use tokio_util::sync::CancellationToken;
 
-    fn agent(tunnel_id: u64, agent_id: &str) -> (AgentHandle, mpsc::UnboundedReceiver<TunnelCmd>) {
+    fn agent(tunnel_id: u64, agent_id: &str) -> (AgentHandle, mpsc::UnboundedReceiver<NewConn>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let active = Arc::new(AtomicUsize::new(0));
         let info = Arc::new(TunnelInfo {
@@ -280,7 +181,7 @@ mod tests {
             AgentHandle {
                 tunnel_id,
                 agent_id: Arc::from(agent_id),
-                cmd: tx,
+                conns: tx,
                 active,
                 info,
             },

@@ -36,6 +36,9 @@ pub const MAX_STREAM_ID: StreamId = (1 << 31) - 1;
 pub struct Slot<H> {
     pub recv: RecvHalf,
     pub handle: H,
+    /// Relay: OPEN has gone (or is going) out. Until then the agent cannot know the id, and
+    /// frames for it are ignored like those for any unknown id.
+    announced: bool,
 }
 
 /// Why a tunnel must close (WebSocket close 1002, or 1008 for a refused handshake).
@@ -226,9 +229,13 @@ impl<H> Demux<H> {
         }
     }
 
-    /// Relay: a new stream, with the next free id. Returns its id and its send half (for the
-    /// stream task; the receive half stays here).
-    pub fn open(&mut self, handle: H) -> Result<(StreamId, SendHalf), Full> {
+    /// Relay: a new stream, with the next free id; `make` builds its handle. Returns the id
+    /// and the send half (for the stream task; the receive half stays here). Frames for it
+    /// are ignored until [`Demux::announce`]. `make` is not called when the table is full.
+    pub fn open<F>(&mut self, make: F) -> Result<(StreamId, SendHalf), Full>
+    where
+        F: FnOnce(StreamId) -> H,
+    {
         if self.slots.len() >= self.max_streams {
             return Err(Full);
         }
@@ -239,12 +246,20 @@ impl<H> Demux<H> {
                 break id;
             }
         };
-        self.insert(id, handle).map(|send| (id, send))
+        let send = self.insert(id, make(id), false)?;
+        Ok((id, send))
+    }
+
+    /// Relay: OPEN for stream `id` is queued; from now on its frames are the agent's.
+    pub fn announce(&mut self, id: StreamId) {
+        if let Some(slot) = self.slots.get_mut(&id) {
+            slot.announced = true;
+        }
     }
 
     /// Agent: takes the stream of a [`Dispatch::Open`]; returns its send half.
     pub fn accept(&mut self, id: StreamId, handle: H) -> Result<SendHalf, Full> {
-        self.insert(id, handle)
+        self.insert(id, handle, true)
     }
 
     /// Agent: turns down the stream of a [`Dispatch::Open`]: the RST to send.
@@ -255,7 +270,7 @@ impl<H> Demux<H> {
         reset.frame(id)
     }
 
-    fn insert(&mut self, id: StreamId, handle: H) -> Result<SendHalf, Full> {
+    fn insert(&mut self, id: StreamId, handle: H, announced: bool) -> Result<SendHalf, Full> {
         if self.slots.len() >= self.max_streams {
             return Err(Full);
         }
@@ -263,7 +278,14 @@ impl<H> Demux<H> {
             v1.open(id).map_err(|_| Full)?;
         }
         let recv = RecvHalf::new(id, self.role, &self.params);
-        self.slots.insert(id, Slot { recv, handle });
+        self.slots.insert(
+            id,
+            Slot {
+                recv,
+                handle,
+                announced,
+            },
+        );
         Ok(SendHalf::new(id, self.role, &self.params))
     }
 
@@ -339,6 +361,9 @@ impl<H> Demux<H> {
             return Dispatch::Close(Violation::BadHello(e));
         }
         let reset = Reset::new(RstCode::Protocol, "undecodable frame");
+        if !self.slots.get(&id).is_some_and(|s| s.announced) {
+            return Dispatch::Ignored(Ignored::Undecodable(e));
+        }
         match self.reset(id, reset) {
             Some((rst, handle)) => Dispatch::Reset {
                 id,
@@ -393,7 +418,7 @@ impl<H> Demux<H> {
             }
             frame => {
                 let kind = frame.kind();
-                let Some(slot) = self.slots.get_mut(&id) else {
+                let Some(slot) = self.slots.get_mut(&id).filter(|s| s.announced) else {
                     return Dispatch::Ignored(Ignored::UnknownStream { kind, id });
                 };
                 match slot.recv.on_frame(frame) {

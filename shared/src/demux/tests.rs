@@ -119,11 +119,11 @@ fn frames_for_unknown_ids_are_ignored_never_answered() {
 #[test]
 fn relay_allocates_ids_and_bounds_the_table() {
     let mut d = ready(Role::Relay);
-    let ids: Vec<_> = (0..4).map(|h| d.open(h).expect("room").0).collect();
+    let ids: Vec<_> = (0..4).map(|h| d.open(|_| h).expect("room").0).collect();
     assert_eq!(ids, vec![1, 2, 3, 4]);
-    assert_eq!(d.open(5).err(), Some(Full));
+    assert_eq!(d.open(|_| 5).err(), Some(Full));
     assert_eq!(d.remove(2), Some(1));
-    let (id, send) = d.open(6).expect("room again");
+    let (id, send) = d.open(|id| id).expect("room again");
     assert_eq!(id, 5, "ids move on; a freed id is not reused at once");
     assert_eq!(send.id(), 5);
 }
@@ -132,10 +132,14 @@ fn relay_allocates_ids_and_bounds_the_table() {
 fn relay_ids_wrap_below_2_31_and_skip_live_ones() {
     let mut d = ready(Role::Relay);
     d.next_id = MAX_STREAM_ID;
-    assert_eq!(d.open(0).expect("room").0, MAX_STREAM_ID);
-    assert_eq!(d.open(0).expect("room").0, 1, "wraps to 1, never 0");
+    assert_eq!(d.open(|_| 0).expect("room").0, MAX_STREAM_ID);
+    assert_eq!(d.open(|_| 0).expect("room").0, 1, "wraps to 1, never 0");
     d.next_id = MAX_STREAM_ID;
-    assert_eq!(d.open(0).expect("room").0, 2, "skips the live MAX and 1");
+    assert_eq!(
+        d.open(|_| 0).expect("room").0,
+        2,
+        "skips the live MAX and 1"
+    );
 }
 
 #[test]
@@ -223,7 +227,12 @@ fn agent_refuses_opens_beyond_its_table() {
 #[test]
 fn stream_frames_reach_the_receive_half() {
     let mut d = ready(Role::Relay);
-    let (id, _send) = d.open(7).expect("room");
+    let (id, _send) = d.open(|_| 7).expect("room");
+    assert!(
+        matches!(d.on_binary(&data(id, 10)), Dispatch::Ignored(_)),
+        "nothing is taken before OPEN went out"
+    );
+    d.announce(id);
     assert!(matches!(
         d.on_binary(&data(id, 10)),
         Dispatch::Data { direct: true, .. }
@@ -267,7 +276,8 @@ fn stream_frames_reach_the_receive_half() {
 #[test]
 fn peer_reset_removes_the_stream() {
     let mut d = ready(Role::Relay);
-    let (id, _) = d.open(7).expect("room");
+    let (id, _) = d.open(|_| 7).expect("room");
+    d.announce(id);
     let rst = bin(&Frame::Rst {
         id,
         code: RstCode::ConnectFailed,
@@ -316,7 +326,8 @@ fn v1_seq_errors_reset_their_stream_and_state_lives_with_the_table() {
         d.on_text(r#"{"t":"HELLO","agent_id":"a","connectors":[]}"#),
         Dispatch::Hello(_)
     ));
-    let (id, _) = d.open(1).expect("room");
+    let (id, _) = d.open(|_| 1).expect("room");
+    d.announce(id);
     let cid = cid_for(id);
     let frame = |seq: u64| format!(r#"{{"t":"DATA","cid":"{cid}","seq":{seq},"b64":"eA=="}}"#);
     assert!(matches!(d.on_text(&frame(0)), Dispatch::Data { .. }));

@@ -1,0 +1,196 @@
+//! Admitting an agent after the upgrade: its HELLO, reconciled with its token and the block list.
+//!
+//! The agent must send HELLO within [`HELLO_TIMEOUT`]. HELLO reconciliation: a blocked
+//! `agent_id` is refused; the token names the agent (`agent_id` claim = HELLO's) and, when
+//! connector scopes are required, every connector in HELLO must be granted. Each refusal is a
+//! [`Refusal`] whose label is the metric and audit reason.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
+use nowconnect_shared::demux::{Demux, Dispatch};
+use nowconnect_shared::Hello;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::abuse::PendingSlot;
+use crate::audit::{Action, Event};
+use crate::auth::Identity;
+use crate::metrics::ReasonLabel;
+use crate::Shared;
+
+/// The agent must send HELLO this soon after the upgrade.
+pub(super) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the upgrade established about a tunnel before its HELLO.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Who the token says the agent is; `None` under the dev bypass.
+    pub identity: Option<Identity>,
+    /// The source's pending-attempt slot, released once HELLO is accepted (or refused).
+    pub slot: PendingSlot,
+}
+
+/// Why a tunnel was refused at HELLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// The first frame was not a valid HELLO (or the connection ended first).
+    BadHello(String),
+    /// No HELLO within [`HELLO_TIMEOUT`].
+    Timeout,
+    /// An operator blocked this `agent_id`.
+    Blocked(String),
+    /// HELLO's `agent_id` is not the token's.
+    AgentIdMismatch { hello: String, token: String },
+    /// A connector in HELLO is not granted by the token.
+    ConnectorNotGranted(String),
+}
+
+impl Refusal {
+    /// The metric label and audit reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::BadHello(_) => "bad_hello",
+            Refusal::Timeout => "hello_timeout",
+            Refusal::Blocked(_) => "agent_blocked",
+            Refusal::AgentIdMismatch { .. } => "agent_id_mismatch",
+            Refusal::ConnectorNotGranted(_) => "connector_not_granted",
+        }
+    }
+
+    /// Only identity failures count toward the source's cool-down; a HELLO that is late or
+    /// malformed says nothing about stolen or guessed tokens.
+    fn counts_as_auth_failure(&self) -> bool {
+        matches!(
+            self,
+            Refusal::AgentIdMismatch { .. } | Refusal::ConnectorNotGranted(_)
+        )
+    }
+
+    /// The reason in the close frame the agent gets.
+    pub fn close_reason(&self) -> String {
+        match self {
+            Refusal::Timeout => "HELLO expected".into(),
+            other => other.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::BadHello(why) => f.write_str(why),
+            Refusal::Timeout => f.write_str("no HELLO in time"),
+            Refusal::Blocked(id) => write!(f, "agent_id `{id}` is blocked"),
+            Refusal::AgentIdMismatch { hello, token } => write!(
+                f,
+                "agent_id `{hello}` in HELLO does not match the token's `{token}`"
+            ),
+            Refusal::ConnectorNotGranted(c) => {
+                write!(f, "connector `{c}` is not granted by the token")
+            }
+        }
+    }
+}
+
+/// Reads until the first protocol frame, which must be a valid HELLO (the demux decides).
+pub(super) async fn read_hello<S, H>(
+    source: &mut SplitStream<WebSocketStream<S>>,
+    demux: &mut Demux<H>,
+) -> Result<Hello, Refusal>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let closed = || Refusal::BadHello("connection closed before HELLO".into());
+    let read = async {
+        loop {
+            let msg = match source.next().await {
+                None => return Err(closed()),
+                Some(Err(e)) => {
+                    return Err(Refusal::BadHello(format!("read failed before HELLO: {e}")))
+                }
+                Some(Ok(m)) => m,
+            };
+            let dispatch = match msg {
+                Message::Binary(b) => demux.on_binary(&b),
+                Message::Text(t) => demux.on_text(t.as_str()),
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                Message::Close(_) => return Err(closed()),
+            };
+            return match dispatch {
+                Dispatch::Hello(hello) => Ok(hello),
+                Dispatch::Close(v) => Err(Refusal::BadHello(v.to_string())),
+                _ => Err(Refusal::BadHello("expected HELLO".into())),
+            };
+        }
+    };
+    tokio::time::timeout(HELLO_TIMEOUT, read)
+        .await
+        .unwrap_or(Err(Refusal::Timeout))
+}
+
+/// HELLO reconciliation (see the module documentation).
+pub(super) fn reconcile(
+    hello: &Hello,
+    admission: &Admission,
+    shared: &Shared,
+) -> Result<(), Refusal> {
+    // Checked here too for the dev bypass and for a block that landed after the upgrade.
+    if shared.state.is_blocked(&hello.agent_id) {
+        return Err(Refusal::Blocked(hello.agent_id.clone()));
+    }
+    let Some(id) = &admission.identity else {
+        return Ok(());
+    };
+    if hello.agent_id != id.agent_id {
+        return Err(Refusal::AgentIdMismatch {
+            hello: hello.agent_id.clone(),
+            token: id.agent_id.clone(),
+        });
+    }
+    if shared.state.connector_scopes() {
+        if let Some(c) = hello.connectors.iter().find(|c| !id.grants.allows(c)) {
+            return Err(Refusal::ConnectorNotGranted(c.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Counts, audits and logs a refused HELLO (the caller closes the tunnel).
+pub(super) fn record_refusal(
+    shared: &Shared,
+    peer: SocketAddr,
+    tunnel_id: u64,
+    admission: &Admission,
+    refusal: &Refusal,
+    hello_agent_id: Option<&str>,
+) {
+    let reason = refusal.label();
+    tracing::warn!(event = "hello_refused", %peer, agent_id = hello_agent_id.unwrap_or(""), reason, "agent tunnel refused: {refusal}");
+    shared
+        .metrics
+        .agent_auth_failures
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+    let agent = admission
+        .identity
+        .as_ref()
+        .map(|i| i.agent_id.as_str())
+        .or(hello_agent_id);
+    let mut event = Event::new(Action::Hello, false)
+        .reason(reason)
+        .source(peer)
+        .tunnel(tunnel_id)
+        .detail(refusal.to_string());
+    if let Some(a) = agent {
+        event = event.agent(a);
+    }
+    shared.audit.record(event);
+    if refusal.counts_as_auth_failure() {
+        shared.gate.note_failure(peer, &shared.audit);
+    }
+}

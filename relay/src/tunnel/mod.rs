@@ -1,0 +1,257 @@
+//! One agent tunnel (an upgraded `/tunnel` WebSocket), from its HELLO to its end.
+//!
+//! Top to bottom: [`admission`] reads and reconciles the HELLO; the tunnel is then registered
+//! (listeners may route clients to it) and [`session`] runs its loop, which owns the stream
+//! table; each client becomes a [`stream`] task; one [`writer`] task owns the WebSocket's write
+//! half. The protocol rules themselves live in the shared crate (`Demux`, `RecvHalf`,
+//! `SendHalf`); these modules only drive them.
+
+mod admission;
+mod session;
+mod stream;
+mod writer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use nowconnect_shared::demux::Demux;
+use nowconnect_shared::{Frame, Limits, Role, StreamParams, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub(crate) use admission::Admission;
+
+use crate::audit::{Action, Event};
+use crate::authorize::Authorizer;
+use crate::metrics::{ReasonLabel, VersionLabel};
+use crate::registry::AgentHandle;
+use crate::sessions::TunnelInfo;
+use crate::Shared;
+use session::Session;
+use stream::TunnelCtx;
+use writer::{close_frame, Out};
+
+/// Tokens valid for longer than this are not timed (and cannot overflow the clock).
+const FAR: Duration = Duration::from_secs(86_400 * 365);
+
+/// The budgets every stream of a tunnel speaking `version` starts with.
+fn stream_params(shared: &Shared, version: Version) -> StreamParams {
+    let limits = &shared.cfg.limits;
+    StreamParams {
+        v1_max_frames: limits.queue_depth_per_cid,
+        ..StreamParams::new(version)
+    }
+}
+
+/// Runs one tunnel until it ends. Never returns an error: every ending is logged and counted.
+pub(crate) async fn run<S>(
+    ws: WebSocketStream<S>,
+    version: Version,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    admission: Admission,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let tunnel_id = shared.next_tunnel_id.fetch_add(1, Ordering::Relaxed);
+    let token = shared.root.child_token();
+    let (sink, mut source) = ws.split();
+    let (queues, inputs) = writer::queues();
+    let writer = shared.tasks.spawn(writer::run(
+        sink,
+        inputs,
+        version,
+        token.clone(),
+        shared.cfg.tunnel.ping_interval,
+    ));
+    let max_streams = shared.cfg.limits.max_streams_per_agent;
+    let mut demux = Demux::new(
+        Role::Relay,
+        stream_params(&shared, version),
+        Limits::default(),
+        max_streams,
+    );
+
+    let hello = admission::read_hello(&mut source, &mut demux).await;
+    let hello = match hello.and_then(|h| admission::reconcile(&h, &admission, &shared).map(|()| h))
+    {
+        Ok(h) => h,
+        Err(refusal) => {
+            let named = match &refusal {
+                admission::Refusal::Blocked(a) => Some(a.clone()),
+                admission::Refusal::AgentIdMismatch { hello, .. } => Some(hello.clone()),
+                _ => None,
+            };
+            admission::record_refusal(
+                &shared,
+                peer,
+                tunnel_id,
+                &admission,
+                &refusal,
+                named.as_deref(),
+            );
+            let frame = close_frame(CloseCode::Policy, &refusal.close_reason());
+            close_and_stop(&queues.ctrl, writer, &token, frame).await;
+            return;
+        }
+    };
+    let Admission { identity, slot } = admission;
+
+    // HELLO_ACK goes into the writer queue before the agent is registered, so it precedes
+    // every OPEN on the wire.
+    if queues.ctrl.send(Out::Frame(Frame::HelloAck)).is_err() {
+        token.cancel();
+        return;
+    }
+    let (conns_tx, conns_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let active = Arc::new(AtomicUsize::new(0));
+    let agent_id: Arc<str> = Arc::from(hello.agent_id.as_str());
+    let info = Arc::new(TunnelInfo {
+        tunnel_id,
+        agent_id: agent_id.clone(),
+        connectors: hello.connectors.clone(),
+        peer,
+        since_ms: crate::unix_ms(),
+        protocol: version.name(),
+        agent_version: hello.ver.clone(),
+        active: active.clone(),
+        closed_c2a: Default::default(),
+        closed_a2c: Default::default(),
+        kick: CancellationToken::new(),
+    });
+    let handle = AgentHandle {
+        tunnel_id,
+        agent_id: agent_id.clone(),
+        conns: conns_tx,
+        active: active.clone(),
+        info: info.clone(),
+    };
+    let superseded = shared.registry.register(&handle, &hello.connectors);
+    // An accepted HELLO ends the unauthenticated phase for the source's pending count.
+    drop(slot);
+    let connectors = hello.connectors.join(",");
+    let mut event = Event::new(Action::Hello, true)
+        .agent(&agent_id)
+        .source(peer)
+        .tunnel(tunnel_id)
+        .detail(format!("connectors={connectors}"));
+    if identity.is_none() {
+        event = event.reason("dev_bypass");
+    }
+    if !superseded.is_empty() {
+        event = event.detail(format!(
+            "connectors={connectors}; superseded tunnels {superseded:?} get no new streams"
+        ));
+    }
+    shared.audit.record(event);
+    let m = &shared.metrics;
+    m.agent_connects
+        .get_or_create(&VersionLabel {
+            version: version.name(),
+        })
+        .inc();
+    m.agents_connected.inc();
+    info!(
+        event = "agent_connected",
+        agent_id = %agent_id,
+        connectors = ?hello.connectors,
+        ver = %hello.ver,
+        protocol = version.name(),
+        %peer,
+        tunnel_id,
+        "agent tunnel registered"
+    );
+    if !superseded.is_empty() {
+        warn!(agent_id = %agent_id, ?superseded, "agent_id connected again; older tunnels get no new streams");
+    }
+
+    let grants = identity
+        .as_ref()
+        .filter(|_| shared.state.connector_scopes())
+        .map(|id| id.grants.clone());
+    // A tunnel lives as long as its token (plus leeway); the agent reconnects before `exp`.
+    let expires = match (&identity, &shared.auth) {
+        (Some(id), Some(auth)) => Some(id.remaining(auth.leeway()))
+            .filter(|d| *d <= FAR)
+            .map(|d| Instant::now() + d),
+        _ => None,
+    };
+    let ctx = Arc::new(TunnelCtx {
+        version,
+        max_payload: shared.cfg.tunnel.max_ws_payload,
+        idle_timeout: shared.cfg.limits.idle_timeout,
+        data: queues.data.clone(),
+        events: events_tx,
+        token: token.clone(),
+        active,
+        authz: Authorizer {
+            agent_id: agent_id.clone(),
+            tunnel_id,
+            grants,
+            pdp: shared.pdp.clone(),
+            state: shared.state.clone(),
+            audit: shared.audit.clone(),
+            metrics: shared.metrics.clone(),
+        },
+        metrics: shared.metrics.clone(),
+        sessions: shared.sessions.clone(),
+    });
+    let mut session = Session {
+        shared: shared.clone(),
+        ctx,
+        info,
+        demux,
+        queues,
+        events: events_rx,
+        conns: conns_rx,
+        expires,
+    };
+    let end = session.run(&mut source).await;
+
+    // Teardown: no new streams, then every stream of this tunnel closes its client at once.
+    shared.registry.unregister(tunnel_id);
+    if end.sent_close() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    }
+    token.cancel();
+    let open = session.streams();
+    drop(session);
+    let reason = end.label();
+    m.agents_connected.dec();
+    m.agent_disconnects
+        .get_or_create(&ReasonLabel { reason })
+        .inc();
+    info!(event = "agent_disconnected", agent_id = %agent_id, tunnel_id, reason, open_streams = open, "agent tunnel ended");
+    shared.audit.record(
+        Event::new(Action::AgentDisconnected, true)
+            .agent(&agent_id)
+            .source(peer)
+            .tunnel(tunnel_id)
+            .reason(reason)
+            .detail(format!("open_streams={open}")),
+    );
+}
+
+/// Queues a close frame, gives the writer a moment to send it, then stops the tunnel.
+async fn close_and_stop(
+    ctrl: &mpsc::UnboundedSender<Out>,
+    writer: JoinHandle<()>,
+    token: &CancellationToken,
+    frame: CloseFrame,
+) {
+    if ctrl.send(Out::Close(frame)).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    }
+    token.cancel();
+}

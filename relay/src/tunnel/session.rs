@@ -1,0 +1,414 @@
+//! A tunnel's session loop: the one owner of its stream table.
+//!
+//! It reads the WebSocket and hands every message to the shared crate's [`Demux`], which
+//! decides each protocol rule; this loop only does what the answer says: write DATA straight
+//! into the client socket while nothing of that stream waits (the rest goes to the stream
+//! task), pass WINDOW and write shutdowns on, queue RSTs and WINDOWs for the writer. It also
+//! takes new clients from listeners ([`NewConn`]) and the stream tasks' reports. It never waits
+//! on the writer or on a stream: control frames go to the writer's unbounded queue, and what a
+//! stream holds is bounded by its receive half.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::SplitStream;
+use futures_util::StreamExt;
+use nowconnect_shared::demux::{Demux, Dispatch, Drained, Ignored};
+use nowconnect_shared::{Frame, RstCode, StreamId};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::stream::{self, Abort, StreamEvent, StreamTask, ToStream, TunnelCtx};
+use super::writer::{close_frame, Out, Queues};
+use crate::audit::{Action, Event};
+use crate::conn::{reject, ListenerCtx, NewConn};
+use crate::metrics::{CodeLabel, DirLabel, OverflowLabels};
+use crate::sessions::{SessionInfo, TunnelInfo};
+use crate::Shared;
+
+/// "Never" for timers: a year.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
+/// The stream table keeps at least this many slots when it shrinks.
+const TABLE_MIN_CAPACITY: usize = 64;
+
+/// What the session keeps per live stream, next to its receive half.
+#[derive(Debug)]
+pub(super) struct Handle {
+    tx: mpsc::UnboundedSender<ToStream>,
+    /// Shared with the stream task, for direct writes.
+    sock: Arc<TcpStream>,
+    info: Arc<SessionInfo>,
+    listener: Arc<ListenerCtx>,
+}
+
+/// Why a session ended; the label is the `agent_disconnects` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum End {
+    Shutdown,
+    AdminDisconnect,
+    TokenExpired,
+    /// The WebSocket ended without a close frame.
+    Closed,
+    WsError,
+    /// The agent sent a close frame.
+    AgentClosed,
+    ProtocolError,
+    PingTimeout,
+}
+
+impl End {
+    pub fn label(self) -> &'static str {
+        match self {
+            End::Shutdown => "shutdown",
+            End::AdminDisconnect => "admin_disconnect",
+            End::TokenExpired => "token_expired",
+            End::Closed => "closed",
+            End::WsError => "ws_error",
+            End::AgentClosed => "agent_closed",
+            End::ProtocolError => "protocol_error",
+            End::PingTimeout => "ping_timeout",
+        }
+    }
+
+    /// A close frame was queued: give the writer a moment to send it.
+    pub fn sent_close(self) -> bool {
+        matches!(
+            self,
+            End::ProtocolError | End::TokenExpired | End::AdminDisconnect
+        )
+    }
+}
+
+/// The session's state.
+pub(super) struct Session {
+    pub shared: Arc<Shared>,
+    pub ctx: Arc<TunnelCtx>,
+    pub info: Arc<TunnelInfo>,
+    pub demux: Demux<Handle>,
+    pub queues: Queues,
+    pub events: mpsc::UnboundedReceiver<StreamEvent>,
+    pub conns: mpsc::UnboundedReceiver<NewConn>,
+    /// When the token expires (the tunnel closes then).
+    pub expires: Option<Instant>,
+}
+
+impl Session {
+    /// Live streams.
+    pub fn streams(&self) -> usize {
+        self.demux.len()
+    }
+
+    /// Runs until the tunnel ends.
+    pub async fn run<S>(&mut self, source: &mut SplitStream<WebSocketStream<S>>) -> End
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let token = self.ctx.token.clone();
+        let kick = self.info.kick.clone();
+        let cfg = &self.shared.cfg.tunnel;
+        let dead_after = cfg.ping_interval + cfg.ping_timeout;
+        let mut last_rx = Instant::now();
+        let keepalive = tokio::time::sleep(dead_after);
+        tokio::pin!(keepalive);
+        let expiry = tokio::time::sleep_until(self.expires.unwrap_or_else(|| Instant::now() + FAR));
+        tokio::pin!(expiry);
+        loop {
+            tokio::select! {
+                biased;
+                _ = token.cancelled() => return End::Shutdown,
+                _ = kick.cancelled() => {
+                    info!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent disconnected by an operator");
+                    self.close(CloseCode::Policy, "disconnected by operator");
+                    return End::AdminDisconnect;
+                }
+                () = &mut expiry => {
+                    info!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent token expired; closing the tunnel");
+                    self.close(CloseCode::Policy, "token expired");
+                    return End::TokenExpired;
+                }
+                // Before the WebSocket: a stream's `Opened` is always taken before any frame
+                // the agent sends in answer to that stream's OPEN.
+                Some(ev) = self.events.recv() => self.on_event(ev),
+                Some(conn) = self.conns.recv() => self.open(conn),
+                msg = source.next() => {
+                    last_rx = Instant::now();
+                    let dispatch = match msg {
+                        None => return End::Closed,
+                        Some(Err(e)) => {
+                            debug!(agent_id = %self.info.agent_id, error = %e, "tunnel read failed");
+                            return End::WsError;
+                        }
+                        Some(Ok(Message::Binary(b))) => self.demux.on_binary(&b),
+                        Some(Ok(Message::Text(t))) => self.demux.on_text(t.as_str()),
+                        Some(Ok(Message::Close(_))) => return End::AgentClosed,
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                    };
+                    if let Some(end) = self.dispatch(dispatch) {
+                        return end;
+                    }
+                }
+                () = &mut keepalive => {
+                    if last_rx.elapsed() >= dead_after {
+                        return End::PingTimeout;
+                    }
+                    keepalive.as_mut().reset(last_rx + dead_after);
+                }
+            }
+        }
+    }
+
+    fn close(&self, code: CloseCode, reason: &str) {
+        let _ = self.queues.ctrl.send(Out::Close(close_frame(code, reason)));
+    }
+
+    fn send_ctrl(&self, frame: Frame) {
+        let _ = self.queues.ctrl.send(Out::Frame(frame));
+    }
+
+    fn on_event(&mut self, ev: StreamEvent) {
+        match ev {
+            StreamEvent::Opened(id) => self.demux.announce(id),
+            StreamEvent::Drained { id, bytes, frames } => self.on_written(id, bytes, frames),
+            StreamEvent::Closed(id) => {
+                self.demux.remove(id);
+                self.demux.shrink(TABLE_MIN_CAPACITY);
+            }
+        }
+    }
+
+    fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) {
+        match self.demux.on_written(id, bytes, frames) {
+            Drained::Unknown => {}
+            Drained::Ok(w) => {
+                if let Some(window) = w.window {
+                    self.send_ctrl(window);
+                }
+                if w.shutdown {
+                    if let Some(slot) = self.demux.get(id) {
+                        let _ = slot.handle.tx.send(ToStream::ShutWrite);
+                    }
+                }
+            }
+            Drained::Reset { rst, handle } => self.reset_sent(rst, RstCode::Other, handle),
+        }
+    }
+
+    /// A stream this session reset: count, tell the agent, abort the stream task.
+    fn reset_sent(&mut self, rst: Frame, code: RstCode, handle: Handle) {
+        self.count_rst_sent(code);
+        self.send_ctrl(rst);
+        let _ = handle.tx.send(ToStream::Abort(Abort::Reset(code)));
+    }
+
+    fn count_rst_sent(&self, code: RstCode) {
+        self.ctx
+            .metrics
+            .rst_sent
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// Does what one received message asks. `Some`: the tunnel ends.
+    fn dispatch(&mut self, d: Dispatch<Handle>) -> Option<End> {
+        let m = &self.ctx.metrics;
+        match d {
+            Dispatch::Data {
+                id,
+                payload,
+                direct,
+            } => self.deliver(id, payload, direct),
+            Dispatch::Fin { id, shutdown } => {
+                m.fin_received.get_or_create(&DirLabel { dir: "a2c" }).inc();
+                if shutdown {
+                    if let Some(slot) = self.demux.get(id) {
+                        let _ = slot.handle.tx.send(ToStream::ShutWrite);
+                    }
+                }
+            }
+            Dispatch::Window { id, credit } => {
+                if let Some(slot) = self.demux.get(id) {
+                    let _ = slot.handle.tx.send(ToStream::Window(credit));
+                }
+            }
+            Dispatch::PeerReset { code, handle, .. } => {
+                m.rst_received
+                    .get_or_create(&CodeLabel {
+                        code: code.as_str(),
+                    })
+                    .inc();
+                if code == RstCode::QueueOverflow {
+                    m.queue_overflow
+                        .get_or_create(&OverflowLabels {
+                            side: "agent",
+                            connector: handle.listener.connector.clone(),
+                        })
+                        .inc();
+                }
+                let _ = handle.tx.send(ToStream::Abort(Abort::PeerReset(code)));
+            }
+            Dispatch::Reset {
+                id,
+                rst,
+                reason,
+                handle,
+            } => {
+                if reason.code == RstCode::Protocol {
+                    m.protocol_errors.inc();
+                }
+                warn!(agent_id = %self.info.agent_id, cid = id, code = reason.code.as_str(), reason = reason.reason, "resetting stream");
+                match handle {
+                    Some(h) => {
+                        if reason.code == RstCode::QueueOverflow {
+                            h.listener.metrics.queue_overflow.inc();
+                        }
+                        self.reset_sent(rst, reason.code, h);
+                    }
+                    None => {
+                        self.count_rst_sent(reason.code);
+                        self.send_ctrl(rst);
+                    }
+                }
+            }
+            Dispatch::Ignored(Ignored::UnknownStream { kind, id }) => {
+                debug!(agent_id = %self.info.agent_id, cid = id, frame = kind, "frame for an unknown stream ignored");
+            }
+            Dispatch::Ignored(Ignored::Undecodable(e)) => {
+                m.protocol_errors.inc();
+                warn!(agent_id = %self.info.agent_id, error = %e, "undecodable frame from agent");
+            }
+            Dispatch::Close(v) => {
+                m.protocol_errors.inc();
+                warn!(agent_id = %self.info.agent_id, reason = %v, "tunnel protocol error");
+                self.close(CloseCode::Protocol, &v.to_string());
+                return Some(End::ProtocolError);
+            }
+            // Handshake and OPEN answers exist only for the agent role or before HELLO.
+            Dispatch::Nothing | Dispatch::Hello(_) | Dispatch::HelloAck | Dispatch::Open { .. } => {
+            }
+        }
+        None
+    }
+
+    /// Agent bytes for a client: straight into the socket while nothing of the stream waits,
+    /// the rest to the stream task (behind what it holds).
+    fn deliver(&mut self, id: StreamId, payload: Bytes, direct: bool) {
+        let Some(slot) = self.demux.get(id) else {
+            return;
+        };
+        let mut rest = payload;
+        if direct {
+            // Would block, or an error the stream task will meet on its own write: queue it.
+            let n = slot.handle.sock.try_write(&rest).unwrap_or(0);
+            if n > 0 {
+                slot.handle
+                    .info
+                    .bytes_a2c
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                slot.handle.listener.metrics.bytes_a2c.inc_by(n as u64);
+                let whole = usize::from(n == rest.len());
+                rest = rest.slice(n..);
+                self.on_written(id, n, whole);
+            }
+        }
+        if !rest.is_empty() {
+            if let Some(slot) = self.demux.get(id) {
+                let _ = slot.handle.tx.send(ToStream::Data(rest));
+            }
+        }
+    }
+
+    /// Starts a stream for a new client. The stream task authorizes it and sends OPEN itself,
+    /// so the session never waits here (and OPEN still precedes that stream's DATA).
+    fn open(&mut self, conn: NewConn) {
+        let NewConn {
+            sock,
+            peer,
+            listener,
+            guard,
+        } = conn;
+        // Accepted on the listener's runtime: register the socket with this tunnel's shard, so
+        // its readiness wakes this thread and the stream task never crosses threads.
+        let sock = if self.shared.shards.is_some() {
+            match sock.into_std().and_then(TcpStream::from_std) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(connector = %listener.connector, client = %peer, error = %e, "cannot move the client socket to the tunnel's shard; client closed");
+                    return;
+                }
+            }
+        } else {
+            sock
+        };
+        let sock = Arc::new(sock);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tunnel = self.info.clone();
+        let made = self.demux.open(|id| Handle {
+            tx,
+            sock: sock.clone(),
+            info: Arc::new(SessionInfo {
+                tunnel,
+                cid: id,
+                connector: listener.connector.clone(),
+                client: peer,
+                started_ms: crate::unix_ms(),
+                bytes_c2a: Default::default(),
+                bytes_a2c: Default::default(),
+                kill: CancellationToken::new(),
+            }),
+            listener: listener.clone(),
+        });
+        let Ok((id, send)) = made else {
+            self.refuse_over_cap(&listener.connector, peer);
+            if let Ok(sock) = Arc::try_unwrap(sock) {
+                reject(sock);
+            }
+            drop(guard);
+            return;
+        };
+        let Some(info) = self.demux.get(id).map(|s| s.handle.info.clone()) else {
+            return;
+        };
+        self.ctx.active.fetch_add(1, Ordering::Relaxed);
+        debug!(cid = id, connector = %listener.connector, agent_id = %self.info.agent_id, client = %peer, "stream opened");
+        let task = StreamTask {
+            send,
+            sock,
+            rx,
+            listener,
+            info,
+            guard,
+        };
+        self.shared
+            .streams
+            .spawn(stream::run(self.ctx.clone(), task));
+    }
+
+    fn refuse_over_cap(&self, connector: &str, peer: SocketAddr) {
+        let cap = self.shared.cfg.limits.max_streams_per_agent;
+        self.shared
+            .metrics
+            .rejected(connector, "max_streams_per_agent");
+        self.shared.audit.record(
+            Event::new(Action::Open, false)
+                .by("stream_cap")
+                .reason("max_streams_per_agent")
+                .agent(&self.info.agent_id)
+                .connector(connector)
+                .source(peer)
+                .tunnel(self.info.tunnel_id)
+                .detail(format!("limits.max_streams_per_agent={cap}")),
+        );
+    }
+}

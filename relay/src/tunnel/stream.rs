@@ -1,0 +1,351 @@
+//! One client connection relayed through the tunnel: the stream task, a thin driver of the
+//! stream's [`SendHalf`] (shared crate) and its client socket.
+//!
+//! The task authorizes the client, sends OPEN, then moves bytes with non-blocking socket calls
+//! so a client that stops reading never stops us from reading it (and the reverse):
+//! - c2a: on `readable()`, one read of at most [`SendHalf::read_budget`] bytes with the v2
+//!   header in front, frozen and queued for the writer (arena reuse: see `ReadArena`).
+//! - a2c: the session writes DATA straight into the socket while nothing of this stream waits;
+//!   only what the socket did not take comes here ([`ToStream::Data`]), queued and written on
+//!   `writable()`, each write reported back ([`StreamEvent::Drained`]) so the session's
+//!   receive half can return credit.
+//!
+//! The session decides every inbound rule (its `RecvHalf`): it tells this task to shut the
+//! write side, or aborts it (peer RST, or a reset the session already sent). Whatever the end,
+//! the task leaves through one exit that reports it to the session and frees its slots.
+
+use std::io;
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nowconnect_shared::arena::{ReadArena, ARENA_IDLE};
+use nowconnect_shared::queue::WriteQueue;
+use nowconnect_shared::{Frame, Reset, RstCode, SendHalf, StreamId, Version};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::writer::Out;
+use crate::authorize::{Authorizer, Request};
+use crate::conn::{ConnGuard, ListenerCtx};
+use crate::metrics::{CodeLabel, DirLabel, Metrics};
+use crate::sessions::{SessionInfo, Sessions};
+
+/// "Never" for timers: a year.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
+
+/// From the session to a stream task.
+#[derive(Debug)]
+pub(super) enum ToStream {
+    /// Agent bytes the socket did not take straight away (already charged to the window).
+    Data(Bytes),
+    /// Send credit (v2 WINDOW).
+    Window(u32),
+    /// Every byte before the agent's FIN is written: shut the client's write side.
+    ShutWrite,
+    /// The stream is over on the session's side; close the client at once, send nothing.
+    Abort(Abort),
+}
+
+/// Why the session aborted a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Abort {
+    /// The agent reset it.
+    PeerReset(RstCode),
+    /// The session reset it (and sent the RST).
+    Reset(RstCode),
+}
+
+/// From stream tasks to their session.
+#[derive(Debug)]
+pub(super) enum StreamEvent {
+    /// OPEN is about to be queued: frames for this id are the agent's from now on.
+    Opened(StreamId),
+    /// `bytes` of agent data written to the client, finishing `frames` queued DATA frames.
+    Drained {
+        id: StreamId,
+        bytes: usize,
+        frames: usize,
+    },
+    /// The task ended.
+    Closed(StreamId),
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both directions finished with FIN.
+    Done,
+    /// Authorization said no (nothing was sent to the agent).
+    Denied,
+    /// The session aborted it.
+    Aborted(Abort),
+    /// The tunnel went away or the relay is stopping.
+    TunnelGone,
+    /// This task resets it: tell the agent.
+    Local(Reset),
+}
+
+impl End {
+    fn label(self) -> &'static str {
+        match self {
+            End::Done => "done",
+            End::Denied => "denied",
+            End::Aborted(Abort::PeerReset(code) | Abort::Reset(code)) => code.as_str(),
+            End::TunnelGone => "tunnel_gone",
+            End::Local(r) => r.code.as_str(),
+        }
+    }
+}
+
+/// What every stream of one tunnel shares.
+#[derive(Debug)]
+pub(super) struct TunnelCtx {
+    pub version: Version,
+    pub max_payload: usize,
+    pub idle_timeout: Option<Duration>,
+    /// Into the writer (OPEN, DATA, FIN, RST, v1 Forget).
+    pub data: mpsc::Sender<Out>,
+    /// Back to the session.
+    pub events: mpsc::UnboundedSender<StreamEvent>,
+    /// Cancelled when the tunnel ends (or the relay stops): streams close at once.
+    pub token: CancellationToken,
+    /// Open streams on this tunnel (read by the registry's least-streams pick).
+    pub active: Arc<AtomicUsize>,
+    pub authz: Authorizer,
+    pub metrics: Arc<Metrics>,
+    pub sessions: Arc<Sessions>,
+}
+
+/// One stream as the session starts it.
+#[derive(Debug)]
+pub(super) struct StreamTask {
+    pub send: SendHalf,
+    pub sock: Arc<TcpStream>,
+    pub rx: mpsc::UnboundedReceiver<ToStream>,
+    pub listener: Arc<ListenerCtx>,
+    pub info: Arc<SessionInfo>,
+    /// Holds a slot of `max_conn_total` until the stream ends (only its drop matters).
+    #[allow(dead_code)]
+    pub guard: ConnGuard,
+}
+
+/// Reports the end to the session and frees the stream's place on the tunnel, on every path.
+struct Departure<'a> {
+    id: StreamId,
+    t: &'a TunnelCtx,
+}
+
+impl Drop for Departure<'_> {
+    fn drop(&mut self) {
+        let _ = self.t.events.send(StreamEvent::Closed(self.id));
+        self.t.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs one stream to its end. `t.active` was counted up by the session for it.
+pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
+    let id = s.send.id();
+    let _departure = Departure { id, t: &t };
+    let req = Request {
+        connector: &s.listener.connector,
+        listener: &s.listener.name,
+        client: s.info.client,
+    };
+    // Boxed: the PDP call (an HTTP request) is a large future; inline, its space would stay in
+    // every stream's task for the stream's whole life.
+    if !Box::pin(t.authz.decide(req, &t.token)).await {
+        let _ = s.sock.set_zero_linger();
+        debug!(cid = id, connector = %s.listener.connector, end = End::Denied.label(), "stream closed");
+        return;
+    }
+    let started = Instant::now();
+    let _listed = t.sessions.insert(s.info.clone());
+    let listener = s.listener.clone();
+    let lm = &listener.metrics;
+    lm.active.inc();
+    let _ = t.events.send(StreamEvent::Opened(id));
+    let open = Frame::Open {
+        id,
+        connector: s.listener.connector.clone(),
+        client_addr: Some(s.info.client.to_string()),
+    };
+    let end = if send_out(&t, Out::Frame(open)).await {
+        pump(&t, &mut s).await
+    } else {
+        End::TunnelGone
+    };
+    if let End::Local(reset) = end {
+        t.metrics
+            .rst_sent
+            .get_or_create(&CodeLabel {
+                code: reset.code.as_str(),
+            })
+            .inc();
+        send_out(&t, Out::Frame(reset.frame(id))).await;
+    }
+    if end != End::Done {
+        // Abort, not a clean EOF: the client must not mistake a cut stream for a complete one.
+        let _ = s.sock.set_zero_linger();
+    }
+    if t.version == Version::V1 {
+        send_out(&t, Out::Forget(id)).await;
+    }
+    lm.active.dec();
+    let elapsed = started.elapsed();
+    t.metrics.connection_duration.observe(elapsed.as_secs_f64());
+    debug!(
+        cid = id,
+        connector = %s.listener.connector,
+        agent_id = %t.authz.agent_id,
+        end = end.label(),
+        bytes_c2a = s.info.bytes_c2a.load(Ordering::Relaxed),
+        bytes_a2c = s.info.bytes_a2c.load(Ordering::Relaxed),
+        duration_ms = elapsed.as_millis() as u64,
+        "stream closed"
+    );
+}
+
+/// Queues a frame for the writer unless the tunnel is going away.
+async fn send_out(t: &TunnelCtx, item: Out) -> bool {
+    tokio::select! {
+        r = t.data.send(item) => r.is_ok(),
+        _ = t.token.cancelled() => false,
+    }
+}
+
+/// Bytes moved either way so far: the idle timer's evidence of activity (the session writes
+/// agent bytes straight into the socket, so this task does not see them all).
+fn moved(info: &SessionInfo) -> u64 {
+    info.bytes_c2a.load(Ordering::Relaxed) + info.bytes_a2c.load(Ordering::Relaxed)
+}
+
+async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
+    let id = s.send.id();
+    let lm = &s.listener.metrics;
+    let sock = s.sock.clone();
+    let v2 = t.version == Version::V2;
+    let mut queue = WriteQueue::new();
+    let mut reads = ReadArena::new(t.max_payload);
+    // Idle: no byte either way for `idle_timeout`, checked every quarter of it (so a stream
+    // closes between 1 and 1.25 times the timeout after its last byte).
+    let idle = t.idle_timeout;
+    let idle_tick = idle.map_or(FAR, |d| (d / 4).max(Duration::from_millis(1)));
+    let mut seen = moved(&s.info);
+    let mut active_at = Instant::now();
+    let idle_timer = tokio::time::sleep(idle_tick);
+    tokio::pin!(idle_timer);
+    // Lets a burst's arena go once the client pauses (armed while one is held).
+    let release = tokio::time::sleep(FAR);
+    tokio::pin!(release);
+    let mut release_armed = false;
+
+    loop {
+        if s.send.is_finished() {
+            return End::Done;
+        }
+        let budget = s.send.read_budget(t.max_payload);
+        tokio::select! {
+            biased;
+            _ = t.token.cancelled() => return End::TunnelGone,
+            _ = s.info.kill.cancelled() => {
+                return End::Local(Reset::new(RstCode::Denied, "terminated by operator"));
+            }
+            item = s.rx.recv() => match item {
+                None => return End::TunnelGone,
+                Some(ToStream::Abort(a)) => return End::Aborted(a),
+                Some(ToStream::Data(b)) => queue.push(b),
+                Some(ToStream::Window(credit)) => {
+                    if let Err(reset) = s.send.on_window(credit) {
+                        return End::Local(reset);
+                    }
+                }
+                Some(ToStream::ShutWrite) => {
+                    // tokio's shutdown would need `&mut`; the socket is shared with the session.
+                    if socket2::SockRef::from(&*sock).shutdown(Shutdown::Write).is_err() {
+                        return End::Local(Reset::new(RstCode::Io, "client shutdown failed"));
+                    }
+                    s.send.on_write_shut();
+                }
+            },
+            r = sock.writable(), if !queue.is_empty() => {
+                if r.is_err() {
+                    return End::Local(Reset::new(RstCode::Io, "client socket error"));
+                }
+                let written = match queue.write_with(|iov| sock.try_write_vectored(iov)) {
+                    Ok(p) => p,
+                    Err(_) => return End::Local(Reset::new(RstCode::Io, "client write failed")),
+                };
+                if written.bytes > 0 {
+                    s.info.bytes_a2c.fetch_add(written.bytes as u64, Ordering::Relaxed);
+                    lm.bytes_a2c.inc_by(written.bytes as u64);
+                    let _ = t.events.send(StreamEvent::Drained {
+                        id,
+                        bytes: written.bytes,
+                        frames: written.frames,
+                    });
+                }
+            }
+            r = sock.readable(), if budget > 0 => {
+                if r.is_err() {
+                    return End::Local(Reset::new(RstCode::Io, "client socket error"));
+                }
+                let header = v2.then_some(id);
+                let now = Instant::now().into_std();
+                match reads.read(budget, header, now, |b| sock.try_read_buf(b)) {
+                    Ok(None) => {
+                        if let Some(fin) = s.send.on_eof() {
+                            t.metrics.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
+                            if !send_out(t, Out::Frame(fin)).await {
+                                return End::TunnelGone;
+                            }
+                        }
+                    }
+                    Ok(Some((bytes, n))) => {
+                        if !release_armed && reads.in_burst() {
+                            release.as_mut().reset(Instant::now() + ARENA_IDLE);
+                            release_armed = true;
+                        }
+                        if let Err(reset) = s.send.on_read(n) {
+                            return End::Local(reset);
+                        }
+                        s.info.bytes_c2a.fetch_add(n as u64, Ordering::Relaxed);
+                        lm.bytes_c2a.inc_by(n as u64);
+                        let item = if v2 {
+                            Out::Raw(bytes)
+                        } else {
+                            Out::Frame(Frame::Data { id, payload: bytes })
+                        };
+                        if !send_out(t, item).await {
+                            return End::TunnelGone;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return End::Local(Reset::new(RstCode::Io, "client read failed")),
+                }
+            }
+            () = &mut release, if release_armed => {
+                match reads.release_if_idle(Instant::now().into_std()) {
+                    Some(at) => release.as_mut().reset(Instant::from_std(at)),
+                    None => release_armed = false,
+                }
+            }
+            () = &mut idle_timer, if idle.is_some() => {
+                let total = moved(&s.info);
+                let now = Instant::now();
+                if total != seen {
+                    seen = total;
+                    active_at = now;
+                } else if now.duration_since(active_at) >= idle.unwrap_or(FAR) {
+                    return End::Local(Reset::new(RstCode::IdleTimeout, ""));
+                }
+                idle_timer.as_mut().reset(now + idle_tick);
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The tunnel's only writer: owns the WebSocket's write half, batches queued frames, sends pings.
+//!
+//! Two queues feed it, control first. `ctrl` (unbounded) carries what the session produces in
+//! answer to the agent (HELLO_ACK, WINDOW, RST, close): the session must never wait on the
+//! writer, and each control frame answers one received frame or one drained half-window.
+//! `data` (bounded, [`DATA_QUEUE`] frames of at most one payload) carries what stream tasks
+//! read from clients (OPEN, DATA, FIN, their own RST, v1 `Forget`): when the tunnel is slower
+//! than the clients, stream tasks wait here instead of buffering without bound. Frames are fed
+//! as long as more are ready and flushed when the queues drain, so several share a TLS record.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::SplitSink;
+use futures_util::SinkExt;
+use nowconnect_shared::{binary, Frame, Limits, StreamId, V1Encoder, Version};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+/// Capacity of the data queue in frames. 256 x 64 KiB caps it at 16 MiB per tunnel.
+pub(super) const DATA_QUEUE: usize = 256;
+/// Most frames fed to the WebSocket before a flush, so a busy queue still flushes regularly.
+const MAX_BATCH: usize = 64;
+
+/// Items for the writer task.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// An already encoded v2 frame (DATA read straight after a reserved header).
+    Raw(Bytes),
+    /// A frame to encode in the tunnel's version.
+    Frame(Frame),
+    /// v1: drop the outgoing `seq` state of a finished stream (queued behind its last frame).
+    Forget(StreamId),
+    /// Send this close frame, then stop.
+    Close(CloseFrame),
+}
+
+/// The two ways into the writer.
+#[derive(Debug, Clone)]
+pub(super) struct Queues {
+    pub ctrl: mpsc::UnboundedSender<Out>,
+    pub data: mpsc::Sender<Out>,
+}
+
+/// The receiving ends, for [`run`].
+#[derive(Debug)]
+pub(super) struct Inputs {
+    ctrl: mpsc::UnboundedReceiver<Out>,
+    data: mpsc::Receiver<Out>,
+}
+
+pub(super) fn queues() -> (Queues, Inputs) {
+    let (ctrl_tx, ctrl) = mpsc::unbounded_channel();
+    let (data_tx, data) = mpsc::channel(DATA_QUEUE);
+    (
+        Queues {
+            ctrl: ctrl_tx,
+            data: data_tx,
+        },
+        Inputs { ctrl, data },
+    )
+}
+
+/// A close frame; the reason is cut to the 123 bytes a WebSocket close frame can carry.
+pub(super) fn close_frame(code: CloseCode, reason: &str) -> CloseFrame {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    CloseFrame {
+        code,
+        reason: reason[..end].into(),
+    }
+}
+
+/// Runs until the tunnel is cancelled, a close frame went out, or the WebSocket fails (which
+/// cancels the tunnel).
+pub(super) async fn run<S>(
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut input: Inputs,
+    version: Version,
+    token: CancellationToken,
+    ping_interval: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = Limits::default();
+    let mut v1 = V1Encoder::new(limits);
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = token.cancelled() => {
+                let bye = Message::Close(Some(close_frame(CloseCode::Away, "tunnel closed")));
+                let _ = tokio::time::timeout(Duration::from_millis(250), sink.send(bye)).await;
+                return;
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    token.cancel();
+                }
+                continue;
+            }
+            Some(item) = input.ctrl.recv() => item,
+            Some(item) = input.data.recv() => item,
+            else => return,
+        };
+        let mut next = Some(first);
+        let mut fed = 0;
+        while let Some(item) = next.take() {
+            let msg = match item {
+                Out::Raw(b) => Some(Message::Binary(b)),
+                Out::Frame(f) => encode(&f, version, &limits, &mut v1),
+                Out::Forget(id) => {
+                    v1.forget(id);
+                    None
+                }
+                Out::Close(frame) => {
+                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    token.cancel();
+                    return;
+                }
+            };
+            if let Some(msg) = msg {
+                if sink.feed(msg).await.is_err() {
+                    token.cancel();
+                    return;
+                }
+                fed += 1;
+            }
+            if fed >= MAX_BATCH {
+                break;
+            }
+            next = input
+                .ctrl
+                .try_recv()
+                .ok()
+                .or_else(|| input.data.try_recv().ok());
+        }
+        if sink.flush().await.is_err() {
+            token.cancel();
+            return;
+        }
+    }
+}
+
+fn encode(frame: &Frame, version: Version, limits: &Limits, v1: &mut V1Encoder) -> Option<Message> {
+    let r = match version {
+        Version::V2 => binary::encode_to_bytes(frame, limits).map(Message::Binary),
+        Version::V1 => v1.encode(frame).map(|s| Message::Text(s.into())),
+    };
+    match r {
+        Ok(m) => Some(m),
+        Err(e) => {
+            // Our own frame failed validation: a relay bug, never the peer's.
+            warn!(frame = frame.kind(), cid = frame.stream_id(), error = %e, "cannot encode frame; dropped");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_reason_fits_a_close_frame() {
+        let long = "é".repeat(100);
+        let f = close_frame(CloseCode::Policy, &long);
+        assert!(f.reason.len() <= 123);
+        assert!(f.reason.as_str().chars().all(|c| c == 'é'));
+        assert_eq!(
+            close_frame(CloseCode::Policy, "short").reason.as_str(),
+            "short"
+        );
+    }
+}
