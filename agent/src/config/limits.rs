@@ -1,0 +1,88 @@
+//! The `limits` section: timeouts and bounds of the data path, and the reconnect delays.
+
+use std::time::Duration;
+
+use nowconnect_shared::Limits;
+
+use super::collector::Collector;
+use super::layer::Layer;
+
+/// Timeouts and bounds of the data path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Time allowed to dial a target after OPEN; then RST connect_failed.
+    pub connect_timeout: Duration,
+    /// v1 only: DATA frames queued per stream before RST queue_overflow.
+    pub queue_depth_per_cid: usize,
+    /// Time allowed from the TCP dial to HELLO_ACK; then the attempt counts as failed.
+    pub handshake_timeout: Duration,
+    /// Upper bound of the first reconnect delay (full jitter: the delay is random below it).
+    pub reconnect_initial: Duration,
+    /// Cap of the reconnect delay.
+    pub reconnect_max: Duration,
+    /// Frame size limits shared with the relay.
+    pub protocol: Limits,
+}
+
+pub(super) fn validate_limits(c: &mut Collector, l: &Layer) -> AgentLimits {
+    let connect_timeout = ms_up_to_an_hour(
+        c,
+        "limits.connect_timeout_ms (NC_CONNECT_TIMEOUT_MS)",
+        l.connect_timeout_ms,
+        5_000,
+    );
+    let handshake_timeout = ms_up_to_an_hour(
+        c,
+        "limits.handshake_timeout_ms",
+        l.handshake_timeout_ms,
+        15_000,
+    );
+    let reconnect_initial = ms_up_to_an_hour(
+        c,
+        "limits.reconnect_initial_ms",
+        l.reconnect_initial_ms,
+        500,
+    );
+    let reconnect_max = ms_up_to_an_hour(c, "limits.reconnect_max_ms", l.reconnect_max_ms, 30_000);
+    if reconnect_initial > reconnect_max {
+        c.bad(
+            "limits.reconnect_initial_ms",
+            "must not exceed limits.reconnect_max_ms",
+        );
+    }
+    let queue_depth_per_cid = match l.queue_depth_per_cid.unwrap_or(256) {
+        0 => {
+            c.bad("limits.queue_depth_per_cid", "must be at least 1");
+            1
+        }
+        n if n > 65_536 => {
+            c.bad("limits.queue_depth_per_cid", "must be at most 65536");
+            n
+        }
+        n => n,
+    };
+    AgentLimits {
+        connect_timeout,
+        queue_depth_per_cid,
+        handshake_timeout,
+        reconnect_initial,
+        reconnect_max,
+        protocol: Limits::default(),
+    }
+}
+
+/// `v` (or `default`) milliseconds, from 1 to an hour; out of range is reported and `default`
+/// used.
+fn ms_up_to_an_hour(c: &mut Collector, key: &str, v: Option<u64>, default: u64) -> Duration {
+    match v.unwrap_or(default) {
+        0 => {
+            c.bad(key, "must be at least 1");
+            Duration::from_millis(default)
+        }
+        m if m > 3_600_000 => {
+            c.bad(key, "must be at most 3600000 (one hour)");
+            Duration::from_millis(default)
+        }
+        m => Duration::from_millis(m),
+    }
+}

@@ -1,0 +1,133 @@
+//! The `tunnel` section: the relay URL, the agent id, the protocol offered and the keepalive.
+//! `tunnel.exported_connectors` is checked together with the `targets` it picks (module
+//! `targets`), at its place in the section. `tunnel.auth` has its own module.
+
+use std::time::Duration;
+
+use super::check::{check_name, printable, secs_up_to_a_day};
+use super::collector::Collector;
+use super::layer::Layer;
+use super::targets::{validate_targets, Targets};
+use crate::url::RelayUrl;
+
+/// Longest `tunnel.agent_id`, in bytes (the protocol's `Limits::max_agent_id_len`).
+pub const MAX_AGENT_ID_LEN: usize = 128;
+
+/// `tunnel.agent_id`: fixed capacity, validated to fit.
+pub type AgentId = heapless::String<MAX_AGENT_ID_LEN>;
+
+/// Which tunnel protocol the agent offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolChoice {
+    /// Offer v2 and v1; the relay picks (v2 on our relay, v1 on a reference hub).
+    Auto,
+    /// Offer only v1 (JSON text frames).
+    V1,
+    /// Offer only v2 (binary frames with flow control).
+    V2,
+}
+
+/// WebSocket keepalive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub ping_interval: Duration,
+    /// No frame or pong for this long after a ping: the tunnel is dead.
+    pub ping_timeout: Duration,
+}
+
+/// The checked `tunnel` keys; `url` is `None` only when a problem was reported for it.
+pub(super) struct Tunnel {
+    pub(super) url: Option<RelayUrl>,
+    pub(super) agent_id: AgentId,
+    pub(super) targets: Targets,
+    pub(super) allow_insecure_ws: bool,
+    pub(super) protocol: ProtocolChoice,
+    pub(super) keepalive: Keepalive,
+}
+
+const URL: &str = "tunnel.url (NC_AGENT_URL, --url)";
+const AGENT_ID: &str = "tunnel.agent_id (NC_AGENT_ID, --agent-id)";
+const INSECURE: &str = "tunnel.allow_insecure_ws (NC_ALLOW_INSECURE_WS, --allow-insecure-ws)";
+
+pub(super) fn validate_tunnel(c: &mut Collector, l: &Layer) -> Tunnel {
+    let allow_insecure_ws = l.allow_insecure_ws.unwrap_or(false);
+    let url = match l.url.as_deref().map(str::trim) {
+        None | Some("") => {
+            c.bad(URL, "required (e.g. wss://relay.example.com/tunnel)");
+            None
+        }
+        Some(raw) => match RelayUrl::parse(raw) {
+            Ok(u) if !u.secure && !allow_insecure_ws => {
+                c.bad(
+                    URL,
+                    format!(
+                        "ws:// is not encrypted (token and traffic in clear); use wss:// or, \
+                         for local development only, set {INSECURE} to true"
+                    ),
+                );
+                Some(u)
+            }
+            Ok(u) => Some(u),
+            Err(e) => {
+                c.bad(URL, e);
+                None
+            }
+        },
+    };
+
+    let agent_id = l
+        .agent_id
+        .as_deref()
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let agent_id = match check_name(&agent_id, MAX_AGENT_ID_LEN) {
+        // `check_name` bounded the length: the conversion cannot fail.
+        Ok(()) => AgentId::try_from(agent_id.as_str()).unwrap_or_default(),
+        Err(m) => {
+            c.bad(AGENT_ID, m);
+            AgentId::new()
+        }
+    };
+
+    let targets = validate_targets(c, l);
+
+    let protocol = match l.protocol.as_deref().map(|s| s.trim().to_ascii_lowercase()) {
+        None => ProtocolChoice::Auto,
+        Some(p) => match p.as_str() {
+            "auto" | "" => ProtocolChoice::Auto,
+            "v1" | "nowconnect.v1" => ProtocolChoice::V1,
+            "v2" | "nowconnect.v2" => ProtocolChoice::V2,
+            _ => {
+                c.bad(
+                    "tunnel.protocol (NC_PROTOCOL, --protocol)",
+                    format!("`{}` is not one of auto, v1, v2", printable(&p)),
+                );
+                ProtocolChoice::Auto
+            }
+        },
+    };
+
+    let keepalive = Keepalive {
+        ping_interval: secs_up_to_a_day(
+            c,
+            "tunnel.ping_interval_sec (NC_PING_INTERVAL_SEC)",
+            l.ping_interval_sec,
+            20,
+        ),
+        ping_timeout: secs_up_to_a_day(
+            c,
+            "tunnel.ping_timeout_sec (NC_PING_TIMEOUT_SEC)",
+            l.ping_timeout_sec,
+            20,
+        ),
+    };
+
+    Tunnel {
+        url,
+        agent_id,
+        targets,
+        allow_insecure_ws,
+        protocol,
+        keepalive,
+    }
+}

@@ -1,0 +1,52 @@
+//! The `limits` section: idle timeout, queue depth, connection and stream caps, shutdown grace.
+
+use std::time::Duration;
+
+use super::collector::Collector;
+use super::raw::RawLimits;
+
+pub(super) const DEFAULT_IDLE_MS: u64 = 300_000;
+pub(super) const DEFAULT_QUEUE_DEPTH: usize = 256;
+pub(super) const DEFAULT_MAX_CONN: usize = 10_000;
+pub(super) const DEFAULT_GRACE_MS: u64 = 10_000;
+pub(super) const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 5_000;
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// `None`: streams never time out for idleness (`idle_timeout_ms: 0`).
+    pub idle_timeout: Option<Duration>,
+    /// v1 only: DATA frames queued per stream before RST queue_overflow.
+    pub queue_depth_per_cid: usize,
+    /// Client connections open at once across all listeners.
+    pub max_conn_total: usize,
+    /// Streams open at once on one agent tunnel; more clients for it are closed at once.
+    pub max_streams_per_agent: usize,
+    /// How long open streams may run on after SIGTERM / `shutdown()`.
+    pub shutdown_grace: Duration,
+}
+
+pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
+    let idle_ms = l.idle_timeout_ms.unwrap_or(DEFAULT_IDLE_MS);
+    let queue_depth_per_cid = l.queue_depth_per_cid.unwrap_or(DEFAULT_QUEUE_DEPTH);
+    if queue_depth_per_cid == 0 || queue_depth_per_cid > 65_536 {
+        c.bad("limits.queue_depth_per_cid", "must be between 1 and 65536");
+    }
+    let max_conn_total = l.max_conn_total.unwrap_or(DEFAULT_MAX_CONN);
+    if max_conn_total == 0 {
+        c.bad("limits.max_conn_total", "must be at least 1");
+    }
+    let max_streams_per_agent = l
+        .max_streams_per_agent
+        .unwrap_or(DEFAULT_MAX_STREAMS_PER_AGENT);
+    if max_streams_per_agent == 0 {
+        c.bad("limits.max_streams_per_agent", "must be at least 1");
+    }
+    let grace_ms = l.shutdown_grace_ms.unwrap_or(DEFAULT_GRACE_MS);
+    LimitsConfig {
+        idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
+        queue_depth_per_cid,
+        max_conn_total,
+        max_streams_per_agent,
+        shutdown_grace: Duration::from_millis(grace_ms),
+    }
+}

@@ -1,0 +1,78 @@
+//! Tests of the `portal` and `audit` sections and `state_dir`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use super::MINIMAL;
+use crate::config::{JwksSource, RelayConfig};
+
+#[test]
+fn portal_and_audit_keys() {
+    let cfg = RelayConfig::from_yaml_str(MINIMAL).expect("valid");
+    assert!(cfg.audit_file.is_none() && cfg.state_dir.is_none());
+    assert!(cfg.portal.defaults.mfa_required);
+    let yaml = MINIMAL.to_owned()
+        + "state_dir: /tmp/nc
+portal:
+  bind: 127.0.0.1:0
+  jwks_url: file:///etc/nc/ops.json
+  \
+               audience: ops
+  issuer: https://ops
+  admin_role: root
+  mfa_required: false
+  \
+               pdp_enforce: false
+  cidr_allowlists: false
+";
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+    let p = &cfg.portal;
+    assert_eq!(p.bind, Some(SocketAddr::from(([127, 0, 0, 1], 0))));
+    assert_eq!(p.jwks, Some(JwksSource::File("/etc/nc/ops.json".into())));
+    assert_eq!(
+        (p.audience.as_str(), p.admin_role.as_str()),
+        ("ops", "root")
+    );
+    assert_eq!(p.issuer.as_deref(), Some("https://ops"));
+    assert!(!p.defaults.mfa_required && !p.defaults.pdp_enforce && !p.defaults.cidr_allowlists);
+    assert!(cfg
+        .warnings
+        .iter()
+        .any(|w| w.contains("portal.mfa_required")));
+    let audit = cfg.audit_file.expect("defaults under state_dir");
+    assert_eq!(audit.path, Path::new("/tmp/nc/audit.jsonl"));
+
+    let bad = MINIMAL.to_owned()
+        + "portal:
+  bind: nowhere
+  audience: ''
+  admin_role: ' '
+  jwks_url: ftp://x
+  \
+               extra: 1
+";
+    assert!(RelayConfig::from_yaml_str(&bad).is_err(), "unknown key");
+    let bad = MINIMAL.to_owned()
+        + "portal:
+  bind: nowhere
+  audience: ''
+  admin_role: ' '
+  jwks_url: ftp://x
+\
+               audit:
+  max_file_bytes: 10
+  keep_files: 0
+";
+    let err = RelayConfig::from_yaml_str(&bad).expect_err("invalid");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "portal.bind",
+        "portal.audience",
+        "portal.admin_role",
+        "portal.jwks_url",
+        "audit.max_file_bytes",
+        "audit.keep_files",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {keys:?}");
+    }
+}

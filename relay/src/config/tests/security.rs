@@ -1,0 +1,152 @@
+//! Tests of the `security` and `pdp` sections and their `NOWCONNECT_*` overrides.
+
+use std::time::Duration;
+
+use super::{JWT, MINIMAL};
+use crate::config::check::host_is_loopback;
+use crate::config::{JwksSource, RelayConfig};
+
+#[test]
+fn jwt_defaults_and_keys() {
+    let cfg = RelayConfig::from_yaml_str(JWT).expect("valid");
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    let j = cfg.security.jwt.expect("jwt on");
+    assert_eq!(
+        j.jwks,
+        JwksSource::Url("https://idp.example.com/jwks".into())
+    );
+    assert_eq!(j.audience, "nowconnect");
+    assert_eq!(j.issuer, None);
+    assert_eq!(j.leeway, Duration::from_secs(30));
+    assert!(!cfg.security.require_connector_scopes);
+    assert!(cfg.pdp.is_none());
+    assert_eq!(cfg.limits.max_streams_per_agent, 5000);
+
+    let yaml = JWT.to_owned()
+        + "  audience: nc\n  issuer: https://idp\n  require_connector_scopes: true\n  \
+               leeway_sec: 5\n  tunnel_allow_cidrs: [10.0.0.0/8]\n  allow_cidrs: [192.168.0.0/16]\n\
+               pdp:\n  url: https://pdp/eval\n  cache_ttl_sec: 0\n  timeout_ms: 50\n  fail_open: true\n";
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+    let j = cfg.security.jwt.expect("jwt on");
+    assert_eq!(j.audience, "nc");
+    assert_eq!(j.issuer.as_deref(), Some("https://idp"));
+    assert_eq!(j.leeway, Duration::from_secs(5));
+    assert!(cfg.security.require_connector_scopes);
+    assert_eq!(cfg.security.tunnel_allow_cidrs.len(), 1);
+    assert_eq!(cfg.security.allow_cidrs.len(), 1);
+    let p = cfg.pdp.expect("pdp on");
+    assert_eq!(p.cache_ttl, Duration::ZERO);
+    assert_eq!(p.timeout, Duration::from_millis(50));
+    assert!(p.fail_open);
+    assert!(cfg.warnings.iter().any(|w| w.contains("fail_open")));
+}
+
+#[test]
+fn nowconnect_env_overrides_win() {
+    let env = |k: &str| {
+        Some(
+            match k {
+                "NOWCONNECT_JWKS_URL" => "file:///etc/nc/jwks.json",
+                "NOWCONNECT_AUDIENCE" => "other",
+                "NOWCONNECT_REQUIRE_CONNECTOR_SCOPES" => "true",
+                "NOWCONNECT_PDP_URL" => "http://127.0.0.1:9/eval",
+                "NOWCONNECT_PDP_CACHE_TTL_SEC" => "7",
+                "NOWCONNECT_PDP_TIMEOUT_MS" => "250",
+                "NOWCONNECT_PDP_FAIL_OPEN" => "yes",
+                _ => return None,
+            }
+            .to_owned(),
+        )
+    };
+    let cfg = RelayConfig::from_yaml_str_with_env(JWT, &env).expect("valid");
+    let j = cfg.security.jwt.expect("jwt on");
+    assert_eq!(j.jwks, JwksSource::File("/etc/nc/jwks.json".into()));
+    assert_eq!(j.audience, "other");
+    assert!(cfg.security.require_connector_scopes);
+    let p = cfg.pdp.expect("pdp on");
+    assert_eq!(p.url, "http://127.0.0.1:9/eval");
+    assert_eq!(p.cache_ttl, Duration::from_secs(7));
+    assert_eq!(p.timeout, Duration::from_millis(250));
+    assert!(p.fail_open);
+
+    let bad = |k: &str| {
+        Some(
+            match k {
+                "NOWCONNECT_JWKS_URL" => "ftp://idp/jwks",
+                "NOWCONNECT_PDP_TIMEOUT_MS" => "soon",
+                "NOWCONNECT_PDP_FAIL_OPEN" => "perhaps",
+                _ => return None,
+            }
+            .to_owned(),
+        )
+    };
+    let err = RelayConfig::from_yaml_str_with_env(JWT, &bad).expect_err("invalid");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "NOWCONNECT_JWKS_URL",
+        "NOWCONNECT_PDP_TIMEOUT_MS",
+        "NOWCONNECT_PDP_FAIL_OPEN",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {keys:?}");
+    }
+}
+
+#[test]
+fn jwks_url_forms() {
+    let with =
+        |url: &str| RelayConfig::from_yaml_str(&JWT.replace("https://idp.example.com/jwks", url));
+    let cfg = with("http://127.0.0.1:8080/jwks").expect("loopback http");
+    assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
+    let cfg = with("http://idp.internal/jwks").expect("remote http is allowed");
+    assert!(cfg.warnings[0].contains("plain http"), "{:?}", cfg.warnings);
+    assert!(with("file://relative/jwks.json").is_err());
+    assert!(with("ftp://idp/jwks").is_err());
+    assert!(with("https:///nohost").is_err());
+}
+
+#[test]
+fn dev_bypass_and_jwks_are_exclusive() {
+    let yaml = JWT.replace(
+        "security:\n",
+        "tunnel:\n  host: 127.0.0.1\nsecurity:\n  dev_bypass: true\n",
+    );
+    let err = RelayConfig::from_yaml_str(&yaml).expect_err("refused");
+    assert_eq!(err.problems()[0].key, "security.dev_bypass");
+    assert!(err.to_string().contains("security.jwks_url"), "{err}");
+    let on = |k: &str| (k == "NOWCONNECT_DEV_BYPASS").then(|| "true".to_owned());
+    let yaml = JWT.replace("security:\n", "tunnel:\n  host: 127.0.0.1\nsecurity:\n");
+    assert!(RelayConfig::from_yaml_str_with_env(&yaml, &on).is_err());
+    // Neither configured: valid, with a warning that every agent will be refused.
+    let yaml = MINIMAL.replace("dev_bypass: true", "dev_bypass: false");
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+    assert!(
+        cfg.warnings[0].contains("every agent is refused"),
+        "{:?}",
+        cfg.warnings
+    );
+}
+
+#[test]
+fn dev_bypass_refused_on_non_loopback_host() {
+    let yaml = MINIMAL.replace("host: 127.0.0.1", "host: 0.0.0.0");
+    let err = RelayConfig::from_yaml_str(&yaml).expect_err("refused");
+    assert_eq!(err.problems()[0].key, "security.dev_bypass");
+    // Without the bypass the same host is fine (agents then get 401 until JWT lands).
+    let yaml = yaml.replace("dev_bypass: true", "dev_bypass: false");
+    assert!(RelayConfig::from_yaml_str(&yaml).is_ok());
+    assert!(host_is_loopback("::1"));
+    assert!(host_is_loopback("[::1]"));
+    assert!(host_is_loopback("localhost"));
+    assert!(!host_is_loopback("relay.example.com"));
+}
+
+#[test]
+fn env_overrides_dev_bypass() {
+    let yaml = MINIMAL.replace("dev_bypass: true", "dev_bypass: false");
+    let on = |k: &str| (k == "NOWCONNECT_DEV_BYPASS").then(|| "true".to_owned());
+    let cfg = RelayConfig::from_yaml_str_with_env(&yaml, &on).expect("valid");
+    assert!(cfg.security.dev_bypass);
+    let bad = |k: &str| (k == "NOWCONNECT_DEV_BYPASS").then(|| "maybe".to_owned());
+    let err = RelayConfig::from_yaml_str_with_env(&yaml, &bad).expect_err("bad bool");
+    assert_eq!(err.problems()[0].key, "NOWCONNECT_DEV_BYPASS");
+}
