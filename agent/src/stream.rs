@@ -1,28 +1,32 @@
-//! One stream: the agent's TCP connection to a target, owned by one task.
+//! One stream: the agent's TCP connection to a target, owned by one task that drives the
+//! stream's [`SendHalf`] (shared crate) and the target socket.
 //!
 //! The task dials the target (bytes that arrive meanwhile are queued, within the window), then
-//! moves bytes both ways: it waits for the socket to be readable and reads at most what it may
-//! send, with the v2 header written in front so the frame goes out without a copy. Reads land in
-//! a [`ReadArena`]: a small buffer per read while the target is quiet or chatty, an arena reused
-//! across frames while it sends in bulk, nothing held once it pauses. Bytes from the relay are
-//! queued as the `Bytes` they arrived in and written with vectored writes; every write is
-//! reported to the tunnel so it can return credit (v2) or count the queue down (v1). In v2 the
-//! tunnel task writes DATA into the socket itself while nothing of the stream is queued (it
-//! holds the socket once connected); only what the socket does not take reaches this task.
+//! moves bytes both ways: it waits for the socket to be readable and reads at most
+//! [`SendHalf::read_budget`] bytes, with the v2 header written in front so the frame goes out
+//! without a copy. Reads land in a [`ReadArena`]: a small buffer per read while the target is
+//! quiet or chatty, an arena reused across frames while it sends in bulk, nothing held once it
+//! pauses. The session writes relay bytes straight into the socket while nothing of this
+//! stream waits (it holds the socket once connected); only what the socket did not take comes
+//! here, queued as the `Bytes` it arrived in and written with vectored writes, each write
+//! reported back ([`Drained`]) so the session's receive half can return credit.
 //!
-//! Closing: the tunnel drops its sender to reset the stream (RST from the relay, overflow,
-//! tunnel loss); the task then closes the socket at once without flushing. Target EOF sends
-//! FIN a2c; FIN c2a shuts down the target's write side once every earlier byte is written.
+//! Closing: the session decides every inbound rule. It tells this task to shut the target's
+//! write side (the relay's FIN, once every byte before it is written), or aborts it (RST from
+//! the relay, a reset it sent, tunnel loss: [`ToStream::Abort`] or a dropped channel); an
+//! aborted stream closes its socket with a TCP reset (zero linger), so the target can tell a
+//! cut stream from a finished one. Target EOF sends FIN a2c.
 
-use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io;
+use std::net::Shutdown;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use nowconnect_shared::arena::{ReadArena, ARENA_IDLE};
+use nowconnect_shared::queue::WriteQueue;
 use nowconnect_shared::subprotocol::Version;
-use nowconnect_shared::{Dir, Frame, RstCode, SendCredit, StreamId};
+use nowconnect_shared::{Frame, RstCode, SendHalf, StreamId};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -30,54 +34,52 @@ use tokio::time::Instant;
 use crate::config::Target;
 use crate::writer::Outgoing;
 
-/// What the tunnel forwards to a stream.
+/// What the session forwards to a stream.
 #[derive(Debug)]
 pub(crate) enum ToStream {
-    /// Client bytes (c2a), already accounted against the window / queue depth.
+    /// Client bytes (c2a) the socket did not take yet, already charged to the window / queue.
     Data(Bytes),
-    /// The client shut down its write side.
-    Fin,
+    /// Every byte before the client's FIN is written: shut the target's write side.
+    ShutWrite,
     /// v2: the relay returned `credit` bytes of send credit.
     Window(u32),
+    /// The stream is over on the session's side: close at once with a TCP reset, send nothing.
+    Abort,
 }
 
-/// What a stream reports to the tunnel.
+/// What a stream reports to the session.
 #[derive(Debug)]
 pub(crate) struct Drained {
     pub id: StreamId,
     /// Tells a stream apart from an earlier one that used the same id.
     pub serial: u64,
-    /// Bytes written to the target by one write.
+    /// Bytes written to the target by one write round.
     pub bytes: usize,
-    /// DATA frames fully written by it.
+    /// Queued DATA frames fully written by it.
     pub frames: usize,
 }
 
 /// Everything a stream task needs besides its receiver.
 #[derive(Debug)]
 pub(crate) struct StreamCtx {
-    pub id: StreamId,
     pub serial: u64,
     pub connector: String,
     pub target: Arc<Target>,
     pub connect_timeout: Duration,
     pub version: Version,
     pub max_payload: usize,
-    /// Initial send credit (v2).
-    pub window: u32,
+    /// The stream's send side (credit, FIN), handed over by the session's stream table.
+    pub send: SendHalf,
     pub out: mpsc::Sender<Outgoing>,
     pub drained: mpsc::UnboundedSender<Drained>,
-    /// The target socket, once connected: shared with the tunnel task, which writes DATA into it
-    /// directly while nothing of this stream is queued (see `tunnel::write_through`).
+    /// The target socket, once connected: shared with the session, which writes DATA into it
+    /// directly while nothing of this stream is queued.
     pub sock: Arc<OnceLock<Arc<TcpStream>>>,
 }
 
-/// Buffers handed to one vectored write.
-const MAX_IOV: usize = 16;
-
-/// Runs the stream to its end; returns its id and serial for the tunnel's bookkeeping.
+/// Runs the stream to its end; returns its id and serial for the session's bookkeeping.
 pub(crate) async fn run(ctx: StreamCtx, rx: mpsc::UnboundedReceiver<ToStream>) -> (StreamId, u64) {
-    let (id, serial, version) = (ctx.id, ctx.serial, ctx.version);
+    let (id, serial, version) = (ctx.send.id(), ctx.serial, ctx.version);
     let out = ctx.out.clone();
     Stream::new(ctx).run(rx).await;
     if version == Version::V1 {
@@ -89,23 +91,17 @@ pub(crate) async fn run(ctx: StreamCtx, rx: mpsc::UnboundedReceiver<ToStream>) -
 
 struct Stream {
     ctx: StreamCtx,
-    /// Client bytes waiting for the target socket, oldest first (bounded by the window / depth).
-    queue: VecDeque<Bytes>,
-    /// FIN c2a received: shut down the target's write side once `queue` is empty.
-    fin_in: bool,
-    /// The target's write side is shut down.
-    shut_wr: bool,
-    /// The target sent EOF and we sent FIN a2c.
-    eof_out: bool,
-    /// v2 send credit (unused in v1).
-    credit: SendCredit,
+    /// Client bytes waiting for the target socket, oldest first (bounded by the receive half).
+    queue: WriteQueue,
+    /// Asked to shut the write side before the target was connected.
+    shut_pending: bool,
     /// Where target reads land.
     reads: ReadArena,
 }
 
 /// How the stream ended, when it was not a clean close.
 enum Abort {
-    /// Reset by the relay or the tunnel is gone: close silently.
+    /// Reset by the relay, by the session, or the tunnel is gone: close silently (TCP reset).
     Dropped,
     /// We reset it: send RST with this code and reason.
     Reset(RstCode, String),
@@ -113,43 +109,46 @@ enum Abort {
 
 impl Stream {
     fn new(ctx: StreamCtx) -> Stream {
-        let credit = SendCredit::new(ctx.window);
         let reads = ReadArena::new(ctx.max_payload);
         Stream {
             ctx,
-            queue: VecDeque::new(),
-            fin_in: false,
-            shut_wr: false,
-            eof_out: false,
-            credit,
+            queue: WriteQueue::new(),
+            shut_pending: false,
             reads,
         }
     }
 
+    fn id(&self) -> StreamId {
+        self.ctx.send.id()
+    }
+
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ToStream>) {
-        let result = match self.connect(&mut rx).await {
+        let (sock, result) = match self.connect(&mut rx).await {
             Ok(sock) => {
+                // Until the stream finishes cleanly, closing the socket sends a TCP reset: also
+                // when the session drops this task at once (tunnel loss, agent stop).
+                let _ = sock.set_zero_linger();
                 let sock = Arc::new(sock);
                 let _ = self.ctx.sock.set(sock.clone());
-                self.pump(&sock, &mut rx).await
+                let r = self.pump(&sock, &mut rx).await;
+                (Some(sock), r)
             }
-            Err(abort) => Err(abort),
+            Err(abort) => (None, Err(abort)),
         };
         drop(rx);
+        let id = self.id();
+        let connector = &self.ctx.connector;
+        if let (Ok(()), Some(sock)) = (&result, &sock) {
+            // Finished cleanly: an ordinary close. Any other end keeps the zero linger, so the
+            // target sees a reset, not a clean end of its request.
+            let _ = socket2::SockRef::from(&**sock).set_linger(None);
+        }
         match result {
-            Ok(()) => {
-                tracing::debug!(id = self.ctx.id, connector = %self.ctx.connector, "stream closed")
-            }
-            Err(Abort::Dropped) => {
-                tracing::debug!(id = self.ctx.id, connector = %self.ctx.connector, "stream reset")
-            }
+            Ok(()) => tracing::debug!(id, %connector, "stream closed"),
+            Err(Abort::Dropped) => tracing::debug!(id, %connector, "stream reset"),
             Err(Abort::Reset(code, reason)) => {
-                tracing::debug!(id = self.ctx.id, connector = %self.ctx.connector, code = code.as_str(), %reason, "resetting stream");
-                let rst = Frame::Rst {
-                    id: self.ctx.id,
-                    code,
-                    reason,
-                };
+                tracing::debug!(id, %connector, code = code.as_str(), %reason, "resetting stream");
+                let rst = Frame::Rst { id, code, reason };
                 let _ = self.ctx.out.send(Outgoing::Frame(rst)).await;
             }
         }
@@ -170,24 +169,26 @@ impl Stream {
             tokio::select! {
                 r = &mut dial => break r,
                 m = rx.recv() => match m {
-                    Some(m) if !rx.is_closed() => self.on_message(m)?,
-                    _ => return Err(Abort::Dropped),
+                    Some(ToStream::ShutWrite) => self.shut_pending = true,
+                    Some(m) => self.on_message(m)?,
+                    None => return Err(Abort::Dropped),
                 },
             }
         };
+        let (id, connector) = (self.id(), &self.ctx.connector);
         let timeout_ms = self.ctx.connect_timeout.as_millis();
         match result {
             Ok(Ok(sock)) => {
                 let _ = sock.set_nodelay(true);
-                tracing::debug!(id = self.ctx.id, connector = %self.ctx.connector, "target connected");
+                tracing::debug!(id, %connector, "target connected");
                 Ok(sock)
             }
             Ok(Err(e)) => {
-                tracing::info!(id = self.ctx.id, connector = %self.ctx.connector, error = %e, "target connect failed");
+                tracing::info!(id, %connector, error = %e, "target connect failed");
                 Err(Abort::Reset(RstCode::ConnectFailed, short(&e.to_string())))
             }
             Err(_) => {
-                tracing::info!(id = self.ctx.id, connector = %self.ctx.connector, timeout_ms, "target connect timed out");
+                tracing::info!(id, %connector, timeout_ms, "target connect timed out");
                 Err(Abort::Reset(
                     RstCode::ConnectFailed,
                     format!("timeout after {timeout_ms} ms"),
@@ -196,16 +197,17 @@ impl Stream {
         }
     }
 
+    /// Data, credit and aborts (a write shutdown is the caller's: it needs the socket).
     fn on_message(&mut self, m: ToStream) -> Result<(), Abort> {
         match m {
-            // Bytes after FIN c2a break the protocol; the relay never sends them.
-            ToStream::Data(b) if !self.fin_in => self.queue.push_back(b),
-            ToStream::Data(_) => {}
-            ToStream::Fin => self.fin_in = true,
+            ToStream::Data(b) => self.queue.push(b),
             ToStream::Window(n) => self
-                .credit
-                .grant(n)
-                .map_err(|e| Abort::Reset(RstCode::FlowControl, short(&e.to_string())))?,
+                .ctx
+                .send
+                .on_window(n)
+                .map_err(|r| Abort::Reset(r.code, r.reason.to_owned()))?,
+            ToStream::Abort => return Err(Abort::Dropped),
+            ToStream::ShutWrite => self.shut_pending = true,
         }
         Ok(())
     }
@@ -221,33 +223,33 @@ impl Stream {
         tokio::pin!(release);
         let mut release_armed = false;
         loop {
-            if self.fin_in && self.queue.is_empty() && !self.shut_wr {
-                // Every byte before the FIN is written: pass the half-close on.
-                // tokio's TcpStream shutdown is shutdown(Write): reading goes on.
+            if self.shut_pending {
+                // Every byte before the FIN is written (the session said so): pass it on.
+                // tokio's TcpStream shutdown needs `&mut`; the socket is shared with the session.
                 socket2::SockRef::from(sock)
-                    .shutdown(std::net::Shutdown::Write)
+                    .shutdown(Shutdown::Write)
                     .map_err(io_err)?;
-                self.shut_wr = true;
+                self.shut_pending = false;
+                self.ctx.send.on_write_shut();
             }
-            if self.shut_wr && self.eof_out {
+            if self.ctx.send.is_finished() {
                 return Ok(());
             }
-            let can_read =
-                !self.eof_out && (self.ctx.version == Version::V1 || self.credit.available() > 0);
+            let budget = self.ctx.send.read_budget(self.ctx.max_payload);
             tokio::select! {
                 biased;
                 m = rx.recv() => match m {
-                    // A closed channel means reset: drop queued bytes, close at once.
-                    Some(m) if !rx.is_closed() => self.on_message(m)?,
-                    _ => return Err(Abort::Dropped),
+                    Some(m) => self.on_message(m)?,
+                    // The session is gone (tunnel loss): close at once.
+                    None => return Err(Abort::Dropped),
                 },
                 r = sock.writable(), if !self.queue.is_empty() => {
                     r.map_err(io_err)?;
                     self.write_some(sock).map_err(io_err)?;
                 }
-                r = sock.readable(), if can_read => {
+                r = sock.readable(), if budget > 0 => {
                     r.map_err(io_err)?;
-                    self.read_some(sock).await?;
+                    self.read_some(sock, budget).await?;
                     if !release_armed && self.reads.in_burst() {
                         release.as_mut().reset(Instant::now() + ARENA_IDLE);
                         release_armed = true;
@@ -263,82 +265,48 @@ impl Stream {
         }
     }
 
-    /// One vectored write of the queued buffers; reports what was written.
+    /// Writes what the socket takes of the queue; reports it to the session.
     fn write_some(&mut self, sock: &TcpStream) -> io::Result<()> {
-        let written = {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n = 0;
-            for (slot, b) in iov.iter_mut().zip(self.queue.iter()) {
-                *slot = IoSlice::new(b);
-                n += 1;
-            }
-            match sock.try_write_vectored(&iov[..n]) {
-                Ok(w) => w,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        };
-        let mut left = written;
-        let mut frames = 0;
-        while left > 0 {
-            let Some(front) = self.queue.front_mut() else {
-                break;
-            };
-            if front.len() <= left {
-                left -= front.len();
-                self.queue.pop_front();
-                frames += 1;
-            } else {
-                front.advance(left);
-                left = 0;
-            }
+        let p = self.queue.write_with(|iov| sock.try_write_vectored(iov))?;
+        if p.bytes > 0 {
+            let _ = self.ctx.drained.send(Drained {
+                id: self.id(),
+                serial: self.ctx.serial,
+                bytes: p.bytes,
+                frames: p.frames,
+            });
         }
-        let _ = self.ctx.drained.send(Drained {
-            id: self.ctx.id,
-            serial: self.ctx.serial,
-            bytes: written,
-            frames,
-        });
         Ok(())
     }
 
-    /// One read from the target, sent as DATA (or FIN at EOF).
-    async fn read_some(&mut self, sock: &TcpStream) -> Result<(), Abort> {
+    /// One read of at most `budget` bytes from the target, sent as DATA (or FIN at EOF).
+    async fn read_some(&mut self, sock: &TcpStream, budget: usize) -> Result<(), Abort> {
         let v2 = self.ctx.version == Version::V2;
-        let cap = if v2 {
-            self.ctx.max_payload.min(self.credit.available() as usize)
-        } else {
-            self.ctx.max_payload
-        };
-        if cap == 0 {
-            return Ok(());
-        }
-        let header = v2.then_some(self.ctx.id);
+        let id = self.id();
+        let header = v2.then_some(id);
         let now = Instant::now().into_std();
-        let (buf, n) = match self.reads.read(cap, header, now, |b| sock.try_read_buf(b)) {
+        let (buf, n) = match self
+            .reads
+            .read(budget, header, now, |b| sock.try_read_buf(b))
+        {
             Ok(Some(read)) => read,
             Ok(None) => {
-                self.eof_out = true;
-                let fin = Frame::Fin {
-                    id: self.ctx.id,
-                    dir: Dir::A2c,
+                return match self.ctx.send.on_eof() {
+                    Some(fin) => self.send(Outgoing::Frame(fin)).await,
+                    None => Ok(()),
                 };
-                return self.send(Outgoing::Frame(fin)).await;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) => return Err(Abort::Reset(RstCode::Io, short(&e.to_string()))),
         };
+        self.ctx
+            .send
+            .on_read(n)
+            .map_err(|r| Abort::Reset(r.code, r.reason.to_owned()))?;
         if v2 {
-            // Cannot fail: we read at most the available credit.
-            self.credit
-                .consume(n)
-                .map_err(|e| Abort::Reset(RstCode::FlowControl, short(&e.to_string())))?;
             self.send(Outgoing::Encoded(buf)).await
         } else {
-            let data = Frame::Data {
-                id: self.ctx.id,
-                payload: buf,
-            };
+            let data = Frame::Data { id, payload: buf };
             self.send(Outgoing::Frame(data)).await
         }
     }

@@ -9,13 +9,11 @@
 //! carries the stream tasks' DATA/FIN: when the tunnel is slower than the targets, the streams
 //! wait here instead of buffering without bound. Control frames go first.
 
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
 use futures_util::stream::SplitSink;
 use futures_util::SinkExt;
 use nowconnect_shared::subprotocol::Version;
-use nowconnect_shared::{binary, Frame, Limits, StreamId, V1Codec};
+use nowconnect_shared::{binary, Frame, Limits, StreamId, V1Encoder};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -37,32 +35,35 @@ pub(crate) enum Outgoing {
     Encoded(Bytes),
     /// A WebSocket ping (keepalive).
     Ping,
+    /// v1: frames of this stream carry the relay's own cid (it minted it in OPEN). Sent on
+    /// the control queue before any frame of the stream.
+    Bind(StreamId, String),
     /// v1: the stream's last frame has been queued; drop its cid/seq state. Travels behind
     /// the stream's frames so it is applied after they are encoded.
     Forget(StreamId),
     /// Close the WebSocket and stop.
-    Close { code: u16, reason: &'static str },
+    Close { code: u16, reason: String },
 }
 
-/// How frames become messages on this tunnel.
-#[derive(Debug, Clone)]
+/// How frames become messages on this tunnel; owned by the writer.
+#[derive(Debug)]
 pub(crate) enum Encoder {
     V2(Limits),
-    /// v1 state is shared with the reader: both map cids and track seq (see `V1Codec`).
-    V1(Arc<Mutex<V1Codec>>),
+    /// v1 keeps per-stream seq and cid state (see `V1Encoder`); the reader's decoder is separate.
+    V1(V1Encoder),
 }
 
 impl Encoder {
     pub(crate) fn new(version: Version, limits: Limits) -> Encoder {
         match version {
             Version::V2 => Encoder::V2(limits),
-            Version::V1 => Encoder::V1(Arc::new(Mutex::new(V1Codec::new(limits)))),
+            Version::V1 => Encoder::V1(V1Encoder::new(limits)),
         }
     }
 
-    /// `None` for items that produce no message (Forget) or frames that fail to encode
+    /// `None` for items that produce no message (Bind, Forget) or frames that fail to encode
     /// (which would be our bug; logged).
-    fn encode(&self, item: Outgoing) -> Option<Message> {
+    fn encode(&mut self, item: Outgoing) -> Option<Message> {
         match (item, self) {
             (Outgoing::Encoded(b), _) => Some(Message::Binary(b)),
             (Outgoing::Ping, _) => Some(Message::Ping(Bytes::new())),
@@ -70,11 +71,17 @@ impl Encoder {
                 code: CloseCode::from(code),
                 reason: reason.into(),
             }))),
-            (Outgoing::Forget(id), Encoder::V1(codec)) => {
-                lock(codec).forget(id);
+            (Outgoing::Bind(id, cid), Encoder::V1(codec)) => {
+                if let Err(e) = codec.bind(id, &cid) {
+                    tracing::error!(id, error = %e, "cannot keep the relay's cid");
+                }
                 None
             }
-            (Outgoing::Forget(_), Encoder::V2(_)) => None,
+            (Outgoing::Forget(id), Encoder::V1(codec)) => {
+                codec.forget(id);
+                None
+            }
+            (Outgoing::Forget(_) | Outgoing::Bind(..), Encoder::V2(_)) => None,
             (Outgoing::Frame(f), Encoder::V2(limits)) => {
                 match binary::encode_to_bytes(&f, limits) {
                     Ok(b) => Some(Message::Binary(b)),
@@ -84,7 +91,7 @@ impl Encoder {
                     }
                 }
             }
-            (Outgoing::Frame(f), Encoder::V1(codec)) => match lock(codec).encode(&f) {
+            (Outgoing::Frame(f), Encoder::V1(codec)) => match codec.encode(&f) {
                 Ok(text) => Some(Message::text(text)),
                 Err(e) => {
                     tracing::error!(frame = f.kind(), id = f.stream_id(), error = %e, "cannot encode frame");
@@ -95,19 +102,13 @@ impl Encoder {
     }
 }
 
-/// Locks the v1 codec. A panic while holding it cannot leave it inconsistent in a way that
-/// matters more than losing the tunnel, so poisoning is ignored.
-pub(crate) fn lock(codec: &Mutex<V1Codec>) -> std::sync::MutexGuard<'_, V1Codec> {
-    codec.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Runs until the queues close, a Close was sent, or the WebSocket fails.
 /// Returns the error text when the WebSocket failed.
 pub(crate) async fn run(
     mut sink: SplitSink<WsStream, Message>,
     mut ctrl: mpsc::UnboundedReceiver<Outgoing>,
     mut data: mpsc::Receiver<Outgoing>,
-    encoder: Encoder,
+    mut encoder: Encoder,
 ) -> Result<(), String> {
     loop {
         let first = tokio::select! {

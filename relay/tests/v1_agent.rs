@@ -135,32 +135,57 @@ async fn v1_seq_gap_resets_the_stream() {
     assert!(closed);
 }
 
+/// v1 has no credit: once a client's queue is full the relay stops reading that tunnel
+/// (backpressure), and a client that still has not read after `ping_timeout_sec` is reset
+/// with queue_overflow; then the tunnel is read again.
 #[tokio::test]
 async fn v1_queue_overflow_resets_with_queue_overflow() {
-    let relay = relay(&format!("{DEV}limits:\n  queue_depth_per_cid: 4\n")).await;
+    // The first line continues the `tunnel` section.
+    let cfg = format!("  ping_timeout_sec: 1\n{DEV}limits:\n  queue_depth_per_cid: 4\n");
+    let relay = relay(&cfg).await;
     let mut ws = v1_agent(&relay, None).await;
     // The client never reads: kernel buffers fill, then the relay's queue.
     let _client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
         .await
         .unwrap();
     let cid = recv(&mut ws).await["cid"].as_str().unwrap().to_owned();
+    let (mut tx, mut rx) = ws.split();
     let chunk = B64.encode(vec![0u8; 64 * 1024]);
-    let mut seq = 0u64;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let rst = loop {
-        assert!(tokio::time::Instant::now() < deadline, "no overflow RST");
-        send(&mut ws, json!({"t":"DATA","cid":cid,"seq":seq,"b64":chunk})).await;
-        seq += 1;
-        if let Ok(Some(Ok(Message::Text(t)))) =
-            tokio::time::timeout(Duration::from_millis(1), ws.next()).await
-        {
-            break serde_json::from_str::<Value>(t.as_str()).unwrap();
-        }
+    let frames = 400u64;
+    let pusher = {
+        let cid = cid.clone();
+        tokio::spawn(async move {
+            // Blocks while the relay does not read; 400 x 64 KiB is far more than the kernel
+            // buffers and 4 queued frames hold.
+            for seq in 0..frames {
+                let f = json!({"t":"DATA","cid":cid,"seq":seq,"b64":chunk});
+                if tx.send(Message::text(f.to_string())).await.is_err() {
+                    break;
+                }
+            }
+            tx
+        })
     };
+    let rst = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Some(Ok(Message::Text(t))) = rx.next().await {
+                break serde_json::from_str::<Value>(t.as_str()).unwrap();
+            }
+        }
+    })
+    .await
+    .expect("an RST within 15 s");
     assert_eq!(rst, json!({"t":"RST","cid":cid,"err":"queue_overflow"}));
     assert!(relay
         .metrics_text()
         .contains("nowconnect_queue_overflow_total{side=\"relay\",connector=\"addomain\"} 1"));
+    // The relay reads the tunnel again: every remaining frame (for the reset stream) is taken.
+    let tx = tokio::time::timeout(Duration::from_secs(15), pusher)
+        .await
+        .expect("the rest of the frames were read")
+        .expect("pusher");
+    let mut ws = tx.reunite(rx).expect("same stream");
+    ws.send(Message::Ping(Vec::new().into())).await.unwrap();
 }
 
 #[tokio::test]

@@ -10,7 +10,10 @@
 //! - an undecodable frame resets the stream it names when that stream is live (the v2 header's
 //!   id, the v1 seq error's id); otherwise it is counted and dropped;
 //! - only the relay opens streams; the table is bounded; ids are never reused while live;
-//! - v1 decoder state (seq, peer cids) starts when a stream is added and goes when it leaves.
+//! - v1 decoder state (seq, peer cids) starts when a stream is added and goes when it leaves;
+//! - v1 has no credit, so while a stream's queue is full ([`Demux::full`]) the driver stops
+//!   reading the tunnel (backpressure, as TCP would), until the stream drains; a stream that
+//!   stays full too long (the driver's clock: [`Demux::overflow`]) is reset `queue_overflow`.
 //!
 //! The driver's own per-stream value (`H`: a channel to the stream task, a socket) rides in the
 //! table next to the receive half, so one lookup serves both.
@@ -173,6 +176,8 @@ pub struct Demux<H> {
     next_id: StreamId,
     /// HELLO (relay) or HELLO_ACK (agent) has been seen.
     handshake_done: bool,
+    /// v1: the stream whose queue is full; the driver reads no frame while it is.
+    full: Option<StreamId>,
 }
 
 impl<H> Demux<H> {
@@ -187,6 +192,7 @@ impl<H> Demux<H> {
             max_streams,
             next_id: 1,
             handshake_done: false,
+            full: None,
         }
     }
 
@@ -295,7 +301,37 @@ impl<H> Demux<H> {
         if let Some(v1) = &mut self.v1 {
             v1.forget(id);
         }
+        self.refresh_full();
         Some(slot.handle)
+    }
+
+    /// v1 backpressure: `Some(id)` while stream `id`'s queue is full. Read no frame from the
+    /// tunnel until this is `None` again (the stream drained, ended or was reset).
+    pub fn full(&self) -> Option<StreamId> {
+        self.full
+    }
+
+    /// v1: stream `id` stayed full for longer than the driver allows: reset it
+    /// (`queue_overflow`), which lets the tunnel be read again.
+    pub fn overflow(&mut self, id: StreamId) -> Dispatch<H> {
+        let reset = Reset::new(RstCode::QueueOverflow, "queue full too long");
+        match self.reset(id, reset) {
+            Some((rst, handle)) => Dispatch::Reset {
+                id,
+                rst,
+                reason: reset,
+                handle: Some(handle),
+            },
+            None => Dispatch::Nothing,
+        }
+    }
+
+    fn refresh_full(&mut self) {
+        if let Some(id) = self.full {
+            if !self.slots.get(&id).is_some_and(|s| s.recv.is_full()) {
+                self.full = None;
+            }
+        }
     }
 
     /// Resets a live stream from this side: it leaves the table; returns the RST and handle.
@@ -309,7 +345,10 @@ impl<H> Demux<H> {
             return Drained::Unknown;
         };
         match slot.recv.on_written(bytes, frames) {
-            Ok(w) => Drained::Ok(w),
+            Ok(w) => {
+                self.refresh_full();
+                Drained::Ok(w)
+            }
             Err(reset) => match self.reset(id, reset) {
                 Some((rst, handle)) => Drained::Reset { rst, handle },
                 None => Drained::Unknown,
@@ -424,6 +463,9 @@ impl<H> Demux<H> {
                 match slot.recv.on_frame(frame) {
                     Ok(Inbound::Data(payload)) => {
                         let direct = slot.recv.buffered() == payload.len();
+                        if slot.recv.is_full() {
+                            self.full = Some(id);
+                        }
                         Dispatch::Data {
                             id,
                             payload,

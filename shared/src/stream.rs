@@ -79,6 +79,9 @@ impl Reset {
     }
 }
 
+/// Default v1 queue budget per stream, in payload bytes (twice a v2 window).
+pub const V1_QUEUE_BYTES: usize = 2 * DEFAULT_WINDOW as usize;
+
 /// Budgets every stream of a tunnel starts with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamParams {
@@ -86,21 +89,23 @@ pub struct StreamParams {
     pub version: Version,
     /// v2: credit each direction starts with (the peer's send credit = our receive window).
     pub window: u32,
-    /// v1: most DATA frames queued for the socket (`limits.queue_depth_per_cid`).
+    /// v1: DATA frames queued for the socket that make the queue full
+    /// (`limits.queue_depth_per_cid`).
     pub v1_max_frames: usize,
-    /// v1: most payload bytes queued for the socket (`limits.queue_bytes_per_cid`).
+    /// v1: payload bytes queued for the socket that make the queue full
+    /// (`limits.queue_bytes_per_cid`). A stream holds at most this plus one frame.
     pub v1_max_bytes: usize,
 }
 
 impl StreamParams {
-    /// The protocol's defaults for `version`: a 256 KiB window; v1 queues of 256 frames and
-    /// 256 KiB (the same memory per stream as a v2 window).
+    /// The protocol's defaults for `version`: a 256 KiB window; v1 queues full at 256 frames
+    /// or [`V1_QUEUE_BYTES`].
     pub fn new(version: Version) -> StreamParams {
         StreamParams {
             version,
             window: DEFAULT_WINDOW,
             v1_max_frames: 256,
-            v1_max_bytes: DEFAULT_WINDOW as usize,
+            v1_max_bytes: V1_QUEUE_BYTES,
         }
     }
 }
@@ -110,7 +115,9 @@ impl StreamParams {
 enum Budget {
     /// v2: the window we granted; the peer stays within it or the stream is reset.
     Window(RecvWindow),
-    /// v1: no credit, so a bounded queue; overflow resets the stream (`queue_overflow`).
+    /// v1: no credit, so a bounded queue. While it is full the tunnel reader stops taking
+    /// frames ([`RecvHalf::is_full`]); DATA that arrives anyway resets the stream
+    /// (`queue_overflow`).
     Queue {
         /// DATA frames received and not yet fully written.
         frames: usize,
@@ -223,6 +230,21 @@ impl RecvHalf {
         }
     }
 
+    /// v1: the queue is full. The tunnel reader must stop taking frames until the driver has
+    /// written some of it (or give up on the stream: `queue_overflow`). Always false in v2,
+    /// where credit bounds the peer instead.
+    pub fn is_full(&self) -> bool {
+        match self.budget {
+            Budget::Window(_) => false,
+            Budget::Queue {
+                frames,
+                bytes,
+                max_frames,
+                max_bytes,
+            } => frames >= max_frames || bytes >= max_bytes,
+        }
+    }
+
     /// Charges `len` received payload bytes before the driver queues them.
     pub fn on_data(&mut self, len: usize) -> Result<(), Reset> {
         if self.fin {
@@ -241,12 +263,12 @@ impl RecvHalf {
                 if len == 0 {
                     return Ok(());
                 }
-                let over_bytes = bytes.checked_add(len).is_none_or(|b| b > *max_bytes);
-                if *frames >= *max_frames || over_bytes {
+                // Full already: the reader should have stopped taking frames.
+                if *frames >= *max_frames || *bytes >= *max_bytes {
                     return Err(Reset::new(RstCode::QueueOverflow, "queue overflow"));
                 }
                 *frames += 1;
-                *bytes += len;
+                *bytes = bytes.saturating_add(len);
                 Ok(())
             }
         }

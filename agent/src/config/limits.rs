@@ -12,8 +12,11 @@ use super::layer::Layer;
 pub struct AgentLimits {
     /// Time allowed to dial a target after OPEN; then RST connect_failed.
     pub connect_timeout: Duration,
-    /// v1 only: DATA frames queued per stream before RST queue_overflow.
+    /// v1 only: DATA frames queued for one target that make its queue full (the tunnel is then
+    /// not read until it drains; still full after the ping timeout: RST queue_overflow).
     pub queue_depth_per_cid: usize,
+    /// v1 only: payload bytes queued for one target that make its queue full (as above).
+    pub queue_bytes_per_cid: usize,
     /// Time allowed from the TCP dial to HELLO_ACK; then the attempt counts as failed.
     pub handshake_timeout: Duration,
     /// Upper bound of the first reconnect delay (full jitter: the delay is random below it).
@@ -61,9 +64,23 @@ pub(super) fn validate_limits(c: &mut Collector, l: &Layer) -> AgentLimits {
         }
         n => n,
     };
+    let queue_bytes_per_cid = match l
+        .queue_bytes_per_cid
+        .unwrap_or(nowconnect_shared::stream::V1_QUEUE_BYTES)
+    {
+        n if (1024..=64 << 20).contains(&n) => n,
+        n => {
+            c.bad(
+                "limits.queue_bytes_per_cid",
+                "must be between 1024 and 67108864 (64 MiB)",
+            );
+            n.clamp(1024, 64 << 20)
+        }
+    };
     AgentLimits {
         connect_timeout,
         queue_depth_per_cid,
+        queue_bytes_per_cid,
         handshake_timeout,
         reconnect_initial,
         reconnect_max,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use nowconnect_shared::subprotocol::Version;
-use nowconnect_shared::{binary, Frame, Limits, V1Codec};
+use nowconnect_shared::{binary, Frame, Limits, V1Decoder, V1Encoder};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -107,7 +107,8 @@ pub struct MockConn {
     pub ws: WebSocketStream<TcpStream>,
     pub version: Version,
     pub upgrade: Upgrade,
-    codec: V1Codec,
+    enc: V1Encoder,
+    dec: V1Decoder,
     limits: Limits,
 }
 
@@ -145,7 +146,8 @@ impl MockRelay {
             ws,
             version,
             upgrade,
-            codec: V1Codec::new(Limits::default()),
+            enc: V1Encoder::new(Limits::default()),
+            dec: V1Decoder::new(Limits::default()),
             limits: Limits::default(),
         }
     }
@@ -225,7 +227,7 @@ impl MockConn {
             Version::V2 => {
                 Message::Binary(binary::encode_to_bytes(&f, &self.limits).expect("encode"))
             }
-            Version::V1 => Message::text(self.codec.encode(&f).expect("encode")),
+            Version::V1 => Message::text(self.enc.encode(&f).expect("encode")),
         };
         self.ws.send(msg).await.expect("relay send");
     }
@@ -241,7 +243,7 @@ impl MockConn {
                 }
                 Message::Text(t) => {
                     assert_eq!(self.version, Version::V1, "text frame on a v2 tunnel");
-                    return Some(self.codec.decode(t.as_str()).expect("valid v1 frame"));
+                    return Some(self.dec.decode(t.as_str()).expect("valid v1 frame"));
                 }
                 Message::Close(_) => return None,
                 _ => continue,

@@ -1,4 +1,4 @@
-//! The `limits` section: idle timeout, queue depth, connection and stream caps, shutdown grace.
+//! The `limits` section: idle timeout, v1 queue budgets, connection and stream caps, shutdown grace.
 
 use std::time::Duration;
 
@@ -7,6 +7,9 @@ use super::raw::RawLimits;
 
 pub(super) const DEFAULT_IDLE_MS: u64 = 300_000;
 pub(super) const DEFAULT_QUEUE_DEPTH: usize = 256;
+pub(super) const DEFAULT_QUEUE_BYTES: usize = nowconnect_shared::stream::V1_QUEUE_BYTES;
+/// Largest `queue_bytes_per_cid`: 64 MiB.
+const MAX_QUEUE_BYTES: usize = 64 << 20;
 pub(super) const DEFAULT_MAX_CONN: usize = 10_000;
 pub(super) const DEFAULT_GRACE_MS: u64 = 10_000;
 pub(super) const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 5_000;
@@ -15,8 +18,11 @@ pub(super) const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 5_000;
 pub struct LimitsConfig {
     /// `None`: streams never time out for idleness (`idle_timeout_ms: 0`).
     pub idle_timeout: Option<Duration>,
-    /// v1 only: DATA frames queued per stream before RST queue_overflow.
+    /// v1 only: DATA frames queued for one client that make its queue full (the tunnel is then
+    /// not read until it drains; still full after `ping_timeout_sec`: RST queue_overflow).
     pub queue_depth_per_cid: usize,
+    /// v1 only: payload bytes queued for one client that make its queue full (as above).
+    pub queue_bytes_per_cid: usize,
     /// Client connections open at once across all listeners.
     pub max_conn_total: usize,
     /// Streams open at once on one agent tunnel; more clients for it are closed at once.
@@ -30,6 +36,13 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
     let queue_depth_per_cid = l.queue_depth_per_cid.unwrap_or(DEFAULT_QUEUE_DEPTH);
     if queue_depth_per_cid == 0 || queue_depth_per_cid > 65_536 {
         c.bad("limits.queue_depth_per_cid", "must be between 1 and 65536");
+    }
+    let queue_bytes_per_cid = l.queue_bytes_per_cid.unwrap_or(DEFAULT_QUEUE_BYTES);
+    if !(1024..=MAX_QUEUE_BYTES).contains(&queue_bytes_per_cid) {
+        c.bad(
+            "limits.queue_bytes_per_cid",
+            "must be between 1024 and 67108864 (64 MiB)",
+        );
     }
     let max_conn_total = l.max_conn_total.unwrap_or(DEFAULT_MAX_CONN);
     if max_conn_total == 0 {
@@ -45,6 +58,7 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
     LimitsConfig {
         idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
         queue_depth_per_cid,
+        queue_bytes_per_cid,
         max_conn_total,
         max_streams_per_agent,
         shutdown_grace: Duration::from_millis(grace_ms),

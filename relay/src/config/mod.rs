@@ -109,6 +109,7 @@ impl RelayConfig {
             limits: LimitsConfig {
                 idle_timeout: Some(Duration::from_millis(limits::DEFAULT_IDLE_MS)),
                 queue_depth_per_cid: limits::DEFAULT_QUEUE_DEPTH,
+                queue_bytes_per_cid: limits::DEFAULT_QUEUE_BYTES,
                 max_conn_total: limits::DEFAULT_MAX_CONN,
                 max_streams_per_agent: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
                 shutdown_grace: Duration::from_millis(limits::DEFAULT_GRACE_MS),

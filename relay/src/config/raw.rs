@@ -67,6 +67,7 @@ pub(super) struct RawTls {
 pub(super) struct RawLimits {
     pub(super) idle_timeout_ms: Option<u64>,
     pub(super) queue_depth_per_cid: Option<usize>,
+    pub(super) queue_bytes_per_cid: Option<usize>,
     pub(super) max_conn_total: Option<usize>,
     pub(super) max_streams_per_agent: Option<usize>,
     pub(super) shutdown_grace_ms: Option<u64>,

@@ -49,6 +49,7 @@ fn stream_params(shared: &Shared, version: Version) -> StreamParams {
     let limits = &shared.cfg.limits;
     StreamParams {
         v1_max_frames: limits.queue_depth_per_cid,
+        v1_max_bytes: limits.queue_bytes_per_cid,
         ..StreamParams::new(version)
     }
 }

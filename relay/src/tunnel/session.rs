@@ -117,12 +117,24 @@ impl Session {
         let kick = self.info.kick.clone();
         let cfg = &self.shared.cfg.tunnel;
         let dead_after = cfg.ping_interval + cfg.ping_timeout;
+        let stall_limit = cfg.ping_timeout;
         let mut last_rx = Instant::now();
         let keepalive = tokio::time::sleep(dead_after);
         tokio::pin!(keepalive);
         let expiry = tokio::time::sleep_until(self.expires.unwrap_or_else(|| Instant::now() + FAR));
         tokio::pin!(expiry);
+        // v1 backpressure: the stream whose full queue stops the reader, and since when.
+        let stall = tokio::time::sleep(FAR);
+        tokio::pin!(stall);
+        let mut stalled: Option<StreamId> = None;
         loop {
+            let full = self.demux.full();
+            if full != stalled {
+                stalled = full;
+                if full.is_some() {
+                    stall.as_mut().reset(Instant::now() + stall_limit);
+                }
+            }
             tokio::select! {
                 biased;
                 _ = token.cancelled() => return End::Shutdown,
@@ -140,7 +152,14 @@ impl Session {
                 // the agent sends in answer to that stream's OPEN.
                 Some(ev) = self.events.recv() => self.on_event(ev),
                 Some(conn) = self.conns.recv() => self.open(conn),
-                msg = source.next() => {
+                () = &mut stall, if stalled.is_some() => {
+                    // A v1 client that has not read for `ping_timeout`: give up on it.
+                    if let Some(id) = stalled {
+                        let d = self.demux.overflow(id);
+                        self.dispatch(d);
+                    }
+                }
+                msg = source.next(), if stalled.is_none() => {
                     last_rx = Instant::now();
                     let dispatch = match msg {
                         None => return End::Closed,
@@ -158,6 +177,10 @@ impl Session {
                     }
                 }
                 () = &mut keepalive => {
+                    // Not reading (v1 backpressure) is not the agent's silence.
+                    if stalled.is_some() {
+                        last_rx = Instant::now();
+                    }
                     if last_rx.elapsed() >= dead_after {
                         return End::PingTimeout;
                     }

@@ -383,3 +383,42 @@ fn v1_peer_cids_pass_to_the_encoder_and_go_with_the_stream() {
     ));
     assert_eq!(d.v1.as_ref().map(V1Decoder::tracked_streams), Some(0));
 }
+
+#[test]
+fn a_full_v1_queue_stops_the_reader_until_it_drains_or_overflows() {
+    let params = StreamParams {
+        v1_max_frames: 100,
+        v1_max_bytes: 8,
+        ..StreamParams::new(Version::V1)
+    };
+    let mut d: Demux<u32> = Demux::new(Role::Relay, params, Limits::default(), 4);
+    assert!(matches!(
+        d.on_text(r#"{"t":"HELLO","agent_id":"a","connectors":[]}"#),
+        Dispatch::Hello(_)
+    ));
+    let (id, _) = d.open(|_| 1).expect("room");
+    d.announce(id);
+    let cid = cid_for(id);
+    let frame = |seq: u64| format!(r#"{{"t":"DATA","cid":"{cid}","seq":{seq},"b64":"eHh4eHh4"}}"#);
+    assert!(matches!(d.on_text(&frame(0)), Dispatch::Data { .. }));
+    assert_eq!(d.full(), None, "6 of 8 bytes");
+    assert!(matches!(d.on_text(&frame(1)), Dispatch::Data { .. }));
+    assert_eq!(d.full(), Some(id), "12 bytes: stop reading the tunnel");
+    assert!(matches!(d.on_written(id, 6, 1), Drained::Ok(_)));
+    assert_eq!(d.full(), None, "drained below the budget: read again");
+    assert!(matches!(d.on_text(&frame(2)), Dispatch::Data { .. }));
+    assert_eq!(d.full(), Some(id));
+    // Still full when the driver's patience ends: reset, and the tunnel is read again.
+    match d.overflow(id) {
+        Dispatch::Reset {
+            handle: Some(1),
+            reason,
+            ..
+        } => {
+            assert_eq!(reason.code, RstCode::QueueOverflow)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(d.full(), None);
+    assert!(d.is_empty());
+}

@@ -56,28 +56,38 @@ fn data_within_the_window_is_admitted_beyond_it_flow_control() {
 }
 
 #[test]
-fn v1_queue_is_bounded_in_frames_and_in_bytes() {
+fn v1_queue_fills_at_its_frame_or_byte_budget_and_overflows_past_it() {
     let mut r = RecvHalf::new(1, Role::Relay, &v1(2, 1000));
     assert!(r.on_data(10).is_ok());
+    assert!(!r.is_full());
     assert!(r.on_data(10).is_ok());
+    assert!(r.is_full(), "two frames fill a depth of 2");
     assert_eq!(
         r.on_data(1),
         Err(Reset::new(RstCode::QueueOverflow, "queue overflow")),
-        "third frame over a depth of 2"
+        "DATA into a full queue"
     );
     let mut r = RecvHalf::new(1, Role::Agent, &v1(100, 1000));
     assert!(r.on_data(600).is_ok());
-    assert_eq!(
-        r.on_data(401).map_err(|e| e.code),
-        Err(RstCode::QueueOverflow),
-        "1001 bytes over a 1000-byte budget"
+    assert!(
+        r.on_data(600).is_ok(),
+        "not full yet: the frame that fills it is taken"
     );
-    assert!(r.on_data(400).is_ok());
+    assert!(r.is_full(), "1200 bytes fill a 1000-byte budget");
+    assert_eq!(
+        r.on_data(1).map_err(|e| e.code),
+        Err(RstCode::QueueOverflow)
+    );
     // Written bytes and frames make room again.
     let w = r.on_written(600, 1).expect("accounted");
     assert_eq!(w.window, None, "v1 has no WINDOW");
+    assert!(!r.is_full());
     assert!(r.on_data(600).is_ok());
     assert!(r.on_data(0).is_ok(), "empty DATA costs nothing");
+    // v2 is never full: credit bounds the peer.
+    let mut r = RecvHalf::new(1, Role::Agent, &v2());
+    r.on_data(100).expect("window");
+    assert!(!r.is_full());
 }
 
 #[test]

@@ -1,0 +1,101 @@
+//! What the tunnel supervisor and its sessions hand each other: the agent-wide [`Shared`]
+//! context, why a session ended ([`End`]), and its READY report.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::task::Id as TaskId;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::AgentConfig;
+use crate::health::HealthState;
+use crate::notify::Notifier;
+use crate::token::Token;
+use crate::transport::{DialError, Dialer};
+
+/// How long a graceful stop waits for the Close frame to go out.
+pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// A retired tunnel may keep its streams at least this long, even if its token has expired.
+pub(super) const MIN_DRAIN: Duration = Duration::from_secs(5);
+/// What the supervisor and its sessions share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub cfg: AgentConfig,
+    pub dialer: Dialer,
+    pub health: HealthState,
+    /// systemd notifications (no-op without NOTIFY_SOCKET); sent by the supervisor only.
+    pub notify: Notifier,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    Shutdown,
+    Dial(DialError),
+    /// The dial did not finish in time; says at which step.
+    HandshakeTimeout(String),
+    HelloTimeout,
+    RelayClosed {
+        code: u16,
+        reason: String,
+    },
+    Broken(String),
+    KeepaliveTimeout,
+    Protocol(String),
+    /// Replaced by a newer tunnel (token refresh) and drained.
+    Retired,
+}
+
+impl End {
+    /// Short stable name of the cause.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            End::Shutdown => "shutdown",
+            End::Dial(e) => e.reason(),
+            End::HandshakeTimeout(_) => "timeout",
+            End::HelloTimeout => "hello_timeout",
+            End::RelayClosed { .. } => "relay_closed",
+            End::Broken(_) => "broken",
+            End::KeepaliveTimeout => "keepalive",
+            End::Protocol(_) => "protocol",
+            End::Retired => "retired",
+        }
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Shutdown => f.write_str("agent shutting down"),
+            End::Dial(e) => write!(f, "{e}"),
+            End::HandshakeTimeout(what) => write!(f, "timed out {what}"),
+            End::HelloTimeout => f.write_str("relay did not acknowledge HELLO in time"),
+            End::RelayClosed { code, reason } if reason.is_empty() => {
+                write!(f, "relay closed the tunnel (code {code})")
+            }
+            End::RelayClosed { code, reason } => {
+                write!(f, "relay closed the tunnel (code {code}: {reason})")
+            }
+            End::Broken(e) => write!(f, "tunnel broken: {e}"),
+            End::KeepaliveTimeout => f.write_str("no pong or frame from the relay in time"),
+            End::Protocol(e) => write!(f, "protocol error from the relay: {e}"),
+            End::Retired => f.write_str("replaced by a newer tunnel"),
+        }
+    }
+}
+
+/// A session's HELLO_ACK, reported to the supervisor.
+#[derive(Debug)]
+pub(super) struct Ready {
+    pub id: TaskId,
+    pub token: Option<Token>,
+}
+
+/// What a session task returns: why it ended and how long it was READY.
+pub(super) type SessionResult = (End, Option<Duration>);
+
+impl End {
+    pub fn is_shutdown_or(&self, cancel: &CancellationToken) -> bool {
+        matches!(self, End::Shutdown) || cancel.is_cancelled()
+    }
+}

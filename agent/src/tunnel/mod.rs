@@ -1,0 +1,235 @@
+//! The tunnel supervisor: keeps one tunnel to the relay up, reconnects, refreshes the token.
+//!
+//! Each WebSocket connection is one [`session`] (dial, HELLO, READY, the stream table); this
+//! module starts sessions, notices how they end, and decides when to start the next one.
+//!
+//! Token refresh: when the token in use has `exp`, the supervisor re-reads the token file
+//! `refresh_before_exp` ahead of it; if the file holds a new token it opens a second session
+//! while the first stays READY, and once the new one is READY (the relay sends new streams to
+//! the newest tunnel of an agent) the old one is retired: it closes when its last stream ends,
+//! or at its token's expiry. Health therefore stays READY across a refresh.
+//!
+//! systemd: the supervisor alone speaks to it (see [`crate::notify`]): READY=1 with the first
+//! HELLO_ACK, a STATUS line per state change (connecting, READY with the stream count,
+//! reconnecting with the delay and the cause), WATCHDOG=1 from its loop, STOPPING=1 at the end.
+
+mod context;
+mod session;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::{Id as TaskId, JoinSet};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) use context::Shared;
+use context::{End, Ready, SessionResult};
+
+use crate::backoff::Backoff;
+use crate::notify::StatusLine;
+use crate::token::{self, Token};
+
+/// A tunnel READY this long resets the reconnect backoff.
+const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+/// How often systemd's STATUS line is refreshed while READY (its stream count changes without
+/// waking the supervisor).
+const STATUS_REFRESH: Duration = Duration::from_secs(5);
+
+/// A session the supervisor started; `retire` asks it to drain and close.
+#[derive(Debug)]
+struct Tracked {
+    id: TaskId,
+    retire: CancellationToken,
+    /// The token it connected with (set at READY).
+    token: Option<Token>,
+}
+
+/// Keeps a tunnel up until `cancel`: dial, READY, reconnect with backoff after a failure, and
+/// refresh ahead of the token's expiry. See the module docs for the refresh overlap.
+pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
+    let limits = &shared.cfg.limits;
+    let margin = shared.cfg.token_refresh_before;
+    // While the file still holds the expiring token, look again this often.
+    let recheck = (margin / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut backoff = Backoff::new(limits.reconnect_initial, limits.reconnect_max);
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Ready>();
+    let mut sessions: JoinSet<SessionResult> = JoinSet::new();
+    // The READY tunnel new streams use.
+    let mut current: Option<Tracked> = None;
+    // A session dialing or waiting for HELLO_ACK (first connect, reconnect or refresh).
+    let mut pending: Option<Tracked> = None;
+    let mut retry_at: Option<Instant> = Some(Instant::now());
+    let mut refresh_at: Option<Instant> = None;
+    let mut stale_warned = false;
+    let far = || Instant::now() + Duration::from_secs(86_400);
+    // systemd: STATUS while down (connecting / reconnecting), a note while a replacement
+    // tunnel fails, and the watchdog, pinged from this loop only: if the loop wedges, the
+    // pings stop and systemd restarts the agent.
+    let relay = shared.dialer.url().origin();
+    let mut status = StatusLine::new(shared.notify.clone());
+    let mut down_status = format!("connecting to {relay}");
+    let mut note: Option<String> = None;
+    let ping_every = shared.notify.ping_every();
+    let mut watchdog = tokio::time::interval(ping_every.unwrap_or(STATUS_REFRESH));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refresh = tokio::time::interval(STATUS_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        if status.notifier().is_enabled() {
+            let ready = current.is_some();
+            let text = if ready {
+                ready_status(&relay, shared.health.streams(), note.as_deref())
+            } else {
+                down_status.clone()
+            };
+            status.publish(text, ready);
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = watchdog.tick(), if ping_every.is_some() => status.notifier().watchdog(),
+            _ = refresh.tick(), if current.is_some() && status.notifier().is_enabled() => {}
+            Some(ready) = ready_rx.recv() => {
+                let Some(mut p) = pending.take_if(|p| p.id == ready.id) else { continue };
+                refresh_at = refresh_deadline(ready.token.as_ref(), margin);
+                stale_warned = false;
+                note = None;
+                p.token = ready.token;
+                if let Some(old) = current.replace(p) {
+                    tracing::info!("new tunnel READY; the previous one closes when its streams end");
+                    old.retire.cancel();
+                }
+            }
+            Some(joined) = sessions.join_next_with_id(), if !sessions.is_empty() => {
+                let (id, end, ready_for) = match joined {
+                    Ok((id, (end, ready_for))) => (id, end, ready_for),
+                    Err(e) => (e.id(), End::Broken(format!("session task failed: {e}")), None),
+                };
+                if end.is_shutdown_or(&cancel) {
+                    continue;
+                }
+                if pending.as_ref().is_some_and(|p| p.id == id) {
+                    pending = None;
+                    let delay = backoff.next_delay();
+                    retry_at = Some(Instant::now() + delay);
+                    shared.health.set_error(end.to_string());
+                    let delay_ms = delay.as_millis() as u64;
+                    let retry = format!("retrying in {}: {end}", seconds(delay));
+                    if current.is_some() {
+                        note = Some(format!("replacement tunnel failed, {retry}"));
+                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot open the replacement tunnel; the current one stays up; retrying");
+                    } else {
+                        down_status = format!("reconnecting in {}: {end}", seconds(delay));
+                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
+                    }
+                } else if current.as_ref().is_some_and(|c| c.id == id) {
+                    current = None;
+                    refresh_at = None;
+                    if ready_for.is_some_and(|d| d >= HEALTHY_PERIOD) {
+                        backoff.reset();
+                    }
+                    shared.health.set_error(end.to_string());
+                    if pending.is_none() {
+                        let delay = backoff.next_delay();
+                        retry_at = Some(Instant::now() + delay);
+                        down_status = format!("reconnecting in {}: {end}", seconds(delay));
+                        let delay_ms = delay.as_millis() as u64;
+                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "tunnel down; reconnecting");
+                    } else {
+                        down_status = format!("connecting to {relay} (tunnel down: {end})");
+                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, "tunnel down while its replacement is being opened");
+                    }
+                } else {
+                    tracing::info!(reason = end.reason(), "previous tunnel closed: {end}");
+                }
+            }
+            _ = sleep_until(retry_at.unwrap_or_else(far)), if retry_at.is_some() && pending.is_none() => {
+                retry_at = None;
+                if current.is_none() {
+                    down_status = format!("connecting to {relay}");
+                }
+                pending = Some(spawn_session(&mut sessions, &shared, &cancel, &ready_tx));
+            }
+            _ = sleep_until(refresh_at.unwrap_or_else(far)),
+                if refresh_at.is_some() && pending.is_none() && retry_at.is_none() => {
+                refresh_at = None;
+                let (Some(cur), Some(path)) = (&current, shared.dialer.token_file()) else { continue };
+                match token::read_any(path).await {
+                    Ok(t) if cur.token.as_ref() != Some(&t) => {
+                        tracing::info!(token_file = %path.display(), "token file holds a new token; opening a new tunnel before the current token expires");
+                        pending = Some(spawn_session(&mut sessions, &shared, &cancel, &ready_tx));
+                    }
+                    other => {
+                        if !stale_warned {
+                            stale_warned = true;
+                            let left = cur
+                                .token
+                                .as_ref()
+                                .and_then(|t| t.time_left(SystemTime::now()))
+                                .map(|l| match l {
+                                    Ok(d) => format!("expires in {} s", d.as_secs()),
+                                    Err(d) => format!("expired {} s ago", d.as_secs()),
+                                })
+                                .unwrap_or_default();
+                            match other {
+                                Err(e) => tracing::warn!(error = %e, "the tunnel's token {left}; cannot read a new one yet"),
+                                Ok(_) => tracing::warn!(token_file = %path.display(), "the tunnel's token {left} and the token file still holds it; waiting for a new token"),
+                            }
+                        }
+                        refresh_at = Some(Instant::now() + recheck);
+                    }
+                }
+            }
+        }
+    }
+    status.notifier().stopping("stopping: closing the tunnel");
+    // Every session watches `cancel`: each sends its Close and ends.
+    while sessions.join_next().await.is_some() {}
+    tracing::info!("tunnel stopped");
+}
+
+/// systemd's STATUS while a tunnel is READY.
+fn ready_status(relay: &str, streams: usize, note: Option<&str>) -> String {
+    let s = if streams == 1 { "" } else { "s" };
+    match note {
+        Some(note) => format!("READY: tunnel to {relay} up, {streams} stream{s}; {note}"),
+        None => format!("READY: tunnel to {relay} up, {streams} stream{s}"),
+    }
+}
+
+/// A delay as `1.2s`.
+fn seconds(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// When to look for a new token: `margin` before `exp` (now, if that has passed).
+fn refresh_deadline(token: Option<&Token>, margin: Duration) -> Option<Instant> {
+    let left = match token?.time_left(SystemTime::now())? {
+        Ok(left) => left,
+        Err(_) => Duration::ZERO,
+    };
+    Some(Instant::now() + left.saturating_sub(margin))
+}
+
+fn spawn_session(
+    sessions: &mut JoinSet<SessionResult>,
+    shared: &Arc<Shared>,
+    cancel: &CancellationToken,
+    ready_tx: &mpsc::UnboundedSender<Ready>,
+) -> Tracked {
+    let retire = CancellationToken::new();
+    let handle = sessions.spawn(session::run(
+        shared.clone(),
+        cancel.clone(),
+        retire.clone(),
+        ready_tx.clone(),
+    ));
+    Tracked {
+        id: handle.id(),
+        retire,
+        token: None,
+    }
+}
