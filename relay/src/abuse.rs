@@ -1,8 +1,11 @@
-//! Abuse controls on `/tunnel`, per source (an IPv4 address, or an IPv6 /64 since one host
-//! usually owns a whole /64):
+//! Abuse bookkeeping: per-source limits on `/tunnel` and the throttle on audited refusals.
+//!
+//! Per source (an IPv4 address, or an IPv6 /64 since one host usually owns a whole /64):
 //! - at most `max_pending_per_ip` attempts between the upgrade request and an accepted HELLO;
 //! - `failure_limit` auth failures within `failure_window` start a cool-down during which
 //!   every request from that source gets 429 without its token being looked at.
+//!
+//! Refused portal requests are audited at most [`MAX_AUDITED_REFUSALS_PER_SEC`] a second.
 //!
 //! Memory is bounded: at most [`MAX_SOURCES`] sources are tracked; idle entries are pruned when
 //! the table fills, and a source that still finds no room is admitted untracked rather than
@@ -178,6 +181,30 @@ impl Gate {
     }
 }
 
+/// Refused portal requests written to the audit trail per second, at most; beyond that they are
+/// only counted (`nowconnect_portal_auth_failures_total`), so a flood of token-less requests
+/// cannot push the real records out of the ring and the rotated file.
+pub(crate) const MAX_AUDITED_REFUSALS_PER_SEC: u32 = 20;
+
+/// Counts audited refusals in the current second.
+#[derive(Debug, Default)]
+pub(crate) struct RefusalThrottle {
+    /// (second, refusals audited in it)
+    window: std::sync::Mutex<(u64, u32)>,
+}
+
+impl RefusalThrottle {
+    /// Whether one more refusal in second `now` may be audited.
+    pub fn admit(&self, now: u64) -> bool {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        if w.0 != now {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        w.1 <= MAX_AUDITED_REFUSALS_PER_SEC
+    }
+}
+
 /// One attempt in progress; dropping it frees the slot.
 #[derive(Debug)]
 pub(crate) struct PendingSlot {
@@ -204,6 +231,14 @@ mod tests {
             failure_window: Duration::from_secs(60),
             cooldown: Duration::from_secs(30),
         }))
+    }
+
+    #[test]
+    fn refusal_audit_is_throttled_per_second() {
+        let t = RefusalThrottle::default();
+        let admitted = (0..100).filter(|_| t.admit(7)).count();
+        assert_eq!(admitted, MAX_AUDITED_REFUSALS_PER_SEC as usize);
+        assert!(t.admit(8), "a new second starts a new budget");
     }
 
     #[tokio::test(start_paused = true)]

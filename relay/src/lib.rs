@@ -97,7 +97,7 @@ pub(crate) struct Shared {
     /// Bound listeners, for the portal's connector view.
     pub listeners: Vec<BoundListener>,
     /// Bounds how many refused portal requests are audited per second.
-    pub portal_refusals: portal::RefusalThrottle,
+    pub portal_refusals: abuse::RefusalThrottle,
     /// Where HTTP connections (and so tunnels) run; `None`: on the caller's runtime.
     pub shards: Option<Arc<Shards>>,
 }
@@ -433,7 +433,7 @@ pub async fn start_sharded(
         sessions: Arc::new(sessions::Sessions::default()),
         portal_jwks,
         listeners: bound_info,
-        portal_refusals: portal::RefusalThrottle::default(),
+        portal_refusals: abuse::RefusalThrottle::default(),
         shards,
     });
     if let Some(j) = &shared.jwks {

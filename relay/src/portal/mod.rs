@@ -36,30 +36,6 @@ const MAX_BODY: usize = 16 * 1024;
 /// Time a client gets to send its body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Refused portal requests written to the audit trail per second, at most; beyond that they are
-/// only counted (`nowconnect_portal_auth_failures_total`), so a flood of token-less requests
-/// cannot push the real records out of the ring and the rotated file.
-pub(crate) const MAX_AUDITED_REFUSALS_PER_SEC: u32 = 20;
-
-/// Counts audited refusals in the current second.
-#[derive(Debug, Default)]
-pub(crate) struct RefusalThrottle {
-    /// (second, refusals audited in it)
-    window: std::sync::Mutex<(u64, u32)>,
-}
-
-impl RefusalThrottle {
-    /// Whether one more refusal in second `now` may be audited.
-    pub fn admit(&self, now: u64) -> bool {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.0 != now {
-            *w = (now, 0);
-        }
-        w.1 += 1;
-        w.1 <= MAX_AUDITED_REFUSALS_PER_SEC
-    }
-}
-
 /// An error answer: status, category, short reason.
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -485,14 +461,6 @@ mod tests {
         assert_eq!(q.get("x"), Some(""));
         assert!(q.bool("action").is_err());
         assert!(Query::parse(Some("a=%ff")).is_err());
-    }
-
-    #[test]
-    fn refusal_audit_is_throttled_per_second() {
-        let t = RefusalThrottle::default();
-        let admitted = (0..100).filter(|_| t.admit(7)).count();
-        assert_eq!(admitted, MAX_AUDITED_REFUSALS_PER_SEC as usize);
-        assert!(t.admit(8), "a new second starts a new budget");
     }
 
     #[test]
