@@ -18,6 +18,8 @@ fi
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
+# cargo-modules: the module graph scripts/module-cycles.py checks (0.28 needs rustc 1.98).
+command -v cargo-modules >/dev/null || cargo install cargo-modules --locked --version 0.27.0
 if [ "${FUZZ_SECONDS:-60}" -gt 0 ] && cargo +nightly --version >/dev/null 2>&1; then
   command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 fi

@@ -18,6 +18,11 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "no import cycle between modules (shared, agent, relay)"
+for crate in nowconnect-shared nowconnect-agent nowconnect-relay; do
+  python3 scripts/module-cycles.py "$crate" --lib --cfg-test
+done
+
 step "cargo test (workspace)"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --locked --no-fail-fast
