@@ -217,6 +217,7 @@ pub(crate) async fn run<S>(
         events: events_rx,
         conns: conns_rx,
         expires,
+        serial: 0,
     };
     let end = session.run(&mut source).await;
 

@@ -28,7 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::stream::{self, Abort, StreamEvent, StreamTask, ToStream, TunnelCtx};
+use super::stream::{self, Abort, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
 use crate::conn::{reject, ListenerCtx, NewConn};
@@ -44,6 +44,7 @@ const TABLE_MIN_CAPACITY: usize = 64;
 /// What the session keeps per live stream, next to its receive half.
 #[derive(Debug)]
 pub(super) struct Handle {
+    serial: u64,
     tx: mpsc::UnboundedSender<ToStream>,
     /// Shared with the stream task, for direct writes.
     sock: Arc<TcpStream>,
@@ -100,6 +101,8 @@ pub(super) struct Session {
     pub conns: mpsc::UnboundedReceiver<NewConn>,
     /// When the token expires (the tunnel closes then).
     pub expires: Option<Instant>,
+    /// Serial of the last stream started.
+    pub serial: u64,
 }
 
 impl Session {
@@ -199,13 +202,21 @@ impl Session {
     }
 
     fn on_event(&mut self, ev: StreamEvent) {
+        let live =
+            |d: &Demux<Handle>, k: Key| d.get(k.id).is_some_and(|s| s.handle.serial == k.serial);
         match ev {
-            StreamEvent::Opened(id) => self.demux.announce(id),
-            StreamEvent::Drained { id, bytes, frames } => self.on_written(id, bytes, frames),
-            StreamEvent::Closed(id) => {
-                self.demux.remove(id);
+            StreamEvent::Opened(k) if live(&self.demux, k) => self.demux.announce(k.id),
+            StreamEvent::Drained { key, bytes, frames } if live(&self.demux, key) => {
+                self.on_written(key.id, bytes, frames)
+            }
+            StreamEvent::Closed(k) => {
+                if live(&self.demux, k) {
+                    self.demux.remove(k.id);
+                }
                 self.demux.shrink(TABLE_MIN_CAPACITY);
             }
+            // An earlier stream of a reused id: its slot is gone already.
+            StreamEvent::Opened(_) | StreamEvent::Drained { .. } => {}
         }
     }
 
@@ -377,7 +388,10 @@ impl Session {
         let sock = Arc::new(sock);
         let (tx, rx) = mpsc::unbounded_channel();
         let tunnel = self.info.clone();
+        self.serial += 1;
+        let serial = self.serial;
         let made = self.demux.open(|id| Handle {
+            serial,
             tx,
             sock: sock.clone(),
             info: Arc::new(SessionInfo {
@@ -406,6 +420,7 @@ impl Session {
         self.ctx.active.fetch_add(1, Ordering::Relaxed);
         debug!(cid = id, connector = %listener.connector, agent_id = %self.info.agent_id, client = %peer, "stream opened");
         let task = StreamTask {
+            key: Key { id, serial },
             send,
             sock,
             rx,
