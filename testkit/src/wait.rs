@@ -1,0 +1,105 @@
+//! Waiting in tests: poll a condition until it holds, or run a future, with a deadline; on
+//! timeout the test fails naming what it waited for. Never a fixed sleep "to let things settle".
+//!
+//! The deadline is measured on tokio's clock, so on a paused clock (`start_paused = true`) the
+//! waits cost no real time: every poll interval auto-advances the clock when the runtime is idle.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Default upper bound for one wait; generous because CI machines are shared. Only a failing test
+/// waits this long.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often a condition is polled.
+pub const POLL: Duration = Duration::from_millis(5);
+
+/// Polls `cond` until it holds; panics with `what` after `timeout`.
+pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_for`] with an async condition (a health probe, an HTTP request).
+pub async fn wait_for_async<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `f` until it returns `Some`; panics with `what` after `timeout`.
+pub async fn wait_some<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return t;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Awaits `f`; panics with `what` if it takes longer than `timeout`.
+pub async fn within<T>(what: &str, timeout: Duration, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(timeout, f).await {
+        Ok(t) => t,
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_for_returns_once_the_condition_holds() {
+        let start = Instant::now();
+        let mut n = 0;
+        wait_for("three polls", DEADLINE, || {
+            n += 1;
+            n == 3
+        })
+        .await;
+        assert_eq!(start.elapsed(), POLL * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "waiting for the moon")]
+    async fn wait_for_names_the_condition_on_timeout() {
+        wait_for("the moon", Duration::from_secs(1), || false).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    #[should_panic(expected = "waiting for a reply")]
+    async fn within_names_the_future_on_timeout() {
+        within(
+            "a reply",
+            Duration::from_secs(1),
+            std::future::pending::<()>(),
+        )
+        .await;
+    }
+}
