@@ -65,14 +65,13 @@ pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((ws, selected))
 }
 
-/// Opens `ws://addr/tunnel` offering `offer`; returns the socket and the selected subprotocol.
+/// Opens `ws://addr/tunnel` offering `offer` (TCP_NODELAY set, see [`crate::net::connect`]);
+/// returns the socket and the selected subprotocol.
 pub async fn connect(
     addr: SocketAddr,
     offer: Option<&str>,
 ) -> Result<(Ws<TcpStream>, Option<String>), WsError> {
-    let sock = TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let sock = crate::net::connect(addr).await;
     handshake(sock, &format!("ws://{addr}/tunnel"), offer, None).await
 }
 
@@ -85,9 +84,7 @@ pub async fn upgrade(
 ) -> Result<Ws<TcpStream>, WsError> {
     let sock = match from {
         Some(ip) => crate::net::connect_from(ip, addr).await,
-        None => TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}")),
+        None => crate::net::connect(addr).await,
     };
     let url = format!("ws://{addr}/tunnel");
     handshake(sock, &url, Some(OFFER_BOTH), token)
@@ -270,11 +267,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockAgent<S> {
         }
     }
 
-    /// The next OPEN, skipping what earlier (closed) streams left queued; returns its id.
-    pub async fn next_open(&mut self) -> u32 {
+    /// The next OPEN, which must be for `connector`, skipping what earlier (closed) streams
+    /// left queued (FIN, RST, WINDOW); returns its id.
+    pub async fn next_open(&mut self, connector: &str) -> u32 {
         loop {
             match self.recv().await {
-                Frame::Open { id, .. } => return id,
+                Frame::Open {
+                    id, connector: c, ..
+                } => {
+                    assert_eq!(c, connector, "OPEN for another connector");
+                    return id;
+                }
                 Frame::Fin { .. } | Frame::Rst { .. } | Frame::Window { .. } => continue,
                 other => panic!("expected OPEN, got {other:?}"),
             }

@@ -64,12 +64,14 @@ impl MockRelay {
         format!("ws://{}/tunnel", self.addr)
     }
 
-    /// Accepts one TCP connection (for tests that speak TLS or raw HTTP on it).
+    /// Accepts one TCP connection (for tests that speak TLS or raw HTTP on it), with
+    /// `TCP_NODELAY` set (see [`crate::net::connect`]).
     pub async fn accept_tcp(&self) -> TcpStream {
-        within("the agent's connection", STEP, self.listener.accept())
+        let (s, _) = within("the agent's connection", STEP, self.listener.accept())
             .await
-            .expect("accept")
-            .0
+            .expect("accept");
+        s.set_nodelay(true).expect("TCP_NODELAY");
+        s
     }
 
     /// Accepts one agent connection and completes the upgrade.

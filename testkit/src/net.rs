@@ -21,6 +21,19 @@ pub fn addr(l: &TcpListener) -> SocketAddr {
     l.local_addr().expect("local address of a bound listener")
 }
 
+/// Connects to `addr` with `TCP_NODELAY` set, as the relay and the agent set it on theirs.
+///
+/// Without it, Nagle's algorithm holds a small write while the previous one is unacknowledged,
+/// and the kernel's delayed ACK releases it only after up to 40 ms of real time: nothing on a
+/// running clock, but on a paused clock tokio meanwhile advances virtual time by many seconds.
+pub async fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_nodelay(true).expect("TCP_NODELAY");
+    s
+}
+
 /// A listening port held by the test for as long as this lives, to be served by one server after
 /// another (a relay restarted on the same port). Each [`listener`](Reserved::listener) shares the
 /// one socket, so the port never becomes free: between two servers, connections wait in the
@@ -66,14 +79,18 @@ impl Default for Reserved {
     }
 }
 
-/// Connects to `addr` from loopback address `from` (e.g. 127.0.0.2), port chosen by the kernel.
+/// Connects to `addr` from loopback address `from` (e.g. 127.0.0.2), port chosen by the kernel,
+/// with `TCP_NODELAY` (see [`connect`]).
 pub async fn connect_from(from: IpAddr, addr: SocketAddr) -> TcpStream {
     let sock = TcpSocket::new_v4().expect("socket");
     sock.bind(SocketAddr::new(from, 0))
         .unwrap_or_else(|e| panic!("bind {from}:0: {e}"));
-    sock.connect(addr)
+    let s = sock
+        .connect(addr)
         .await
-        .unwrap_or_else(|e| panic!("connect {from} -> {addr}: {e}"))
+        .unwrap_or_else(|e| panic!("connect {from} -> {addr}: {e}"));
+    s.set_nodelay(true).expect("TCP_NODELAY");
+    s
 }
 
 /// 127.0.0.2: a second loopback source address (Linux routes all of 127.0.0.0/8 to `lo`).

@@ -3,6 +3,15 @@
 //!
 //! The deadline is measured on tokio's clock, so on a paused clock (`start_paused = true`) the
 //! waits cost no real time: every poll interval auto-advances the clock when the runtime is idle.
+//!
+//! Paused clock and sockets. Whenever the runtime parks, tokio advances a paused clock to the
+//! next timer, even when the same park delivered socket events. With real loopback sockets every
+//! hand-off between tasks (a write here, a read in another task) is such a park, so one hand-off
+//! can jump the clock straight to a test's deadline. A test on a paused clock that talks over
+//! sockets therefore holds a [`Ticker`]: a timer due every [`TICK`] bounds each jump to one tick.
+//! And the kernel keeps real time: a delay there (Nagle's algorithm waiting for a delayed ACK,
+//! up to 40 ms) lets the virtual clock run ahead by seconds, so every test socket sets
+//! `TCP_NODELAY` ([`crate::net::connect`]; the relay and the agent set it on theirs).
 
 use std::future::Future;
 use std::time::Duration;
@@ -15,6 +24,30 @@ pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// How often a condition is polled.
 pub const POLL: Duration = Duration::from_millis(5);
+
+/// The step of a [`Ticker`]: the most a paused clock advances at one park.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// A timer due every [`TICK`] while this lives (see the module doc); dropping it stops it.
+#[derive(Debug)]
+pub struct Ticker(tokio::task::JoinHandle<()>);
+
+impl Ticker {
+    /// Starts ticking on the current runtime.
+    pub fn start() -> Ticker {
+        Ticker(tokio::spawn(async {
+            loop {
+                tokio::time::sleep(TICK).await;
+            }
+        }))
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Polls `cond` until it holds; panics with `what` after `timeout`.
 pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

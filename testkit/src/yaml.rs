@@ -3,6 +3,7 @@
 //! address is on loopback and every port is 0, except the targets' and the relay's the test owns.
 
 use std::net::SocketAddr;
+use std::path::Path;
 
 /// The relay's dev bypass: agents on loopback connect without a token.
 pub const DEV: &str = "security:\n  dev_bypass: true\n";
@@ -23,6 +24,21 @@ pub fn relay(listeners: &[(&str, &str)], extra: &str) -> String {
     y.push_str("tunnel:\n  host: 127.0.0.1\n  port: 0\n");
     y.push_str(extra);
     y
+}
+
+/// Relay YAML of the portal tests: listeners `ldap` (connector `addomain`) and `pg` (connector
+/// `db`), agents authenticated by JWTs from `jwks_url` with issuer [`crate::idp::ISSUER`] (no
+/// cool-down), policies and the block list kept in `state_dir`, then `extra`.
+pub fn portal_relay(jwks_url: &str, state_dir: &Path, extra: &str) -> String {
+    relay(
+        &[("ldap", "addomain"), ("pg", "db")],
+        &format!(
+            "security:\n  jwks_url: {jwks_url}\n  issuer: {}\n  auth_failure_limit: 100000\n\
+             state_dir: {}\n{extra}",
+            crate::idp::ISSUER,
+            state_dir.display()
+        ),
+    )
 }
 
 /// Agent YAML for the relay at `url` (`ws://` allowed): agent id `premise-01`, `protocol`
