@@ -67,7 +67,12 @@ impl MockRelay {
     /// Accepts one TCP connection (for tests that speak TLS or raw HTTP on it), with
     /// `TCP_NODELAY` set (see [`crate::net::connect`]).
     pub async fn accept_tcp(&self) -> TcpStream {
-        let (s, _) = within("the agent's connection", STEP, self.listener.accept())
+        self.accept_tcp_within(STEP).await
+    }
+
+    /// [`accept_tcp`](MockRelay::accept_tcp), waiting up to `timeout` for the agent.
+    pub async fn accept_tcp_within(&self, timeout: Duration) -> TcpStream {
+        let (s, _) = within("the agent's connection", timeout, self.listener.accept())
             .await
             .expect("accept");
         s.set_nodelay(true).expect("TCP_NODELAY");
@@ -76,7 +81,12 @@ impl MockRelay {
 
     /// Accepts one agent connection and completes the upgrade.
     pub async fn accept(&self, select: Select) -> MockConn<TcpStream> {
-        let sock = self.accept_tcp().await;
+        self.accept_within(STEP, select).await
+    }
+
+    /// [`accept`](MockRelay::accept), waiting up to `timeout` for the agent to connect.
+    pub async fn accept_within(&self, timeout: Duration, select: Select) -> MockConn<TcpStream> {
+        let sock = self.accept_tcp_within(timeout).await;
         let (ws, version, upgrade) = upgrade(sock, select).await;
         MockConn::new(ws, version, upgrade)
     }

@@ -36,7 +36,18 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let l = net::bind().await;
+    serve_on("127.0.0.1:0", f).await
+}
+
+/// [`serve`] on another loopback address (e.g. `[::1]:0`).
+pub async fn serve_on<F, Fut>(bind: &str, f: F) -> Target
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind(bind)
+        .await
+        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
     let addr = net::addr(&l);
     let task = tokio::spawn(async move {
         // Owned here: aborting the loop drops the set, which aborts every connection.
@@ -52,7 +63,12 @@ where
 
 /// Writes back every byte, then half-closes after the client's EOF.
 pub async fn echo() -> Target {
-    serve(|mut s| async move {
+    echo_on("127.0.0.1:0").await
+}
+
+/// [`echo`] on another loopback address (e.g. `[::1]:0`).
+pub async fn echo_on(bind: &str) -> Target {
+    serve_on(bind, |mut s| async move {
         let (mut r, mut w) = s.split();
         let _ = tokio::io::copy(&mut r, &mut w).await;
         let _ = w.shutdown().await;

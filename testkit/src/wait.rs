@@ -95,6 +95,30 @@ pub async fn wait_some<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> 
     }
 }
 
+/// Waits until `line()` (an agent's last error, say) is one line containing every one of
+/// `parts`; returns it. On timeout the panic shows the last line seen.
+pub async fn wait_line(
+    timeout: Duration,
+    parts: &[&str],
+    mut line: impl FnMut() -> Option<String>,
+) -> String {
+    let end = Instant::now() + timeout;
+    loop {
+        let last = line();
+        if let Some(l) = &last {
+            if parts.iter().all(|p| l.contains(p)) {
+                assert!(!l.contains('\n'), "one line: {l}");
+                return l.clone();
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {timeout:?}: no line containing {parts:?}; last: {last:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Awaits `f`; panics with `what` if it takes longer than `timeout`.
 pub async fn within<T>(what: &str, timeout: Duration, f: impl Future<Output = T>) -> T {
     match tokio::time::timeout(timeout, f).await {

@@ -62,6 +62,19 @@ pub fn agent(url: &str, protocol: &str, targets: &[(&str, SocketAddr)]) -> Strin
     y
 }
 
+/// [`agent`] with `tunnel_lines` at the top of `tunnel:` (indented by two spaces) and `extra`
+/// (top-level sections) appended.
+pub fn agent_with(
+    url: &str,
+    protocol: &str,
+    targets: &[(&str, SocketAddr)],
+    tunnel_lines: &str,
+    extra: &str,
+) -> String {
+    let y = under(&agent(url, protocol, targets), "tunnel", tunnel_lines);
+    format!("{y}{extra}")
+}
+
 /// `yaml` with `lines` inserted at the top of section `section` (e.g. `"tunnel"`), whose lines
 /// are indented by two spaces. Panics if there is no such section.
 pub fn under(yaml: &str, section: &str, lines: &str) -> String {
