@@ -13,7 +13,7 @@ use nowconnect_testkit::mock_relay::{MockConn, MockRelay, Select, STEP};
 use nowconnect_testkit::net;
 use nowconnect_testkit::target;
 use nowconnect_testkit::temp::TempDir;
-use nowconnect_testkit::wait::{wait_for_async, within, Ticker, DEADLINE};
+use nowconnect_testkit::wait::{within, Ticker, DEADLINE};
 use nowconnect_testkit::yaml::agent as agent_yaml;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,13 +26,9 @@ async fn start(yaml: &str) -> AgentHandle {
     nowconnect_agent::start(cfg).await.expect("agent starts")
 }
 
-/// Waits until the health port answers `want`.
+/// Waits until the agent's health port answers `want`.
 async fn wait_health(agent: &AgentHandle, want: &str) {
-    let addr = agent.health_addr();
-    wait_for_async(&format!("health {want:?}"), DEADLINE, || async {
-        health(addr).await == want
-    })
-    .await;
+    nowconnect_testkit::health::wait_health(agent.health_addr(), want, DEADLINE).await;
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

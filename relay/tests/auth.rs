@@ -17,10 +17,11 @@ use nowconnect_testkit::log::{Capture, Format};
 use nowconnect_testkit::mock_agent::{refusal, upgrade, MockAgent};
 use nowconnect_testkit::net;
 use nowconnect_testkit::temp::TempDir;
-use nowconnect_testkit::wait::{wait_for, DEADLINE};
+use nowconnect_testkit::wait::{wait_for, Ticker, DEADLINE};
 use nowconnect_testkit::yaml;
 use serde_json::json;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 // ---------- helpers ----------
@@ -611,17 +612,27 @@ async fn newest_tunnel_of_an_agent_id_gets_new_streams() {
     assert!(hello.detail.expect("detail").contains("superseded"));
 }
 
-#[tokio::test]
+/// The tunnel lives until its token's `exp`, then closes (paused clock: the relay's expiry
+/// timer runs on tokio's clock, so the wait costs no real time).
+#[tokio::test(start_paused = true)]
 async fn tunnel_closes_when_its_token_expires() {
+    let _tick = Ticker::start();
     let ed = ed_key("ed-1");
     let idp = Idp::start(&[&ed]).await;
     let relay = jwt_relay(&idp.url(), "  leeway_sec: 0\n", "").await;
     let mut c = claims("premise-01");
+    // Whole seconds: 1 to 2 s of validity are left when the relay checks the token.
     c["exp"] = json!(now() + 2);
+    let t0 = Instant::now();
     let mut a = agent(&relay, &mint(&ed, &c), "premise-01", &["addomain"]).await;
     let (code, reason) = a.closed_with().await;
+    let lived = t0.elapsed();
     assert_eq!(code, CloseCode::Policy);
     assert_eq!(reason, "token expired");
+    assert!(
+        lived >= Duration::from_secs(1) && lived <= Duration::from_secs(3),
+        "closed {lived:?} after the upgrade; the token had 1 to 2 s left"
+    );
     wait_for("agent gone", DEADLINE, || relay.agents_for("addomain") == 0).await;
     let gone = relay.audit_records(&AuditFilter {
         action: Some(Action::AgentDisconnected),
