@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What the agent reports about its tunnel: READY while at least one tunnel has its HELLO_ACK
 /// (during a token refresh the old and the new tunnel overlap, so READY never flickers), the
-/// count of tunnels established, and the last dial failure.
+/// count of tunnels established, how often READY was lost, and the last dial failure.
 #[derive(Debug, Clone, Default)]
 pub struct HealthState {
     inner: Arc<Inner>,
@@ -23,6 +23,9 @@ struct Inner {
     ready: AtomicUsize,
     /// HELLO_ACKs received since start.
     connects: AtomicU64,
+    /// Times `ready` fell to 0 (READY turned into OK): every transition is counted, however
+    /// short, which sampling the health port cannot promise.
+    ready_lost: AtomicU64,
     /// Streams open on every tunnel; the sum of the [`StreamGauge`]s.
     streams: AtomicUsize,
     /// One line: why the last attempt failed (cleared by the next HELLO_ACK).
@@ -35,7 +38,9 @@ pub struct ReadyGuard(Arc<Inner>);
 
 impl Drop for ReadyGuard {
     fn drop(&mut self) {
-        self.0.ready.fetch_sub(1, Ordering::AcqRel);
+        if self.0.ready.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.ready_lost.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -85,6 +90,11 @@ impl HealthState {
     /// Tunnels established (HELLO_ACK) since start.
     pub fn connects(&self) -> u64 {
         self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// How many times READY was lost (the last READY tunnel ended) since start.
+    pub fn ready_lost(&self) -> u64 {
+        self.inner.ready_lost.load(Ordering::Acquire)
     }
 
     /// A gauge for one tunnel's streams (starts at 0).
@@ -178,6 +188,22 @@ async fn respond(mut sock: TcpStream, answer: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_is_lost_only_when_the_last_guard_goes() {
+        let h = HealthState::default();
+        let old = h.ready_guard();
+        // A refresh: the new tunnel is READY before the old one ends.
+        let new = h.ready_guard();
+        drop(old);
+        assert!(h.is_ready());
+        assert_eq!(h.ready_lost(), 0);
+        drop(new);
+        assert!(!h.is_ready());
+        assert_eq!(h.ready_lost(), 1);
+        drop(h.ready_guard());
+        assert_eq!((h.ready_lost(), h.connects()), (2, 3));
+    }
 
     #[test]
     fn stream_gauges_add_up_and_give_back_on_drop() {

@@ -100,6 +100,12 @@ impl AgentHandle {
         self.health.connects()
     }
 
+    /// How many times the agent went from READY to not READY since start (every transition,
+    /// however short; a token refresh that keeps READY throughout adds none).
+    pub fn ready_lost(&self) -> u64 {
+        self.health.ready_lost()
+    }
+
     /// Starts a graceful stop; [`wait`](AgentHandle::wait) for it to finish.
     pub fn shutdown(&self) {
         self.cancel.cancel();

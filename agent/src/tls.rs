@@ -270,21 +270,8 @@ impl ServerCertVerifier for NamingVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn temp(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("nc-agent-tls-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        dir.join(name)
-    }
-
-    fn ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        (p.self_signed(&key).expect("ca"), key)
-    }
+    use nowconnect_testkit::pki::Ca;
+    use nowconnect_testkit::temp::TempDir;
 
     #[test]
     fn offers_aes_128_gcm_first_and_keeps_every_suite() {
@@ -327,7 +314,7 @@ mod tests {
             webpki_roots::TLS_SERVER_ROOTS.len()
         );
         // A non-empty system store is used as is, without the web roots.
-        let (a, _) = ca("Stand-in public root");
+        let a = Ca::new("Stand-in public root");
         let s = TlsSettings {
             system_roots: RootSource::Fixed(vec![a.der().clone()]),
             ..TlsSettings::default()
@@ -337,11 +324,9 @@ mod tests {
 
     #[test]
     fn bundle_adds_every_certificate_and_bundle_only_drops_the_rest() {
-        let (a, _) = ca("A");
-        let (b, _) = ca("B");
-        let (public, _) = ca("Public");
-        let path = temp("two.pem");
-        std::fs::write(&path, format!("{}{}", a.pem(), b.pem())).expect("write");
+        let (a, b, public) = (Ca::new("A"), Ca::new("B"), Ca::new("Public"));
+        let dir = TempDir::new("agent-tls-unit");
+        let path = dir.write("two.pem", &format!("{}{}", a.pem(), b.pem()));
         let system = RootSource::Fixed(vec![public.der().clone()]);
         let with = TlsSettings {
             ca_bundle: Some(path.clone()),
@@ -367,8 +352,8 @@ mod tests {
 
     #[test]
     fn bad_files_are_clear_errors() {
-        let empty = temp("empty.pem");
-        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let dir = TempDir::new("agent-tls-unit");
+        let empty = dir.write("empty.pem", "not a certificate\n");
         let s = TlsSettings {
             ca_bundle: Some(empty.clone()),
             ..TlsSettings::default()
@@ -379,15 +364,14 @@ mod tests {
             "{e}"
         );
         let s = TlsSettings {
-            ca_bundle: Some(temp("missing.pem")),
+            ca_bundle: Some(dir.join("missing.pem")),
             ..TlsSettings::default()
         };
         let e = client_configs(&s).expect_err("missing").to_string();
         assert!(e.contains("cannot read"), "{e}");
 
-        let (a, key) = ca("Client");
-        let cert = temp("client.pem");
-        std::fs::write(&cert, a.pem()).expect("write");
+        let a = Ca::new("Client");
+        let cert = a.write(dir.path(), "client.pem");
         let s = TlsSettings {
             client_cert: Some(ClientCert {
                 cert_file: cert.clone(),
@@ -397,8 +381,7 @@ mod tests {
         };
         let e = client_configs(&s).expect_err("bad key").to_string();
         assert!(e.contains("client_key_file"), "{e}");
-        let keyfile = temp("client.key");
-        std::fs::write(&keyfile, key.serialize_pem()).expect("write");
+        let keyfile = dir.write("client.key", &a.key_pem());
         let s = TlsSettings {
             client_cert: Some(ClientCert {
                 cert_file: cert,

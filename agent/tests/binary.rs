@@ -1,11 +1,11 @@
 //! The `nowconnect-agent` binary: exit codes, one-line config errors, SIGTERM.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
 use nowconnect_shared::Frame;
+use nowconnect_testkit::mock_relay::{MockRelay, Select, STEP};
+use nowconnect_testkit::target;
+use nowconnect_testkit::wait::within;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nowconnect-agent");
 
@@ -116,9 +116,9 @@ fn missing_config_file_exits_2() {
 #[tokio::test]
 async fn sigterm_closes_the_tunnel_and_exits_0() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
+    let echo = target::echo().await;
     let url = relay.url();
-    let target = format!("x={echo}");
+    let target = format!("x={}", echo.addr);
     let mut child = tunnel_agent(&url, &target)
         .args(["--log-format", "json"])
         .spawn()
@@ -131,7 +131,9 @@ async fn sigterm_closes_the_tunnel_and_exits_0() {
     conn.send(Frame::HelloAck).await;
     sigterm(&child);
     assert!(conn.try_recv().await.is_none(), "Close frame on SIGTERM");
-    let status = within("agent exit", child.wait()).await.expect("wait");
+    let status = within("agent exit", STEP, child.wait())
+        .await
+        .expect("wait");
     assert_eq!(status.code(), Some(0));
 }
 
@@ -141,28 +143,30 @@ async fn sigterm_closes_the_tunnel_and_exits_0() {
 async fn sigterm_at_the_first_log_line_is_a_graceful_stop() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
+    let echo = target::echo().await;
     let url = relay.url();
-    let target = format!("x={echo}");
+    let target = format!("x={}", echo.addr);
     let mut child = tunnel_agent(&url, &target)
         .env("NC_LOG_LEVEL", "info")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
     let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let first = within("the first log line", lines.next_line())
+    let first = within("the first log line", STEP, lines.next_line())
         .await
         .expect("stderr")
         .expect("a log line");
     sigterm(&child);
     let mut rest = Vec::new();
-    while let Some(l) = within("agent log", lines.next_line())
+    while let Some(l) = within("agent log", STEP, lines.next_line())
         .await
         .expect("stderr")
     {
         rest.push(l);
     }
-    let status = within("agent exit", child.wait()).await.expect("wait");
+    let status = within("agent exit", STEP, child.wait())
+        .await
+        .expect("wait");
     assert_eq!(
         status.code(),
         Some(0),

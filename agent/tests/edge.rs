@@ -2,18 +2,52 @@
 //! naming the hop (relay 401/403, subprotocol, DNS, proxy refused, hostname mismatch), an
 //! `https://` proxy with TLS to the relay inside it, and IPv6 relays and targets.
 //! Tokens are in `token.rs`; real proxies, the real relay and mTLS in `tests/e2e/edge`.
-#![allow(clippy::result_large_err)]
 
-mod common;
+use std::net::SocketAddr;
 
 use base64::Engine;
-use common::edge::*;
-use common::pki::{temp_dir, write, Ca};
-use common::*;
+use nowconnect_agent::{AgentConfig, AgentHandle};
 use nowconnect_shared::Frame;
+use nowconnect_testkit::health::probe as health;
+use nowconnect_testkit::io::read_head;
+use nowconnect_testkit::mock_relay::{upgrade, MockConn, MockRelay, Select, STEP};
+use nowconnect_testkit::net;
+use nowconnect_testkit::pki::Ca;
+use nowconnect_testkit::proxy::FakeProxy;
+use nowconnect_testkit::target;
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::wait::{wait_for, wait_line, within, DEADLINE};
+use nowconnect_testkit::yaml;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+/// Agent YAML for `url` with one echo connector and `extra` top-level YAML.
+fn yaml(url: &str, echo: SocketAddr, extra: &str) -> String {
+    yaml::agent_with(url, "v2", &[("echo", echo)], "", extra)
+}
+
+async fn start(yaml: &str) -> AgentHandle {
+    let cfg = AgentConfig::from_yaml_str(yaml).expect("valid agent config");
+    nowconnect_agent::start(cfg).await.expect("agent starts")
+}
+
+/// Waits until the agent's last error is one line containing every one of `parts`.
+async fn wait_error(agent: &AgentHandle, parts: &[&str]) -> String {
+    wait_line(DEADLINE, parts, || agent.last_error()).await
+}
+
+// The callback's error type is tungstenite's (an HTTP response), not ours to shrink.
+#[allow(clippy::result_large_err)]
+fn pick_v9(
+    _: &Request,
+    mut resp: Response,
+) -> Result<Response, tokio_tungstenite::tungstenite::handshake::server::ErrorResponse> {
+    resp.headers_mut().insert(
+        "sec-websocket-protocol",
+        "nowconnect.v9".parse().expect("header"),
+    );
+    Ok(resp)
+}
 
 // ---------------------------------------------------------------------------------------------
 // Relay refusals
@@ -21,15 +55,15 @@ use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 #[tokio::test]
 async fn relay_401_and_403_are_one_line_with_the_reason_and_retried() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let agent = start(&yaml(&relay.url(), echo, "", "")).await;
+    let echo = target::echo().await;
+    let agent = start(&yaml(&relay.url(), echo.addr, "")).await;
     for (status, body) in [
         (401, "invalid token: signature mismatch"),
         (403, "address not allowed"),
     ] {
         // Each attempt of the agent gets this answer; it keeps retrying.
         let mut sock = relay.accept_tcp().await;
-        let head = read_head(&mut sock).await;
+        let head = read_head(&mut sock, STEP).await;
         assert!(head.starts_with("GET /tunnel HTTP/1.1"), "{head}");
         let resp = format!(
             "HTTP/1.1 {status} Refused\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -50,23 +84,16 @@ async fn relay_401_and_403_are_one_line_with_the_reason_and_retried() {
 #[tokio::test]
 async fn refused_subprotocol_is_named() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let agent = start(&yaml(&relay.url(), echo, "", "")).await;
+    let echo = target::echo().await;
+    let agent = start(&yaml(&relay.url(), echo.addr, "")).await;
     // A relay that picks a subprotocol we never offered.
     let sock = relay.accept_tcp().await;
-    let cb = |_: &Request, mut resp: Response| {
-        resp.headers_mut().insert(
-            "sec-websocket-protocol",
-            "nowconnect.v9".parse().expect("header"),
-        );
-        Ok(resp)
-    };
-    let _ws = tokio_tungstenite::accept_hdr_async(sock, cb).await;
+    let _ws = tokio_tungstenite::accept_hdr_async(sock, pick_v9).await;
     wait_error(&agent, &["WebSocket subprotocol refused"]).await;
 
     // A relay that refuses our offer the way ours does (400 naming the subprotocols).
     let mut sock = relay.accept_tcp().await;
-    let _ = read_head(&mut sock).await;
+    let _ = read_head(&mut sock, STEP).await;
     let body = "unsupported subprotocol (expected nowconnect.v2 or nowconnect.v1)";
     sock.write_all(
         format!(
@@ -86,11 +113,10 @@ async fn refused_subprotocol_is_named() {
 
 #[tokio::test]
 async fn dns_failures_name_the_hop() {
-    let echo = echo_target().await;
+    let echo = target::echo().await;
     let agent = start(&yaml(
         "ws://relay.nonexistent.invalid:8765/tunnel",
-        echo,
-        "",
+        echo.addr,
         "",
     ))
     .await;
@@ -103,8 +129,7 @@ async fn dns_failures_name_the_hop() {
 
     let agent = start(&yaml(
         "ws://relay.nonexistent.invalid:8765/tunnel",
-        echo,
-        "",
+        echo.addr,
         "proxy: {https_proxy: 'http://proxy.nonexistent.invalid:3128'}\n",
     ))
     .await;
@@ -118,12 +143,12 @@ async fn dns_failures_name_the_hop() {
 
 #[tokio::test]
 async fn proxy_refusing_the_connection_is_named() {
-    let echo = echo_target().await;
-    let port = refused_port().await;
+    let echo = target::echo().await;
+    let refused = target::refused();
+    let port = refused.addr.port();
     let agent = start(&yaml(
         "ws://relay.example.com:8765/tunnel",
-        echo,
-        "",
+        echo.addr,
         &format!("proxy: {{https_proxy: 'http://127.0.0.1:{port}'}}\n"),
     ))
     .await;
@@ -138,19 +163,12 @@ async fn proxy_refusing_the_connection_is_named() {
 #[tokio::test]
 async fn a_silent_proxy_times_out_naming_the_step() {
     // A proxy that accepts and never answers CONNECT.
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let held = tokio::spawn(async move {
-        let mut socks = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            socks.push(s);
-        }
-    });
-    let echo = echo_target().await;
+    let silent = target::silent().await;
+    let port = silent.addr().port();
+    let echo = target::echo().await;
     let y = yaml(
         "ws://relay.example.com:8765/tunnel",
-        echo,
-        "",
+        echo.addr,
         &format!("proxy: {{https_proxy: 'http://127.0.0.1:{port}'}}\n"),
     )
     .replace(
@@ -166,7 +184,7 @@ async fn a_silent_proxy_times_out_naming_the_step() {
              relay.example.com:8765"
         )
     );
-    held.abort();
+    assert!(silent.accepted() >= 1);
 }
 
 #[tokio::test]
@@ -174,13 +192,12 @@ async fn hostname_mismatch_names_the_certificate_names() {
     let ca = Ca::new("NowConnect Test CA");
     let relay = MockRelay::bind().await;
     let acceptor = ca.acceptor(&["other.example", "10.9.9.9"], None);
-    let dir = temp_dir("mismatch");
-    let bundle = write(&dir, "ca.pem", &ca.pem());
-    let echo = echo_target().await;
+    let dir = TempDir::new("mismatch");
+    let bundle = ca.write(dir.path(), "ca.pem");
+    let echo = target::echo().await;
     let agent = start(&yaml(
         &format!("wss://localhost:{}/tunnel", relay.addr.port()),
-        echo,
-        "",
+        echo.addr,
         &format!("proxy: {{ca_bundle: '{}'}}\n", bundle.display()),
     ))
     .await;
@@ -202,14 +219,13 @@ async fn https_proxy_carries_tls_to_the_relay_with_the_relays_name() {
     let relay = MockRelay::bind().await;
     let relay_tls = ca.acceptor(&["relay.nonexistent.invalid"], None);
     // The proxy's certificate names the proxy; the relay's names the relay.
-    let proxy = fake_proxy(Some(ca.acceptor(&["localhost"], None)), relay.addr, None).await;
-    let dir = temp_dir("https-proxy");
-    let bundle = write(&dir, "ca.pem", &ca.pem());
-    let echo = echo_target().await;
+    let proxy = FakeProxy::start(Some(ca.acceptor(&["localhost"], None)), relay.addr, None).await;
+    let dir = TempDir::new("https-proxy");
+    let bundle = ca.write(dir.path(), "ca.pem");
+    let echo = target::echo().await;
     let agent = start(&yaml(
         "wss://relay.nonexistent.invalid/tunnel",
-        echo,
-        "",
+        echo.addr,
         &format!(
             "proxy: {{https_proxy: 'https://bob:p%40ss%3Aw@localhost:{}', ca_bundle: '{}'}}\n",
             proxy.addr.port(),
@@ -221,7 +237,7 @@ async fn https_proxy_carries_tls_to_the_relay_with_the_relays_name() {
     // The relay's name is never resolved by the agent (it does not resolve at all): the proxy
     // is asked for it, and the TLS inside the tunnel carries it as SNI.
     let tcp = relay.accept_tcp().await;
-    let tls = within("TLS inside the CONNECT tunnel", relay_tls.accept(tcp))
+    let tls = within("TLS inside the CONNECT tunnel", STEP, relay_tls.accept(tcp))
         .await
         .expect("relay TLS");
     assert_eq!(
@@ -229,15 +245,16 @@ async fn https_proxy_carries_tls_to_the_relay_with_the_relays_name() {
         Some("relay.nonexistent.invalid"),
         "SNI is the relay's name"
     );
-    let (mut ws, _, up) = upgrade(tls, Select::Negotiate).await;
+    let (ws, version, up) = upgrade(tls, Select::Negotiate).await;
     assert_eq!(up.path, "/tunnel");
-    assert_eq!(v2_hello_ack(&mut ws).await, "premise-01");
-    wait_until("READY through the https proxy", || async {
+    let mut conn = MockConn::new(ws, version, up);
+    assert_eq!(conn.hello_ack().await, "premise-01");
+    wait_for("READY through the https proxy", DEADLINE, || {
         agent.is_ready()
     })
     .await;
 
-    let heads = proxy.heads.lock().expect("heads").clone();
+    let heads = proxy.heads();
     let head = heads.first().expect("one CONNECT");
     assert!(
         head.starts_with("CONNECT relay.nonexistent.invalid:443 HTTP/1.1\r\n"),
@@ -255,32 +272,16 @@ async fn https_proxy_carries_tls_to_the_relay_with_the_relays_name() {
 
 #[tokio::test]
 async fn ipv6_relay_and_targets_by_ip_and_name() {
-    let Ok(probe) = TcpListener::bind("[::1]:0").await else {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "IPv6 loopback is required in CI"
-        );
-        eprintln!("skipping: no IPv6 loopback");
+    if !nowconnect_testkit::require(net::has_ipv6_loopback().await, "IPv6 loopback") {
         return;
-    };
-    drop(probe);
+    }
     let relay = MockRelay::bind_on("[::1]:0").await;
-    let l6 = TcpListener::bind("[::1]:0").await.expect("bind v6 echo");
-    let echo6 = l6.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l6.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = s.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            });
-        }
-    });
-    let echo4 = echo_target().await;
-    let mut y = agent_yaml(
+    let echo6 = target::echo_on("[::1]:0").await;
+    let echo4 = target::echo().await;
+    let mut y = yaml::agent(
         &format!("ws://[::1]:{}/tunnel", relay.addr.port()),
         "v2",
-        &[("six", echo6), ("name", echo4)],
+        &[("six", echo6.addr), ("name", echo4.addr)],
     );
     y = y.replace("host: '127.0.0.1'", "host: 'localhost'");
     let agent = start(&y).await;
@@ -294,7 +295,7 @@ async fn ipv6_relay_and_targets_by_ip_and_name() {
             client_addr: None,
         })
         .await;
-        echo_roundtrip(&mut conn, id, connector.as_bytes()).await;
+        conn.echo_roundtrip(id, connector.as_bytes()).await;
     }
     assert!(agent.is_ready());
 }

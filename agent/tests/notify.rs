@@ -2,17 +2,20 @@
 //! HELLO_ACK, READY=1 after it, WATCHDOG=1 pings at half of WATCHDOG_USEC, STATUS lines with the
 //! tunnel state (never the token), STOPPING=1 last.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 
-use common::edge::{jwt, unix_now, yaml};
-use common::pki::{temp_dir, write};
-use common::*;
 use nowconnect_agent::{AgentConfig, Notifier};
 use nowconnect_shared::Frame;
+use nowconnect_testkit::health::probe as health;
+use nowconnect_testkit::idp::{now as unix_now, unsigned};
+use nowconnect_testkit::mock_relay::{MockRelay, Select, STEP};
+use nowconnect_testkit::target;
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::wait::within;
+use nowconnect_testkit::yaml;
+use serde_json::json;
 use tokio::net::UnixDatagram;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nowconnect-agent");
@@ -41,7 +44,7 @@ impl NotifySocket {
 
     /// Receives until a datagram satisfies `pred`; returns its index in `got`.
     async fn until(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> usize {
-        within(what, async {
+        within(what, STEP, async {
             let mut buf = vec![0u8; 4096];
             loop {
                 let n = self.sock.recv(&mut buf).await.expect("notify recv");
@@ -85,14 +88,15 @@ fn count(msgs: &[String], assignment: &str) -> usize {
 #[tokio::test]
 async fn ready_after_hello_ack_then_watchdog_and_status_without_the_token() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let dir = temp_dir("notify");
-    let token = jwt(unix_now() + 3600, "notify-secret-subject");
-    let tok = write(&dir, "token", &token);
-    let (mut systemd, path) = NotifySocket::bind(&dir);
-    let cfg = yaml(
+    let echo = target::echo().await;
+    let dir = TempDir::new("notify");
+    let token = unsigned(&json!({"sub": "notify-secret-subject", "exp": unix_now() + 3600}));
+    let tok = dir.write("token", &token);
+    let (mut systemd, path) = NotifySocket::bind(dir.path());
+    let cfg = yaml::agent_with(
         &relay.url(),
-        echo,
+        "v2",
+        &[("echo", echo.addr)],
         &format!("  auth: {{token_file: '{}'}}\n", tok.display()),
         "",
     );
@@ -169,7 +173,7 @@ async fn ready_after_hello_ack_then_watchdog_and_status_without_the_token() {
     );
 
     agent.shutdown();
-    within("agent stop", agent.wait()).await;
+    within("agent stop", STEP, agent.wait()).await;
     systemd.drain();
     let stopping = systemd
         .got
@@ -196,10 +200,13 @@ async fn ready_after_hello_ack_then_watchdog_and_status_without_the_token() {
 #[tokio::test]
 async fn the_binary_notifies_systemd_and_says_stopping_on_sigterm() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let dir = temp_dir("notify-bin");
-    let (mut systemd, path) = NotifySocket::bind(&dir);
-    let config = write(&dir, "premise.yaml", &yaml(&relay.url(), echo, "", ""));
+    let echo = target::echo().await;
+    let dir = TempDir::new("notify-bin");
+    let (mut systemd, path) = NotifySocket::bind(dir.path());
+    let config = dir.write(
+        "premise.yaml",
+        &yaml::agent(&relay.url(), "v2", &[("echo", echo.addr)]),
+    );
     let mut child = tokio::process::Command::new(BIN)
         .arg("--config")
         .arg(&config)
@@ -229,7 +236,9 @@ async fn the_binary_notifies_systemd_and_says_stopping_on_sigterm() {
         .status()
         .expect("kill");
     assert!(killed.success());
-    let status = within("agent exit", child.wait()).await.expect("wait");
+    let status = within("agent exit", STEP, child.wait())
+        .await
+        .expect("wait");
     assert_eq!(status.code(), Some(0));
     systemd.drain();
     let last = systemd.got.last().cloned().unwrap_or_default();

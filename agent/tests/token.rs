@@ -1,30 +1,56 @@
 //! Tokens: an expired token is reported as such and the file is re-read at every connect; a
 //! token with `exp` is refreshed by opening a new tunnel before the old one closes (health stays
 //! READY); tokens and proxy passwords never reach a log line or an error.
-#![allow(clippy::result_large_err)]
 
-mod common;
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use base64::Engine;
-use common::edge::*;
-use common::pki::{temp_dir, write};
-use common::*;
+use nowconnect_agent::{AgentConfig, AgentHandle};
 use nowconnect_shared::Frame;
+use nowconnect_testkit::health::probe as health;
+use nowconnect_testkit::idp::{now as unix_now, unsigned};
+use nowconnect_testkit::io::read_head;
+use nowconnect_testkit::log::{Capture, Format};
+use nowconnect_testkit::mock_relay::{MockRelay, Select, STEP};
+use nowconnect_testkit::proxy::FakeProxy;
+use nowconnect_testkit::target;
+use nowconnect_testkit::temp::{replace as rotate, TempDir};
+use nowconnect_testkit::wait::{wait_for, wait_line, DEADLINE};
+use nowconnect_testkit::yaml;
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
+
+/// An unsigned JWT-shaped token with `exp` (the agent reads `exp`, a relay would verify).
+fn jwt(exp: u64, sub: &str) -> String {
+    unsigned(&json!({"sub": sub, "exp": exp}))
+}
+
+/// Agent YAML for `url` with one echo connector; `tunnel_extra` lines go under `tunnel:`,
+/// `extra` is top-level YAML.
+fn yaml(url: &str, echo: SocketAddr, tunnel_extra: &str, extra: &str) -> String {
+    yaml::agent_with(url, "v2", &[("echo", echo)], tunnel_extra, extra)
+}
+
+async fn start(yaml: &str) -> AgentHandle {
+    let cfg = AgentConfig::from_yaml_str(yaml).expect("valid agent config");
+    nowconnect_agent::start(cfg).await.expect("agent starts")
+}
+
+/// Waits until the agent's last error is one line containing every one of `parts`.
+async fn wait_error(agent: &AgentHandle, parts: &[&str]) -> String {
+    wait_line(DEADLINE, parts, || agent.last_error()).await
+}
 
 #[tokio::test]
 async fn expired_token_is_reported_and_the_file_is_reread() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let dir = temp_dir("expired");
-    let tok = write(&dir, "token", &jwt(unix_now() - 100, "old"));
+    let echo = target::echo().await;
+    let dir = TempDir::new("expired");
+    let tok = dir.write("token", &jwt(unix_now() - 100, "old"));
     let agent = start(&yaml(
         &relay.url(),
-        echo,
+        echo.addr,
         &format!("  auth: {{token_file: '{}'}}\n", tok.display()),
         "",
     ))
@@ -48,17 +74,17 @@ async fn expired_token_is_reported_and_the_file_is_reread() {
 
 #[tokio::test]
 async fn token_refresh_opens_the_new_tunnel_before_closing_the_old() {
-    let capture = Capture::global();
+    let capture = Capture::global(Format::Text);
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let dir = temp_dir("refresh");
+    let echo = target::echo().await;
+    let dir = TempDir::new("refresh");
     let exp1 = unix_now() + 5;
     let t1 = jwt(exp1, "first");
-    let tok = write(&dir, "token", &t1);
+    let tok = dir.write("token", &t1);
     // Refresh 4 s before exp: due about a second after the first connect.
     let agent = start(&yaml(
         &relay.url(),
-        echo,
+        echo.addr,
         &format!(
             "  auth: {{token_file: '{}', refresh_before_exp_sec: 4}}\n",
             tok.display()
@@ -73,7 +99,7 @@ async fn token_refresh_opens_the_new_tunnel_before_closing_the_old() {
     );
     assert!(matches!(c1.recv().await, Frame::Hello(_)));
     c1.send(Frame::HelloAck).await;
-    wait_until("READY", || async { agent.is_ready() }).await;
+    wait_for("READY", DEADLINE, || agent.is_ready()).await;
     // A stream on the first tunnel, to be kept across the switch.
     c1.send(Frame::Open {
         id: 1,
@@ -81,30 +107,20 @@ async fn token_refresh_opens_the_new_tunnel_before_closing_the_old() {
         client_addr: None,
     })
     .await;
-    echo_roundtrip(&mut c1, 1, b"before").await;
+    c1.echo_roundtrip(1, b"before").await;
 
     // The refresh comes due while the file still holds the same token: the agent waits for a
     // new one instead of reconnecting with the old.
-    wait_until("the agent notices the file is unchanged", || async {
+    wait_for("the agent notices the file is unchanged", DEADLINE, || {
         capture.text().contains("the token file still holds it")
     })
     .await;
     assert_eq!(agent.connects(), 1);
 
-    // Health is sampled from now on; READY must hold throughout the switch.
-    let saw_ok = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let sampler = {
-        let (saw_ok, stop, addr) = (saw_ok.clone(), stop.clone(), agent.health_addr());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                if health(addr).await != "READY\n" {
-                    saw_ok.store(true, Ordering::Relaxed);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    // From here READY must hold throughout the switch: the agent counts every loss of READY
+    // (every moment the health port would answer OK), however short.
+    assert!(agent.is_ready());
+    let lost_before = agent.ready_lost();
 
     let t2 = jwt(unix_now() + 3600, "second");
     rotate(&tok, &t2);
@@ -119,11 +135,11 @@ async fn token_refresh_opens_the_new_tunnel_before_closing_the_old() {
         "the new tunnel carries the file's new token"
     );
     assert!(matches!(c2.recv().await, Frame::Hello(_)));
-    // Hold HELLO_ACK back a little: the overlap is where health could drop if the agent had
-    // closed the old tunnel first.
+    // Hold HELLO_ACK back a little (a deliberate pause, not a wait for anything): an agent that
+    // closed the old tunnel once the new one was dialled would lose READY meanwhile.
     tokio::time::sleep(Duration::from_millis(200)).await;
     c2.send(Frame::HelloAck).await;
-    wait_until("second tunnel counted", || async { agent.connects() == 2 }).await;
+    wait_for("second tunnel counted", DEADLINE, || agent.connects() == 2).await;
 
     // New streams go to the new tunnel; the old one still carries its stream...
     c2.send(Frame::Open {
@@ -132,8 +148,8 @@ async fn token_refresh_opens_the_new_tunnel_before_closing_the_old() {
         client_addr: None,
     })
     .await;
-    echo_roundtrip(&mut c2, 1, b"on the new tunnel").await;
-    echo_roundtrip(&mut c1, 1, b"old stream still flows").await;
+    c2.echo_roundtrip(1, b"on the new tunnel").await;
+    c1.echo_roundtrip(1, b"old stream still flows").await;
     // ...until that stream ends; then the agent closes the old tunnel.
     c1.send(Frame::Fin {
         id: 1,
@@ -147,35 +163,35 @@ async fn token_refresh_opens_the_new_tunnel_before_closing_the_old() {
             Some(other) => panic!("unexpected frame on the old tunnel: {other:?}"),
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    sampler.await.expect("sampler");
-    assert!(
-        !saw_ok.load(Ordering::Relaxed),
-        "health stayed READY across the refresh"
+    assert_eq!(
+        agent.ready_lost(),
+        lost_before,
+        "READY was lost during the refresh"
     );
     assert!(agent.is_ready());
-    echo_roundtrip(&mut c2, 1, b"still fine").await;
+    assert_eq!(health(agent.health_addr()).await, "READY\n");
+    c2.echo_roundtrip(1, b"still fine").await;
 }
 
 #[tokio::test]
 async fn secrets_never_reach_logs_or_errors() {
-    let capture = Capture::global();
+    let capture = Capture::global(Format::Text);
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let dir = temp_dir("secrets");
+    let echo = target::echo().await;
+    let dir = TempDir::new("secrets");
     let token = jwt(unix_now() + 3600, "very-secret-subject");
-    let tok = write(&dir, "token", &token);
+    let tok = dir.write("token", &token);
 
     // The relay refuses the token.
     let agent = start(&yaml(
         &relay.url(),
-        echo,
+        echo.addr,
         &format!("  auth: {{token_file: '{}'}}\n", tok.display()),
         "",
     ))
     .await;
     let mut sock = relay.accept_tcp().await;
-    let head = read_head(&mut sock).await;
+    let head = read_head(&mut sock, STEP).await;
     assert!(
         head.contains(&format!("Bearer {token}")),
         "sent to the relay"
@@ -187,7 +203,7 @@ async fn secrets_never_reach_logs_or_errors() {
     drop(agent);
 
     // A proxy rejects the password.
-    let proxy = fake_proxy(
+    let proxy = FakeProxy::start(
         None,
         relay.addr,
         Some("HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"x\"\r\n\r\n"),
@@ -195,7 +211,7 @@ async fn secrets_never_reach_logs_or_errors() {
     .await;
     let agent = start(&yaml(
         &relay.url(),
-        echo,
+        echo.addr,
         &format!("  auth: {{token_file: '{}'}}\n", tok.display()),
         &format!(
             "proxy: {{https_proxy: 'http://alice:hunter2-pw@127.0.0.1:{}'}}\n",

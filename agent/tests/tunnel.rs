@@ -1,18 +1,35 @@
 //! The agent against a mock relay written here: HELLO, health OK/READY, streams to a local
-//! echo target, connect failures, unknown connectors, flow control, reconnects.
+//! echo target, connect failures, unknown connectors, flow control, reconnects. The keepalive
+//! test runs on tokio's paused clock.
 
-mod common;
-
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
-use nowconnect_agent::AgentConfig;
+use nowconnect_agent::{AgentConfig, AgentHandle};
 use nowconnect_shared::subprotocol::Version;
 use nowconnect_shared::{Dir, Frame, RecvWindow, RstCode, StreamId, DEFAULT_WINDOW};
+use nowconnect_testkit::health::probe as health;
+use nowconnect_testkit::mock_relay::{MockConn, MockRelay, Select, STEP};
+use nowconnect_testkit::net;
+use nowconnect_testkit::target;
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::wait::{within, Ticker, DEADLINE};
+use nowconnect_testkit::yaml::agent as agent_yaml;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+type Conn = MockConn<TcpStream>;
+
+async fn start(yaml: &str) -> AgentHandle {
+    let cfg = AgentConfig::from_yaml_str(yaml).expect("valid agent config");
+    nowconnect_agent::start(cfg).await.expect("agent starts")
+}
+
+/// Waits until the agent's health port answers `want`.
+async fn wait_health(agent: &AgentHandle, want: &str) {
+    nowconnect_testkit::health::wait_health(agent.health_addr(), want, DEADLINE).await;
+}
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -43,7 +60,7 @@ impl Flow {
 /// collects what comes back until `expect` bytes arrived. Returns the bytes and whether FIN a2c
 /// was seen.
 async fn exchange(
-    conn: &mut MockConn,
+    conn: &mut Conn,
     flow: &mut Flow,
     payload: &[u8],
     fin: bool,
@@ -102,7 +119,7 @@ async fn exchange(
     }
 }
 
-async fn expect_hello(conn: &mut MockConn, connectors: &[&str]) {
+async fn expect_hello(conn: &mut Conn, connectors: &[&str]) {
     match conn.recv().await {
         Frame::Hello(h) => {
             assert_eq!(h.agent_id, "premise-01");
@@ -112,7 +129,7 @@ async fn expect_hello(conn: &mut MockConn, connectors: &[&str]) {
     }
 }
 
-async fn expect_rst(conn: &mut MockConn, id: StreamId, code: RstCode) {
+async fn expect_rst(conn: &mut Conn, id: StreamId, code: RstCode) {
     match conn.recv().await {
         Frame::Rst { id: i, code: c, .. } => {
             assert_eq!((i, c), (id, code), "RST for stream {id}");
@@ -123,13 +140,14 @@ async fn expect_rst(conn: &mut MockConn, id: StreamId, code: RstCode) {
 
 async fn full_session(protocol: &str, version: Version) {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let refused: SocketAddr = format!("127.0.0.1:{}", refused_port().await)
-        .parse()
-        .expect("addr");
-    let yaml = agent_yaml(&relay.url(), protocol, &[("echo", echo), ("down", refused)]);
-    let cfg = AgentConfig::from_yaml_str(&yaml).expect("config");
-    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let echo = target::echo().await;
+    let refused = target::refused();
+    let yaml = agent_yaml(
+        &relay.url(),
+        protocol,
+        &[("echo", echo.addr), ("down", refused.addr)],
+    );
+    let agent = start(&yaml).await;
     let health_addr = agent.health_addr();
     assert_ne!(health_addr.port(), 0, "bound port reported");
 
@@ -149,10 +167,7 @@ async fn full_session(protocol: &str, version: Version) {
     assert!(!agent.is_ready());
 
     conn.send(Frame::HelloAck).await;
-    wait_until("health READY", || async {
-        health(health_addr).await == "READY\n"
-    })
-    .await;
+    wait_health(&agent, "READY\n").await;
 
     // A stream to the echo target: bytes round-trip, more than one window each way (v2).
     conn.send(Frame::Open {
@@ -197,17 +212,11 @@ async fn full_session(protocol: &str, version: Version) {
 
     // The relay goes away: health drops to OK, and the agent comes back with a new HELLO.
     drop(conn);
-    wait_until("health back to OK", || async {
-        health(health_addr).await == "OK\n"
-    })
-    .await;
+    wait_health(&agent, "OK\n").await;
     let mut conn = relay.accept(Select::Negotiate).await;
     expect_hello(&mut conn, &["echo", "down"]).await;
     conn.send(Frame::HelloAck).await;
-    wait_until("READY again", || async {
-        health(health_addr).await == "READY\n"
-    })
-    .await;
+    wait_health(&agent, "READY\n").await;
     conn.send(Frame::Open {
         id: 1,
         connector: "echo".into(),
@@ -220,7 +229,7 @@ async fn full_session(protocol: &str, version: Version) {
     agent.shutdown();
     // Graceful stop closes the WebSocket with a Close frame.
     assert!(conn.try_recv().await.is_none(), "tunnel closed on shutdown");
-    within("agent stop", agent.wait()).await;
+    within("agent stop", STEP, agent.wait()).await;
 }
 
 #[tokio::test]
@@ -236,10 +245,8 @@ async fn v1_session_end_to_end() {
 #[tokio::test]
 async fn auto_offers_both_and_gets_v2() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "auto", &[("echo", echo)]))
-        .expect("config");
-    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let echo = target::echo().await;
+    let _agent = start(&agent_yaml(&relay.url(), "auto", &[("echo", echo.addr)])).await;
     let mut conn = relay.accept(Select::Negotiate).await;
     assert_eq!(
         conn.upgrade.offered.as_deref(),
@@ -252,10 +259,8 @@ async fn auto_offers_both_and_gets_v2() {
 #[tokio::test]
 async fn reference_hub_without_subprotocol_gets_v1() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "auto", &[("echo", echo)]))
-        .expect("config");
-    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let echo = target::echo().await;
+    let agent = start(&agent_yaml(&relay.url(), "auto", &[("echo", echo.addr)])).await;
     // First upgrade offers both; the hub answers with none, which tungstenite refuses.
     let first = relay.accept(Select::Nothing).await;
     assert!(first.upgrade.offered.is_some());
@@ -265,8 +270,7 @@ async fn reference_hub_without_subprotocol_gets_v1() {
     assert_eq!(conn.version, Version::V1);
     expect_hello(&mut conn, &["echo"]).await;
     conn.send(Frame::HelloAck).await;
-    let addr = agent.health_addr();
-    wait_until("READY", || async { health(addr).await == "READY\n" }).await;
+    wait_health(&agent, "READY\n").await;
     conn.send(Frame::Open {
         id: 9,
         connector: "echo".into(),
@@ -280,17 +284,14 @@ async fn reference_hub_without_subprotocol_gets_v1() {
 #[tokio::test]
 async fn token_file_is_sent_as_bearer() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let dir = std::env::temp_dir().join(format!("nc-agent-it-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let tok = dir.join("token");
-    std::fs::write(&tok, "first.token.value\n").expect("write");
-    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo)]).replace(
+    let echo = target::echo().await;
+    let dir = TempDir::new("agent-token");
+    let tok = dir.write("token", "first.token.value\n");
+    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo.addr)]).replace(
         "tunnel:\n",
         &format!("tunnel:\n  auth: {{token_file: '{}'}}\n", tok.display()),
     );
-    let cfg = AgentConfig::from_yaml_str(&yaml).expect("config");
-    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let _agent = start(&yaml).await;
     let conn = relay.accept(Select::Negotiate).await;
     assert_eq!(
         conn.upgrade.authorization.as_deref(),
@@ -304,31 +305,35 @@ async fn token_file_is_sent_as_bearer() {
         conn.upgrade.authorization.as_deref(),
         Some("Bearer second.token.value")
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
+/// A relay that stops answering (no pongs, no frames) is given up once a ping went unanswered
+/// for `ping_timeout` after `ping_interval` of silence, and not before; then the agent
+/// reconnects (paused clock: the seconds pass in no real time).
+#[tokio::test(start_paused = true)]
 async fn dead_relay_is_detected_by_keepalive() {
+    let _tick = Ticker::start();
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo)]).replace(
+    let echo = target::echo().await;
+    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo.addr)]).replace(
         "tunnel:\n",
-        "tunnel:\n  ping_interval_sec: 1\n  ping_timeout_sec: 1\n",
+        "tunnel:\n  ping_interval_sec: 10\n  ping_timeout_sec: 5\n",
     );
-    let cfg = AgentConfig::from_yaml_str(&yaml).expect("config");
-    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let dead_after = Duration::from_secs(15);
+    let agent = start(&yaml).await;
     let mut conn = relay.accept(Select::Negotiate).await;
+    // The agent's session (and its keepalive) starts after this upgrade.
+    let started = Instant::now();
     expect_hello(&mut conn, &["echo"]).await;
     conn.send(Frame::HelloAck).await;
-    let addr = agent.health_addr();
-    wait_until("READY", || async { health(addr).await == "READY\n" }).await;
+    wait_health(&agent, "READY\n").await;
     // The relay stops reading (no pongs, no frames) but keeps the socket open.
-    let started = tokio::time::Instant::now();
-    let mut again = relay.accept(Select::Negotiate).await;
+    let mut again = relay.accept_within(dead_after * 2, Select::Negotiate).await;
     let took = started.elapsed();
+    // Reconnect backoff is at most reconnect_max_ms (200 ms) on top.
     assert!(
-        took >= Duration::from_millis(1500),
-        "reconnected after {took:?}: before the keepalive could have expired"
+        took >= dead_after && took < dead_after + Duration::from_secs(1),
+        "reconnected after {took:?}; ping_interval + ping_timeout is {dead_after:?}"
     );
     expect_hello(&mut again, &["echo"]).await;
     drop(conn);
@@ -338,11 +343,9 @@ async fn dead_relay_is_detected_by_keepalive() {
 async fn dropping_the_handle_closes_target_sockets_at_once() {
     let relay = MockRelay::bind().await;
     // A target that reports when its client goes away.
-    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let taddr = target.local_addr().expect("addr");
-    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "v2", &[("t", taddr)]))
-        .expect("config");
-    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let target = net::bind().await;
+    let taddr = net::addr(&target);
+    let agent = start(&agent_yaml(&relay.url(), "v2", &[("t", taddr)])).await;
     let mut conn = relay.accept(Select::Negotiate).await;
     expect_hello(&mut conn, &["t"]).await;
     conn.send(Frame::HelloAck).await;
@@ -352,7 +355,7 @@ async fn dropping_the_handle_closes_target_sockets_at_once() {
         client_addr: None,
     })
     .await;
-    let (mut sock, _) = within("target accept", target.accept())
+    let (mut sock, _) = within("target accept", STEP, target.accept())
         .await
         .expect("accept");
     sock.write_all(b"x").await.expect("write");
@@ -362,7 +365,7 @@ async fn dropping_the_handle_closes_target_sockets_at_once() {
     }
     drop(agent);
     let mut buf = [0u8; 8];
-    let n = within("target socket closed", sock.read(&mut buf))
+    let n = within("target socket closed", STEP, sock.read(&mut buf))
         .await
         .unwrap_or(0);
     assert_eq!(n, 0, "target sees EOF/reset when the agent is dropped");
@@ -372,11 +375,9 @@ async fn dropping_the_handle_closes_target_sockets_at_once() {
 #[tokio::test]
 async fn relay_rst_closes_the_target_socket() {
     let relay = MockRelay::bind().await;
-    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let taddr = target.local_addr().expect("addr");
-    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "v1", &[("t", taddr)]))
-        .expect("config");
-    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let target = net::bind().await;
+    let taddr = net::addr(&target);
+    let _agent = start(&agent_yaml(&relay.url(), "v1", &[("t", taddr)])).await;
     let mut conn = relay.accept(Select::Negotiate).await;
     expect_hello(&mut conn, &["t"]).await;
     conn.send(Frame::HelloAck).await;
@@ -386,7 +387,7 @@ async fn relay_rst_closes_the_target_socket() {
         client_addr: None,
     })
     .await;
-    let (mut sock, _) = within("target accept", target.accept())
+    let (mut sock, _) = within("target accept", STEP, target.accept())
         .await
         .expect("accept");
     conn.send(Frame::Rst {
@@ -396,26 +397,32 @@ async fn relay_rst_closes_the_target_socket() {
     })
     .await;
     let mut buf = [0u8; 8];
-    let n = within("target socket closed", sock.read(&mut buf))
+    let n = within("target socket closed", STEP, sock.read(&mut buf))
         .await
         .unwrap_or(0);
     assert_eq!(n, 0);
+}
+
+/// The agent reached the silent target.
+async fn stuck_accepted(stuck: &target::Silent) {
+    nowconnect_testkit::wait::wait_for("the agent connects to the stuck target", DEADLINE, || {
+        stuck.accepted() == 1
+    })
+    .await;
 }
 
 /// A target that never reads: its stream must stall alone (v2), not the tunnel.
 #[tokio::test]
 async fn slow_target_stalls_only_its_own_stream() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let stuck = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let stuck_addr = stuck.local_addr().expect("addr");
-    let cfg = AgentConfig::from_yaml_str(&agent_yaml(
+    let echo = target::echo().await;
+    let stuck = target::silent().await;
+    let _agent = start(&agent_yaml(
         &relay.url(),
         "v2",
-        &[("echo", echo), ("stuck", stuck_addr)],
+        &[("echo", echo.addr), ("stuck", stuck.addr())],
     ))
-    .expect("config");
-    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    .await;
     let mut conn = relay.accept(Select::Negotiate).await;
     expect_hello(&mut conn, &["echo", "stuck"]).await;
     conn.send(Frame::HelloAck).await;
@@ -425,9 +432,7 @@ async fn slow_target_stalls_only_its_own_stream() {
         client_addr: None,
     })
     .await;
-    let (_held, _) = within("stuck accept", stuck.accept())
-        .await
-        .expect("accept");
+    stuck_accepted(&stuck).await;
     // Fill the stuck stream's whole window at once.
     for chunk in pattern(DEFAULT_WINDOW as usize, 3).chunks(64 * 1024) {
         conn.send(Frame::Data {
@@ -455,7 +460,7 @@ async fn slow_target_stalls_only_its_own_stream() {
 /// Like `exchange`, but frames for stream `other` (WINDOW credit returned by a stalled stream
 /// as the kernel absorbs its bytes) are tolerated.
 async fn exchange_ignoring(
-    conn: &mut MockConn,
+    conn: &mut Conn,
     flow: &mut Flow,
     payload: &[u8],
     other: StreamId,
@@ -495,13 +500,15 @@ async fn exchange_ignoring(
 #[tokio::test]
 async fn v1_queue_overflow_resets_only_that_stream() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let stuck = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let stuck_addr = stuck.local_addr().expect("addr");
-    let yaml = agent_yaml(&relay.url(), "v1", &[("echo", echo), ("stuck", stuck_addr)])
-        .replace("limits: {", "limits: {queue_depth_per_cid: 4, ");
-    let cfg = AgentConfig::from_yaml_str(&yaml).expect("config");
-    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let echo = target::echo().await;
+    let stuck = target::silent().await;
+    let yaml = agent_yaml(
+        &relay.url(),
+        "v1",
+        &[("echo", echo.addr), ("stuck", stuck.addr())],
+    )
+    .replace("limits: {", "limits: {queue_depth_per_cid: 4, ");
+    let _agent = start(&yaml).await;
     let mut conn = relay.accept(Select::Negotiate).await;
     expect_hello(&mut conn, &["echo", "stuck"]).await;
     conn.send(Frame::HelloAck).await;
@@ -511,9 +518,7 @@ async fn v1_queue_overflow_resets_only_that_stream() {
         client_addr: None,
     })
     .await;
-    let (_held, _) = within("stuck accept", stuck.accept())
-        .await
-        .expect("accept");
+    stuck_accepted(&stuck).await;
     // Far more than the kernel buffers plus 4 queued frames can hold.
     let chunk = Bytes::from(pattern(64 * 1024, 1));
     for _ in 0..400 {
@@ -538,20 +543,15 @@ async fn v1_queue_overflow_resets_only_that_stream() {
 #[tokio::test]
 async fn target_answers_after_client_half_close() {
     let relay = MockRelay::bind().await;
-    let target = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let taddr = target.local_addr().expect("addr");
-    tokio::spawn(async move {
-        if let Ok((mut s, _)) = target.accept().await {
-            let mut all = Vec::new();
-            let _ = s.read_to_end(&mut all).await;
-            let _ = s
-                .write_all(format!("got {} bytes", all.len()).as_bytes())
-                .await;
-        }
-    });
-    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "v2", &[("t", taddr)]))
-        .expect("config");
-    let _agent = nowconnect_agent::start(cfg).await.expect("start");
+    let t = target::serve(|mut s| async move {
+        let mut all = Vec::new();
+        let _ = s.read_to_end(&mut all).await;
+        let _ = s
+            .write_all(format!("got {} bytes", all.len()).as_bytes())
+            .await;
+    })
+    .await;
+    let _agent = start(&agent_yaml(&relay.url(), "v2", &[("t", t.addr)])).await;
     let mut conn = relay.accept(Select::Negotiate).await;
     expect_hello(&mut conn, &["t"]).await;
     conn.send(Frame::HelloAck).await;
@@ -571,10 +571,8 @@ async fn target_answers_after_client_half_close() {
 #[tokio::test]
 async fn frame_before_hello_ack_is_a_protocol_error() {
     let relay = MockRelay::bind().await;
-    let echo = echo_target().await;
-    let cfg = AgentConfig::from_yaml_str(&agent_yaml(&relay.url(), "v2", &[("echo", echo)]))
-        .expect("config");
-    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let echo = target::echo().await;
+    let agent = start(&agent_yaml(&relay.url(), "v2", &[("echo", echo.addr)])).await;
     let mut conn = relay.accept(Select::Negotiate).await;
     expect_hello(&mut conn, &["echo"]).await;
     conn.send(Frame::Open {

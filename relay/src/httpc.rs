@@ -213,41 +213,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::ServerConfig;
+    use nowconnect_testkit::net;
+    use nowconnect_testkit::pki::Ca;
+    use nowconnect_testkit::temp::TempDir;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
 
-    /// A CA (PEM) and an acceptor whose certificate it signed, for `localhost` and 127.0.0.1.
-    fn pki() -> (String, TlsAcceptor) {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).expect("CA");
-        let key = KeyPair::generate().expect("key");
-        let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("params")
-            .signed_by(&key, &ca_cert, &ca_key)
-            .expect("leaf");
-        let config =
-            ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_no_client_auth()
-                .with_single_cert(
-                    vec![leaf.der().clone()],
-                    PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
-                )
-                .expect("server config");
-        (ca_cert.pem(), TlsAcceptor::from(Arc::new(config)))
+    /// A CA and an acceptor whose certificate it signed, for `localhost` and 127.0.0.1.
+    fn pki() -> (Ca, TlsAcceptor) {
+        let ca = Ca::new("httpc test CA");
+        let acceptor = ca.acceptor(&["localhost", "127.0.0.1"], None);
+        (ca, acceptor)
     }
 
     /// Answers every HTTPS request with 200 and `body`; returns the port.
     async fn https_server(acceptor: TlsAcceptor, body: &'static str) -> u16 {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let port = l.local_addr().expect("addr").port();
+        let l = net::bind().await;
+        let port = net::addr(&l).port();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = l.accept().await {
                 let acceptor = acceptor.clone();
@@ -276,21 +258,12 @@ mod tests {
         port
     }
 
-    fn ca_file(pem: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("nc-relay-httpc-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = dir.join(format!("ca-{n}.pem"));
-        std::fs::write(&path, pem).expect("write CA");
-        path
-    }
-
     #[tokio::test]
     async fn https_get_and_post_trust_the_ca_file() {
         let (ca, acceptor) = pki();
         let port = https_server(acceptor, r#"{"keys":[]}"#).await;
-        let path = ca_file(&ca);
+        let dir = TempDir::new("relay-httpc");
+        let path = ca.write(dir.path(), "ca.pem");
         let client = HttpClient::new(Some(&path)).expect("client");
         let t = Duration::from_secs(10);
         for host in ["localhost", "127.0.0.1"] {
@@ -307,7 +280,6 @@ mod tests {
         // The cap on the body holds over TLS too.
         let err = client.get(&url, 4, t).await.expect_err("body over the cap");
         assert!(matches!(err, HttpError::Body), "{err}");
-        let _ = std::fs::remove_file(path);
     }
 
     #[tokio::test]

@@ -5,8 +5,9 @@
 //! docs/portal.md): agents, connectors, live sessions, the audit trail and security policies.
 //!
 //! [`start`] binds everything (so tests can use port 0) and returns a [`RelayHandle`];
-//! `shutdown()` stops accepting and lets open streams finish for `limits.shutdown_grace_ms`;
-//! dropping the handle stops everything at once.
+//! [`start_with`] takes listeners the caller has bound already ([`Prebound`]), so a test can
+//! hold a port across a relay restart; `shutdown()` stops accepting and lets open streams finish
+//! for `limits.shutdown_grace_ms`; dropping the handle stops everything at once.
 #![forbid(unsafe_code)]
 
 mod abuse;
@@ -29,6 +30,7 @@ pub mod state;
 mod tls;
 mod tunnel;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -247,10 +249,22 @@ fn local_addr(l: &TcpListener, what: &str) -> Result<SocketAddr, StartError> {
     })
 }
 
+/// Listeners the caller has bound already, used instead of binding the configured addresses
+/// (tests hold a port across a relay restart this way, with no window in which another process
+/// can take it). Whatever is not given here is bound from the configuration as usual.
+#[derive(Debug, Default)]
+pub struct Prebound {
+    /// Serves `/tunnel` (and what shares its port) instead of `tunnel.host:tunnel.port`.
+    pub tunnel: Option<TcpListener>,
+    /// By listener `name`: used instead of binding that listener's `bind` address. A name that
+    /// is not in `listeners` is a configuration error.
+    pub listeners: HashMap<String, TcpListener>,
+}
+
 /// Binds `/tunnel`, the optional metrics port and every listener, then runs the relay, all on
 /// the caller's runtime.
 pub async fn start(cfg: RelayConfig) -> Result<RelayHandle, StartError> {
-    start_sharded(cfg, None).await
+    start_with(cfg, None, Prebound::default()).await
 }
 
 /// As [`start`], with each HTTP connection (and so each tunnel, with its streams) placed on one
@@ -259,16 +273,43 @@ pub async fn start_sharded(
     cfg: RelayConfig,
     shards: Option<Arc<Shards>>,
 ) -> Result<RelayHandle, StartError> {
+    start_with(cfg, shards, Prebound::default()).await
+}
+
+/// As [`start_sharded`], serving on the listeners in `prebound` instead of binding their
+/// configured addresses.
+pub async fn start_with(
+    cfg: RelayConfig,
+    shards: Option<Arc<Shards>>,
+    prebound: Prebound,
+) -> Result<RelayHandle, StartError> {
     for w in &cfg.warnings {
         warn!("config: {w}");
+    }
+    let Prebound {
+        tunnel: prebound_tunnel,
+        listeners: mut prebound_listeners,
+    } = prebound;
+    if let Some(name) = prebound_listeners
+        .keys()
+        .find(|n| !cfg.listeners.iter().any(|l| &l.name == *n))
+    {
+        return Err(StartError::Config(format!(
+            "a prebound listener is named `{name}`, which is not in listeners"
+        )));
     }
     let tls = match &cfg.tunnel.tls {
         Some(t) => Some(tls::acceptor(t).map_err(StartError::Config)?),
         None => None,
     };
 
-    let tunnel_bind = host_port(&cfg.tunnel.host, cfg.tunnel.port);
-    let tunnel_listener = bind("tunnel (tunnel.host/tunnel.port)", &tunnel_bind).await?;
+    let tunnel_listener = match prebound_tunnel {
+        Some(l) => l,
+        None => {
+            let tunnel_bind = host_port(&cfg.tunnel.host, cfg.tunnel.port);
+            bind("tunnel (tunnel.host/tunnel.port)", &tunnel_bind).await?
+        }
+    };
     let tunnel_addr = local_addr(&tunnel_listener, "tunnel")?;
     if cfg.security.dev_bypass {
         if !tunnel_addr.ip().is_loopback() {
@@ -396,7 +437,10 @@ pub async fn start_sharded(
     let mut bound_info = Vec::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
         let what = format!("listeners[{i}] ({})", l.name);
-        let listener = bind(&what, &l.bind.to_string()).await?;
+        let listener = match prebound_listeners.remove(&l.name) {
+            Some(listener) => listener,
+            None => bind(&what, &l.bind.to_string()).await?,
+        };
         let addr = local_addr(&listener, &what)?;
         bound_info.push(BoundListener {
             name: l.name.clone(),

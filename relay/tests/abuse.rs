@@ -1,26 +1,32 @@
 //! Abuse controls on /tunnel: many failed upgrades, the per-source cool-down (429), and the cap
 //! on attempts in progress per source.
-#![allow(clippy::unwrap_used)]
-
-mod support;
 
 use std::net::IpAddr;
 
-use nowconnect_relay::{Action, AuditFilter, RelayHandle};
+use nowconnect_relay::{Action, AuditFilter, RelayConfig, RelayHandle};
+use nowconnect_testkit::idp::{claims, ec_key, ed_key, mint, now, raw_token, Idp};
+use nowconnect_testkit::log;
+use nowconnect_testkit::mock_agent::{upgrade, MockAgent};
+use nowconnect_testkit::net;
+use nowconnect_testkit::wait::{wait_for, DEADLINE};
+use nowconnect_testkit::yaml;
 use serde_json::json;
-use support::idp::*;
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Error as WsError;
 
 fn attacker() -> IpAddr {
-    "127.0.0.2".parse().unwrap()
+    net::other_loopback()
 }
 
 async fn jwt_relay(jwks_url: &str, security: &str) -> RelayHandle {
-    let r = relay(&format!("security:\n  jwks_url: {jwks_url}\n{security}")).await;
-    eventually("JWKS loaded", || r.is_ready()).await;
+    log::init();
+    let yaml = yaml::relay(
+        &[("ldap", "addomain")],
+        &format!("security:\n  jwks_url: {jwks_url}\n{security}"),
+    );
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid relay config");
+    let r = nowconnect_relay::start(cfg).await.expect("relay starts");
+    wait_for("JWKS loaded", DEADLINE, || r.is_ready()).await;
     r
 }
 
@@ -36,11 +42,11 @@ fn counter(relay: &RelayHandle, line: &str) -> u64 {
 /// Resident memory of this test process (relay included), in KiB.
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
-        .unwrap()
+        .expect("/proc/self/status")
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+        .expect("VmRSS in /proc/self/status")
 }
 
 fn status_and_retry_after(err: WsError) -> (u16, Option<u64>) {
@@ -56,29 +62,10 @@ fn status_and_retry_after(err: WsError) -> (u16, Option<u64>) {
 }
 
 /// One open stream through `agent`; returns the client and the stream id.
-async fn open_stream(relay: &RelayHandle, agent: &mut V2Agent<TcpStream>) -> (TcpStream, u32) {
-    let client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+async fn open_stream(relay: &RelayHandle, agent: &mut MockAgent<TcpStream>) -> (TcpStream, u32) {
+    let client = net::connect(relay.listener_addr("ldap").expect("listener ldap")).await;
     let id = agent.expect_open("addomain").await;
     (client, id)
-}
-
-async fn echo(agent: &mut V2Agent<TcpStream>, client: &mut TcpStream, id: u32) {
-    client.write_all(b"ping").await.unwrap();
-    match agent.recv().await {
-        nowconnect_shared::Frame::Data { id: got, payload } => {
-            assert_eq!((got, &payload[..]), (id, &b"ping"[..]));
-        }
-        other => panic!("expected DATA, got {other:?}"),
-    }
-    agent.send(&data(id, b"pong")).await;
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(T, client.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"pong");
 }
 
 #[tokio::test]
@@ -95,8 +82,8 @@ async fn a_thousand_failed_upgrades_leave_the_relay_serving_with_flat_memory() {
     let mut agent = {
         let ws = upgrade(relay.tunnel_addr(), Some(&mint(&ec, &good)), None)
             .await
-            .unwrap();
-        let mut a = V2Agent::new(ws);
+            .expect("a valid token is accepted");
+        let mut a = MockAgent::v2(ws);
         a.hello("premise-01", &["addomain"]).await;
         a
     };
@@ -136,7 +123,7 @@ async fn a_thousand_failed_upgrades_leave_the_relay_serving_with_flat_memory() {
                     }));
                 }
                 for t in tasks {
-                    let status = t.await.unwrap();
+                    let status = t.await.expect("attempt task");
                     assert!(status == 401 || status == 403, "status {status}");
                 }
             }
@@ -167,9 +154,9 @@ async fn a_thousand_failed_upgrades_leave_the_relay_serving_with_flat_memory() {
     assert_eq!(relay.open_connections(), 1);
 
     // The agent that was connected all along still carries its stream ...
-    echo(&mut agent, &mut client, id).await;
+    agent.ping_pong(&mut client, id).await;
     let (mut c2, id2) = open_stream(&relay, &mut agent).await;
-    echo(&mut agent, &mut c2, id2).await;
+    agent.ping_pong(&mut c2, id2).await;
     // ... and a new valid agent, even from the attacker's address, gets in.
     let ws = upgrade(
         relay.tunnel_addr(),
@@ -178,7 +165,7 @@ async fn a_thousand_failed_upgrades_leave_the_relay_serving_with_flat_memory() {
     )
     .await
     .expect("valid agent accepted");
-    let mut second = V2Agent::new(ws);
+    let mut second = MockAgent::v2(ws);
     second.hello("premise-02", &["db"]).await;
 }
 
@@ -225,7 +212,7 @@ async fn repeated_failures_from_one_source_get_429_for_a_cooldown() {
     let ws = upgrade(relay.tunnel_addr(), Some(&good), None)
         .await
         .expect("127.0.0.1 is not cooling down");
-    let mut a = V2Agent::new(ws);
+    let mut a = MockAgent::v2(ws);
     a.hello("premise-01", &["addomain"]).await;
 }
 
@@ -238,10 +225,10 @@ async fn attempts_in_progress_are_capped_per_source() {
     // Two upgrades that never send HELLO hold both slots of 127.0.0.1.
     let first = upgrade(relay.tunnel_addr(), Some(&token), None)
         .await
-        .unwrap();
+        .expect("first slot");
     let _second = upgrade(relay.tunnel_addr(), Some(&token), None)
         .await
-        .unwrap();
+        .expect("second slot");
     let err = upgrade(relay.tunnel_addr(), Some(&token), None)
         .await
         .expect_err("third refused");
@@ -256,14 +243,14 @@ async fn attempts_in_progress_are_capped_per_source() {
     // Another source has its own slots.
     let _other = upgrade(relay.tunnel_addr(), Some(&token), Some(attacker()))
         .await
-        .unwrap();
+        .expect("another source has its own slots");
     // A HELLO accepted frees its slot.
-    let mut a = V2Agent::new(first);
+    let mut a = MockAgent::v2(first);
     a.hello("premise-01", &["addomain"]).await;
     let ws = upgrade(relay.tunnel_addr(), Some(&token), None)
         .await
         .expect("slot free again");
-    let mut b = V2Agent::new(ws);
+    let mut b = MockAgent::v2(ws);
     b.hello("premise-01", &["addomain"]).await;
     // Registered tunnels hold no slot: with `_second` still pending, one more attempt fits and
     // the next does not.

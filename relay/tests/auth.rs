@@ -1,125 +1,101 @@
 //! Agent authentication on /tunnel with real keys (RSA, EC P-256, Ed25519) generated here, a
 //! JWKS served from 127.0.0.1:0 and tokens minted here.
-#![allow(clippy::unwrap_used)]
 
-mod support;
-
-use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use nowconnect_relay::{Action, AuditFilter, RelayHandle};
+use jsonwebtoken::{EncodingKey, Header};
+use nowconnect_relay::{Action, AuditFilter, AuditRecord, RelayConfig, RelayHandle};
 use nowconnect_shared::Frame;
+use nowconnect_testkit::http;
+use nowconnect_testkit::idp::{
+    claims, ec_key, ed_key, jwks, mint, now, raw_token, rsa_key, rsa_public_pem, Algorithm, Idp,
+    ISSUER,
+};
+use nowconnect_testkit::io::read_to_close;
+use nowconnect_testkit::log::{Capture, Format};
+use nowconnect_testkit::mock_agent::{refusal, upgrade, MockAgent};
+use nowconnect_testkit::net;
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::wait::{wait_for, Ticker, DEADLINE};
+use nowconnect_testkit::yaml;
 use serde_json::json;
-use support::idp::*;
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
 
 // ---------- helpers ----------
 
-#[derive(Clone)]
-struct LogBuf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+const T: Duration = Duration::from_secs(5);
 
 /// Every log line of this test binary (JSON, debug level), so a test can search it for secrets.
-/// Installed before any relay starts (every test calls it through `jwt_relay`).
-fn logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let w = LogBuf(buf.clone());
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-            .with_writer(move || w.clone())
-            .json()
-            .try_init();
-        buf
-    })
-    .clone()
+/// Installed before any relay starts (every test starts its relay through `relay`).
+fn logs() -> &'static Capture {
+    Capture::global(Format::Json)
 }
 
-fn log_text() -> String {
-    String::from_utf8_lossy(&logs().lock().unwrap()).into_owned()
+/// A relay with listener `ldap` (connector `addomain`) and `extra` config.
+async fn relay(extra: &str) -> RelayHandle {
+    logs();
+    let cfg = RelayConfig::from_yaml_str(&yaml::relay(&[("ldap", "addomain")], extra))
+        .expect("valid relay config");
+    nowconnect_relay::start(cfg).await.expect("relay starts")
+}
+
+fn ldap(relay: &RelayHandle) -> SocketAddr {
+    relay.listener_addr("ldap").expect("listener ldap")
 }
 
 /// A relay that checks tokens against `idp` (issuer required; no cool-down in these tests).
 /// `security` lines are indented by two spaces; `more` adds other sections.
 async fn jwt_relay(jwks_url: &str, security: &str, more: &str) -> RelayHandle {
-    logs();
     let r = relay(&format!(
         "security:\n  jwks_url: {jwks_url}\n  issuer: {ISSUER}\n  auth_failure_limit: 100000\n{security}{more}"
     ))
     .await;
-    eventually("JWKS loaded (/readyz)", || r.is_ready()).await;
+    wait_for("JWKS loaded (/readyz)", DEADLINE, || r.is_ready()).await;
     r
 }
 
+/// Upgrades with `token`, says HELLO and expects HELLO_ACK.
 async fn agent(
     relay: &RelayHandle,
     token: &str,
     agent_id: &str,
     connectors: &[&str],
-) -> V2Agent<TcpStream> {
+) -> MockAgent<TcpStream> {
+    let mut a = hello_only(relay, token, agent_id, connectors).await;
+    assert_eq!(a.recv().await, Frame::HelloAck);
+    a
+}
+
+/// Upgrades with `token` and sends HELLO, without waiting for the answer.
+async fn hello_only(
+    relay: &RelayHandle,
+    token: &str,
+    agent_id: &str,
+    connectors: &[&str],
+) -> MockAgent<TcpStream> {
     let ws = upgrade(relay.tunnel_addr(), Some(token), None)
         .await
         .expect("upgrade accepted");
-    let mut a = V2Agent::new(ws);
-    a.hello(agent_id, connectors).await;
+    let mut a = MockAgent::v2(ws);
+    a.send_hello(agent_id, connectors).await;
     a
 }
 
 /// A client on the `ldap` listener reaches `agent` and bytes flow both ways.
-async fn traffic_flows(relay: &RelayHandle, agent: &mut V2Agent<TcpStream>) {
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+async fn traffic_flows(relay: &RelayHandle, agent: &mut MockAgent<TcpStream>) {
+    let mut client = net::connect(ldap(relay)).await;
     // Frames of this agent's earlier (closed) streams may still be queued: skip to the OPEN.
-    let id = loop {
-        match agent.recv().await {
-            Frame::Open { id, connector, .. } => {
-                assert_eq!(connector, "addomain");
-                break id;
-            }
-            Frame::Fin { .. } | Frame::Rst { .. } | Frame::Window { .. } => continue,
-            other => panic!("expected OPEN, got {other:?}"),
-        }
-    };
-    client.write_all(b"ping").await.unwrap();
-    match agent.recv().await {
-        Frame::Data { id: got, payload } => {
-            assert_eq!(got, id);
-            assert_eq!(&payload[..], b"ping");
-        }
-        other => panic!("expected DATA, got {other:?}"),
-    }
-    agent.send(&data(id, b"pong")).await;
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(T, client.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"pong");
+    let id = agent.next_open("addomain").await;
+    agent.ping_pong(&mut client, id).await;
 }
 
 /// No agent serves the connector: a client is closed without a byte.
 async fn no_stream(relay: &RelayHandle) {
     assert_eq!(relay.agents_for("addomain"), 0, "an agent got registered");
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut client = net::connect(ldap(relay)).await;
     let (bytes, closed) = read_to_close(&mut client, T).await;
     assert!(closed && bytes.is_empty(), "client was not closed at once");
 }
@@ -138,6 +114,18 @@ fn failures(relay: &RelayHandle, reason: &str) -> u64 {
         relay,
         &format!("nowconnect_agent_auth_failures_total{{reason=\"{reason}\"}}"),
     )
+}
+
+/// The newest audit record of `action` (only failures or successes with `success`).
+fn last_audit(relay: &RelayHandle, action: Action, success: Option<bool>) -> AuditRecord {
+    relay
+        .audit_records(&AuditFilter {
+            action: Some(action),
+            success,
+            ..Default::default()
+        })
+        .pop()
+        .unwrap_or_else(|| panic!("no audit record of {action:?}"))
 }
 
 /// The upgrade is refused with `status` and `reason` (metric, audit, WWW-Authenticate), and no
@@ -162,57 +150,10 @@ async fn refused(relay: &RelayHandle, case: &str, token: Option<&str>, status: u
         before + 1,
         "{case}: metric {reason}"
     );
-    let last = relay
-        .audit_records(&AuditFilter {
-            action: Some(Action::TunnelAuth),
-            ..Default::default()
-        })
-        .pop()
-        .unwrap();
+    let last = last_audit(relay, Action::TunnelAuth, None);
     assert!(!last.success, "{case}");
     assert_eq!(last.reason.as_deref(), Some(reason), "{case}: audit reason");
     no_stream(relay).await;
-}
-
-/// Waits for the close frame of a refused HELLO.
-async fn closed_with<S>(agent: &mut V2Agent<S>) -> (CloseCode, String)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use futures_util::StreamExt;
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let msg = tokio::time::timeout_at(deadline, agent.ws.next())
-            .await
-            .expect("close before the deadline");
-        match msg {
-            Some(Ok(Message::Close(Some(f)))) => return (f.code, f.reason.to_string()),
-            Some(Ok(Message::Binary(b))) => {
-                panic!("frame on a refused tunnel: {b:?}")
-            }
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-}
-
-async fn hello_only(
-    relay: &RelayHandle,
-    token: &str,
-    agent_id: &str,
-    connectors: &[&str],
-) -> V2Agent<TcpStream> {
-    let ws = upgrade(relay.tunnel_addr(), Some(token), None)
-        .await
-        .expect("upgrade accepted");
-    let mut a = V2Agent::new(ws);
-    a.send(&Frame::Hello(nowconnect_shared::Hello {
-        agent_id: agent_id.to_owned(),
-        connectors: connectors.iter().map(|s| s.to_string()).collect(),
-        ver: "test".into(),
-    }))
-    .await;
-    a
 }
 
 // ---------- tests ----------
@@ -220,23 +161,19 @@ async fn hello_only(
 #[tokio::test]
 async fn valid_tokens_of_every_key_type_get_hello_ack_and_carry_traffic() {
     let rsa = rsa_key("rsa-1", Algorithm::RS256);
-    let pss = rsa.clone();
-    let pss = Key {
-        alg: Algorithm::PS256,
-        ..pss
-    };
+    let pss = rsa.with_alg(Algorithm::PS256);
     let ec = ec_key("ec-1");
     let ed = ed_key("ed-1");
     let idp = Idp::start(&[&rsa, &ec, &ed]).await;
     let relay = jwt_relay(&idp.url(), "", "").await;
-    assert_eq!(http_get(relay.tunnel_addr(), "/readyz").await.0, 200);
+    assert_eq!(http::get(relay.tunnel_addr(), "/readyz").await.0, 200);
     for (i, key) in [&rsa, &pss, &ec, &ed].into_iter().enumerate() {
         let id = format!("premise-{i}");
         let token = mint(key, &claims(&id));
         let mut a = agent(&relay, &token, &id, &["addomain"]).await;
         traffic_flows(&relay, &mut a).await;
         drop(a);
-        eventually("agent gone", || relay.agents_for("addomain") == 0).await;
+        wait_for("agent gone", DEADLINE, || relay.agents_for("addomain") == 0).await;
     }
     assert_eq!(counter(&relay, "nowconnect_agent_auth_successes_total"), 4);
     let ok = relay.audit_records(&AuditFilter {
@@ -302,7 +239,7 @@ async fn bad_tokens_are_refused_with_status_and_reason_and_open_no_stream() {
         &good,
         &EncodingKey::from_secret(rsa_public_pem().as_bytes()),
     )
-    .unwrap();
+    .expect("HS256 token");
     refused(
         &relay,
         "HS256 with the public key",
@@ -325,7 +262,7 @@ async fn bad_tokens_are_refused_with_status_and_reason_and_open_no_stream() {
     refused(&relay, "wrong aud", Some(&wrong_aud), 401, "wrong_audience").await;
     let no_aud = {
         let mut c = good.clone();
-        c.as_object_mut().unwrap().remove("aud");
+        c.as_object_mut().expect("claims object").remove("aud");
         mint(&ed, &c)
     };
     refused(&relay, "no aud", Some(&no_aud), 401, "missing_claim").await;
@@ -361,10 +298,11 @@ async fn bad_tokens_are_refused_with_status_and_reason_and_open_no_stream() {
     .await;
     let tampered = {
         let t = mint(&ed, &good);
-        let (head, sig) = t.rsplit_once('.').unwrap();
+        let (head, sig) = t.rsplit_once('.').expect("three parts");
         let body = raw_token(&json!({}), &with("agent_id", json!("premise-99")), b"");
-        let payload = body.split('.').nth(1).unwrap();
-        format!("{}.{payload}.{sig}", head.split('.').next().unwrap())
+        let payload = body.split('.').nth(1).expect("payload");
+        let header = head.split('.').next().expect("header");
+        format!("{header}.{payload}.{sig}")
     };
     refused(
         &relay,
@@ -376,7 +314,7 @@ async fn bad_tokens_are_refused_with_status_and_reason_and_open_no_stream() {
     .await;
     let no_agent = {
         let mut c = good.clone();
-        c.as_object_mut().unwrap().remove("agent_id");
+        c.as_object_mut().expect("claims object").remove("agent_id");
         mint(&rsa, &c)
     };
     refused(
@@ -409,21 +347,14 @@ async fn hello_agent_id_mismatch_closes_the_tunnel() {
     let relay = jwt_relay(&idp.url(), "", "").await;
     let token = mint(&ed, &claims("premise-01"));
     let mut a = hello_only(&relay, &token, "premise-02", &["addomain"]).await;
-    let (code, reason) = closed_with(&mut a).await;
+    let (code, reason) = a.closed_with().await;
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("does not match"), "{reason}");
     assert_eq!(failures(&relay, "agent_id_mismatch"), 1);
-    let rec = relay
-        .audit_records(&AuditFilter {
-            action: Some(Action::Hello),
-            success: Some(false),
-            ..Default::default()
-        })
-        .pop()
-        .unwrap();
+    let rec = last_audit(&relay, Action::Hello, Some(false));
     assert_eq!(rec.reason.as_deref(), Some("agent_id_mismatch"));
     assert_eq!(rec.agent_id.as_deref(), Some("premise-01"));
-    assert!(rec.detail.unwrap().contains("premise-02"));
+    assert!(rec.detail.expect("detail").contains("premise-02"));
     no_stream(&relay).await;
 }
 
@@ -445,7 +376,7 @@ async fn connectors_must_be_granted_when_scopes_are_required() {
         grant("scope", json!("openid connector:add")),
     ] {
         let mut a = hello_only(&relay, &token, "premise-01", &["addomain"]).await;
-        let (code, reason) = closed_with(&mut a).await;
+        let (code, reason) = a.closed_with().await;
         assert_eq!(code, CloseCode::Policy);
         assert!(reason.contains("not granted"), "{reason}");
         no_stream(&relay).await;
@@ -454,7 +385,7 @@ async fn connectors_must_be_granted_when_scopes_are_required() {
     // One ungranted connector among granted ones refuses the whole HELLO.
     let token = grant("connectors", json!(["addomain"]));
     let mut a = hello_only(&relay, &token, "premise-01", &["addomain", "db"]).await;
-    assert_eq!(closed_with(&mut a).await.0, CloseCode::Policy);
+    assert_eq!(a.closed_with().await.0, CloseCode::Policy);
     no_stream(&relay).await;
 
     // Granted, in each documented form.
@@ -469,7 +400,7 @@ async fn connectors_must_be_granted_when_scopes_are_required() {
         let mut a = agent(&relay, &token, "premise-01", &["addomain"]).await;
         traffic_flows(&relay, &mut a).await;
         drop(a);
-        eventually("agent gone", || relay.agents_for("addomain") == 0).await;
+        wait_for("agent gone", DEADLINE, || relay.agents_for("addomain") == 0).await;
     }
 }
 
@@ -505,7 +436,7 @@ async fn key_rotation_is_picked_up_without_restart() {
             }
         }
     };
-    let mut b = V2Agent::new(ws);
+    let mut b = MockAgent::v2(ws);
     b.hello("premise-01", &["addomain"]).await;
     traffic_flows(&relay, &mut b).await;
     // The old key is still published: its tokens still work.
@@ -556,7 +487,7 @@ async fn idp_outage_keeps_cached_keys_working_and_the_relay_ready() {
 
     idp.server.stop();
     // Wait until the relay has tried (and failed) to refresh from the stopped IdP.
-    eventually("a failed periodic refresh", || {
+    wait_for("a failed periodic refresh", DEADLINE, || {
         counter(
             &relay,
             "nowconnect_jwks_refreshes_total{trigger=\"periodic\",result=\"error\"}",
@@ -564,11 +495,11 @@ async fn idp_outage_keeps_cached_keys_working_and_the_relay_ready() {
     })
     .await;
     assert!(relay.is_ready());
-    assert_eq!(http_get(relay.tunnel_addr(), "/readyz").await.0, 200);
+    assert_eq!(http::get(relay.tunnel_addr(), "/readyz").await.0, 200);
     // The agent connected before the outage still carries traffic ...
     traffic_flows(&relay, &mut a).await;
     drop(a);
-    eventually("agent gone", || relay.agents_for("addomain") == 0).await;
+    wait_for("agent gone", DEADLINE, || relay.agents_for("addomain") == 0).await;
     // ... and a new agent with a cached key connects.
     let mut b = agent(
         &relay,
@@ -582,14 +513,12 @@ async fn idp_outage_keeps_cached_keys_working_and_the_relay_ready() {
     let ghost = mint(&ec_key("ghost"), &claims("premise-03"));
     let err = upgrade(relay.tunnel_addr(), Some(&ghost), None)
         .await
-        .err()
-        .unwrap();
+        .expect_err("unknown kid refused");
     assert_eq!(refusal(err).0, 401);
 }
 
 #[tokio::test]
 async fn relay_without_keys_is_not_ready_and_answers_503() {
-    logs();
     // An IdP that is down from the start.
     let idp = Idp::start(&[&ec_key("ec-1")]).await;
     let url = idp.url();
@@ -597,12 +526,11 @@ async fn relay_without_keys_is_not_ready_and_answers_503() {
     drop(idp);
     let relay = relay(&format!("security:\n  jwks_url: {url}\n")).await;
     assert!(!relay.is_ready());
-    assert_eq!(http_get(relay.tunnel_addr(), "/readyz").await.0, 503);
+    assert_eq!(http::get(relay.tunnel_addr(), "/readyz").await.0, 503);
     let token = mint(&ec_key("ec-1"), &claims("premise-01"));
     let err = upgrade(relay.tunnel_addr(), Some(&token), None)
         .await
-        .err()
-        .unwrap();
+        .expect_err("no keys: refused");
     let (status, body, _) = refusal(err);
     assert_eq!(status, 503, "{body}");
     assert_eq!(failures(&relay, "jwks_unavailable"), 1);
@@ -638,7 +566,7 @@ async fn forged_kid_storm_costs_at_most_one_jwks_fetch_per_interval() {
         }));
     }
     for t in tasks {
-        assert_eq!(t.await.unwrap(), Some(401));
+        assert_eq!(t.await.expect("attempt task"), Some(401));
     }
     let elapsed = started.elapsed().as_secs();
     let fetches = idp.server.hits() - before;
@@ -651,10 +579,9 @@ async fn forged_kid_storm_costs_at_most_one_jwks_fetch_per_interval() {
 
 #[tokio::test]
 async fn jwks_from_a_local_file() {
-    logs();
     let ed = ed_key("ed-1");
-    let path = std::env::temp_dir().join(format!("nc-jwks-file-{}.json", std::process::id()));
-    std::fs::write(&path, jwks(&[&ed])).unwrap();
+    let dir = TempDir::new("jwks-file");
+    let path = dir.write("jwks.json", &jwks(&[&ed]));
     let relay = jwt_relay(&format!("file://{}", path.display()), "", "").await;
     let mut a = agent(
         &relay,
@@ -664,7 +591,6 @@ async fn jwks_from_a_local_file() {
     )
     .await;
     traffic_flows(&relay, &mut a).await;
-    let _ = std::fs::remove_file(&path);
 }
 
 #[tokio::test]
@@ -682,34 +608,38 @@ async fn newest_tunnel_of_an_agent_id_gets_new_streams() {
         old.try_recv(Duration::from_millis(200)).await.is_none(),
         "old tunnel got an OPEN"
     );
-    let hello = relay
-        .audit_records(&AuditFilter {
-            action: Some(Action::Hello),
-            ..Default::default()
-        })
-        .pop()
-        .unwrap();
-    assert!(hello.detail.unwrap().contains("superseded"));
+    let hello = last_audit(&relay, Action::Hello, None);
+    assert!(hello.detail.expect("detail").contains("superseded"));
 }
 
-#[tokio::test]
+/// The tunnel lives until its token's `exp`, then closes (paused clock: the relay's expiry
+/// timer runs on tokio's clock, so the wait costs no real time).
+#[tokio::test(start_paused = true)]
 async fn tunnel_closes_when_its_token_expires() {
+    let _tick = Ticker::start();
     let ed = ed_key("ed-1");
     let idp = Idp::start(&[&ed]).await;
     let relay = jwt_relay(&idp.url(), "  leeway_sec: 0\n", "").await;
     let mut c = claims("premise-01");
+    // Whole seconds: 1 to 2 s of validity are left when the relay checks the token.
     c["exp"] = json!(now() + 2);
+    let t0 = Instant::now();
     let mut a = agent(&relay, &mint(&ed, &c), "premise-01", &["addomain"]).await;
-    let (code, reason) = closed_with(&mut a).await;
+    let (code, reason) = a.closed_with().await;
+    let lived = t0.elapsed();
     assert_eq!(code, CloseCode::Policy);
     assert_eq!(reason, "token expired");
-    eventually("agent gone", || relay.agents_for("addomain") == 0).await;
+    assert!(
+        lived >= Duration::from_secs(1) && lived <= Duration::from_secs(3),
+        "closed {lived:?} after the upgrade; the token had 1 to 2 s left"
+    );
+    wait_for("agent gone", DEADLINE, || relay.agents_for("addomain") == 0).await;
     let gone = relay.audit_records(&AuditFilter {
         action: Some(Action::AgentDisconnected),
         ..Default::default()
     });
     assert_eq!(
-        gone.last().unwrap().reason.as_deref(),
+        gone.last().expect("a disconnect record").reason.as_deref(),
         Some("token_expired")
     );
 }
@@ -728,13 +658,13 @@ async fn tokens_never_reach_the_logs_but_audit_records_do() {
     let mut a = agent(&relay, &good, "log-agent", &["addomain"]).await;
     traffic_flows(&relay, &mut a).await;
     drop(a);
-    eventually("agent gone", || relay.agents_for("addomain") == 0).await;
+    wait_for("agent gone", DEADLINE, || relay.agents_for("addomain") == 0).await;
 
-    let text = log_text();
+    let text = logs().text();
     for token in [&expired, &good] {
-        let sig = token.rsplit('.').next().unwrap();
+        let sig = token.rsplit('.').next().expect("signature");
         assert!(!text.contains(sig), "a token signature was logged");
-        let payload = token.split('.').nth(1).unwrap();
+        let payload = token.split('.').nth(1).expect("payload");
         assert!(!text.contains(payload), "a token payload was logged");
     }
     assert!(

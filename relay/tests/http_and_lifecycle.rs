@@ -1,24 +1,52 @@
-//! Health, readiness, metrics, auth refusal, TLS, shutdown, and the binary's exit codes.
-#![allow(clippy::unwrap_used)]
+//! Health, readiness, metrics, auth refusal, TLS, shutdown, prebound listeners, and the
+//! binary's exit codes.
 
-mod support;
-
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use nowconnect_relay::{start, RelayConfig, StartError};
+use nowconnect_relay::{start, start_with, Prebound, RelayConfig, RelayHandle, StartError};
 use nowconnect_shared::{Frame, RstCode};
-use support::*;
-use tokio::io::AsyncWriteExt;
+use nowconnect_testkit::http::get as http_get;
+use nowconnect_testkit::io::read_to_close;
+use nowconnect_testkit::log;
+use nowconnect_testkit::mock_agent::{self, data, v2_agent, MockAgent, OFFER_BOTH};
+use nowconnect_testkit::net;
+use nowconnect_testkit::pki::{self, Ca};
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::wait::{wait_for, within, Ticker, DEADLINE};
+use nowconnect_testkit::yaml::{self, DEV};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(5);
+
+fn yaml(extra: &str) -> String {
+    yaml::relay(&[("ldap", "addomain")], extra)
+}
+
+/// A relay with listener `ldap` (connector `addomain`) and `extra` config.
+async fn relay(extra: &str) -> RelayHandle {
+    log::init();
+    let cfg = RelayConfig::from_yaml_str(&yaml(extra)).expect("valid relay config");
+    start(cfg).await.expect("relay starts")
+}
+
+fn ldap(relay: &RelayHandle) -> SocketAddr {
+    relay.listener_addr("ldap").expect("listener ldap")
+}
+
+/// A client on the `ldap` listener.
+async fn client(relay: &RelayHandle) -> TcpStream {
+    net::connect(ldap(relay)).await
+}
 
 #[tokio::test]
 async fn health_ready_metrics() {
-    let relay = dev_relay().await;
+    let relay = relay(DEV).await;
     assert_eq!(http_get(relay.tunnel_addr(), "/healthz").await.0, 200);
     assert_eq!(http_get(relay.tunnel_addr(), "/readyz").await.0, 200);
     let (status, body) = http_get(relay.tunnel_addr(), "/metrics").await;
@@ -52,7 +80,7 @@ async fn separate_metrics_port_has_no_tunnel() {
 #[tokio::test]
 async fn upgrade_without_dev_bypass_is_401() {
     let relay = relay("").await;
-    let err = ws_connect(relay.tunnel_addr(), Some("nowconnect.v2"))
+    let err = mock_agent::connect(relay.tunnel_addr(), Some("nowconnect.v2"))
         .await
         .expect_err("refused");
     match err {
@@ -74,8 +102,8 @@ async fn upgrade_without_dev_bypass_is_401() {
 
 #[tokio::test]
 async fn unknown_subprotocol_is_refused() {
-    let relay = dev_relay().await;
-    let err = ws_connect(relay.tunnel_addr(), Some("chat"))
+    let relay = relay(DEV).await;
+    let err = mock_agent::connect(relay.tunnel_addr(), Some("chat"))
         .await
         .expect_err("refused");
     assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 400));
@@ -114,25 +142,40 @@ async fn config_errors_name_every_key() {
 
 #[tokio::test]
 async fn graceful_shutdown_waits_for_streams_and_readyz_says_503() {
-    let relay = dev_relay().await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let listener = relay.listener_addr("ldap").unwrap();
-    let _client = TcpStream::connect(listener).await.unwrap();
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let listener = ldap(&relay);
+    let mut client = client(&relay).await;
     let id = agent.expect_open("addomain").await;
 
     relay.shutdown();
     assert_eq!(http_get(relay.tunnel_addr(), "/readyz").await.0, 503);
     // New clients are no longer accepted.
-    eventually("listener closed", || {
+    wait_for("listener closed", DEADLINE, || {
         std::net::TcpStream::connect_timeout(&listener, Duration::from_millis(200)).is_err()
     })
     .await;
-    // The open stream still works during the grace period.
+    // The open stream still works during the grace period, both ways.
     agent.send(&data(id, b"still here")).await;
-    assert!(matches!(
-        agent.try_recv(Duration::from_millis(50)).await,
-        None | Some(Frame::Window { .. })
-    ));
+    let mut buf = [0u8; 10];
+    within(
+        "a2c during the grace period",
+        T,
+        client.read_exact(&mut buf),
+    )
+    .await
+    .expect("client read");
+    assert_eq!(&buf, b"still here");
+    client.write_all(b"me too").await.expect("client write");
+    loop {
+        match agent.recv().await {
+            Frame::Window { id: i, .. } if i == id => continue,
+            other => {
+                assert_eq!(other, data(id, b"me too"), "c2a during the grace period");
+                break;
+            }
+        }
+    }
     agent
         .send(&Frame::Rst {
             id,
@@ -140,34 +183,53 @@ async fn graceful_shutdown_waits_for_streams_and_readyz_says_503() {
             reason: "done".into(),
         })
         .await;
-    tokio::time::timeout(T, relay.wait())
-        .await
-        .expect("stopped once the last stream ended");
+    within(
+        "the relay to stop once the last stream ended",
+        T,
+        relay.wait(),
+    )
+    .await;
 }
 
-#[tokio::test]
+/// Streams still open when `shutdown_grace_ms` is over are closed; the relay stops then, not
+/// before (paused clock: the grace period passes in no real time).
+#[tokio::test(start_paused = true)]
 async fn grace_period_ends_streams() {
-    let relay = relay(&format!("{DEV}limits:\n  shutdown_grace_ms: 200\n")).await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let _tick = Ticker::start();
+    let grace = Duration::from_secs(20);
+    let relay = relay(&format!(
+        "{DEV}limits:\n  shutdown_grace_ms: {}\n",
+        grace.as_millis()
+    ))
+    .await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
     agent.expect_open("addomain").await;
+    let t0 = Instant::now();
     relay.shutdown();
-    tokio::time::timeout(T, relay.wait())
-        .await
-        .expect("stopped after grace");
+    within(
+        "the relay to stop after the grace period",
+        grace * 2,
+        relay.wait(),
+    )
+    .await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= grace && waited < grace + Duration::from_secs(1),
+        "stopped after {waited:?}, grace is {grace:?}"
+    );
     let (_, closed) = read_to_close(&mut client, T).await;
-    assert!(closed);
+    assert!(
+        closed,
+        "the open stream was closed at the end of the grace period"
+    );
 }
 
 #[tokio::test]
 async fn dropping_the_handle_stops_everything() {
-    let relay = dev_relay().await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
     agent.expect_open("addomain").await;
     drop(relay);
     let (_, closed) = read_to_close(&mut client, Duration::from_secs(1)).await;
@@ -177,13 +239,9 @@ async fn dropping_the_handle_stops_everything() {
 
 #[tokio::test]
 async fn tls_tunnel() {
-    let dir = std::env::temp_dir().join(format!("nc-relay-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let dir = TempDir::new("relay-tls");
+    let ca = Ca::new("Relay Test CA");
+    let (cert, key) = ca.issue(&["localhost"]).write(dir.path(), "relay");
     let relay = relay(&format!(
         "  tls:\n    cert_file: {}\n    key_file: {}\n{DEV}",
         cert.display(),
@@ -191,40 +249,70 @@ async fn tls_tunnel() {
     ))
     .await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = TcpStream::connect(relay.tunnel_addr()).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect("localhost".try_into().unwrap(), tcp)
+    let tcp = TcpStream::connect(relay.tunnel_addr())
         .await
-        .unwrap();
-    let mut req = format!("wss://localhost:{}/tunnel", relay.tunnel_addr().port())
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("nowconnect.v2, nowconnect.v1"),
-    );
-    let (ws, _) = tokio_tungstenite::client_async(req, tls).await.unwrap();
-    let mut agent = V2Agent::new(ws);
+        .expect("connect /tunnel");
+    let tls = ca
+        .connector()
+        .connect(pki::server_name("localhost"), tcp)
+        .await
+        .expect("TLS to the relay");
+    let url = format!("wss://localhost:{}/tunnel", relay.tunnel_addr().port());
+    let (ws, _) = mock_agent::handshake(tls, &url, Some(OFFER_BOTH), None)
+        .await
+        .expect("upgrade over TLS");
+    let mut agent = MockAgent::v2(ws);
     agent.hello("tls-agent", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut client = client(&relay).await;
     let id = agent.expect_open("addomain").await;
-    client.write_all(b"over tls").await.unwrap();
+    client.write_all(b"over tls").await.expect("client write");
     assert_eq!(agent.recv().await, data(id, b"over tls"));
     // A plain-text request on the TLS port gets nothing useful.
-    let plain = ws_connect(relay.tunnel_addr(), Some("nowconnect.v2")).await;
+    let plain = mock_agent::connect(relay.tunnel_addr(), Some("nowconnect.v2")).await;
     assert!(plain.is_err());
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Listeners the test bound itself are served as they are: no re-bind, the same ports.
+#[tokio::test]
+async fn prebound_listeners_are_served_and_unknown_names_refused() {
+    log::init();
+    let tunnel = net::bind().await;
+    let ldap_l = net::bind().await;
+    let (tunnel_addr, ldap_addr) = (net::addr(&tunnel), net::addr(&ldap_l));
+    let cfg = RelayConfig::from_yaml_str(&yaml(DEV)).expect("valid relay config");
+    let relay = start_with(
+        cfg,
+        None,
+        Prebound {
+            tunnel: Some(tunnel),
+            listeners: HashMap::from([("ldap".to_owned(), ldap_l)]),
+        },
+    )
+    .await
+    .expect("relay starts on prebound listeners");
+    assert_eq!(relay.tunnel_addr(), tunnel_addr);
+    assert_eq!(relay.listener_addr("ldap"), Some(ldap_addr));
+    let mut agent = v2_agent(tunnel_addr, "a", &["addomain"]).await;
+    let mut c = TcpStream::connect(ldap_addr).await.expect("connect");
+    let id = agent.expect_open("addomain").await;
+    agent.ping_pong(&mut c, id).await;
+
+    let cfg = RelayConfig::from_yaml_str(&yaml(DEV)).expect("valid relay config");
+    let err = start_with(
+        cfg,
+        None,
+        Prebound {
+            tunnel: None,
+            listeners: HashMap::from([("nope".to_owned(), net::bind().await)]),
+        },
+    )
+    .await
+    .map(|_| ())
+    .expect_err("an unknown listener name is refused");
+    assert!(
+        matches!(&err, StartError::Config(m) if m.contains("`nope`")),
+        "{err}"
+    );
 }
 
 fn bin() -> Command {
@@ -233,16 +321,14 @@ fn bin() -> Command {
 
 #[test]
 fn binary_exits_2_on_bad_config() {
-    let dir = std::env::temp_dir().join(format!("nc-relay-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cloud.yaml");
-    std::fs::write(&path, "listeners:\n  - name: x\n    bind: nope\n").unwrap();
+    let dir = TempDir::new("relay-bad");
+    let path = dir.write("cloud.yaml", "listeners:\n  - name: x\n    bind: nope\n");
     let out = bin()
         .arg("--config")
         .arg(&path)
         .env_remove("NOWCONNECT_DEV_BYPASS")
         .output()
-        .unwrap();
+        .expect("run the relay");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("listeners[0].bind"), "{stderr}");
@@ -252,31 +338,27 @@ fn binary_exits_2_on_bad_config() {
     let out = bin()
         .env("NC_CONFIG", dir.join("missing.yaml"))
         .output()
-        .unwrap();
+        .expect("run the relay");
     assert_eq!(out.status.code(), Some(2));
 
     // tokio would panic on this; the relay names the variable instead.
-    let good = dir.join("good.yaml");
-    std::fs::write(&good, yaml(DEV)).unwrap();
+    let good = dir.write("good.yaml", &yaml(DEV));
     let out = bin()
         .arg("--config")
         .arg(&good)
         .env("TOKIO_WORKER_THREADS", "two")
         .output()
-        .unwrap();
+        .expect("run the relay");
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TOKIO_WORKER_THREADS"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn binary_exits_0_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("nc-relay-term-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cloud.yaml");
-    std::fs::write(&path, yaml(DEV)).unwrap();
+    let dir = TempDir::new("relay-term");
+    let path = dir.write("cloud.yaml", &yaml(DEV));
     let mut child = bin()
         .arg("--config")
         .arg(&path)
@@ -284,12 +366,15 @@ fn binary_exits_0_on_sigterm() {
         .env_remove("NC_LOG_FORMAT")
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
+        .expect("spawn the relay");
+    let stderr = child.stderr.take().expect("piped stderr");
     let mut lines = BufReader::new(stderr).lines();
     // Start-up is done once the HTTP server logs that it listens.
     loop {
-        let line = lines.next().expect("relay exited early").unwrap();
+        let line = lines
+            .next()
+            .expect("relay exited early")
+            .expect("stderr line");
         if line.contains("relay HTTP server listening") {
             break;
         }
@@ -297,24 +382,23 @@ fn binary_exits_0_on_sigterm() {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
-        .unwrap();
+        .expect("run kill");
     assert!(status.success());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.try_wait().expect("poll the relay") {
             break s.code();
         }
         assert!(std::time::Instant::now() < deadline, "relay did not exit");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(code, Some(0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
 async fn tunnel_allow_cidrs_refuses_other_sources() {
     let relay = relay(&format!("{DEV}  tunnel_allow_cidrs: [10.0.0.0/8]\n")).await;
-    let err = ws_connect(relay.tunnel_addr(), Some("nowconnect.v2"))
+    let err = mock_agent::connect(relay.tunnel_addr(), Some("nowconnect.v2"))
         .await
         .expect_err("refused");
     assert!(matches!(err, tokio_tungstenite::tungstenite::Error::Http(r) if r.status() == 403));
@@ -327,10 +411,8 @@ async fn tunnel_allow_cidrs_refuses_other_sources() {
 async fn global_allow_cidrs_fence_every_listener() {
     // security.allow_cidrs applies to listener clients (not to agents on /tunnel).
     let relay = relay(&format!("{DEV}  allow_cidrs: [10.0.0.0/8]\n")).await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
     let (_, closed) = read_to_close(&mut client, T).await;
     assert!(closed);
     assert!(
@@ -356,13 +438,11 @@ async fn listener_allow_cidrs_closes_other_clients() {
         "connector: addomain\n",
         "connector: addomain\n    allow_cidrs: [10.0.0.0/8]\n",
     );
-    let relay = start(RelayConfig::from_yaml_str(&yaml).unwrap())
+    let relay = start(RelayConfig::from_yaml_str(&yaml).expect("valid relay config"))
         .await
-        .unwrap();
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+        .expect("relay starts");
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
     let (_, closed) = read_to_close(&mut client, Duration::from_secs(1)).await;
     assert!(closed);
     assert!(

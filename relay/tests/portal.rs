@@ -1,72 +1,88 @@
 //! The portal API (`/api/v1`) against a relay with JWT agents: keys made here, the JWKS served
 //! from 127.0.0.1:0, portal and agent tokens minted here, raw v2 agents, state in a temp dir.
-#![allow(clippy::unwrap_used)]
 
-mod support;
-
+use std::path::Path;
 use std::time::Duration;
 
+use nowconnect_relay::{RelayConfig, RelayHandle};
 use nowconnect_shared::{Frame, RstCode};
+use nowconnect_testkit::http::{request as api, Response};
+use nowconnect_testkit::idp::{
+    admin_token, agent_token, claims, ec_key, mint, now, portal_claims, Idp, Key,
+};
+use nowconnect_testkit::io::read_to_close;
+use nowconnect_testkit::log;
+use nowconnect_testkit::mock_agent::{refusal, upgrade, MockAgent};
+use nowconnect_testkit::net;
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::wait::{wait_for, DEADLINE};
+use nowconnect_testkit::yaml;
 use serde_json::{json, Value};
-use support::idp::*;
-use support::portal::*;
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+const T: Duration = Duration::from_secs(5);
+
+/// A relay with JWT agents from `idp`, listeners `ldap` and `pg`, state in `state_dir`; ready
+/// (keys loaded).
+async fn portal_relay(idp: &Idp, state_dir: &Path, extra: &str) -> RelayHandle {
+    log::init();
+    let yaml = yaml::portal_relay(&idp.url(), state_dir, extra);
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid relay config");
+    let r = nowconnect_relay::start(cfg).await.expect("relay starts");
+    wait_for("JWKS loaded (/readyz)", DEADLINE, || r.is_ready()).await;
+    r
+}
 
 /// An agent with a valid token for `agent_id`, serving `connectors`.
 async fn agent(
-    relay: &nowconnect_relay::RelayHandle,
+    relay: &RelayHandle,
     key: &Key,
     agent_id: &str,
     connectors: &[&str],
-) -> V2Agent<TcpStream> {
+) -> MockAgent<TcpStream> {
     let ws = upgrade(relay.tunnel_addr(), Some(&agent_token(key, agent_id)), None)
         .await
         .expect("upgrade accepted");
-    let mut a = V2Agent::new(ws);
+    let mut a = MockAgent::v2(ws);
     a.hello(agent_id, connectors).await;
     a
 }
 
 /// A client on `listener` relayed to `agent`, one round trip done; returns (client, stream id).
 async fn session(
-    relay: &nowconnect_relay::RelayHandle,
-    agent: &mut V2Agent<TcpStream>,
+    relay: &RelayHandle,
+    agent: &mut MockAgent<TcpStream>,
     listener: &str,
+    connector: &str,
 ) -> (TcpStream, u32) {
-    let mut client = TcpStream::connect(relay.listener_addr(listener).unwrap())
-        .await
-        .unwrap();
+    let addr = relay
+        .listener_addr(listener)
+        .unwrap_or_else(|| panic!("listener {listener}"));
+    let mut client = net::connect(addr).await;
     let id = loop {
         match agent.recv().await {
-            Frame::Open { id, .. } => break id,
+            Frame::Open {
+                id, connector: c, ..
+            } => {
+                assert_eq!(c, connector);
+                break id;
+            }
             Frame::Window { .. } => continue,
             other => panic!("expected OPEN, got {other:?}"),
         }
     };
-    client.write_all(b"ping").await.unwrap();
-    match agent.recv().await {
-        Frame::Data { id: got, payload } => assert_eq!((got, &payload[..]), (id, &b"ping"[..])),
-        other => panic!("expected DATA, got {other:?}"),
-    }
-    agent.send(&data(id, b"pong")).await;
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(T, client.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
+    agent.ping_pong(&mut client, id).await;
     (client, id)
 }
 
 fn agent_ids(rows: &[Value]) -> Vec<&str> {
     rows.iter()
-        .map(|r| r["agent_id"].as_str().unwrap())
+        .map(|r| r["agent_id"].as_str().expect("agent_id is a string"))
         .collect()
 }
 
-async fn audit(relay: &nowconnect_relay::RelayHandle, token: &str, query: &str) -> Vec<Value> {
-    let r = api(
+async fn audit(relay: &RelayHandle, token: &str, query: &str) -> Vec<Value> {
+    let r: Response = api(
         relay.portal_addr(),
         "GET",
         &format!("/api/v1/audit{query}"),
@@ -83,11 +99,11 @@ async fn mfa_policy_refuses_password_only_tokens_until_an_admin_turns_it_off() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("mfa");
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let addr = relay.portal_addr();
     assert_eq!(addr, relay.tunnel_addr(), "same port by default");
     let mut a = agent(&relay, &key, "agent-a", &["addomain"]).await;
-    let (_client, _) = session(&relay, &mut a, "ldap").await;
+    let (_client, _) = session(&relay, &mut a, "ldap", "addomain").await;
 
     let mfa = admin_token(&key, &["pwd", "otp"]);
     let pwd = admin_token(&key, &["pwd"]);
@@ -100,10 +116,10 @@ async fn mfa_policy_refuses_password_only_tokens_until_an_admin_turns_it_off() {
     assert_eq!(row["connectors"], json!(["addomain"]));
     assert_eq!(row["protocol_version"], "nowconnect.v2");
     assert_eq!(row["active_streams"], 1);
-    assert!(row["bytes_c2a"].as_u64().unwrap() >= 4, "{row}");
+    assert!(row["bytes_c2a"].as_u64().expect("a number") >= 4, "{row}");
     assert!(row["remote_addr"]
         .as_str()
-        .unwrap()
+        .expect("a string")
         .starts_with("127.0.0.1:"));
     let sessions = api(addr, "GET", "/api/v1/sessions", Some(&mfa), None).await;
     assert_eq!(sessions.array().len(), 1, "{}", sessions.body);
@@ -123,7 +139,7 @@ async fn mfa_policy_refuses_password_only_tokens_until_an_admin_turns_it_off() {
     let refused = api(addr, "GET", "/api/v1/agents", Some(&pwd), None).await;
     assert_eq!(refused.status, 403, "{}", refused.body);
     assert_eq!(refused.body["error"], "mfa_required");
-    let why = refused.body["reason"].as_str().unwrap();
+    let why = refused.body["reason"].as_str().expect("a string");
     assert!(
         why.contains("password-only") && why.contains("pol-mfa-required"),
         "{why}"
@@ -135,10 +151,10 @@ async fn mfa_policy_refuses_password_only_tokens_until_an_admin_turns_it_off() {
     for token in [None, Some("not.a.jwt")] {
         let r = api(addr, "GET", "/api/v1/agents", token, None).await;
         assert_eq!(r.status, 401);
-        let www = r.header("www-authenticate").unwrap();
+        let www = r.header("www-authenticate").expect("WWW-Authenticate");
         assert!(www.starts_with("Bearer error=\"invalid_token\""), "{www}");
         assert_eq!(r.body["error"], "invalid_token");
-        assert!(r.body["reason"].as_str().unwrap().len() < 80);
+        assert!(r.body["reason"].as_str().expect("a string").len() < 80);
     }
     // An agent token (wrong audience) is no portal token.
     let r = api(
@@ -152,7 +168,7 @@ async fn mfa_policy_refuses_password_only_tokens_until_an_admin_turns_it_off() {
     assert_eq!(r.status, 401);
     assert!(r.body["reason"]
         .as_str()
-        .unwrap()
+        .expect("a string")
         .contains("wrong_audience"));
     // A valid portal token without the role or an agent_id: 403.
     let nobody = mint(
@@ -212,7 +228,7 @@ async fn mfa_policy_refuses_password_only_tokens_until_an_admin_turns_it_off() {
     // Restart on the same state_dir: still off, and the toggle is still in the trail.
     drop(a);
     drop(relay);
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let addr = relay.portal_addr();
     let r = api(
         addr,
@@ -280,12 +296,12 @@ async fn scoped_token_sees_only_its_agent() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("scope");
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let addr = relay.portal_addr();
     let mut a = agent(&relay, &key, "agent-a", &["addomain"]).await;
     let mut b = agent(&relay, &key, "agent-b", &["db"]).await;
-    let (_ca, _) = session(&relay, &mut a, "ldap").await;
-    let (_cb, _) = session(&relay, &mut b, "pg").await;
+    let (_ca, _) = session(&relay, &mut a, "ldap", "addomain").await;
+    let (_cb, _) = session(&relay, &mut b, "pg", "db").await;
 
     let admin = admin_token(&key, &["pwd", "hwk"]);
     let all = api(addr, "GET", "/api/v1/sessions", Some(&admin), None).await;
@@ -351,11 +367,14 @@ async fn scoped_token_sees_only_its_agent() {
     let admin_rows = audit(&relay, &admin, "?agent_id=agent-b").await;
     assert!(!admin_rows.is_empty());
     // Newest first.
-    let ids: Vec<u64> = rows.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = rows
+        .iter()
+        .map(|r| r["id"].as_u64().expect("a number"))
+        .collect();
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "{ids:?}");
 
     // Read-only: no changes, no other lists.
-    let cid = all.array()[0]["cid"].as_str().unwrap().to_owned();
+    let cid = all.array()[0]["cid"].as_str().expect("a string").to_owned();
     for (method, path, body) in [
         (
             "PATCH",
@@ -386,11 +405,11 @@ async fn deleting_a_session_resets_the_agent_stream_and_closes_the_client_within
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("session");
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let addr = relay.portal_addr();
     let mut a = agent(&relay, &key, "agent-a", &["addomain"]).await;
-    let (mut client, id) = session(&relay, &mut a, "ldap").await;
-    let (_other, other_id) = session(&relay, &mut a, "ldap").await;
+    let (mut client, id) = session(&relay, &mut a, "ldap", "addomain").await;
+    let (_other, other_id) = session(&relay, &mut a, "ldap", "addomain").await;
     let admin = admin_token(&key, &["otp"]);
 
     let sessions = api(addr, "GET", "/api/v1/sessions", Some(&admin), None).await;
@@ -398,12 +417,15 @@ async fn deleting_a_session_resets_the_agent_stream_and_closes_the_client_within
         .array()
         .iter()
         .find(|s| s["stream_id"] == id)
-        .unwrap()
+        .expect("the session is listed")
         .clone();
     assert_eq!(row["connector"], "addomain");
     assert_eq!(row["agent_id"], "agent-a");
-    assert_eq!(row["client_addr"], client.local_addr().unwrap().to_string());
-    let cid = row["cid"].as_str().unwrap();
+    assert_eq!(
+        row["client_addr"],
+        client.local_addr().expect("local address").to_string()
+    );
+    let cid = row["cid"].as_str().expect("a string");
 
     let started = tokio::time::Instant::now();
     let r = api(
@@ -467,7 +489,7 @@ async fn deleting_a_session_resets_the_agent_stream_and_closes_the_client_within
         reason: String::new(),
     })
     .await;
-    eventually("agent-side overflow counted", || {
+    wait_for("agent-side overflow counted", DEADLINE, || {
         relay
             .metrics_text()
             .contains("nowconnect_queue_overflow_total{side=\"agent\",connector=\"addomain\"} 1")
@@ -480,7 +502,7 @@ async fn blocked_agent_is_dropped_and_refused_until_unblocked() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("block");
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let addr = relay.portal_addr();
     let mut a = agent(&relay, &key, "agent-a", &["addomain"]).await;
     let admin = admin_token(&key, &["pwd", "otp"]);
@@ -498,7 +520,10 @@ async fn blocked_agent_is_dropped_and_refused_until_unblocked() {
     assert_eq!(r.body["blocked"], true);
     // The tunnel is dropped: the agent gets a close frame, the connector has no agent.
     assert_eq!(a.try_recv(T).await, None, "tunnel closed");
-    eventually("agent unregistered", || relay.agents_for("addomain") == 0).await;
+    wait_for("agent unregistered", DEADLINE, || {
+        relay.agents_for("addomain") == 0
+    })
+    .await;
 
     // Reconnects are refused (and audited) until unblocked, across a restart too.
     let refused = |relay: &nowconnect_relay::RelayHandle| {
@@ -535,7 +560,7 @@ async fn blocked_agent_is_dropped_and_refused_until_unblocked() {
     );
     // Not a credential failure: no cool-down for the source.
     drop(relay);
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let addr = relay.portal_addr();
     refused(&relay).await;
 
@@ -580,7 +605,7 @@ async fn refused_agent_tokens_are_in_the_audit_trail_after_a_restart() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("audit");
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let admin = admin_token(&key, &["mfa"]);
 
     let mut expired = claims("agent-x");
@@ -599,8 +624,11 @@ async fn refused_agent_tokens_are_in_the_audit_trail_after_a_restart() {
             .find(|r| r["action"] == "tunnel_auth")
             .unwrap_or_else(|| panic!("no refused tunnel_auth in {rows:?}"));
         assert_eq!(rec["reason"], "expired");
-        assert!(rec["source"].as_str().unwrap().starts_with("127.0.0.1:"));
-        assert!(rec["time"].as_str().unwrap().ends_with('Z'));
+        assert!(rec["source"]
+            .as_str()
+            .expect("a string")
+            .starts_with("127.0.0.1:"));
+        assert!(rec["time"].as_str().expect("a string").ends_with('Z'));
         rec["id"].clone()
     };
     let id = check(audit(&relay, &admin, "?success=false").await);
@@ -633,14 +661,14 @@ async fn refused_agent_tokens_are_in_the_audit_trail_after_a_restart() {
     }
     // Never a token in the file.
     drop(relay);
-    let file = std::fs::read_to_string(dir.0.join("audit.jsonl")).unwrap();
+    let file = std::fs::read_to_string(dir.join("audit.jsonl")).expect("audit.jsonl");
     assert!(!file.contains(&token) && !file.contains(&admin));
     assert!(
         !file.contains(&token[..20]),
         "token prefix in the audit file"
     );
 
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     assert_eq!(check(audit(&relay, &admin, "?success=false").await), id);
 }
 
@@ -649,7 +677,7 @@ async fn separate_portal_bind_keeps_the_api_off_the_tunnel_port() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("bind");
-    let relay = portal_relay(&idp, &dir.0, "portal:\n  bind: 127.0.0.1:0\n").await;
+    let relay = portal_relay(&idp, dir.path(), "portal:\n  bind: 127.0.0.1:0\n").await;
     assert_ne!(relay.portal_addr(), relay.tunnel_addr());
     let admin = admin_token(&key, &["otp"]);
     let r = api(

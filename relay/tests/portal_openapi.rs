@@ -4,25 +4,39 @@
 //!
 //! Without the `schemathesis` command the fuzz test is skipped locally and fails under CI=true
 //! (scripts/install-deps.sh installs it).
-#![allow(clippy::unwrap_used)]
 
-mod support;
-
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::idp::*;
-use support::portal::*;
-use support::*;
+use nowconnect_relay::{RelayConfig, RelayHandle};
+use nowconnect_testkit::http::request as api;
+use nowconnect_testkit::idp::{admin_token, agent_token, ec_key, Idp};
+use nowconnect_testkit::log;
+use nowconnect_testkit::mock_agent::{upgrade, MockAgent};
+use nowconnect_testkit::net;
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::wait::{wait_for, DEADLINE};
+use nowconnect_testkit::yaml;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+
+/// A relay with JWT agents from `idp`, listeners `ldap` and `pg`, state in `state_dir`; ready
+/// (keys loaded).
+async fn portal_relay(idp: &Idp, state_dir: &Path, extra: &str) -> RelayHandle {
+    log::init();
+    let yaml = yaml::portal_relay(&idp.url(), state_dir, extra);
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid relay config");
+    let r = nowconnect_relay::start(cfg).await.expect("relay starts");
+    wait_for("JWKS loaded (/readyz)", DEADLINE, || r.is_ready()).await;
+    r
+}
 
 #[tokio::test]
 async fn openapi_document_validates_and_matches_the_routes() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("oas");
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     // Served without a token.
     let r = api(
         relay.portal_addr(),
@@ -59,7 +73,7 @@ async fn openapi_document_validates_and_matches_the_routes() {
         ]
     );
     for (path, method, op) in &ops {
-        let codes: Vec<&String> = op.responses.as_ref().unwrap().keys().collect();
+        let codes: Vec<&String> = op.responses.as_ref().expect("responses").keys().collect();
         for code in ["200", "400", "401", "403", "503"] {
             assert!(
                 codes.iter().any(|c| *c == code),
@@ -80,10 +94,12 @@ async fn openapi_document_validates_and_matches_the_routes() {
         doc.pointer("/components/securitySchemes/bearer/scheme"),
         Some(&serde_json::json!("bearer"))
     );
-    let action = doc.pointer("/components/schemas/Action/enum").unwrap();
+    let action = doc
+        .pointer("/components/schemas/Action/enum")
+        .expect("the Action enum");
     assert!(action
         .as_array()
-        .unwrap()
+        .expect("an array")
         .contains(&serde_json::json!("policy_toggled")));
 }
 
@@ -127,7 +143,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("fuzz");
-    let relay = portal_relay(&idp, &dir.0, "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     // Something to list: an agent, a live session, a refused token in the trail.
     let ws = upgrade(
         relay.tunnel_addr(),
@@ -135,20 +151,18 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
         None,
     )
     .await
-    .unwrap();
-    let mut agent = V2Agent::new(ws);
+    .expect("upgrade accepted");
+    let mut agent = MockAgent::v2(ws);
     agent.hello("agent-a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut client = net::connect(relay.listener_addr("ldap").expect("listener ldap")).await;
     agent.expect_open("addomain").await;
-    client.write_all(b"hello").await.unwrap();
+    client.write_all(b"hello").await.expect("client write");
     let _ = upgrade(relay.tunnel_addr(), Some("garbage"), None).await;
 
     let admin = admin_token(&key, &["pwd", "otp"]);
     let url = format!("http://{}/api/v1/openapi.json", relay.portal_addr());
     let seed = std::env::var("NC_SCHEMATHESIS_SEED").unwrap_or_else(|_| "20250131".into());
-    let report = dir.0.join("junit.xml");
+    let report = dir.join("junit.xml");
     let child = tokio::process::Command::new(cmd)
         .arg("run")
         .arg(&url)
@@ -162,7 +176,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
         .arg(&report)
         .env("NO_COLOR", "1")
         .env("SCHEMATHESIS_HOOKS", "")
-        .current_dir(&dir.0)
+        .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -172,7 +186,7 @@ async fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
     let out = tokio::time::timeout(Duration::from_secs(150), child.wait_with_output())
         .await
         .expect("schemathesis finished within 150 s")
-        .unwrap();
+        .expect("schemathesis output");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The token is sanitized in schemathesis' output, but never print it ourselves.

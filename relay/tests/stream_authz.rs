@@ -1,24 +1,41 @@
 //! Per-stream authorization: the AuthZEN PDP on every OPEN (allow, deny, timeout, fail_open,
 //! cache), listener CIDR allowlists, and the cap on streams per agent.
-#![allow(clippy::unwrap_used)]
 
-mod support;
-
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nowconnect_relay::{Action, AuditFilter, RelayConfig, RelayHandle};
+use nowconnect_relay::{Action, AuditFilter, AuditRecord, RelayConfig, RelayHandle};
 use nowconnect_shared::Frame;
-use support::idp::{connect_from, Reply, TestServer};
-use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nowconnect_testkit::http::{Reply, TestServer};
+use nowconnect_testkit::io::read_to_close;
+use nowconnect_testkit::log;
+use nowconnect_testkit::mock_agent::{v2_agent, MockAgent};
+use nowconnect_testkit::net::{self, connect_from};
+use nowconnect_testkit::wait::{wait_for, DEADLINE};
+use nowconnect_testkit::yaml::{self, DEV};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-const OTHER: &str = "127.0.0.2";
+const T: Duration = Duration::from_secs(5);
 
 fn other() -> IpAddr {
-    OTHER.parse().unwrap()
+    net::other_loopback()
+}
+
+fn yaml(extra: &str) -> String {
+    yaml::relay(&[("ldap", "addomain")], extra)
+}
+
+/// A relay with listener `ldap` (connector `addomain`) and `extra` config.
+async fn relay(extra: &str) -> RelayHandle {
+    log::init();
+    let cfg = RelayConfig::from_yaml_str(&yaml(extra)).expect("valid relay config");
+    nowconnect_relay::start(cfg).await.expect("relay starts")
+}
+
+fn ldap(relay: &RelayHandle) -> SocketAddr {
+    relay.listener_addr("ldap").expect("listener ldap")
 }
 
 /// A PDP whose answer the test changes at run time.
@@ -35,14 +52,14 @@ impl Pdp {
         let r = reply.clone();
         let server = TestServer::start(move |method, path, _| {
             assert_eq!((method, path), ("POST", "/access/v1/evaluation"));
-            r.lock().unwrap().clone()
+            r.lock().expect("reply").clone()
         })
         .await;
         Pdp { server, reply }
     }
 
     fn set(&self, reply: Reply) {
-        *self.reply.lock().unwrap() = reply;
+        *self.reply.lock().expect("reply") = reply;
     }
 
     fn yaml(&self, more: &str) -> String {
@@ -78,46 +95,20 @@ fn rejected(relay: &RelayHandle, reason: &str) -> u64 {
     )
 }
 
-/// The next OPEN, skipping leftovers of earlier streams.
-async fn next_open<S>(agent: &mut V2Agent<S>) -> u32
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        match agent.recv().await {
-            Frame::Open { id, .. } => return id,
-            Frame::Fin { .. } | Frame::Rst { .. } | Frame::Window { .. } => continue,
-            other => panic!("expected OPEN, got {other:?}"),
-        }
-    }
-}
-
-/// Bytes flow both ways on an opened stream.
-async fn echo<S>(agent: &mut V2Agent<S>, client: &mut TcpStream, id: u32)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    client.write_all(b"ping").await.unwrap();
-    match agent.recv().await {
-        Frame::Data { id: got, payload } => {
-            assert_eq!((got, &payload[..]), (id, &b"ping"[..]));
-        }
-        other => panic!("expected DATA, got {other:?}"),
-    }
-    agent.send(&data(id, b"pong")).await;
-    let mut buf = [0u8; 4];
-    tokio::time::timeout(T, client.read_exact(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&buf, b"pong");
+/// The newest OPEN audit record (only failures with `Some(false)`).
+fn last_open(relay: &RelayHandle, success: Option<bool>) -> AuditRecord {
+    relay
+        .audit_records(&AuditFilter {
+            action: Some(Action::Open),
+            success,
+            ..Default::default()
+        })
+        .pop()
+        .expect("an OPEN audit record")
 }
 
 /// The client is closed without a byte and the agent never hears of it.
-async fn denied<S>(agent: &mut V2Agent<S>, client: &mut TcpStream)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+async fn denied(agent: &mut MockAgent<TcpStream>, client: &mut TcpStream) {
     let (bytes, closed) = read_to_close(client, T).await;
     assert!(closed && bytes.is_empty(), "client not closed");
     assert!(
@@ -130,15 +121,13 @@ where
 async fn pdp_allow_relays_and_is_asked_in_authzen_form() {
     let pdp = Pdp::start(true).await;
     let relay = relay(&pdp.yaml("")).await;
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
+    let mut client = net::connect(ldap(&relay)).await;
     let id = agent.expect_open("addomain").await;
-    echo(&mut agent, &mut client, id).await;
+    agent.ping_pong(&mut client, id).await;
     assert_eq!(pdp.server.hits(), 1);
     let body: serde_json::Value =
-        serde_json::from_slice(&pdp.server.bodies.lock().unwrap()[0]).unwrap();
+        serde_json::from_slice(&pdp.server.body(0)).expect("a JSON request body");
     assert_eq!(body["subject"]["type"], "agent");
     assert_eq!(body["subject"]["id"], "premise-01");
     assert_eq!(body["action"]["name"], "connect");
@@ -147,13 +136,7 @@ async fn pdp_allow_relays_and_is_asked_in_authzen_form() {
     assert_eq!(body["context"]["client_ip"], "127.0.0.1");
     assert_eq!(body["context"]["listener"], "ldap");
     assert_eq!(decisions(&relay, "allow"), 1);
-    let open = relay
-        .audit_records(&AuditFilter {
-            action: Some(Action::Open),
-            ..Default::default()
-        })
-        .pop()
-        .unwrap();
+    let open = last_open(&relay, None);
     assert!(open.success);
     assert_eq!(open.by.as_deref(), Some("pdp"));
     assert_eq!(open.agent_id.as_deref(), Some("premise-01"));
@@ -163,26 +146,17 @@ async fn pdp_allow_relays_and_is_asked_in_authzen_form() {
 async fn pdp_deny_closes_the_client_before_any_open_and_is_not_cached() {
     let pdp = Pdp::start(false).await;
     let relay = relay(&pdp.yaml("")).await;
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
     for n in 1..=2u64 {
-        let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-            .await
-            .unwrap();
+        let mut client = net::connect(ldap(&relay)).await;
         // The client talks at once; none of it may reach the agent.
-        client.write_all(b"secret").await.unwrap();
+        client.write_all(b"secret").await.expect("client write");
         denied(&mut agent, &mut client).await;
         assert_eq!(decisions(&relay, "deny"), n);
         assert_eq!(pdp.server.hits() as u64, n, "denials are asked again");
     }
     assert_eq!(rejected(&relay, "pdp_denied"), 2);
-    let open = relay
-        .audit_records(&AuditFilter {
-            action: Some(Action::Open),
-            success: Some(false),
-            ..Default::default()
-        })
-        .pop()
-        .unwrap();
+    let open = last_open(&relay, Some(false));
     assert_eq!(
         (open.by.as_deref(), open.reason.as_deref()),
         (Some("pdp"), Some("pdp_denied"))
@@ -199,11 +173,9 @@ async fn pdp_timeout_and_errors_deny() {
         ..Reply::ok("{\"decision\":true}")
     });
     let relay = relay(&pdp.yaml("  timeout_ms: 100\n")).await;
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
     let started = std::time::Instant::now();
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut client = net::connect(ldap(&relay)).await;
     denied(&mut agent, &mut client).await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -220,9 +192,7 @@ async fn pdp_timeout_and_errors_deny() {
         Reply::ok("not json"),
     ] {
         pdp.set(reply);
-        let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-            .await
-            .unwrap();
+        let mut client = net::connect(ldap(&relay)).await;
         denied(&mut agent, &mut client).await;
     }
     assert_eq!(decisions(&relay, "error"), 3);
@@ -237,20 +207,12 @@ async fn pdp_timeout_with_fail_open_allows() {
         ..Reply::ok("{\"decision\":false}")
     });
     let relay = relay(&pdp.yaml("  timeout_ms: 100\n  fail_open: true\n")).await;
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
+    let mut client = net::connect(ldap(&relay)).await;
     let id = agent.expect_open("addomain").await;
-    echo(&mut agent, &mut client, id).await;
+    agent.ping_pong(&mut client, id).await;
     assert_eq!(decisions(&relay, "timeout"), 1);
-    let open = relay
-        .audit_records(&AuditFilter {
-            action: Some(Action::Open),
-            ..Default::default()
-        })
-        .pop()
-        .unwrap();
+    let open = last_open(&relay, None);
     assert!(open.success);
     assert_eq!(open.reason.as_deref(), Some("timeout"));
 }
@@ -259,20 +221,20 @@ async fn pdp_timeout_with_fail_open_allows() {
 async fn pdp_allow_is_cached_for_many_opens_within_the_ttl() {
     let pdp = Pdp::start(true).await;
     let relay = relay(&pdp.yaml("  cache_ttl_sec: 60\n")).await;
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
-    let addr = relay.listener_addr("ldap").unwrap();
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
+    let addr = ldap(&relay);
     // 20 clients at once (one shared request), then 20 one after another (cache hits).
     let mut clients = Vec::new();
     for _ in 0..20 {
-        clients.push(TcpStream::connect(addr).await.unwrap());
+        clients.push(net::connect(addr).await);
     }
     for _ in 0..20 {
-        next_open(&mut agent).await;
+        agent.next_open("addomain").await;
     }
     for _ in 0..20 {
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        let id = next_open(&mut agent).await;
-        echo(&mut agent, &mut c, id).await;
+        let mut c = net::connect(addr).await;
+        let id = agent.next_open("addomain").await;
+        agent.ping_pong(&mut c, id).await;
     }
     assert_eq!(pdp.server.hits(), 1, "the PDP saw one call for 40 OPENs");
     assert_eq!(
@@ -282,7 +244,7 @@ async fn pdp_allow_is_cached_for_many_opens_within_the_ttl() {
     assert!(decisions(&relay, "cache_hit") >= 20);
     // Another client address is another question.
     let _c = connect_from(other(), addr).await;
-    next_open(&mut agent).await;
+    agent.next_open("addomain").await;
     assert_eq!(pdp.server.hits(), 2);
     drop(clients);
 }
@@ -291,9 +253,9 @@ async fn pdp_allow_is_cached_for_many_opens_within_the_ttl() {
 async fn a_slow_pdp_holds_only_the_client_being_decided() {
     let pdp = Pdp::start(true).await;
     let relay = relay(&pdp.yaml("  cache_ttl_sec: 60\n  timeout_ms: 10000\n")).await;
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
-    let addr = relay.listener_addr("ldap").unwrap();
-    let mut first = TcpStream::connect(addr).await.unwrap();
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
+    let addr = ldap(&relay);
+    let mut first = net::connect(addr).await;
     let first_id = agent.expect_open("addomain").await;
 
     pdp.set(Reply {
@@ -301,19 +263,19 @@ async fn a_slow_pdp_holds_only_the_client_being_decided() {
         ..Reply::ok("{\"decision\":true}")
     });
     let mut second = connect_from(other(), addr).await;
-    eventually("the PDP is asked about the second client", || {
+    wait_for("the PDP is asked about the second client", DEADLINE, || {
         pdp.server.hits() == 2
     })
     .await;
     // While that decision is pending, the established stream keeps flowing, promptly.
     let started = std::time::Instant::now();
     for _ in 0..5 {
-        echo(&mut agent, &mut first, first_id).await;
+        agent.ping_pong(&mut first, first_id).await;
     }
     assert!(started.elapsed() < Duration::from_millis(1500));
     // Then the second client is allowed and opened.
-    let id = next_open(&mut agent).await;
-    echo(&mut agent, &mut second, id).await;
+    let id = agent.next_open("addomain").await;
+    agent.ping_pong(&mut second, id).await;
     assert!(
         started.elapsed() >= Duration::from_millis(500),
         "opened before the PDP answered"
@@ -326,43 +288,37 @@ async fn listener_allowing_only_127_0_0_2_refuses_127_0_0_1() {
         "connector: addomain\n",
         "connector: addomain\n    allow_cidrs: [127.0.0.2/32]\n",
     );
-    let relay = nowconnect_relay::start(RelayConfig::from_yaml_str(&yaml).unwrap())
-        .await
-        .unwrap();
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
-    let addr = relay.listener_addr("ldap").unwrap();
-    let mut client = TcpStream::connect(addr).await.unwrap();
+    let relay =
+        nowconnect_relay::start(RelayConfig::from_yaml_str(&yaml).expect("valid relay config"))
+            .await
+            .expect("relay starts");
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
+    let addr = ldap(&relay);
+    let mut client = net::connect(addr).await;
     denied(&mut agent, &mut client).await;
     assert_eq!(rejected(&relay, "cidr_blocked"), 1);
-    let rec = relay
-        .audit_records(&AuditFilter {
-            action: Some(Action::Open),
-            success: Some(false),
-            ..Default::default()
-        })
-        .pop()
-        .unwrap();
+    let rec = last_open(&relay, Some(false));
     assert_eq!(
         (rec.by.as_deref(), rec.reason.as_deref()),
         (Some("cidr"), Some("cidr_blocked"))
     );
-    assert!(rec.source.unwrap().starts_with("127.0.0.1:"));
+    assert!(rec.source.expect("source").starts_with("127.0.0.1:"));
     // The allowed address gets through.
     let mut ok = connect_from(other(), addr).await;
-    let id = next_open(&mut agent).await;
-    echo(&mut agent, &mut ok, id).await;
+    let id = agent.next_open("addomain").await;
+    agent.ping_pong(&mut ok, id).await;
 }
 
 #[tokio::test]
 async fn streams_per_agent_are_capped() {
     let relay = relay(&format!("{DEV}limits:\n  max_streams_per_agent: 2\n")).await;
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
-    let addr = relay.listener_addr("ldap").unwrap();
-    let _a = TcpStream::connect(addr).await.unwrap();
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
+    let addr = ldap(&relay);
+    let _a = net::connect(addr).await;
     let a_id = agent.expect_open("addomain").await;
-    let mut b = TcpStream::connect(addr).await.unwrap();
+    let mut b = net::connect(addr).await;
     let b_id = agent.expect_open("addomain").await;
-    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut c = net::connect(addr).await;
     denied(&mut agent, &mut c).await;
     assert_eq!(rejected(&relay, "max_streams_per_agent"), 1);
     // A stream ends (the agent resets it): room for one more.
@@ -373,9 +329,12 @@ async fn streams_per_agent_are_capped() {
             reason: "done".into(),
         })
         .await;
-    eventually("a stream closed", || relay.open_connections() == 1).await;
-    let mut d = TcpStream::connect(addr).await.unwrap();
-    let d_id = next_open(&mut agent).await;
-    echo(&mut agent, &mut d, d_id).await;
-    echo(&mut agent, &mut b, b_id).await;
+    wait_for("a stream closed", DEADLINE, || {
+        relay.open_connections() == 1
+    })
+    .await;
+    let mut d = net::connect(addr).await;
+    let d_id = agent.next_open("addomain").await;
+    agent.ping_pong(&mut d, d_id).await;
+    agent.ping_pong(&mut b, b_id).await;
 }

@@ -1,26 +1,56 @@
-//! The relay against a raw v2 (binary) agent written in the test.
-#![allow(clippy::unwrap_used)]
+//! The relay against a raw v2 (binary) agent written in the test. Keepalive, idle-timeout and
+//! ping tests run on tokio's paused clock: their seconds pass in no real time.
 
-mod support;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
+use nowconnect_relay::{RelayConfig, RelayHandle};
 use nowconnect_shared::{Dir, Frame, RstCode, DEFAULT_WINDOW};
-use support::*;
+use nowconnect_testkit::http;
+use nowconnect_testkit::io::read_to_close;
+use nowconnect_testkit::log;
+use nowconnect_testkit::mock_agent::{self, data, v2_agent, MockAgent};
+use nowconnect_testkit::net;
+use nowconnect_testkit::wait::{wait_for, within, Ticker, DEADLINE};
+use nowconnect_testkit::yaml::{self, DEV};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const T: Duration = Duration::from_secs(5);
+
+/// A relay with listener `ldap` (connector `addomain`) and `extra` config.
+async fn relay(extra: &str) -> RelayHandle {
+    log::init();
+    let cfg = RelayConfig::from_yaml_str(&yaml::relay(&[("ldap", "addomain")], extra))
+        .expect("valid relay config");
+    nowconnect_relay::start(cfg).await.expect("relay starts")
+}
+
+fn ldap(relay: &RelayHandle) -> SocketAddr {
+    relay.listener_addr("ldap").expect("listener ldap")
+}
+
+/// A client on the `ldap` listener.
+async fn client(relay: &RelayHandle) -> TcpStream {
+    net::connect(ldap(relay)).await
+}
 
 #[tokio::test]
 async fn open_data_echo_and_half_close() {
-    let relay = dev_relay().await;
-    let mut agent = v2_agent(&relay, "premise-01", &["addomain"]).await;
-    eventually("agent registered", || relay.agents_for("addomain") == 1).await;
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "premise-01", &["addomain"]).await;
+    wait_for("agent registered", DEADLINE, || {
+        relay.agents_for("addomain") == 1
+    })
+    .await;
 
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut client = client(&relay).await;
     let id = agent.expect_open("addomain").await;
-    client.write_all(b"hello relay").await.unwrap();
+    client
+        .write_all(b"hello relay")
+        .await
+        .expect("client write");
     let mut got = Vec::new();
     while got.len() < 11 {
         match agent.recv().await {
@@ -34,23 +64,22 @@ async fn open_data_echo_and_half_close() {
     assert_eq!(got, b"hello relay");
     agent.send(&data(id, b"HELLO CLIENT")).await;
     let mut buf = [0u8; 12];
-    tokio::time::timeout(T, client.read_exact(&mut buf))
+    within("the answer at the client", T, client.read_exact(&mut buf))
         .await
-        .unwrap()
-        .unwrap();
+        .expect("client read");
     assert_eq!(&buf, b"HELLO CLIENT");
 
     // Client half-closes: FIN c2a reaches the agent; the agent can still answer.
-    client.shutdown().await.unwrap();
+    client.shutdown().await.expect("client half-close");
     assert_eq!(agent.recv().await, Frame::Fin { id, dir: Dir::C2a });
     agent.send(&data(id, b"late answer")).await;
     agent.send(&Frame::Fin { id, dir: Dir::A2c }).await;
     let (rest, closed) = read_to_close(&mut client, T).await;
     assert!(closed);
     assert_eq!(rest, b"late answer");
-    eventually("stream closed", || relay.open_connections() == 0).await;
+    wait_for("stream closed", DEADLINE, || relay.open_connections() == 0).await;
 
-    let (status, metrics) = http_get(relay.metrics_addr(), "/metrics").await;
+    let (status, metrics) = http::get(relay.metrics_addr(), "/metrics").await;
     assert_eq!(status, 200);
     for needle in [
         "nowconnect_tcp_connections_total{connector=\"addomain\"} 1",
@@ -69,11 +98,9 @@ async fn open_data_echo_and_half_close() {
 
 #[tokio::test]
 async fn rst_connect_failed_closes_client_quickly() {
-    let relay = dev_relay().await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
     let id = agent.expect_open("addomain").await;
     let t0 = Instant::now();
     agent
@@ -91,7 +118,7 @@ async fn rst_connect_failed_closes_client_quickly() {
         "took {:?}",
         t0.elapsed()
     );
-    eventually("stream gone", || relay.open_connections() == 0).await;
+    wait_for("stream gone", DEADLINE, || relay.open_connections() == 0).await;
     assert!(relay
         .metrics_text()
         .contains("nowconnect_rst_received_total{code=\"connect_failed\"} 1"));
@@ -99,10 +126,8 @@ async fn rst_connect_failed_closes_client_quickly() {
 
 #[tokio::test]
 async fn no_agent_closes_client_at_once() {
-    let relay = dev_relay().await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let relay = relay(DEV).await;
+    let mut client = client(&relay).await;
     let (_, closed) = read_to_close(&mut client, Duration::from_secs(1)).await;
     assert!(closed, "client not closed without an agent");
     assert!(relay.metrics_text().contains(
@@ -112,11 +137,9 @@ async fn no_agent_closes_client_at_once() {
 
 #[tokio::test]
 async fn flow_control_both_directions() {
-    let relay = dev_relay().await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let client = client(&relay).await;
     let id = agent.expect_open("addomain").await;
     let total = 4 * DEFAULT_WINDOW as usize;
 
@@ -125,7 +148,7 @@ async fn flow_control_both_directions() {
     let p2 = payload.clone();
     let (mut rd, mut wr) = client.into_split();
     let writer = tokio::spawn(async move {
-        wr.write_all(&p2).await.unwrap();
+        wr.write_all(&p2).await.expect("client write");
         wr
     });
     let mut received = Vec::with_capacity(total);
@@ -153,12 +176,12 @@ async fn flow_control_both_directions() {
         }
     }
     assert!(received == payload, "c2a bytes differ");
-    let _wr = writer.await.unwrap();
+    let _wr = writer.await.expect("writer task");
 
     // a2c: the agent may send a full window, then must wait for WINDOW from the relay.
     let reader = tokio::spawn(async move {
         let mut got = vec![0u8; total];
-        rd.read_exact(&mut got).await.unwrap();
+        rd.read_exact(&mut got).await.expect("client read");
         got
     });
     let mut credit = DEFAULT_WINDOW as usize;
@@ -182,19 +205,19 @@ async fn flow_control_both_directions() {
             }
         }
     }
-    let got = tokio::time::timeout(T, reader).await.unwrap().unwrap();
+    let got = within("the a2c bytes", T, reader)
+        .await
+        .expect("reader task");
     assert!(got == payload, "a2c bytes differ");
     assert!(windows >= 3, "relay returned credit {windows} times");
 }
 
 #[tokio::test]
 async fn agent_exceeding_credit_gets_rst_flow_control() {
-    let relay = dev_relay().await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
     // The client never reads, so nothing drains and no credit comes back.
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let mut client = client(&relay).await;
     let id = agent.expect_open("addomain").await;
     // Honour credit until it stops coming back: kernel buffers are full and the relay holds
     // a full window for this stream. Then one byte more is a violation.
@@ -237,12 +260,12 @@ async fn agent_exceeding_credit_gets_rst_flow_control() {
 
 #[tokio::test]
 async fn slow_reader_stalls_only_its_own_stream() {
-    let relay = dev_relay().await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let addr = relay.listener_addr("ldap").unwrap();
-    let _slow = TcpStream::connect(addr).await.unwrap();
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let addr = ldap(&relay);
+    let _slow = TcpStream::connect(addr).await.expect("connect slow client");
     let slow_id = agent.expect_open("addomain").await;
-    let mut fast = TcpStream::connect(addr).await.unwrap();
+    let mut fast = TcpStream::connect(addr).await.expect("connect fast client");
     let fast_id = agent.expect_open("addomain").await;
 
     // Fill the slow stream's window completely; its client never reads.
@@ -254,10 +277,9 @@ async fn slow_reader_stalls_only_its_own_stream() {
     for round in 0..20u8 {
         agent.send(&data(fast_id, &[round; 100])).await;
         let mut buf = [0u8; 100];
-        tokio::time::timeout(T, fast.read_exact(&mut buf))
+        within("the fast stream", T, fast.read_exact(&mut buf))
             .await
-            .unwrap()
-            .unwrap();
+            .expect("fast client read");
         assert_eq!(buf, [round; 100]);
     }
     assert_eq!(relay.open_connections(), 2);
@@ -265,16 +287,17 @@ async fn slow_reader_stalls_only_its_own_stream() {
 
 #[tokio::test]
 async fn tunnel_loss_closes_clients_and_unregisters() {
-    let relay = dev_relay().await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
     agent.expect_open("addomain").await;
     drop(agent);
     let (_, closed) = read_to_close(&mut client, Duration::from_secs(1)).await;
     assert!(closed, "client not closed after the tunnel dropped");
-    eventually("agent unregistered", || relay.agents_for("addomain") == 0).await;
+    wait_for("agent unregistered", DEADLINE, || {
+        relay.agents_for("addomain") == 0
+    })
+    .await;
     assert!(relay
         .metrics_text()
         .contains("nowconnect_agents_connected 0"));
@@ -282,15 +305,18 @@ async fn tunnel_loss_closes_clients_and_unregisters() {
 
 #[tokio::test]
 async fn streams_spread_across_agents_and_skip_departed_ones() {
-    let relay = dev_relay().await;
-    let mut a = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut b = v2_agent(&relay, "b", &["addomain"]).await;
-    eventually("both registered", || relay.agents_for("addomain") == 2).await;
-    let addr = relay.listener_addr("ldap").unwrap();
+    let relay = relay(DEV).await;
+    let mut a = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut b = v2_agent(relay.tunnel_addr(), "b", &["addomain"]).await;
+    wait_for("both registered", DEADLINE, || {
+        relay.agents_for("addomain") == 2
+    })
+    .await;
+    let addr = ldap(&relay);
     let mut clients = Vec::new();
     let (mut on_a, mut on_b) = (0, 0);
     for _ in 0..4 {
-        clients.push(TcpStream::connect(addr).await.unwrap());
+        clients.push(TcpStream::connect(addr).await.expect("connect"));
         tokio::select! {
             f = a.recv() => { assert!(matches!(f, Frame::Open { .. })); on_a += 1; }
             f = b.recv() => { assert!(matches!(f, Frame::Open { .. })); on_b += 1; }
@@ -298,90 +324,129 @@ async fn streams_spread_across_agents_and_skip_departed_ones() {
     }
     assert_eq!((on_a, on_b), (2, 2));
     drop(b);
-    eventually("b unregistered", || relay.agents_for("addomain") == 1).await;
+    wait_for("b unregistered", DEADLINE, || {
+        relay.agents_for("addomain") == 1
+    })
+    .await;
     for _ in 0..3 {
-        clients.push(TcpStream::connect(addr).await.unwrap());
+        clients.push(TcpStream::connect(addr).await.expect("connect"));
         a.expect_open("addomain").await;
     }
 }
 
-#[tokio::test]
+/// A stream without traffic either way for `idle_timeout` is reset; traffic in either
+/// direction starts the count again.
+#[tokio::test(start_paused = true)]
 async fn idle_streams_are_reset() {
-    let relay = relay(&format!("{DEV}limits:\n  idle_timeout_ms: 150\n")).await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let _tick = Ticker::start();
+    let idle = Duration::from_secs(30);
+    let relay = relay(&format!(
+        "{DEV}limits:\n  idle_timeout_ms: {}\n",
+        idle.as_millis()
+    ))
+    .await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
     let id = agent.expect_open("addomain").await;
-    match agent.recv().await {
-        Frame::Rst { id: i, code, .. } => {
-            assert_eq!(i, id);
-            assert_eq!(code, RstCode::IdleTimeout);
+
+    // Most of the timeout passes, then the client sends: not idle.
+    assert_eq!(agent.try_recv(idle * 3 / 4).await, None, "nothing yet");
+    client.write_all(b"c2a").await.expect("client write");
+    assert_eq!(agent.recv().await, data(id, b"c2a"));
+    // Most of it again, then the agent sends: not idle either.
+    assert_eq!(agent.try_recv(idle * 3 / 4).await, None, "still open");
+    agent.send(&data(id, b"a2c")).await;
+    let mut buf = [0u8; 3];
+    within("a2c at the client", T, client.read_exact(&mut buf))
+        .await
+        .expect("client read");
+    assert_eq!(&buf, b"a2c");
+
+    // Now silence: the RST comes `idle` after the last traffic, not before.
+    let quiet_from = Instant::now();
+    match agent.try_recv(idle * 2).await {
+        Some(Frame::Rst { id: i, code, .. }) => {
+            assert_eq!((i, code), (id, RstCode::IdleTimeout));
         }
         other => panic!("expected RST idle_timeout, got {other:?}"),
     }
+    let waited = quiet_from.elapsed();
+    assert!(
+        waited >= idle && waited < idle + Duration::from_secs(1),
+        "reset after {waited:?} of silence, idle_timeout is {idle:?}"
+    );
     let (_, closed) = read_to_close(&mut client, T).await;
-    assert!(closed);
+    assert!(closed, "client closed with the stream");
 }
 
 #[tokio::test]
 async fn max_conn_total_is_enforced() {
     let relay = relay(&format!("{DEV}limits:\n  max_conn_total: 1\n")).await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let addr = relay.listener_addr("ldap").unwrap();
-    let _first = TcpStream::connect(addr).await.unwrap();
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let addr = ldap(&relay);
+    let _first = TcpStream::connect(addr).await.expect("connect first");
     agent.expect_open("addomain").await;
-    let mut second = TcpStream::connect(addr).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.expect("connect second");
     let (_, closed) = read_to_close(&mut second, Duration::from_secs(1)).await;
     assert!(closed, "second connection over max_conn_total stayed open");
     assert!(agent.try_recv(Duration::from_millis(100)).await.is_none());
 }
 
-#[tokio::test]
+/// An agent that answers nothing (no pongs, no frames) is dropped once `ping_interval +
+/// ping_timeout` passed since its last frame, and not before.
+#[tokio::test(start_paused = true)]
 async fn dead_tunnel_detected_by_keepalive() {
+    let _tick = Ticker::start();
     let relay = relay(&format!(
-        "  ping_interval_sec: 1\n  ping_timeout_sec: 1\n{DEV}"
+        "  ping_interval_sec: 10\n  ping_timeout_sec: 5\n{DEV}"
     ))
     .await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
-    let mut client = TcpStream::connect(relay.listener_addr("ldap").unwrap())
-        .await
-        .unwrap();
+    let dead_after = Duration::from_secs(15);
+    // Before HELLO: the relay's last frame from the agent comes after this.
+    let t0 = Instant::now();
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
     agent.expect_open("addomain").await;
     // The agent stops reading (so it answers no ping) and sends nothing.
-    let t0 = Instant::now();
-    let (_, closed) = read_to_close(&mut client, Duration::from_secs(5)).await;
+    let (_, closed) = read_to_close(&mut client, dead_after * 2).await;
+    let waited = t0.elapsed();
     assert!(closed, "client not closed after the tunnel went silent");
     assert!(
-        t0.elapsed() >= Duration::from_millis(1500),
-        "closed too early: {:?}",
-        t0.elapsed()
+        waited >= dead_after && waited < dead_after + Duration::from_secs(1),
+        "tunnel dropped after {waited:?}; ping_interval + ping_timeout is {dead_after:?}"
     );
-    eventually("agent unregistered", || relay.agents_for("addomain") == 0).await;
+    wait_for("agent unregistered", DEADLINE, || {
+        relay.agents_for("addomain") == 0
+    })
+    .await;
     drop(agent);
 }
 
-#[tokio::test]
+/// The relay pings every `ping_interval`; an agent that answers them (tungstenite pongs while
+/// reading) stays registered for many keepalive periods.
+#[tokio::test(start_paused = true)]
 async fn relay_pings_and_agent_traffic_keeps_tunnel_alive() {
+    let _tick = Ticker::start();
     let relay = relay(&format!(
         "  ping_interval_sec: 1\n  ping_timeout_sec: 1\n{DEV}"
     ))
     .await;
-    let mut agent = v2_agent(&relay, "a", &["addomain"]).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
     use futures_util::StreamExt;
-    let deadline = Instant::now() + Duration::from_millis(3500);
+    // Ten seconds: five times ping_interval + ping_timeout.
+    let run = Duration::from_secs(10);
+    let deadline = Instant::now() + run;
     let mut pings = 0;
     // Reading makes tungstenite answer each ping with a pong.
-    while Instant::now() < deadline {
-        if let Ok(Some(Ok(msg))) =
-            tokio::time::timeout(Duration::from_millis(200), agent.ws.next()).await
-        {
-            if msg.is_ping() {
-                pings += 1;
-            }
+    loop {
+        match tokio::time::timeout_at(deadline, agent.ws.next()).await {
+            Err(_) => break,
+            Ok(Some(Ok(msg))) if msg.is_ping() => pings += 1,
+            Ok(Some(Ok(msg))) => panic!("unexpected message {msg:?}"),
+            Ok(other) => panic!("tunnel ended: {other:?}"),
         }
     }
-    assert!(pings >= 2, "relay sent {pings} pings in 3.5 s");
+    assert!(pings >= 9, "relay sent {pings} pings in {run:?}");
     assert_eq!(
         relay.agents_for("addomain"),
         1,
@@ -391,26 +456,12 @@ async fn relay_pings_and_agent_traffic_keeps_tunnel_alive() {
 
 #[tokio::test]
 async fn first_frame_must_be_hello() {
-    let relay = dev_relay().await;
-    let (ws, _) = ws_connect(relay.tunnel_addr(), Some("nowconnect.v2"))
+    let relay = relay(DEV).await;
+    let (ws, _) = mock_agent::connect(relay.tunnel_addr(), Some("nowconnect.v2"))
         .await
-        .unwrap();
-    let mut agent = V2Agent::new(ws);
+        .expect("upgrade");
+    let mut agent = MockAgent::v2(ws);
     agent.send(&data(1, b"too early")).await;
-    use futures_util::StreamExt;
-    let code = tokio::time::timeout(T, async {
-        loop {
-            match agent.ws.next().await {
-                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => {
-                    return f.map(|f| u16::from(f.code));
-                }
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, Some(1008));
+    assert_eq!(agent.close_code().await, Some(1008));
     assert_eq!(relay.agents_for("addomain"), 0);
 }

@@ -1,29 +1,33 @@
 //! The agent's health port: OK before HELLO_ACK, READY after, OK again when the relay goes away.
 
-use crate::support::*;
+use nowconnect_relay::Prebound;
+use nowconnect_testkit::health::{probe, wait_health};
+use nowconnect_testkit::net::Reserved;
+use nowconnect_testkit::target;
+use nowconnect_testkit::wait::DEADLINE;
+
+use crate::{agent_yaml, relay_yaml, start_agent, start_relay_on};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_tunnel() {
-    let (echo, _t) = echo_server().await;
-    // The agent starts before any relay exists on its port.
-    let port = closed_port().await.port();
-    let yaml = relay_yaml(port, &["echo"]);
-    let agent_cfg = agent_yaml(
-        ([127, 0, 0, 1], port).into(),
-        "premise-01",
-        "v2",
-        &[("echo", echo)],
-    );
-    let agent = start_agent(&agent_cfg).await;
-    assert_eq!(
-        health(agent.health_addr()).await,
-        "OK\n",
-        "no relay yet: OK"
-    );
+    let echo = target::echo().await;
+    // The agent starts before any relay serves its port. The test holds the port meanwhile (the
+    // agent's attempts wait in its listen backlog), and the relay starts on that very socket.
+    let port = Reserved::new();
+    let agent = start_agent(&agent_yaml(port.addr(), "v2", &[("echo", echo.addr)])).await;
+    assert_eq!(probe(agent.health_addr()).await, "OK\n", "no relay yet: OK");
 
-    let relay = start_relay(&yaml).await;
-    wait_health(agent.health_addr(), "READY\n").await;
+    let relay = start_relay_on(
+        &relay_yaml(&["echo"]),
+        Prebound {
+            tunnel: Some(port.listener()),
+            ..Prebound::default()
+        },
+    )
+    .await;
+    assert_eq!(relay.tunnel_addr(), port.addr());
+    wait_health(agent.health_addr(), "READY\n", DEADLINE).await;
 
     drop(relay);
-    wait_health(agent.health_addr(), "OK\n").await;
+    wait_health(agent.health_addr(), "OK\n", DEADLINE).await;
 }

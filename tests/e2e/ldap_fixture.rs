@@ -1,20 +1,13 @@
 //! The slapd fixture itself: a private slapd answers ldapsearch directly (no tunnel), paged and
 //! unpaged, and two instances run side by side without colliding.
 
-use crate::support::slapd::{self, Slapd};
 use std::time::Instant;
+
+use nowconnect_testkit::slapd::{self, Slapd};
 
 /// False (skip) when the OpenLDAP binaries are missing; panics instead under CI=true.
 fn slapd_available() -> bool {
-    if Slapd::binaries_present() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "CI=true but slapd/slapadd/ldapsearch are not installed (apt-get install slapd ldap-utils)"
-    );
-    eprintln!("skipping: slapd/slapadd/ldapsearch not installed");
-    false
+    nowconnect_testkit::require(Slapd::binaries_present(), "slapd/slapadd/ldapsearch")
 }
 
 fn start_and_check(label: &str) {

@@ -3,22 +3,26 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use nowconnect_testkit::io::{connect_and_wait_closed, random_bytes};
+use nowconnect_testkit::net;
+use nowconnect_testkit::target;
+use nowconnect_testkit::wait::{wait_for, wait_for_async, within, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 
-use crate::support::*;
+use crate::{listener, ready_agent, relay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_concurrent_streams_are_byte_exact() {
-    let (echo, _t) = echo_server().await;
+    let echo = target::echo().await;
     let relay = relay(&["echo"]).await;
-    let _agent = ready_agent(&relay, "v2", &[("echo", echo)]).await;
+    let _agent = ready_agent(&relay, "v2", &[("echo", echo.addr)]).await;
     let addr = listener(&relay, "echo");
 
     let clients = (0..200u64).map(|i| {
         tokio::spawn(async move {
             let data = random_bytes(i, 16 * 1024 + i as usize * 97);
-            let mut s = TcpStream::connect(addr).await.expect("connect");
+            let mut s = net::connect(addr).await;
             let (mut r, mut w) = s.split();
             let write = async {
                 w.write_all(&data).await.expect("write");
@@ -36,10 +40,7 @@ async fn two_hundred_concurrent_streams_are_byte_exact() {
         })
     });
     let all = futures_util::future::join_all(clients);
-    for r in tokio::time::timeout(DEADLINE * 2, all)
-        .await
-        .expect("all streams finish")
-    {
+    for r in within("all streams to finish", DEADLINE * 2, all).await {
         r.expect("stream task");
     }
 }
@@ -47,7 +48,7 @@ async fn two_hundred_concurrent_streams_are_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_lets_the_target_answer_after_client_eof() {
     // Target: reads until the client's EOF, then answers with what it counted.
-    let (target, _t) = serve(|mut s| async move {
+    let half = target::serve(|mut s| async move {
         let mut all = Vec::new();
         if s.read_to_end(&mut all).await.is_ok() {
             let reply = format!("received {} bytes", all.len()).repeat(1000);
@@ -58,16 +59,13 @@ async fn half_close_lets_the_target_answer_after_client_eof() {
     .await;
     let relay = relay(&["half"]).await;
     for protocol in ["v2", "v1"] {
-        let _agent = ready_agent(&relay, protocol, &[("half", target)]).await;
-        let mut s = TcpStream::connect(listener(&relay, "half"))
-            .await
-            .expect("connect");
+        let _agent = ready_agent(&relay, protocol, &[("half", half.addr)]).await;
+        let mut s = net::connect(listener(&relay, "half")).await;
         s.write_all(&random_bytes(9, 300_000)).await.expect("write");
         s.shutdown().await.expect("half-close");
         let mut reply = String::new();
-        tokio::time::timeout(DEADLINE, s.read_to_string(&mut reply))
+        within("the reply", DEADLINE, s.read_to_string(&mut reply))
             .await
-            .expect("reply in time")
             .expect("read");
         assert_eq!(
             reply,
@@ -79,9 +77,9 @@ async fn half_close_lets_the_target_answer_after_client_eof() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_target_closes_the_client_within_a_second() {
-    let refused = closed_port().await;
+    let refused = target::refused();
     let relay = relay(&["gone"]).await;
-    let _agent = ready_agent(&relay, "v2", &[("gone", refused)]).await;
+    let _agent = ready_agent(&relay, "v2", &[("gone", refused.addr)]).await;
     let waited = connect_and_wait_closed(listener(&relay, "gone"), Duration::from_secs(5)).await;
     assert!(
         waited < Duration::from_secs(1),
@@ -102,10 +100,10 @@ async fn connector_without_agent_closes_the_client_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_does_not_stall_another_stream_and_memory_stays_bounded() {
     const CAP: u64 = 256 * 1024 * 1024;
-    let (hose, written) = firehose(CAP).await;
-    let (echo, _t) = echo_server().await;
+    let (hose, written) = target::firehose(CAP).await;
+    let echo = target::echo().await;
     let relay = relay(&["hose", "echo"]).await;
-    let _agent = ready_agent(&relay, "v2", &[("hose", hose), ("echo", echo)]).await;
+    let _agent = ready_agent(&relay, "v2", &[("hose", hose.addr), ("echo", echo.addr)]).await;
 
     // Stream A: a client that never reads, with a small receive buffer.
     let sock = TcpSocket::new_v4().expect("socket");
@@ -114,16 +112,14 @@ async fn slow_reader_does_not_stall_another_stream_and_memory_stays_bounded() {
         .connect(listener(&relay, "hose"))
         .await
         .expect("connect slow client");
-    wait_until("the firehose to start", DEADLINE, || async {
+    wait_for("the firehose to start", DEADLINE, || {
         written.load(Ordering::Relaxed) > 0
     })
     .await;
 
     // Stream B on the same tunnel: 4 MiB echoed back while A is stuck.
     let data = random_bytes(3, 4 * 1024 * 1024);
-    let mut s = TcpStream::connect(listener(&relay, "echo"))
-        .await
-        .expect("connect");
+    let mut s = net::connect(listener(&relay, "echo")).await;
     let (mut r, mut w) = s.split();
     let write = async {
         w.write_all(&data).await.expect("write");
@@ -131,9 +127,8 @@ async fn slow_reader_does_not_stall_another_stream_and_memory_stays_bounded() {
     };
     let mut back = Vec::new();
     let both = async { tokio::join!(write, r.read_to_end(&mut back)) };
-    tokio::time::timeout(DEADLINE, both)
+    within("stream B, not blocked by stream A", DEADLINE, both)
         .await
-        .expect("stream B is not blocked by stream A")
         .1
         .expect("read");
     assert!(back == data, "stream B bytes intact");
@@ -141,7 +136,7 @@ async fn slow_reader_does_not_stall_another_stream_and_memory_stays_bounded() {
     // A's target is stalled by flow control: it has stopped far below what it tried to send.
     // Bound: kernel socket buffers on both sides (a few MiB each) plus one 256 KiB window.
     let mut last = 0;
-    wait_until("the firehose to stall", DEADLINE, || {
+    wait_for_async("the firehose to stall", DEADLINE, || {
         let now = written.load(Ordering::Relaxed);
         let stalled = now == last;
         last = now;

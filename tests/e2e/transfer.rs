@@ -1,9 +1,12 @@
 //! Bulk transfers: 10 MiB of random bytes each way, hashed on both ends, v1 and v2.
 
-use tokio::net::TcpStream;
+use nowconnect_testkit::io::{recv_hash, send_random};
+use nowconnect_testkit::net;
+use nowconnect_testkit::target;
+use nowconnect_testkit::wait::{within, DEADLINE};
 use tokio::sync::oneshot;
 
-use crate::support::*;
+use crate::{listener, ready_agent, relay};
 
 const TEN_MIB: usize = 10 * 1024 * 1024;
 
@@ -11,7 +14,7 @@ async fn ten_mib_each_way(protocol: &str) {
     // Target: hashes all it receives while sending its own 10 MiB, then reports both hashes.
     let (tx, rx) = oneshot::channel();
     let tx = std::sync::Arc::new(std::sync::Mutex::new(Some(tx)));
-    let (target, _t) = serve(move |mut s| {
+    let bulk = target::serve(move |mut s| {
         let tx = tx.clone();
         async move {
             let (mut r, mut w) = s.split();
@@ -23,16 +26,13 @@ async fn ten_mib_each_way(protocol: &str) {
     })
     .await;
     let relay = relay(&["bulk"]).await;
-    let _agent = ready_agent(&relay, protocol, &[("bulk", target)]).await;
+    let _agent = ready_agent(&relay, protocol, &[("bulk", bulk.addr)]).await;
 
-    let mut client = TcpStream::connect(listener(&relay, "bulk"))
-        .await
-        .expect("connect to relay listener");
+    let mut client = net::connect(listener(&relay, "bulk")).await;
     let (mut r, mut w) = client.split();
     let transfer = async { tokio::join!(send_random(&mut w, 1, TEN_MIB), recv_hash(&mut r)) };
-    let (client_sent, (client_got_len, client_got)) = tokio::time::timeout(DEADLINE * 2, transfer)
-        .await
-        .expect("transfer finishes");
+    let (client_sent, (client_got_len, client_got)) =
+        within("the transfer", DEADLINE * 2, transfer).await;
     let ((target_got_len, target_got), target_sent) = rx.await.expect("target reports");
 
     assert_eq!(target_got_len, TEN_MIB, "target received every byte");

@@ -28,7 +28,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::stream::{self, Abort, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
+use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
 use crate::conn::{reject, ListenerCtx, NewConn};
@@ -50,6 +50,7 @@ pub(super) struct Handle {
     sock: Arc<TcpStream>,
     info: Arc<SessionInfo>,
     listener: Arc<ListenerCtx>,
+    activity: Arc<Activity>,
 }
 
 /// Why a session ended; the label is the `agent_disconnects` reason.
@@ -346,6 +347,7 @@ impl Session {
             // Would block, or an error the stream task will meet on its own write: queue it.
             let n = slot.handle.sock.try_write(&rest).unwrap_or(0);
             if n > 0 {
+                slot.handle.activity.touch();
                 slot.handle
                     .info
                     .bytes_a2c
@@ -390,6 +392,7 @@ impl Session {
         let tunnel = self.info.clone();
         self.serial += 1;
         let serial = self.serial;
+        let activity = Arc::new(Activity::new());
         let made = self.demux.open(|id| Handle {
             serial,
             tx,
@@ -405,6 +408,7 @@ impl Session {
                 kill: CancellationToken::new(),
             }),
             listener: listener.clone(),
+            activity: activity.clone(),
         });
         let Ok((id, send)) = made else {
             self.refuse_over_cap(&listener.connector, peer);
@@ -426,6 +430,7 @@ impl Session {
             rx,
             listener,
             info,
+            activity,
             guard,
         };
         self.shared

@@ -16,7 +16,7 @@
 
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +130,35 @@ pub(super) struct TunnelCtx {
     pub sessions: Arc<Sessions>,
 }
 
+/// When a stream last moved a byte either way: the idle timer's evidence. Shared by the
+/// session (which writes agent bytes straight into the socket) and the stream task.
+#[derive(Debug)]
+pub(super) struct Activity {
+    base: Instant,
+    /// Milliseconds after `base` of the last byte moved.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A byte moved now.
+    pub fn touch(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last byte moved.
+    fn last(&self) -> Instant {
+        self.base + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
 /// One stream as the session starts it.
 #[derive(Debug)]
 pub(super) struct StreamTask {
@@ -139,6 +168,7 @@ pub(super) struct StreamTask {
     pub rx: mpsc::UnboundedReceiver<ToStream>,
     pub listener: Arc<ListenerCtx>,
     pub info: Arc<SessionInfo>,
+    pub activity: Arc<Activity>,
     /// Holds a slot of `max_conn_total` until the stream ends (only its drop matters).
     #[allow(dead_code)]
     pub guard: ConnGuard,
@@ -228,12 +258,6 @@ async fn send_out(t: &TunnelCtx, item: Out) -> bool {
     }
 }
 
-/// Bytes moved either way so far: the idle timer's evidence of activity (the session writes
-/// agent bytes straight into the socket, so this task does not see them all).
-fn moved(info: &SessionInfo) -> u64 {
-    info.bytes_c2a.load(Ordering::Relaxed) + info.bytes_a2c.load(Ordering::Relaxed)
-}
-
 async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
     let id = s.send.id();
     let lm = &s.listener.metrics;
@@ -241,13 +265,10 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
     let v2 = t.version == Version::V2;
     let mut queue = WriteQueue::new();
     let mut reads = ReadArena::new(t.max_payload);
-    // Idle: no byte either way for `idle_timeout`, checked every quarter of it (so a stream
-    // closes between 1 and 1.25 times the timeout after its last byte).
+    // Idle: no byte either way for `idle_timeout` (the timer looks at the last byte's time).
     let idle = t.idle_timeout;
-    let idle_tick = idle.map_or(FAR, |d| (d / 4).max(Duration::from_millis(1)));
-    let mut seen = moved(&s.info);
-    let mut active_at = Instant::now();
-    let idle_timer = tokio::time::sleep(idle_tick);
+    s.activity.touch();
+    let idle_timer = tokio::time::sleep(idle.unwrap_or(FAR));
     tokio::pin!(idle_timer);
     // Lets a burst's arena go once the client pauses (armed while one is held).
     let release = tokio::time::sleep(FAR);
@@ -291,6 +312,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                     Err(_) => return End::Local(Reset::new(RstCode::Io, "client write failed")),
                 };
                 if written.bytes > 0 {
+                    s.activity.touch();
                     s.info.bytes_a2c.fetch_add(written.bytes as u64, Ordering::Relaxed);
                     lm.bytes_a2c.inc_by(written.bytes as u64);
                     let _ = t.events.send(StreamEvent::Drained {
@@ -323,6 +345,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                         if let Err(reset) = s.send.on_read(n) {
                             return End::Local(reset);
                         }
+                        s.activity.touch();
                         s.info.bytes_c2a.fetch_add(n as u64, Ordering::Relaxed);
                         lm.bytes_c2a.inc_by(n as u64);
                         let item = if v2 {
@@ -345,15 +368,11 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                 }
             }
             () = &mut idle_timer, if idle.is_some() => {
-                let total = moved(&s.info);
-                let now = Instant::now();
-                if total != seen {
-                    seen = total;
-                    active_at = now;
-                } else if now.duration_since(active_at) >= idle.unwrap_or(FAR) {
+                let due = s.activity.last() + idle.unwrap_or(FAR);
+                if Instant::now() >= due {
                     return End::Local(Reset::new(RstCode::IdleTimeout, ""));
                 }
-                idle_timer.as_mut().reset(now + idle_tick);
+                idle_timer.as_mut().reset(due);
             }
         }
     }
@@ -362,7 +381,6 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::sync::atomic::AtomicU64;
 
     use nowconnect_shared::{Dir, Role, StreamParams};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -463,6 +481,7 @@ mod tests {
                 bytes_a2c: AtomicU64::new(0),
                 kill: CancellationToken::new(),
             }),
+            activity: Arc::new(Activity::new()),
             guard: ConnGuard::try_acquire(&conns, 1).expect("slot"),
         };
         Rig {
@@ -602,7 +621,7 @@ mod tests {
         assert_eq!(code, RstCode::IdleTimeout);
         let waited = start.elapsed();
         assert!(
-            waited >= Duration::from_secs(60) && waited <= Duration::from_secs(76),
+            waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
             "reset after {waited:?}"
         );
     }

@@ -2,33 +2,44 @@
 //! without one, or with one from another CA, is refused with a one-line error; with one it
 //! connects and carries traffic.
 
+use nowconnect_testkit::health::{probe as health, wait_health as wait_health_on};
+use nowconnect_testkit::pki::Ca;
+use nowconnect_testkit::target;
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::wait::DEADLINE;
+
 use super::*;
+use crate::start_relay;
+
+async fn wait_health(addr: std::net::SocketAddr, want: &str) {
+    wait_health_on(addr, want, DEADLINE).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_requiring_client_certificates() {
-    let dir = temp_dir("mtls");
+    let dir = TempDir::new("mtls");
     let server_ca = Ca::new("Relay Server CA");
     let client_ca = Ca::new("Agent Client CA");
     let leaf = server_ca.issue(&["localhost"]);
-    let cert = write(&dir, "relay.pem", &leaf.cert_pem);
-    let key = write(&dir, "relay.key", &leaf.key_pem);
-    let client_ca_file = write(&dir, "client-ca.pem", &client_ca.pem());
-    let bundle = write(&dir, "server-ca.pem", &server_ca.pem());
+    let cert = dir.write("relay.pem", &leaf.cert_pem);
+    let key = dir.write("relay.key", &leaf.key_pem);
+    let client_ca_file = dir.write("client-ca.pem", &client_ca.pem());
+    let bundle = dir.write("server-ca.pem", &server_ca.pem());
     let relay = start_relay(&relay_yaml_tls(
         &["echo"],
         Some((&cert, &key, Some(&client_ca_file))),
     ))
     .await;
-    let (echo, _t) = echo_server().await;
+    let echo = target::echo().await;
     let url = format!("wss://localhost:{}/tunnel", relay.tunnel_addr().port());
     let yaml = agent_yaml_url(
         &url,
-        echo,
+        echo.addr,
         &format!("proxy: {{ca_bundle: '{}'}}\n", bundle.display()),
     );
 
     // No client certificate: refused, and the line says what to set.
-    let agent = start(agent_config(&yaml, &[], &dir)).await;
+    let agent = start(agent_config(&yaml, &[], dir.path())).await;
     let line = wait_error(&agent, &["requires a client certificate"]).await;
     assert!(
         line.starts_with("TLS to relay localhost: the relay requires a client certificate"),
@@ -41,8 +52,8 @@ async fn relay_requiring_client_certificates() {
 
     // A certificate from a CA the relay does not accept: refused.
     let stranger = Ca::new("Stranger CA").issue(&["premise-01"]);
-    let s_cert = write(&dir, "stranger.pem", &stranger.cert_pem);
-    let s_key = write(&dir, "stranger.key", &stranger.key_pem);
+    let s_cert = dir.write("stranger.pem", &stranger.cert_pem);
+    let s_key = dir.write("stranger.key", &stranger.key_pem);
     let (s_cert, s_key) = (s_cert.display().to_string(), s_key.display().to_string());
     let agent = start(agent_config(
         &yaml,
@@ -60,8 +71,8 @@ async fn relay_requiring_client_certificates() {
 
     // The right certificate: READY and traffic.
     let mine = client_ca.issue(&["premise-01"]);
-    let c_cert = write(&dir, "agent.pem", &mine.cert_pem);
-    let c_key = write(&dir, "agent.key", &mine.key_pem);
+    let c_cert = dir.write("agent.pem", &mine.cert_pem);
+    let c_key = dir.write("agent.key", &mine.key_pem);
     let yaml_mtls = yaml.replacen(
         "tunnel:\n",
         &format!(
@@ -71,7 +82,7 @@ async fn relay_requiring_client_certificates() {
         ),
         1,
     );
-    let agent = start(agent_config(&yaml_mtls, &[], &dir)).await;
+    let agent = start(agent_config(&yaml_mtls, &[], dir.path())).await;
     wait_health(agent.health_addr(), "READY\n").await;
     echo_through(&relay, "echo", b"mutual TLS").await;
 }

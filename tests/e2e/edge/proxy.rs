@@ -1,24 +1,36 @@
 //! Agent -> tinyproxy -> relay: the tunnel through a real forward proxy, with and without Basic
 //! auth, the proxy's refusals as one-line errors, NO_PROXY, and wss:// inside the CONNECT tunnel.
 
-use super::tinyproxy::{Options, Tinyproxy};
+use nowconnect_testkit::health::{probe as health, wait_health as wait_health_on};
+use nowconnect_testkit::pki::Ca;
+use nowconnect_testkit::target;
+use nowconnect_testkit::temp::TempDir;
+use nowconnect_testkit::tinyproxy::{Options, Tinyproxy};
+use nowconnect_testkit::wait::wait_for_async;
+use nowconnect_testkit::wait::DEADLINE;
+
 use super::*;
+use crate::{relay, start_relay};
+
+async fn wait_health(addr: std::net::SocketAddr, want: &str) {
+    wait_health_on(addr, want, DEADLINE).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnel_through_tinyproxy() {
     let Some(proxy) = Tinyproxy::start(Options::default()).await else {
         return;
     };
-    let (echo, _t) = echo_server().await;
+    let echo = target::echo().await;
     let relay = relay(&["echo"]).await;
-    let dir = temp_dir("proxy-plain");
+    let dir = TempDir::new("proxy-plain");
     let url = format!("ws://{}/tunnel", relay.tunnel_addr());
     let yaml = agent_yaml_url(
         &url,
-        echo,
+        echo.addr,
         &format!("proxy: {{https_proxy: '{}'}}\n", proxy.url(None)),
     );
-    let agent = start(agent_config(&yaml, &[], &dir)).await;
+    let agent = start(agent_config(&yaml, &[], dir.path())).await;
     wait_health(agent.health_addr(), "READY\n").await;
     assert_eq!(
         proxy.connects(),
@@ -38,16 +50,16 @@ async fn basic_auth_from_the_environment_and_its_refusals() {
     else {
         return;
     };
-    let (echo, _t) = echo_server().await;
+    let echo = target::echo().await;
     let relay = relay(&["echo"]).await;
-    let dir = temp_dir("proxy-auth");
+    let dir = TempDir::new("proxy-auth");
     let url = format!("ws://{}/tunnel", relay.tunnel_addr());
-    let yaml = agent_yaml_url(&url, echo, "");
+    let yaml = agent_yaml_url(&url, echo.addr, "");
     let target = relay.tunnel_addr().to_string();
 
     // No credentials: 407 from the proxy, one line naming it; health stays OK.
     let env = [("NC_TRUST_ENV", "true"), ("HTTPS_PROXY", &*proxy.url(None))];
-    let agent = start(agent_config(&yaml, &env, &dir)).await;
+    let agent = start(agent_config(&yaml, &env, dir.path())).await;
     let line = wait_error(&agent, &["HTTP 407"]).await;
     assert_eq!(
         line,
@@ -64,7 +76,7 @@ async fn basic_auth_from_the_environment_and_its_refusals() {
     // and the agent keeps retrying (the line comes back after we clear it by waiting).
     let wrong = proxy.url(Some("agent:wrong-pw"));
     let env = [("NC_TRUST_ENV", "true"), ("https_proxy", &*wrong)];
-    let agent = start(agent_config(&yaml, &env, &dir)).await;
+    let agent = start(agent_config(&yaml, &env, dir.path())).await;
     let line = wait_error(&agent, &["rejected the credentials"]).await;
     assert!(
         line.starts_with(&format!(
@@ -76,7 +88,7 @@ async fn basic_auth_from_the_environment_and_its_refusals() {
     assert!(!line.contains("wrong-pw"), "{line}");
     assert_eq!(health(agent.health_addr()).await, "OK\n");
     let attempts = proxy.connects().len();
-    wait_until("the agent retries", DEADLINE, || async {
+    wait_for_async("the agent retries", DEADLINE, || async {
         proxy.connects().len() > attempts
     })
     .await;
@@ -85,7 +97,7 @@ async fn basic_auth_from_the_environment_and_its_refusals() {
     // The right password, percent-encoded in the URL (%2D is '-'): READY, traffic flows.
     let right = proxy.url(Some("agent:s3cret%2Dpw"));
     let env = [("NC_TRUST_ENV", "true"), ("ALL_PROXY", &*right)];
-    let agent = start(agent_config(&yaml, &env, &dir)).await;
+    let agent = start(agent_config(&yaml, &env, dir.path())).await;
     wait_health(agent.health_addr(), "READY\n").await;
     assert_eq!(agent.last_error(), None);
     echo_through(&relay, "echo", b"authenticated").await;
@@ -102,16 +114,16 @@ async fn proxy_403_is_one_line() {
     else {
         return;
     };
-    let (echo, _t) = echo_server().await;
+    let echo = target::echo().await;
     let relay = relay(&["echo"]).await;
-    let dir = temp_dir("proxy-403");
+    let dir = TempDir::new("proxy-403");
     let url = format!("ws://{}/tunnel", relay.tunnel_addr());
     let yaml = agent_yaml_url(
         &url,
-        echo,
+        echo.addr,
         &format!("proxy: {{https_proxy: '{}'}}\n", proxy.url(None)),
     );
-    let agent = start(agent_config(&yaml, &[], &dir)).await;
+    let agent = start(agent_config(&yaml, &[], dir.path())).await;
     let line = wait_error(&agent, &["HTTP 403"]).await;
     assert_eq!(
         line,
@@ -129,16 +141,16 @@ async fn no_proxy_bypasses_the_proxy() {
     let Some(proxy) = Tinyproxy::start(Options::default()).await else {
         return;
     };
-    let (echo, _t) = echo_server().await;
+    let echo = target::echo().await;
     let relay = relay(&["echo"]).await;
-    let dir = temp_dir("no-proxy");
+    let dir = TempDir::new("no-proxy");
     let url = format!("ws://{}/tunnel", relay.tunnel_addr());
-    let yaml = agent_yaml_url(&url, echo, "");
+    let yaml = agent_yaml_url(&url, echo.addr, "");
     let proxy_url = proxy.url(None);
 
     // With HTTPS_PROXY alone the tunnel goes through the proxy (so its log does show use)...
     let env = [("NC_TRUST_ENV", "true"), ("HTTPS_PROXY", &*proxy_url)];
-    let agent = start(agent_config(&yaml, &env, &dir)).await;
+    let agent = start(agent_config(&yaml, &env, dir.path())).await;
     wait_health(agent.health_addr(), "READY\n").await;
     assert_eq!(proxy.connects().len(), 1);
     drop(agent);
@@ -155,7 +167,7 @@ async fn no_proxy_bypasses_the_proxy() {
             ("HTTPS_PROXY", &*proxy_url),
             ("no_proxy", &*no_proxy),
         ];
-        let agent = start(agent_config(&yaml, &env, &dir)).await;
+        let agent = start(agent_config(&yaml, &env, dir.path())).await;
         wait_health(agent.health_addr(), "READY\n").await;
         echo_through(&relay, "echo", no_proxy.as_bytes()).await;
         assert_eq!(
@@ -168,10 +180,10 @@ async fn no_proxy_bypasses_the_proxy() {
     // YAML no_proxy does the same without the environment.
     let yaml_np = agent_yaml_url(
         &url,
-        echo,
+        echo.addr,
         &format!("proxy: {{https_proxy: '{proxy_url}', no_proxy: '127.0.0.1'}}\n"),
     );
-    let agent = start(agent_config(&yaml_np, &[], &dir)).await;
+    let agent = start(agent_config(&yaml_np, &[], dir.path())).await;
     wait_health(agent.health_addr(), "READY\n").await;
     assert_eq!(proxy.connects().len(), 1);
 }
@@ -183,28 +195,33 @@ async fn wss_inside_the_connect_tunnel_checks_the_relays_certificate() {
     };
     let ca = Ca::new("NowConnect E2E CA");
     let leaf = ca.issue(&["localhost"]);
-    let dir = temp_dir("proxy-wss");
-    let cert = write(&dir, "relay.pem", &leaf.cert_pem);
-    let key = write(&dir, "relay.key", &leaf.key_pem);
-    let bundle = write(&dir, "ca.pem", &ca.pem());
-    let (echo, _t) = echo_server().await;
+    let dir = TempDir::new("proxy-wss");
+    let cert = dir.write("relay.pem", &leaf.cert_pem);
+    let key = dir.write("relay.key", &leaf.key_pem);
+    let bundle = dir.write("ca.pem", &ca.pem());
+    let echo = target::echo().await;
     let relay = start_relay(&relay_yaml_tls(&["echo"], Some((&cert, &key, None)))).await;
     let port = relay.tunnel_addr().port();
     // The proxy resolves "localhost"; the agent checks the relay's certificate for that name.
     let yaml = agent_yaml_url(
         &format!("wss://localhost:{port}/tunnel"),
-        echo,
+        echo.addr,
         &format!("proxy: {{https_proxy: '{}'}}\n", proxy.url(None)),
     );
     let bundle_env = bundle.display().to_string();
-    let agent = start(agent_config(&yaml, &[("NC_CA_BUNDLE", &bundle_env)], &dir)).await;
+    let agent = start(agent_config(
+        &yaml,
+        &[("NC_CA_BUNDLE", &bundle_env)],
+        dir.path(),
+    ))
+    .await;
     wait_health(agent.health_addr(), "READY\n").await;
     assert_eq!(proxy.connects(), vec![format!("localhost:{port}")]);
     echo_through(&relay, "echo", b"tls inside the proxy tunnel").await;
     drop(agent);
 
     // Without the bundle the same path fails on the relay's certificate, not on the proxy.
-    let agent = start(agent_config(&yaml, &[], &dir)).await;
+    let agent = start(agent_config(&yaml, &[], dir.path())).await;
     wait_error(
         &agent,
         &[

@@ -1,15 +1,19 @@
 //! A real forward proxy for the tests: Debian's tinyproxy, configured in a temp dir, listening on
-//! 127.0.0.1 on a free port, run in the foreground and killed when dropped. Missing binary: the
-//! test is skipped locally and fails in CI (`CI=true`).
+//! 127.0.0.1, run in the foreground and killed when dropped. Missing binary: the test is skipped
+//! locally and fails in CI (`CI=true`).
+//!
+//! The port: tinyproxy binds it itself and cannot take a listener from us, so [`Tinyproxy::start`]
+//! picks a port that is free at that moment and, if another process takes it first (tinyproxy
+//! then exits), tries another, up to 5 times.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::{temp_dir, write};
-use crate::support::DEADLINE;
+use crate::temp::TempDir;
+use crate::wait::DEADLINE;
 
 /// Options of one proxy.
 #[derive(Debug, Default, Clone)]
@@ -20,18 +24,13 @@ pub struct Options {
     pub connect_ports: Vec<u16>,
 }
 
+#[derive(Debug)]
 pub struct Tinyproxy {
     pub port: u16,
     log: PathBuf,
-    dir: PathBuf,
-    /// Killed when dropped (`kill_on_drop`), also when the test panics.
+    /// Killed when dropped (`kill_on_drop`), also when the test panics; before `_dir` goes.
     _child: Child,
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: TempDir,
 }
 
 /// Where tinyproxy is installed, if it is.
@@ -46,22 +45,16 @@ fn binary() -> Option<PathBuf> {
 impl Tinyproxy {
     /// Starts tinyproxy, or returns `None` (skip) when it is not installed outside CI.
     pub async fn start(opts: Options) -> Option<Tinyproxy> {
-        let Some(bin) = binary() else {
-            assert_ne!(
-                std::env::var("CI").as_deref(),
-                Ok("true"),
-                "tinyproxy is not installed (scripts/install-deps.sh installs it)"
-            );
-            eprintln!("skipping: tinyproxy is not installed (scripts/install-deps.sh)");
+        let bin = binary();
+        if !crate::require(bin.is_some(), "tinyproxy") {
             return None;
-        };
-        let dir = temp_dir("tinyproxy");
-        // The port is free when we look; if another process takes it first, tinyproxy exits
-        // and we try another.
+        }
+        let bin = bin.expect("checked above");
+        let dir = TempDir::new("tinyproxy");
         for _ in 0..5 {
-            let port = free_port().await;
-            let log = dir.join(format!("tinyproxy-{port}.log"));
-            let conf = write(&dir, "tinyproxy.conf", &config(port, &log, &opts));
+            let port = free_port();
+            let log = dir.join(&format!("tinyproxy-{port}.log"));
+            let conf = dir.write("tinyproxy.conf", &config(port, &log, &opts));
             let mut child = Command::new(&bin)
                 .arg("-d")
                 .arg("-c")
@@ -75,12 +68,12 @@ impl Tinyproxy {
                 return Some(Tinyproxy {
                     port,
                     log,
-                    dir,
                     _child: child,
+                    _dir: dir,
                 });
             }
         }
-        panic!("tinyproxy did not start (see {})", dir.display());
+        panic!("tinyproxy did not start (see {})", dir.path().display());
     }
 
     /// `http://127.0.0.1:<port>`, with `user:pass@` if given (already percent-encoded).
@@ -117,9 +110,12 @@ fn config(port: u16, log: &Path, opts: &Options) -> String {
     c
 }
 
-async fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    l.local_addr().expect("addr").port()
+/// A port free a moment ago (see the module doc for the race and the retry).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(crate::net::LOOPBACK_ANY)
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
 }
 
 /// True once the port accepts connections; false if tinyproxy exited first.

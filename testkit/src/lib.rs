@@ -1,0 +1,63 @@
+//! The one test kit of NowConnect: every test setup that two test files share lives here, so the
+//! relay's, the agent's and the end-to-end tests wait, bind, sign and mock the same way.
+//!
+//! Dev-only (`publish = false`) and never a dependency of the relay or the agent crate: both take
+//! it as a dev-dependency, so it must not depend on them (a dev-dependency cycle would compile
+//! them twice). What needs those crates (starting a relay or an agent) stays in the test files.
+//!
+//! Rules it keeps for every test: loopback only (`127.0.0.1:0`, never a fixed port), keys and CAs
+//! made at run time, waits on a condition with a deadline instead of sleeps, and a handle that
+//! owns its task (dropping a target, a server or a fixture stops it).
+//!
+//! Modules:
+//! - [`wait`]: polling waits and timeouts that fail the test with a description.
+//! - [`net`]: listeners on 127.0.0.1:0, a port reserved across restarts, connects from 127.0.0.x.
+//! - [`target`]: TCP targets (echo, refusing, resetting, silent, firehose, hand-off, custom).
+//! - [`io`]: the client side of a test connection (read until close, seeded payloads, hashes).
+//! - [`http`]: a tiny HTTP/1.1 client and a counting test server.
+//! - [`health`]: probing the agent's health port.
+//! - [`temp`]: per-test temporary directories and the files in them.
+//! - [`pki`]: an rcgen PKI (CAs, server and client certificates, TLS acceptors and connectors).
+//! - [`idp`]: a test identity provider (keys made at run time, JWKS, minted tokens).
+//! - [`mock_agent`]: a raw-frame agent (WebSocket client, v1 JSON / v2 binary) for relay tests.
+//! - [`mock_relay`]: a raw-frame relay (WebSocket server) for agent tests.
+//! - [`proxy`]: an HTTP CONNECT proxy written for the tests.
+//! - [`yaml`]: relay and agent configuration texts for tests.
+//! - [`log`]: test logging and a capture of everything logged.
+//! - [`slapd`], [`tinyproxy`]: fixtures running the real OpenLDAP server and forward proxy.
+#![forbid(unsafe_code)]
+
+pub mod health;
+pub mod http;
+pub mod idp;
+pub mod io;
+pub mod log;
+pub mod mock_agent;
+pub mod mock_relay;
+pub mod net;
+pub mod pki;
+pub mod proxy;
+pub mod slapd;
+pub mod target;
+pub mod temp;
+pub mod tinyproxy;
+pub mod wait;
+pub mod yaml;
+
+/// True when the tests run in CI (`CI=true`): a missing tool fails the test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// Skips (returns false) when `present` is false outside CI; panics in CI, naming `what`.
+pub fn require(present: bool, what: &str) -> bool {
+    if present {
+        return true;
+    }
+    assert!(
+        !in_ci(),
+        "{what} is missing in CI (scripts/install-deps.sh installs it)"
+    );
+    eprintln!("skipping: {what} is not installed (scripts/install-deps.sh)");
+    false
+}
