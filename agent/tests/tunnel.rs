@@ -586,3 +586,79 @@ async fn frame_before_hello_ack_is_a_protocol_error() {
     let mut again = relay.accept(Select::Negotiate).await;
     expect_hello(&mut again, &["echo"]).await;
 }
+
+/// An RST from the relay cuts the target with a TCP reset: the target reads ECONNRESET, not
+/// the EOF a finished request would give; a clean half-close still reads as EOF.
+#[tokio::test]
+async fn relay_rst_resets_the_target_connection() {
+    let relay = MockRelay::bind().await;
+    let (target, mut accepted) = target::handoff().await;
+    let _agent = start(&agent_yaml(&relay.url(), "v2", &[("t", target.addr)])).await;
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["t"]).await;
+    conn.send(Frame::HelloAck).await;
+    for id in [1, 2] {
+        conn.send(Frame::Open {
+            id,
+            connector: "t".into(),
+            client_addr: None,
+        })
+        .await;
+    }
+    let mut first = within("target accept", STEP, accepted.recv())
+        .await
+        .expect("accepted");
+    let mut second = within("target accept", STEP, accepted.recv())
+        .await
+        .expect("accepted");
+    // Bytes on both first, so each stream is up before it ends; which socket is which stream is
+    // told by its byte.
+    conn.send(Frame::Data {
+        id: 1,
+        payload: Bytes::from_static(b"1"),
+    })
+    .await;
+    conn.send(Frame::Data {
+        id: 2,
+        payload: Bytes::from_static(b"2"),
+    })
+    .await;
+    let mut b = [0u8; 1];
+    within("first byte", STEP, first.read_exact(&mut b))
+        .await
+        .expect("read");
+    if b[0] == b'2' {
+        std::mem::swap(&mut first, &mut second);
+        within("second byte", STEP, first.read_exact(&mut b))
+            .await
+            .expect("read");
+    } else {
+        within("second byte", STEP, second.read_exact(&mut b))
+            .await
+            .expect("read");
+    }
+    conn.send(Frame::Rst {
+        id: 1,
+        code: RstCode::Other,
+        reason: String::new(),
+    })
+    .await;
+    conn.send(Frame::Fin {
+        id: 2,
+        dir: Dir::C2a,
+    })
+    .await;
+    let mut buf = [0u8; 16];
+    let cut = within("the reset stream", STEP, first.read(&mut buf)).await;
+    assert_eq!(
+        cut.map_err(|e| e.kind()).err(),
+        Some(std::io::ErrorKind::ConnectionReset),
+        "RST from the relay reaches the target as a TCP reset"
+    );
+    let eof = within("the half-closed stream", STEP, second.read(&mut buf)).await;
+    assert_eq!(
+        eof.expect("clean read"),
+        0,
+        "FIN c2a reaches the target as EOF"
+    );
+}
