@@ -495,8 +495,9 @@ async fn exchange_ignoring(
     (got, false)
 }
 
-/// v1 has no credit: a target that never reads overflows its bounded queue -> RST
-/// queue_overflow, and the tunnel carries on.
+/// v1 has no credit: a target that never reads fills its bounded queue, the agent stops
+/// reading the tunnel, and after the ping timeout resets that stream (queue_overflow); the
+/// tunnel carries on.
 #[tokio::test]
 async fn v1_queue_overflow_resets_only_that_stream() {
     let relay = MockRelay::bind().await;
@@ -507,7 +508,9 @@ async fn v1_queue_overflow_resets_only_that_stream() {
         "v1",
         &[("echo", echo.addr), ("stuck", stuck.addr())],
     )
-    .replace("limits: {", "limits: {queue_depth_per_cid: 4, ");
+    .replace("limits: {", "limits: {queue_depth_per_cid: 4, ")
+    // How long a full queue may stop the tunnel reader before its stream is reset.
+    .replace("tunnel:\n", "tunnel:\n  ping_timeout_sec: 1\n");
     let _agent = start(&yaml).await;
     let mut conn = relay.accept(Select::Negotiate).await;
     expect_hello(&mut conn, &["echo", "stuck"]).await;
