@@ -222,7 +222,18 @@ impl Stream {
         let release = tokio::time::sleep(Duration::from_secs(86_400 * 365));
         tokio::pin!(release);
         let mut release_armed = false;
+        // A frame read from the target that the writer queue had no room for yet: nothing
+        // more is read until it is queued; meanwhile relay bytes are still written.
+        let mut outbox: Option<Outgoing> = None;
+        let out = self.ctx.out.clone();
         loop {
+            if let Some(item) = outbox.take() {
+                match out.try_send(item) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(item)) => outbox = Some(item),
+                    Err(mpsc::error::TrySendError::Closed(_)) => return Err(Abort::Dropped),
+                }
+            }
             if self.shut_pending {
                 // Every byte before the FIN is written (the session said so): pass it on.
                 // tokio's TcpStream shutdown needs `&mut`; the socket is shared with the session.
@@ -232,7 +243,7 @@ impl Stream {
                 self.shut_pending = false;
                 self.ctx.send.on_write_shut();
             }
-            if self.ctx.send.is_finished() {
+            if self.ctx.send.is_finished() && outbox.is_none() {
                 return Ok(());
             }
             let budget = self.ctx.send.read_budget(self.ctx.max_payload);
@@ -247,9 +258,15 @@ impl Stream {
                     r.map_err(io_err)?;
                     self.write_some(sock).map_err(io_err)?;
                 }
-                r = sock.readable(), if budget > 0 => {
+                permit = out.reserve(), if outbox.is_some() => {
+                    let permit = permit.map_err(|_| Abort::Dropped)?;
+                    if let Some(item) = outbox.take() {
+                        permit.send(item);
+                    }
+                }
+                r = sock.readable(), if budget > 0 && outbox.is_none() => {
                     r.map_err(io_err)?;
-                    self.read_some(sock, budget).await?;
+                    outbox = self.read_some(sock, budget)?;
                     if !release_armed && self.reads.in_burst() {
                         release.as_mut().reset(Instant::now() + ARENA_IDLE);
                         release_armed = true;
@@ -279,8 +296,8 @@ impl Stream {
         Ok(())
     }
 
-    /// One read of at most `budget` bytes from the target, sent as DATA (or FIN at EOF).
-    async fn read_some(&mut self, sock: &TcpStream, budget: usize) -> Result<(), Abort> {
+    /// One read of at most `budget` bytes from the target: the DATA (or, at EOF, FIN) to send.
+    fn read_some(&mut self, sock: &TcpStream, budget: usize) -> Result<Option<Outgoing>, Abort> {
         let v2 = self.ctx.version == Version::V2;
         let id = self.id();
         let header = v2.then_some(id);
@@ -290,29 +307,19 @@ impl Stream {
             .read(budget, header, now, |b| sock.try_read_buf(b))
         {
             Ok(Some(read)) => read,
-            Ok(None) => {
-                return match self.ctx.send.on_eof() {
-                    Some(fin) => self.send(Outgoing::Frame(fin)).await,
-                    None => Ok(()),
-                };
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Ok(None) => return Ok(self.ctx.send.on_eof().map(Outgoing::Frame)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(Abort::Reset(RstCode::Io, short(&e.to_string()))),
         };
         self.ctx
             .send
             .on_read(n)
             .map_err(|r| Abort::Reset(r.code, r.reason.to_owned()))?;
-        if v2 {
-            self.send(Outgoing::Encoded(buf)).await
+        Ok(Some(if v2 {
+            Outgoing::Encoded(buf)
         } else {
-            let data = Frame::Data { id, payload: buf };
-            self.send(Outgoing::Frame(data)).await
-        }
-    }
-
-    async fn send(&self, item: Outgoing) -> Result<(), Abort> {
-        self.ctx.out.send(item).await.map_err(|_| Abort::Dropped)
+            Outgoing::Frame(Frame::Data { id, payload: buf })
+        }))
     }
 }
 

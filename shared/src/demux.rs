@@ -107,7 +107,8 @@ pub enum Dispatch<H> {
     Hello(Hello),
     /// Agent: the relay accepted our HELLO; the tunnel is READY.
     HelloAck,
-    /// Agent: the relay opens a stream. Dial and [`Demux::accept`], or [`Demux::refuse`].
+    /// Agent: the relay opens a stream. Dial and [`Demux::accept`] (which refuses beyond the
+    /// table's bound), or [`Demux::refuse`].
     /// `cid`: the peer's own v1 cid for it, for the encoder ([`crate::V1Encoder::bind`]).
     Open {
         id: StreamId,
@@ -434,15 +435,6 @@ impl<H> Demux<H> {
                     // The relay believes the id free; ours is stale: reset both.
                     return self.local_reset(id, Reset::new(RstCode::Protocol, "stream id in use"));
                 }
-                if self.slots.len() >= self.max_streams {
-                    let reset = Reset::new(RstCode::Other, "agent stream limit reached");
-                    return Dispatch::Reset {
-                        id,
-                        rst: self.refuse(id, reset),
-                        reason: reset,
-                        handle: None,
-                    };
-                }
                 let cid = self
                     .v1
                     .as_ref()
@@ -484,13 +476,20 @@ impl<H> Demux<H> {
         }
     }
 
+    /// Resets stream `id` from this side. A live, announced stream leaves the table; one whose
+    /// OPEN has not gone out yet is not the peer's to name, so it stays (the RST then names an
+    /// id the peer does not know, which it ignores).
     fn local_reset(&mut self, id: StreamId, reset: Reset) -> Dispatch<H> {
-        let handle = self.remove(id);
-        if handle.is_none() {
-            if let Some(v1) = &mut self.v1 {
-                v1.forget(id);
+        let handle = match self.slots.get(&id).map(|s| s.announced) {
+            Some(true) => self.remove(id),
+            Some(false) => None,
+            None => {
+                if let Some(v1) = &mut self.v1 {
+                    v1.forget(id);
+                }
+                None
             }
-        }
+        };
         Dispatch::Reset {
             id,
             rst: reset.frame(id),

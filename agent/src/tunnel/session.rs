@@ -11,6 +11,7 @@
 //! live in `JoinSet`s owned by the session, so ending (or dropping) the session closes every
 //! target socket at once.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -20,7 +21,7 @@ use nowconnect_shared::demux::{Demux, Dispatch, Drained as Written, Ignored};
 use nowconnect_shared::{Frame, Hello, Limits, Reset, Role, RstCode, StreamId, StreamParams};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{Id as TaskId, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -117,6 +118,7 @@ pub(super) async fn run(
         data: data_tx,
         drained_tx,
         tasks: JoinSet::new(),
+        task_streams: HashMap::new(),
         next_serial: 0,
         gauge: shared.health.stream_gauge(),
         ready_at: None,
@@ -152,6 +154,8 @@ struct Session<'a> {
     data: mpsc::Sender<Outgoing>,
     drained_tx: mpsc::UnboundedSender<Drained>,
     tasks: JoinSet<(StreamId, u64)>,
+    /// Which stream each task drives, so even a task that failed leaves the table.
+    task_streams: HashMap<TaskId, (StreamId, u64)>,
     next_serial: u64,
     /// Live streams, counted into the agent's total (systemd STATUS).
     gauge: StreamGauge,
@@ -198,8 +202,6 @@ impl Session<'_> {
                 stalled = full;
                 if full.is_some() {
                     stall.as_mut().reset(Instant::now() + ka.ping_timeout);
-                    // Not reading the tunnel is not the relay's silence.
-                    ping_sent = None;
                 }
             }
             if drain_until.is_some() && self.demux.is_empty() {
@@ -238,8 +240,13 @@ impl Session<'_> {
                         }
                     }
                 }
-                _ = &mut keepalive, if stalled.is_none() => {
+                _ = &mut keepalive => {
                     let now = Instant::now();
+                    if stalled.is_some() {
+                        // Not reading the tunnel (v1 backpressure) is not the relay's silence;
+                        // our pings still go out, so the relay sees us alive.
+                        last_seen = now;
+                    }
                     match ping_sent {
                         Some(t) if last_seen < t => return End::KeepaliveTimeout,
                         Some(t) => {
@@ -253,16 +260,20 @@ impl Session<'_> {
                         }
                     }
                 }
-                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    match done {
-                        Ok((id, serial)) => {
-                            if self.demux.get(id).is_some_and(|s| s.handle.serial == serial) {
-                                self.demux.remove(id);
-                            }
-                            self.demux.shrink(STREAMS_MIN_CAPACITY);
+                Some(done) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    let task = match &done {
+                        Ok((task, _)) => *task,
+                        Err(e) => {
+                            tracing::error!(error = %e, "stream task failed");
+                            e.id()
                         }
-                        Err(e) => tracing::error!(error = %e, "stream task failed"),
+                    };
+                    if let Some((id, serial)) = self.task_streams.remove(&task) {
+                        if self.demux.get(id).is_some_and(|s| s.handle.serial == serial) {
+                            self.demux.remove(id);
+                        }
                     }
+                    self.demux.shrink(STREAMS_MIN_CAPACITY);
                 }
                 Some(d) = drained_rx.recv() => {
                     if self.demux.get(d.id).is_some_and(|s| s.handle.serial == d.serial) {
@@ -493,7 +504,8 @@ impl Session<'_> {
             drained: self.drained_tx.clone(),
             sock,
         };
-        self.tasks.spawn(stream::run(ctx, rx));
+        let task = self.tasks.spawn(stream::run(ctx, rx));
+        self.task_streams.insert(task.id(), (id, self.next_serial));
     }
 }
 

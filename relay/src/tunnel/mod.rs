@@ -223,6 +223,7 @@ pub(crate) async fn run<S>(
 
     // Teardown: no new streams, then every stream of this tunnel closes its client at once.
     shared.registry.unregister(tunnel_id);
+    session.reject_pending();
     if end.sent_close() {
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     }

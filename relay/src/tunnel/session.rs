@@ -141,7 +141,10 @@ impl Session {
             }
             tokio::select! {
                 biased;
-                _ = token.cancelled() => return End::Shutdown,
+                // The relay stopping, or the writer failing (it cancels the tunnel).
+                _ = token.cancelled() => {
+                    return if self.shared.root.is_cancelled() { End::Shutdown } else { End::WsError };
+                }
                 _ = kick.cancelled() => {
                     info!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent disconnected by an operator");
                     self.close(CloseCode::Policy, "disconnected by operator");
@@ -436,6 +439,15 @@ impl Session {
         self.shared
             .streams
             .spawn(stream::run(self.ctx.clone(), task));
+    }
+
+    /// The tunnel is over: clients a listener handed it meanwhile are closed (reset), not left
+    /// to a normal close.
+    pub fn reject_pending(&mut self) {
+        self.conns.close();
+        while let Ok(conn) = self.conns.try_recv() {
+            reject(conn.sock);
+        }
     }
 
     fn refuse_over_cap(&self, connector: &str, peer: SocketAddr) {

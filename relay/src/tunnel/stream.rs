@@ -274,9 +274,19 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
     let release = tokio::time::sleep(FAR);
     tokio::pin!(release);
     let mut release_armed = false;
+    // A frame read from the client that the writer queue had no room for yet: nothing more is
+    // read until it is queued (the queue is bounded; this task never waits on it elsewhere).
+    let mut outbox: Option<Out> = None;
 
     loop {
-        if s.send.is_finished() {
+        if let Some(item) = outbox.take() {
+            match t.data.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => outbox = Some(item),
+                Err(mpsc::error::TrySendError::Closed(_)) => return End::TunnelGone,
+            }
+        }
+        if s.send.is_finished() && outbox.is_none() {
             return End::Done;
         }
         let budget = s.send.read_budget(t.max_payload);
@@ -322,7 +332,15 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                     });
                 }
             }
-            r = sock.readable(), if budget > 0 => {
+            // The frame read last waits for room in the writer queue; meanwhile this task
+            // still takes the session's messages and writes to the client.
+            permit = t.data.reserve(), if outbox.is_some() => {
+                let Ok(permit) = permit else { return End::TunnelGone };
+                if let Some(item) = outbox.take() {
+                    permit.send(item);
+                }
+            }
+            r = sock.readable(), if budget > 0 && outbox.is_none() => {
                 if r.is_err() {
                     return End::Local(Reset::new(RstCode::Io, "client socket error"));
                 }
@@ -332,9 +350,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                     Ok(None) => {
                         if let Some(fin) = s.send.on_eof() {
                             t.metrics.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
-                            if !send_out(t, Out::Frame(fin)).await {
-                                return End::TunnelGone;
-                            }
+                            outbox = Some(Out::Frame(fin));
                         }
                     }
                     Ok(Some((bytes, n))) => {
@@ -348,14 +364,11 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                         s.activity.touch();
                         s.info.bytes_c2a.fetch_add(n as u64, Ordering::Relaxed);
                         lm.bytes_c2a.inc_by(n as u64);
-                        let item = if v2 {
+                        outbox = Some(if v2 {
                             Out::Raw(bytes)
                         } else {
                             Out::Frame(Frame::Data { id, payload: bytes })
-                        };
-                        if !send_out(t, item).await {
-                            return End::TunnelGone;
-                        }
+                        });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => return End::Local(Reset::new(RstCode::Io, "client read failed")),

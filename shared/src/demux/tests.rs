@@ -143,6 +143,22 @@ fn relay_ids_wrap_below_2_31_and_skip_live_ones() {
 }
 
 #[test]
+fn an_agent_open_never_takes_a_stream_before_its_open_went_out() {
+    let mut d = ready(Role::Relay);
+    let (id, _) = d.open(|_| 9).expect("room");
+    let open = Frame::Open {
+        id,
+        connector: "ad".into(),
+        client_addr: None,
+    };
+    assert!(matches!(
+        d.on_binary(&bin(&open)),
+        Dispatch::Reset { handle: None, .. }
+    ));
+    assert!(d.get(id).is_some(), "the stream being authorized stays");
+}
+
+#[test]
 fn only_the_relay_opens_streams() {
     let mut d = ready(Role::Relay);
     let open = Frame::Open {
@@ -214,14 +230,8 @@ fn agent_refuses_opens_beyond_its_table() {
         connector: "ad".into(),
         client_addr: None,
     });
-    assert!(matches!(
-        d.on_binary(&open),
-        Dispatch::Reset {
-            id: 5,
-            handle: None,
-            ..
-        }
-    ));
+    assert!(matches!(d.on_binary(&open), Dispatch::Open { id: 5, .. }));
+    assert_eq!(d.accept(5, 5).err(), Some(Full), "the driver refuses it");
 }
 
 #[test]
