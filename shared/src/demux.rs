@@ -316,15 +316,18 @@ impl<H> Demux<H> {
     /// (`queue_overflow`), which lets the tunnel be read again.
     pub fn overflow(&mut self, id: StreamId) -> Dispatch<H> {
         let reset = Reset::new(RstCode::QueueOverflow, "queue full too long");
-        match self.reset(id, reset) {
-            Some((rst, handle)) => Dispatch::Reset {
-                id,
-                rst,
-                reason: reset,
-                handle: Some(handle),
-            },
-            None => Dispatch::Nothing,
-        }
+        self.reset_live(id, reset).unwrap_or(Dispatch::Nothing)
+    }
+
+    /// Resets live stream `id` as a [`Dispatch::Reset`]; `None` when it is not live.
+    fn reset_live(&mut self, id: StreamId, reason: Reset) -> Option<Dispatch<H>> {
+        let (rst, handle) = self.reset(id, reason)?;
+        Some(Dispatch::Reset {
+            id,
+            rst,
+            reason,
+            handle: Some(handle),
+        })
     }
 
     fn refresh_full(&mut self) {
@@ -401,16 +404,9 @@ impl<H> Demux<H> {
             return Dispatch::Close(Violation::BadHello(e));
         }
         let reset = Reset::new(RstCode::Protocol, "undecodable frame");
-        if !self.slots.get(&id).is_some_and(|s| s.announced) {
-            return Dispatch::Ignored(Ignored::Undecodable(e));
-        }
-        match self.reset(id, reset) {
-            Some((rst, handle)) => Dispatch::Reset {
-                id,
-                rst,
-                reason: reset,
-                handle: Some(handle),
-            },
+        let live = self.slots.get(&id).is_some_and(|s| s.announced);
+        match live.then(|| self.reset_live(id, reset)).flatten() {
+            Some(d) => d,
             None => Dispatch::Ignored(Ignored::Undecodable(e)),
         }
     }

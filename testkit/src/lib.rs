@@ -27,6 +27,7 @@
 //! - [`slapd`], [`tinyproxy`]: fixtures running the real OpenLDAP server and forward proxy.
 #![forbid(unsafe_code)]
 
+pub mod frames;
 pub mod health;
 pub mod http;
 pub mod idp;

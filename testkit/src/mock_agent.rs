@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use nowconnect_shared::{binary, Frame, Hello, Limits, V1Decoder, V1Encoder, Version};
+use nowconnect_shared::{Frame, Hello, Version};
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::frames::Codec;
 use crate::wait::within;
 
 /// How long a receive waits for the relay by default.
@@ -123,10 +124,7 @@ pub struct MockAgent<S> {
     /// The socket itself, for tests that read pings or close frames.
     pub ws: Ws<S>,
     pub version: Version,
-    /// v1 halves; the decoder checks seq on every stream this end saw an OPEN for.
-    enc: V1Encoder,
-    dec: V1Decoder,
-    limits: Limits,
+    codec: Codec,
 }
 
 impl<S> std::fmt::Debug for MockAgent<S> {
@@ -155,9 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockAgent<S> {
         MockAgent {
             ws,
             version,
-            enc: V1Encoder::new(Limits::default()),
-            dec: V1Decoder::new(Limits::default()),
-            limits: Limits::default(),
+            codec: Codec::new(version),
         }
     }
 
@@ -168,17 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockAgent<S> {
 
     /// Sends one frame in the tunnel's encoding.
     pub async fn send(&mut self, f: &Frame) {
-        let msg = match self.version {
-            Version::V2 => {
-                Message::Binary(binary::encode_to_bytes(f, &self.limits).expect("encode v2"))
-            }
-            Version::V1 => {
-                if let Frame::Open { id, .. } = f {
-                    self.dec.open(*id).expect("room for v1 state");
-                }
-                Message::text(self.enc.encode(f).expect("encode v1"))
-            }
-        };
+        let msg = self.codec.encode(f);
         self.ws.send(msg).await.expect("send to the relay");
     }
 
@@ -196,24 +182,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockAgent<S> {
             let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .ok()??;
-            match msg.ok()? {
-                Message::Binary(b) => {
-                    assert_eq!(self.version, Version::V2, "binary message on a v1 tunnel");
-                    return Some(binary::decode(&b, &self.limits).expect("valid v2 frame"));
-                }
-                Message::Text(t) => {
-                    assert_eq!(self.version, Version::V1, "text message on a v2 tunnel");
-                    let f = self.dec.decode(t.as_str()).expect("valid v1 frame");
-                    if let Frame::Open { id, .. } = &f {
-                        self.dec.open(*id).expect("room for v1 state");
-                        if let Some(cid) = self.dec.foreign_cid(*id) {
-                            self.enc.bind(*id, cid).expect("room for v1 state");
-                        }
-                    }
-                    return Some(f);
-                }
-                Message::Close(_) => return None,
-                _ => continue,
+            let msg = msg.ok()?;
+            if let Some(f) = self.codec.decode(&msg) {
+                return Some(f);
+            }
+            if let Message::Close(_) = msg {
+                return None;
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use nowconnect_shared::{binary, Frame, Limits, V1Decoder, V1Encoder, Version};
+use nowconnect_shared::{Frame, Version};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::frames::Codec;
 use crate::wait::within;
 
 /// How long the mock waits for the agent (a connection, a frame).
@@ -144,10 +145,7 @@ pub struct MockConn<S> {
     pub ws: WebSocketStream<S>,
     pub version: Version,
     pub upgrade: Upgrade,
-    /// v1 halves; the decoder checks seq on every stream this end saw an OPEN for.
-    enc: V1Encoder,
-    dec: V1Decoder,
-    limits: Limits,
+    codec: Codec,
 }
 
 impl<S> std::fmt::Debug for MockConn<S> {
@@ -165,24 +163,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockConn<S> {
             ws,
             version,
             upgrade,
-            enc: V1Encoder::new(Limits::default()),
-            dec: V1Decoder::new(Limits::default()),
-            limits: Limits::default(),
+            codec: Codec::new(version),
         }
     }
 
     pub async fn send(&mut self, f: Frame) {
-        let msg = match self.version {
-            Version::V2 => {
-                Message::Binary(binary::encode_to_bytes(&f, &self.limits).expect("encode v2"))
-            }
-            Version::V1 => {
-                if let Frame::Open { id, .. } = &f {
-                    self.dec.open(*id).expect("room for v1 state");
-                }
-                Message::text(self.enc.encode(&f).expect("encode v1"))
-            }
-        };
+        let msg = self.codec.encode(&f);
         self.ws.send(msg).await.expect("send to the agent");
     }
 
@@ -191,24 +177,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockConn<S> {
     pub async fn try_recv(&mut self) -> Option<Frame> {
         loop {
             let msg = within("a frame from the agent", STEP, self.ws.next()).await?;
-            match msg.ok()? {
-                Message::Binary(b) => {
-                    assert_eq!(self.version, Version::V2, "binary frame on a v1 tunnel");
-                    return Some(binary::decode(&b, &self.limits).expect("valid v2 frame"));
-                }
-                Message::Text(t) => {
-                    assert_eq!(self.version, Version::V1, "text frame on a v2 tunnel");
-                    let f = self.dec.decode(t.as_str()).expect("valid v1 frame");
-                    if let Frame::Open { id, .. } = &f {
-                        self.dec.open(*id).expect("room for v1 state");
-                        if let Some(cid) = self.dec.foreign_cid(*id) {
-                            self.enc.bind(*id, cid).expect("room for v1 state");
-                        }
-                    }
-                    return Some(f);
-                }
-                Message::Close(_) => return None,
-                _ => continue,
+            let msg = msg.ok()?;
+            if let Some(f) = self.codec.decode(&msg) {
+                return Some(f);
+            }
+            if let Message::Close(_) = msg {
+                return None;
             }
         }
     }
