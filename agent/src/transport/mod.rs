@@ -8,17 +8,13 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use nowconnect_shared::subprotocol::{self, Version};
 use nowconnect_shared::Limits;
 use rustls::pki_types::ServerName;
 use rustls::{AlertDescription, CertificateError, ClientConfig};
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::BufReader;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError, SubProtocolError};
@@ -29,21 +25,17 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::config::{AgentConfig, ProtocolChoice};
 use crate::no_proxy::NoProxy;
-use crate::proxy::{self, ProxyError, ProxyUrl};
+use crate::proxy::{self, ProxyUrl};
 use crate::tls::{ClientConfigs, Untrusted};
-use crate::token::{self, Token, TokenError};
+use crate::token::{self, Token};
 use crate::url::RelayUrl;
 
-/// The byte stream under the WebSocket: TCP, or TLS over a stream (TLS to the relay, possibly
-/// inside TLS to an `https://` proxy).
-#[derive(Debug)]
-pub enum TunnelIo {
-    Plain(TcpStream),
-    /// TCP under TLS. rustls reads at most 4 KiB per call; the buffer turns a 64 KiB burst into
-    /// one `recvfrom` instead of sixteen.
-    Buffered(BufReader<TcpStream>),
-    Tls(Box<tokio_rustls::client::TlsStream<TunnelIo>>),
-}
+mod error;
+mod stream;
+
+pub use error::{DialError, Hop, Progress, Step};
+use stream::connect_tcp;
+pub use stream::TunnelIo;
 
 /// Read buffer between a TCP socket and the TLS layer on top of it.
 const TLS_READ_BUFFER: usize = 64 * 1024;
@@ -54,139 +46,6 @@ const WS_READ_BUFFER: usize = 16 * 1024;
 
 /// The tunnel's WebSocket.
 pub type WsStream = WebSocketStream<TunnelIo>;
-
-/// Which machine a step talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hop {
-    Relay,
-    Proxy,
-}
-
-impl fmt::Display for Hop {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Hop::Relay => "relay",
-            Hop::Proxy => "proxy",
-        })
-    }
-}
-
-/// Why one dial attempt failed. The variant names double as log/metric reasons.
-#[derive(Debug, thiserror::Error)]
-pub enum DialError {
-    #[error(transparent)]
-    Token(#[from] TokenError),
-    #[error("DNS lookup of {hop} host {host} failed: {source}")]
-    Resolve {
-        hop: Hop,
-        host: String,
-        source: io::Error,
-    },
-    #[error("TCP connect to {hop} {addr} failed: {source}")]
-    Connect {
-        hop: Hop,
-        addr: String,
-        source: io::Error,
-    },
-    #[error(transparent)]
-    Proxy(#[from] ProxyError),
-    #[error("TLS to {hop} {host}: certificate not trusted: issued by `{issuer}`, which is not a trusted root{hint}")]
-    TlsUntrusted {
-        hop: Hop,
-        host: String,
-        issuer: String,
-        hint: &'static str,
-    },
-    #[error("TLS to {hop} {host}: hostname mismatch: the certificate is for {presented}")]
-    TlsName {
-        hop: Hop,
-        host: String,
-        presented: String,
-    },
-    #[error("TLS to relay {host}: {message}")]
-    ClientCert { host: String, message: String },
-    #[error("TLS to {hop} {host} failed: {message}")]
-    Tls {
-        hop: Hop,
-        host: String,
-        message: String,
-    },
-    #[error("relay refused the WebSocket upgrade: HTTP {status}{reason}")]
-    Refused { status: u16, reason: String },
-    #[error("relay accepted the upgrade without a WebSocket subprotocol; tunnel.protocol v2 allows no fallback to v1")]
-    NoSubprotocol,
-    #[error("WebSocket subprotocol refused: the relay selected {}, which the agent did not offer", .0.as_deref().map(|s| format!("`{s}`")).unwrap_or_else(|| "another one".into()))]
-    Subprotocol(Option<String>),
-    #[error("WebSocket handshake with the relay failed: {0}")]
-    Handshake(String),
-}
-
-impl DialError {
-    /// Short stable name of the cause.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            DialError::Token(TokenError::Expired { .. }) => "token_expired",
-            DialError::Token(_) => "token",
-            DialError::Resolve { .. } => "dns",
-            DialError::Connect { .. } => "connect",
-            DialError::Proxy(e) => e.reason(),
-            DialError::TlsUntrusted { .. } => "tls_untrusted",
-            DialError::TlsName { .. } => "tls_hostname",
-            DialError::ClientCert { .. } => "tls_client_cert",
-            DialError::Tls { .. } => "tls",
-            DialError::Refused {
-                status: 400,
-                reason,
-            } if reason.contains("subprotocol") => "subprotocol",
-            DialError::Refused { status: 401, .. } => "unauthorized",
-            DialError::Refused { status: 403, .. } => "forbidden",
-            DialError::Refused { .. } => "refused",
-            DialError::NoSubprotocol | DialError::Subprotocol(_) => "subprotocol",
-            DialError::Handshake(_) => "handshake",
-        }
-    }
-}
-
-/// The step of a dial in flight (for timeout messages).
-#[derive(Debug, Default)]
-pub struct Progress(AtomicU8);
-
-/// Steps, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Step {
-    Token = 0,
-    Dns = 1,
-    Tcp = 2,
-    ProxyDns = 3,
-    ProxyTcp = 4,
-    ProxyTls = 5,
-    ProxyConnect = 6,
-    RelayTls = 7,
-    Upgrade = 8,
-    Hello = 9,
-}
-
-impl Progress {
-    pub fn set(&self, step: Step) {
-        self.0.store(step as u8, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> Step {
-        match self.0.load(Ordering::Relaxed) {
-            0 => Step::Token,
-            1 => Step::Dns,
-            2 => Step::Tcp,
-            3 => Step::ProxyDns,
-            4 => Step::ProxyTcp,
-            5 => Step::ProxyTls,
-            6 => Step::ProxyConnect,
-            7 => Step::RelayTls,
-            8 => Step::Upgrade,
-            _ => Step::Hello,
-        }
-    }
-}
 
 /// A successful dial.
 #[derive(Debug)]
@@ -562,133 +421,6 @@ fn client_cert_alert(alert: AlertDescription, have_cert: bool) -> Option<String>
     })
 }
 
-/// Resolves `host` and connects to the first address that answers.
-async fn connect_tcp(
-    hop: Hop,
-    host: &str,
-    port: u16,
-    progress: &Progress,
-) -> Result<TcpStream, DialError> {
-    let addrs: Vec<_> = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|source| DialError::Resolve {
-            hop,
-            host: host.to_owned(),
-            source,
-        })?
-        .collect();
-    progress.set(match hop {
-        Hop::Relay => Step::Tcp,
-        Hop::Proxy => Step::ProxyTcp,
-    });
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                // Small frames (LDAP, TLS records inside) must not wait for delayed ACKs.
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = Some((addr, e)),
-        }
-    }
-    Err(match last {
-        Some((addr, source)) => DialError::Connect {
-            hop,
-            addr: if addr.ip().to_string() == host {
-                addr.to_string()
-            } else {
-                format!("{} ({addr})", proxy::authority(host, port))
-            },
-            source,
-        },
-        None => DialError::Resolve {
-            hop,
-            host: host.to_owned(),
-            source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
-        },
-    })
-}
-
-impl TunnelIo {
-    /// The TLS version and cipher suite of the hop to the relay (`None` for `ws://`).
-    pub fn relay_tls(&self) -> Option<String> {
-        let TunnelIo::Tls(t) = self else {
-            return None;
-        };
-        let c = t.get_ref().1;
-        let version = c.protocol_version().map(|v| format!("{v:?}"))?;
-        let suite = c
-            .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()))?;
-        Some(format!("{version} {suite}"))
-    }
-}
-
-impl AsyncRead for TunnelIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TunnelIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            TunnelIo::Buffered(s) => Pin::new(s).poll_read(cx, buf),
-            TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for TunnelIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            TunnelIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            TunnelIo::Buffered(s) => Pin::new(s).poll_write(cx, buf),
-            TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            TunnelIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            TunnelIo::Buffered(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            TunnelIo::Plain(s) => s.is_write_vectored(),
-            TunnelIo::Buffered(s) => s.get_ref().is_write_vectored(),
-            TunnelIo::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TunnelIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            TunnelIo::Buffered(s) => Pin::new(s).poll_flush(cx),
-            TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            TunnelIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            TunnelIo::Buffered(s) => Pin::new(s).poll_shutdown(cx),
-            TunnelIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -714,25 +446,5 @@ mod tests {
         );
         assert_eq!(pretty_name("IpAddress(10.0.0.1)"), "10.0.0.1");
         assert_eq!(pretty_name("DirectoryName"), "DirectoryName");
-    }
-
-    #[test]
-    fn progress_round_trips() {
-        let p = Progress::default();
-        for s in [
-            Step::Token,
-            Step::Dns,
-            Step::Tcp,
-            Step::ProxyDns,
-            Step::ProxyTcp,
-            Step::ProxyTls,
-            Step::ProxyConnect,
-            Step::RelayTls,
-            Step::Upgrade,
-            Step::Hello,
-        ] {
-            p.set(s);
-            assert_eq!(p.get(), s);
-        }
     }
 }

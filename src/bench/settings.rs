@@ -1,0 +1,79 @@
+//! What one benchmark run is asked to do: the settings behind `nowconnect-bench`'s flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use super::ldap;
+
+/// Everything the run needs to know; see the `nowconnect-bench` flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bin_dir: PathBuf,
+    /// The agent binary (default: `nowconnect-agent` in `bin_dir`).
+    pub agent_bin: PathBuf,
+    pub work_dir: PathBuf,
+    pub protocol: String,
+    pub agent_multi_thread: bool,
+    /// `TOKIO_WORKER_THREADS` for the relay: workers of its accepting runtime and tunnel shards (None: one per core).
+    pub relay_worker_threads: Option<usize>,
+    pub log_level: String,
+    /// Each throughput/latency workload runs this many times, direct and tunnel alternating.
+    pub rounds: usize,
+    pub bulk_secs: f64,
+    pub bulk_cap: u64,
+    pub streams: usize,
+    pub pingpong_count: usize,
+    pub pingpong_size: usize,
+    pub idle_streams: usize,
+    /// None: skip the LDAP workload.
+    pub ldap: Option<LdapSettings>,
+    /// Which workloads run (`--only`); the default is all of them.
+    pub only: Workloads,
+}
+
+/// The workloads `--only` can pick.
+#[derive(Debug, Clone, Copy)]
+pub struct Workloads {
+    pub memory: bool,
+    pub pingpong: bool,
+    /// Bulk transfers with one stream (up and down).
+    pub bulk1: bool,
+    /// Bulk transfers with `--streams` streams (up and down).
+    pub bulk_n: bool,
+    pub ldap: bool,
+}
+
+impl Workloads {
+    /// Parses `memory,pingpong,bulk,bulk1,ldap` (bulk = bulk1 + the multi-stream cases).
+    pub fn parse(list: &str) -> anyhow::Result<Workloads> {
+        let mut w = Workloads {
+            memory: false,
+            pingpong: false,
+            bulk1: false,
+            bulk_n: false,
+            ldap: false,
+        };
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item {
+                "memory" => w.memory = true,
+                "pingpong" => w.pingpong = true,
+                "bulk" => (w.bulk1, w.bulk_n) = (true, true),
+                "bulk1" => w.bulk1 = true,
+                "ldap" => w.ldap = true,
+                other => anyhow::bail!(
+                    "--only {other}: expected a list of memory, pingpong, bulk, bulk1, ldap"
+                ),
+            }
+        }
+        Ok(w)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LdapSettings {
+    pub addr: SocketAddr,
+    pub dn: String,
+    pub password: String,
+    pub search: ldap::Search,
+    pub searches: usize,
+}
