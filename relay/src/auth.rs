@@ -95,21 +95,33 @@ impl AuthError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Grants(HashSet<String>);
 
+/// What a `scp`/`scope` entry starts with when it grants a connector.
+pub(crate) const SCOPE_PREFIXES: [&str; 2] = ["nowconnect:connector:", "connector:"];
+
 impl Grants {
     pub fn allows(&self, connector: &str) -> bool {
         self.0.contains(connector)
     }
 
-    /// From the `connectors` claim (array of names) and `scp`/`scope` (array, or one
-    /// space-separated string). Each entry may be `name` or `connector:name`.
+    /// From the `connectors` claim (array of names, each `name` or `connector:name`) and
+    /// `scp`/`scope` (array, or one space-separated string), where only entries with an explicit
+    /// prefix grant: `nowconnect:connector:name` or `connector:name`. A plain scope word
+    /// (`openid`, `profile`) never grants a connector of that name.
     fn from_claims(claims: &Claims) -> Grants {
         let mut out = HashSet::new();
-        for claim in [&claims.connectors, &claims.scp, &claims.scope]
-            .into_iter()
-            .flatten()
-        {
+        let claims = [
+            (&claims.connectors, false),
+            (&claims.scp, true),
+            (&claims.scope, true),
+        ];
+        for (claim, prefixed_only) in claims {
+            let Some(claim) = claim else { continue };
             let mut add = |s: &str| {
-                let name = s.strip_prefix("connector:").unwrap_or(s);
+                let name = match SCOPE_PREFIXES.iter().find_map(|p| s.strip_prefix(p)) {
+                    Some(name) => name,
+                    None if prefixed_only => return,
+                    None => s,
+                };
                 if !name.is_empty() && out.len() < 1024 {
                     out.insert(name.to_owned());
                 }
@@ -413,13 +425,19 @@ mod tests {
     fn grants_accept_names_and_prefixed_scopes() {
         let claims: Claims = serde_json::from_value(serde_json::json!({
             "connectors": ["addomain", "connector:db"],
-            "scp": ["connector:ssh", "openid"],
-            "scope": "connector:api   web",
+            "scp": ["connector:ssh", "openid", "nowconnect:connector:ldaps"],
+            "scope": "connector:api   web profile",
         }))
         .expect("claims");
         let g = Grants::from_claims(&claims);
-        for c in ["addomain", "db", "ssh", "openid", "api", "web"] {
+        for c in ["addomain", "db", "ssh", "ldaps", "api"] {
             assert!(g.allows(c), "{c}");
+        }
+        for plain in ["openid", "web", "profile"] {
+            assert!(
+                !g.allows(plain),
+                "a plain scope word `{plain}` grants nothing"
+            );
         }
         assert!(!g.allows("connector:db"));
         assert!(!g.allows("other"));

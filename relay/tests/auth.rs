@@ -362,26 +362,39 @@ async fn hello_agent_id_mismatch_closes_the_tunnel() {
 async fn connectors_must_be_granted_when_scopes_are_required() {
     let ed = ed_key("ed-1");
     let idp = Idp::start(&[&ed]).await;
-    let relay = jwt_relay(&idp.url(), "  require_connector_scopes: true\n", "").await;
-    let grant = |k: &str, v: serde_json::Value| {
+    // Nothing configured: secure by default.
+    let relay = jwt_relay(&idp.url(), "", "").await;
+    let ungranted = || {
         let mut c = claims("premise-01");
+        c.as_object_mut()
+            .expect("claims object")
+            .remove("connectors");
+        c
+    };
+    let grant = |k: &str, v: serde_json::Value| {
+        let mut c = ungranted();
         c[k] = v;
         mint(&ed, &c)
     };
 
-    // Not granted: no claim at all, another connector, a prefix of the name.
-    for token in [
-        mint(&ed, &claims("premise-01")),
+    // Not granted: no claim at all, another connector, a prefix of the name, plain scope
+    // words that happen to be the connector's name.
+    let refused = [
+        mint(&ed, &ungranted()),
         grant("connectors", json!(["devdomain"])),
         grant("scope", json!("openid connector:add")),
-    ] {
+        grant("scope", json!("openid addomain")),
+        grant("scp", json!(["addomain"])),
+    ];
+    let n = refused.len() as u64;
+    for token in refused {
         let mut a = hello_only(&relay, &token, "premise-01", &["addomain"]).await;
         let (code, reason) = a.closed_with().await;
         assert_eq!(code, CloseCode::Policy);
         assert!(reason.contains("not granted"), "{reason}");
         no_stream(&relay).await;
     }
-    assert_eq!(failures(&relay, "connector_not_granted"), 3);
+    assert_eq!(failures(&relay, "connector_not_granted"), n);
     // One ungranted connector among granted ones refuses the whole HELLO.
     let token = grant("connectors", json!(["addomain"]));
     let mut a = hello_only(&relay, &token, "premise-01", &["addomain", "db"]).await;
@@ -394,8 +407,9 @@ async fn connectors_must_be_granted_when_scopes_are_required() {
         grant("connectors", json!(["connector:addomain"])),
         grant("scp", json!(["connector:addomain", "openid"])),
         grant("scp", json!("connector:addomain")),
-        grant("scope", json!("openid addomain")),
-        grant("scope", json!(["addomain"])),
+        grant("scope", json!("openid connector:addomain")),
+        grant("scope", json!(["nowconnect:connector:addomain"])),
+        grant("scp", json!("profile nowconnect:connector:addomain")),
     ] {
         let mut a = agent(&relay, &token, "premise-01", &["addomain"]).await;
         traffic_flows(&relay, &mut a).await;

@@ -166,13 +166,18 @@ pub fn jwks_file(dir: &Path, keys: &[&Key]) -> String {
     format!("file://{}", path.display())
 }
 
-/// Claims of a valid agent token for `agent_id` (10 minutes).
+/// The connectors a test agent token grants (the names the tests' HELLOs use): the relay
+/// refuses connectors a token does not grant by default.
+pub const GRANTED: [&str; 6] = ["addomain", "db", "echo", "t", "stuck", "down"];
+
+/// Claims of a valid agent token for `agent_id` (10 minutes), granting [`GRANTED`].
 pub fn claims(agent_id: &str) -> Value {
     json!({
         "iss": ISSUER,
         "aud": AGENT_AUDIENCE,
         "sub": format!("agent:{agent_id}"),
         "agent_id": agent_id,
+        "connectors": GRANTED,
         "iat": now(),
         "exp": now() + 600,
     })

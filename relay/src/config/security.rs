@@ -120,9 +120,12 @@ pub(super) fn validate_security(
         .issuer
         .map(|i| i.trim().to_owned())
         .filter(|i| !i.is_empty());
-    let mut require_connector_scopes = s.require_connector_scopes.unwrap_or(false);
+    // Secure by default: a token grants only the connectors it names.
+    let mut scopes_asked = s.require_connector_scopes == Some(true);
+    let mut require_connector_scopes = s.require_connector_scopes.unwrap_or(true);
     if let Some(v) = parse_bool_env(c, env, "NOWCONNECT_REQUIRE_CONNECTOR_SCOPES") {
         require_connector_scopes = v;
+        scopes_asked = v;
     }
     let leeway = secs(
         c,
@@ -158,7 +161,8 @@ pub(super) fn validate_security(
     if jwks.is_none() && !dev_bypass {
         c.warn("security.jwks_url is not set: every agent is refused (401) until it is");
     }
-    if require_connector_scopes && jwks.is_none() {
+    // Only when asked for explicitly: the default is on, and a dev-bypass relay has no tokens.
+    if scopes_asked && jwks.is_none() {
         c.warn("security.require_connector_scopes has no effect without security.jwks_url");
     }
     let abuse = validate_abuse(

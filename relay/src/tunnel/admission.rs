@@ -75,6 +75,9 @@ impl Refusal {
     pub fn close_reason(&self) -> String {
         match self {
             Refusal::Timeout => "HELLO expected".into(),
+            Refusal::ConnectorNotGranted(c) => {
+                format!("connector `{c}` is not granted by the token (connectors claim or scope)")
+            }
             other => other.to_string(),
         }
     }
@@ -90,9 +93,12 @@ impl fmt::Display for Refusal {
                 f,
                 "agent_id `{hello}` in HELLO does not match the token's `{token}`"
             ),
-            Refusal::ConnectorNotGranted(c) => {
-                write!(f, "connector `{c}` is not granted by the token")
-            }
+            Refusal::ConnectorNotGranted(c) => write!(
+                f,
+                "connector `{c}` is not granted by the token: it needs `{c}` in the `connectors` \
+                 claim or a `nowconnect:connector:{c}` scope (security.require_connector_scopes is \
+                 on; set it to false to let any token serve any connector)"
+            ),
         }
     }
 }

@@ -18,12 +18,12 @@ fn jwt_defaults_and_keys() {
     assert_eq!(j.audience, "nowconnect");
     assert_eq!(j.issuer, None);
     assert_eq!(j.leeway, Duration::from_secs(30));
-    assert!(!cfg.security.require_connector_scopes);
+    assert!(cfg.security.require_connector_scopes, "secure by default");
     assert!(cfg.pdp.is_none());
     assert_eq!(cfg.limits.max_streams_per_agent, 5000);
 
     let yaml = JWT.to_owned()
-        + "  audience: nc\n  issuer: https://idp\n  require_connector_scopes: true\n  \
+        + "  audience: nc\n  issuer: https://idp\n  require_connector_scopes: false\n  \
                leeway_sec: 5\n  tunnel_allow_cidrs: [10.0.0.0/8]\n  allow_cidrs: [192.168.0.0/16]\n\
                pdp:\n  url: https://pdp/eval\n  cache_ttl_sec: 0\n  timeout_ms: 50\n  fail_open: true\n";
     let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
@@ -31,7 +31,10 @@ fn jwt_defaults_and_keys() {
     assert_eq!(j.audience, "nc");
     assert_eq!(j.issuer.as_deref(), Some("https://idp"));
     assert_eq!(j.leeway, Duration::from_secs(5));
-    assert!(cfg.security.require_connector_scopes);
+    assert!(
+        !cfg.security.require_connector_scopes,
+        "an operator may turn it off"
+    );
     assert_eq!(cfg.security.tunnel_allow_cidrs.len(), 1);
     assert_eq!(cfg.security.allow_cidrs.len(), 1);
     let p = cfg.pdp.expect("pdp on");
@@ -48,7 +51,7 @@ fn nowconnect_env_overrides_win() {
             match k {
                 "NOWCONNECT_JWKS_URL" => "file:///etc/nc/jwks.json",
                 "NOWCONNECT_AUDIENCE" => "other",
-                "NOWCONNECT_REQUIRE_CONNECTOR_SCOPES" => "true",
+                "NOWCONNECT_REQUIRE_CONNECTOR_SCOPES" => "false",
                 "NOWCONNECT_PDP_URL" => "http://127.0.0.1:9/eval",
                 "NOWCONNECT_PDP_CACHE_TTL_SEC" => "7",
                 "NOWCONNECT_PDP_TIMEOUT_MS" => "250",
@@ -62,7 +65,10 @@ fn nowconnect_env_overrides_win() {
     let j = cfg.security.jwt.expect("jwt on");
     assert_eq!(j.jwks, JwksSource::File("/etc/nc/jwks.json".into()));
     assert_eq!(j.audience, "other");
-    assert!(cfg.security.require_connector_scopes);
+    assert!(
+        !cfg.security.require_connector_scopes,
+        "the env turns the default off"
+    );
     let p = cfg.pdp.expect("pdp on");
     assert_eq!(p.url, "http://127.0.0.1:9/eval");
     assert_eq!(p.cache_ttl, Duration::from_secs(7));
