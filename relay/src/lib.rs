@@ -14,6 +14,7 @@ mod abuse;
 pub mod audit;
 mod auth;
 mod authorize;
+mod budget;
 pub mod config;
 mod conn;
 mod http;
@@ -102,6 +103,8 @@ pub(crate) struct Shared {
     pub portal_refusals: abuse::RefusalThrottle,
     /// Where HTTP connections (and so tunnels) run; `None`: on the caller's runtime.
     pub shards: Option<Arc<Shards>>,
+    /// Agent bytes held for clients, relay-wide (`limits.max_buffered_bytes`).
+    pub buffered: Arc<budget::Budget>,
 }
 
 /// A listener as bound.
@@ -457,6 +460,10 @@ pub async fn start_with(
     }
 
     let cfg_abuse = cfg.security.abuse.clone();
+    let buffered = Arc::new(budget::Budget::new(
+        cfg.limits.max_buffered_bytes,
+        metrics.buffered_bytes.clone(),
+    ));
     let shared = Arc::new(Shared {
         cfg,
         registry: registry::Registry::default(),
@@ -479,6 +486,7 @@ pub async fn start_with(
         listeners: bound_info,
         portal_refusals: abuse::RefusalThrottle::default(),
         shards,
+        buffered,
     });
     if let Some(j) = &shared.jwks {
         shared

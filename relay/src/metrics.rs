@@ -119,6 +119,8 @@ pub struct Metrics {
     pub policy_enabled: Family<PolicyLabel, Gauge>,
     pub agents_blocked: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub sessions_terminated: Counter<u64, AtomicU64>,
+    pub buffered_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub frames_ignored: Counter<u64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -162,6 +164,8 @@ impl Metrics {
             policy_enabled: Family::default(),
             agents_blocked: Gauge::default(),
             sessions_terminated: Counter::default(),
+            buffered_bytes: Gauge::default(),
+            frames_ignored: Counter::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder.
@@ -216,6 +220,17 @@ impl Metrics {
             "Client connections closed before any byte was relayed (no_agent, max_conn_total, \
              cidr_blocked, pdp_denied, scope_denied, max_streams_per_agent)",
             m.connections_rejected.clone(),
+        );
+        registry.register(
+            "nowconnect_buffered_bytes",
+            "Agent bytes held for clients that are not reading, relay-wide (bounded by \
+             limits.max_buffered_bytes)",
+            m.buffered_bytes.clone(),
+        );
+        registry.register(
+            "nowconnect_frames_ignored",
+            "Frames from agents for streams that do not exist (or no longer), dropped unanswered",
+            m.frames_ignored.clone(),
         );
         registry.register(
             "nowconnect_agent_connects",

@@ -13,6 +13,11 @@ const MAX_QUEUE_BYTES: usize = 64 << 20;
 pub(super) const DEFAULT_MAX_CONN: usize = 10_000;
 pub(super) const DEFAULT_GRACE_MS: u64 = 10_000;
 pub(super) const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 5_000;
+/// Default relay-wide budget for buffered stream bytes: 256 MiB, a quarter of the shipped
+/// unit's `MemoryMax=1G`.
+pub(super) const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
+/// Smallest `max_buffered_bytes`: 1 MiB.
+const MIN_BUFFERED_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -29,6 +34,9 @@ pub struct LimitsConfig {
     pub max_streams_per_agent: usize,
     /// How long open streams may run on after SIGTERM / `shutdown()`.
     pub shutdown_grace: Duration,
+    /// Agent bytes held for clients that are not reading, relay-wide. A stream whose bytes
+    /// do not fit is reset (`queue_overflow`) rather than the relay growing.
+    pub max_buffered_bytes: usize,
 }
 
 pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
@@ -55,6 +63,13 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
         c.bad("limits.max_streams_per_agent", "must be at least 1");
     }
     let grace_ms = l.shutdown_grace_ms.unwrap_or(DEFAULT_GRACE_MS);
+    let max_buffered_bytes = l.max_buffered_bytes.unwrap_or(DEFAULT_MAX_BUFFERED_BYTES);
+    if max_buffered_bytes < MIN_BUFFERED_BYTES {
+        c.bad(
+            "limits.max_buffered_bytes",
+            "must be at least 1048576 (1 MiB)",
+        );
+    }
     LimitsConfig {
         idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
         queue_depth_per_cid,
@@ -62,5 +77,6 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
         max_conn_total,
         max_streams_per_agent,
         shutdown_grace: Duration::from_millis(grace_ms),
+        max_buffered_bytes,
     }
 }

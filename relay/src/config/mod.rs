@@ -113,6 +113,7 @@ impl RelayConfig {
                 max_conn_total: limits::DEFAULT_MAX_CONN,
                 max_streams_per_agent: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
                 shutdown_grace: Duration::from_millis(limits::DEFAULT_GRACE_MS),
+                max_buffered_bytes: limits::DEFAULT_MAX_BUFFERED_BYTES,
             },
             security: SecurityConfig {
                 dev_bypass: true,

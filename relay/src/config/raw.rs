@@ -71,6 +71,7 @@ pub(super) struct RawLimits {
     pub(super) max_conn_total: Option<usize>,
     pub(super) max_streams_per_agent: Option<usize>,
     pub(super) shutdown_grace_ms: Option<u64>,
+    pub(super) max_buffered_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,6 +7,7 @@
 //! `SendHalf`); these modules only drive them.
 
 mod admission;
+mod quota;
 mod session;
 mod stream;
 mod writer;
@@ -73,7 +74,10 @@ pub(crate) async fn run<S>(
         inputs,
         version,
         token.clone(),
-        shared.cfg.tunnel.ping_interval,
+        writer::Timing {
+            ping_interval: shared.cfg.tunnel.ping_interval,
+            stall_limit: shared.cfg.tunnel.ping_timeout,
+        },
     ));
     let max_streams = shared.cfg.limits.max_streams_per_agent;
     let mut demux = Demux::new(
@@ -110,7 +114,7 @@ pub(crate) async fn run<S>(
 
     // HELLO_ACK goes into the writer queue before the agent is registered, so it precedes
     // every OPEN on the wire.
-    if queues.ctrl.send(Out::Frame(Frame::HelloAck)).is_err() {
+    if queues.ctrl.try_send(Out::Frame(Frame::HelloAck)).is_err() {
         token.cancel();
         return;
     }
@@ -207,7 +211,9 @@ pub(crate) async fn run<S>(
         },
         metrics: shared.metrics.clone(),
         sessions: shared.sessions.clone(),
+        buffered: shared.buffered.clone(),
     });
+    let (ignored, warnings) = session::quotas();
     let mut session = Session {
         shared: shared.clone(),
         ctx,
@@ -218,6 +224,9 @@ pub(crate) async fn run<S>(
         conns: conns_rx,
         expires,
         serial: 0,
+        backlog: Default::default(),
+        ignored,
+        warnings,
     };
     let end = session.run(&mut source).await;
 
@@ -248,12 +257,12 @@ pub(crate) async fn run<S>(
 
 /// Queues a close frame, gives the writer a moment to send it, then stops the tunnel.
 async fn close_and_stop(
-    ctrl: &mpsc::UnboundedSender<Out>,
+    ctrl: &mpsc::Sender<Out>,
     writer: JoinHandle<()>,
     token: &CancellationToken,
     frame: CloseFrame,
 ) {
-    if ctrl.send(Out::Close(frame)).is_ok() {
+    if ctrl.try_send(Out::Close(frame)).is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
     }
     token.cancel();

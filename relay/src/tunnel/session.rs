@@ -5,9 +5,16 @@
 //! into the client socket while nothing of that stream waits (the rest goes to the stream
 //! task), pass WINDOW and write shutdowns on, queue RSTs and WINDOWs for the writer. It also
 //! takes new clients from listeners ([`NewConn`]) and the stream tasks' reports. It never waits
-//! on the writer or on a stream: control frames go to the writer's unbounded queue, and what a
-//! stream holds is bounded by its receive half.
+//! on a stream: what a stream holds is bounded by its receive half and by the relay-wide
+//! [`Budget`](crate::budget::Budget). When the writer's control queue is full (the agent is not
+//! reading), answers wait in a short local queue and the agent is not read until they are
+//! handed over: an agent cannot make the relay queue answers faster than it takes them.
+//!
+//! What a hostile agent can make this loop do is bounded too: frames for unknown streams are
+//! dropped unanswered, counted, and past [`quota::IGNORED_BURST`] the tunnel is closed; every
+//! warning an agent can provoke goes through one [`LogLimit`].
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,7 +24,7 @@ use bytes::Bytes;
 use futures_util::stream::SplitStream;
 use futures_util::StreamExt;
 use nowconnect_shared::demux::{Demux, Dispatch, Drained, Ignored};
-use nowconnect_shared::{Frame, RstCode, StreamId};
+use nowconnect_shared::{Frame, Reset, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -28,6 +35,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::quota::{self, Bucket, LogLimit};
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
@@ -66,6 +74,8 @@ pub(super) enum End {
     AgentClosed,
     ProtocolError,
     PingTimeout,
+    /// The agent took no bytes for `ping_timeout` while the writer had some to send.
+    WriteStall,
 }
 
 impl End {
@@ -79,6 +89,7 @@ impl End {
             End::AgentClosed => "agent_closed",
             End::ProtocolError => "protocol_error",
             End::PingTimeout => "ping_timeout",
+            End::WriteStall => "write_stall",
         }
     }
 
@@ -104,6 +115,22 @@ pub(super) struct Session {
     pub expires: Option<Instant>,
     /// Serial of the last stream started.
     pub serial: u64,
+    /// Control frames the writer's full queue had no room for yet, oldest first. While any
+    /// wait, the agent is not read (what adds here is bounded by the streams' reports).
+    pub backlog: VecDeque<Out>,
+    /// Frames for unknown streams the agent may still send.
+    pub ignored: Bucket,
+    /// Every warning the agent can provoke.
+    pub warnings: LogLimit,
+}
+
+/// The per-tunnel rate limits, fresh.
+pub(super) fn quotas() -> (Bucket, LogLimit) {
+    let now = Instant::now();
+    (
+        Bucket::new(quota::IGNORED_BURST, quota::IGNORED_PER_SEC, now),
+        LogLimit::new(now),
+    )
 }
 
 impl Session {
@@ -119,6 +146,8 @@ impl Session {
     {
         let token = self.ctx.token.clone();
         let kick = self.info.kick.clone();
+        // Its own handle on the control queue: waiting for room must not borrow the session.
+        let ctrl = self.queues.ctrl.clone();
         let cfg = &self.shared.cfg.tunnel;
         let dead_after = cfg.ping_interval + cfg.ping_timeout;
         let stall_limit = cfg.ping_timeout;
@@ -143,7 +172,14 @@ impl Session {
                 biased;
                 // The relay stopping, or the writer failing (it cancels the tunnel).
                 _ = token.cancelled() => {
-                    return if self.shared.root.is_cancelled() { End::Shutdown } else { End::WsError };
+                    return if self.shared.root.is_cancelled() {
+                        End::Shutdown
+                    } else if self.queues.stall.is_set() {
+                        warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent took no bytes for ping_timeout; closing the tunnel");
+                        End::WriteStall
+                    } else {
+                        End::WsError
+                    };
                 }
                 _ = kick.cancelled() => {
                     info!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent disconnected by an operator");
@@ -159,6 +195,13 @@ impl Session {
                 // the agent sends in answer to that stream's OPEN.
                 Some(ev) = self.events.recv() => self.on_event(ev),
                 Some(conn) = self.conns.recv() => self.open(conn),
+                permit = ctrl.reserve(), if !self.backlog.is_empty() => {
+                    let Ok(permit) = permit else { return End::WsError };
+                    if let Some(item) = self.backlog.pop_front() {
+                        permit.send(item);
+                    }
+                    self.flush_backlog();
+                }
                 () = &mut stall, if stalled.is_some() => {
                     // A v1 client that has not read for `ping_timeout`: give up on it.
                     if let Some(id) = stalled {
@@ -166,7 +209,7 @@ impl Session {
                         self.dispatch(d);
                     }
                 }
-                msg = source.next(), if stalled.is_none() => {
+                msg = source.next(), if stalled.is_none() && self.backlog.is_empty() => {
                     last_rx = Instant::now();
                     let dispatch = match msg {
                         None => return End::Closed,
@@ -197,12 +240,48 @@ impl Session {
         }
     }
 
-    fn close(&self, code: CloseCode, reason: &str) {
-        let _ = self.queues.ctrl.send(Out::Close(close_frame(code, reason)));
+    /// Queues a close frame behind every answer still waiting.
+    fn close(&mut self, code: CloseCode, reason: &str) {
+        self.push_ctrl(Out::Close(close_frame(code, reason)));
     }
 
-    fn send_ctrl(&self, frame: Frame) {
-        let _ = self.queues.ctrl.send(Out::Frame(frame));
+    fn send_ctrl(&mut self, frame: Frame) {
+        self.push_ctrl(Out::Frame(frame));
+    }
+
+    /// Into the writer's control queue, or the backlog while it is full (order kept).
+    fn push_ctrl(&mut self, item: Out) {
+        if self.backlog.is_empty() {
+            match self.queues.ctrl.try_send(item) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => self.backlog.push_back(item),
+            }
+        } else {
+            self.backlog.push_back(item);
+        }
+    }
+
+    /// Hands over as much of the backlog as the control queue takes now.
+    fn flush_backlog(&mut self) {
+        while let Some(item) = self.backlog.pop_front() {
+            match self.queues.ctrl.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    self.backlog.push_front(item);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.backlog.clear();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `false`: the agent sent more frames nobody asked for than the tunnel allows.
+    fn note_ignored(&mut self) -> bool {
+        self.ctx.metrics.frames_ignored.inc();
+        self.ignored.take(Instant::now())
     }
 
     fn on_event(&mut self, ev: StreamEvent) {
@@ -305,7 +384,12 @@ impl Session {
                 if reason.code == RstCode::Protocol {
                     m.protocol_errors.inc();
                 }
-                warn!(agent_id = %self.info.agent_id, cid = id, code = reason.code.as_str(), reason = reason.reason, "resetting stream");
+                if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+                    warn!(agent_id = %self.info.agent_id, cid = id, code = reason.code.as_str(), reason = reason.reason, suppressed, "resetting stream");
+                }
+                if handle.is_none() && !self.note_ignored() {
+                    return Some(self.flooded());
+                }
                 match handle {
                     Some(h) => {
                         if reason.code == RstCode::QueueOverflow {
@@ -321,10 +405,18 @@ impl Session {
             }
             Dispatch::Ignored(Ignored::UnknownStream { kind, id }) => {
                 debug!(agent_id = %self.info.agent_id, cid = id, frame = kind, "frame for an unknown stream ignored");
+                if !self.note_ignored() {
+                    return Some(self.flooded());
+                }
             }
             Dispatch::Ignored(Ignored::Undecodable(e)) => {
                 m.protocol_errors.inc();
-                warn!(agent_id = %self.info.agent_id, error = %e, "undecodable frame from agent");
+                if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+                    warn!(agent_id = %self.info.agent_id, error = %e, suppressed, "undecodable frame from agent");
+                }
+                if !self.note_ignored() {
+                    return Some(self.flooded());
+                }
             }
             Dispatch::Close(v) => {
                 m.protocol_errors.inc();
@@ -339,8 +431,21 @@ impl Session {
         None
     }
 
+    /// The agent floods frames for streams that do not exist: close the tunnel.
+    fn flooded(&mut self) -> End {
+        self.ctx.metrics.protocol_errors.inc();
+        warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent floods frames for unknown streams; closing the tunnel");
+        self.close(CloseCode::Protocol, "too many frames for unknown streams");
+        End::ProtocolError
+    }
+
     /// Agent bytes for a client: straight into the socket while nothing of the stream waits,
-    /// the rest to the stream task (behind what it holds).
+    /// the rest to the stream task (behind what it holds), charged to the relay-wide budget.
+    ///
+    /// A v2 payload is a slice of the WebSocket's read buffer: kept as is, a one-byte payload
+    /// would keep that whole buffer (and the junk around it) alive while the client does not
+    /// read. So what waits is copied into an allocation of its own, and the budget charges
+    /// exactly what is held.
     fn deliver(&mut self, id: StreamId, payload: Bytes, direct: bool) {
         let Some(slot) = self.demux.get(id) else {
             return;
@@ -361,11 +466,39 @@ impl Session {
                 self.on_written(id, n, whole);
             }
         }
-        if !rest.is_empty() {
-            if let Some(slot) = self.demux.get(id) {
-                let _ = slot.handle.tx.send(ToStream::Data(rest));
-            }
+        if rest.is_empty() {
+            return;
         }
+        let len = rest.len();
+        if !self.shared.buffered.try_charge(len) {
+            self.over_budget(id);
+            return;
+        }
+        let held = match self.demux.version() {
+            nowconnect_shared::Version::V2 => Bytes::copy_from_slice(&rest),
+            // v1 payloads were decoded from text into buffers of their own.
+            nowconnect_shared::Version::V1 => rest,
+        };
+        let sent = self
+            .demux
+            .get(id)
+            .is_some_and(|slot| slot.handle.tx.send(ToStream::Data(held)).is_ok());
+        if !sent {
+            self.shared.buffered.release(len);
+        }
+    }
+
+    /// The relay-wide budget has no room for this stream's bytes: reset it.
+    fn over_budget(&mut self, id: StreamId) {
+        let reset = Reset::new(RstCode::QueueOverflow, "relay buffer budget exhausted");
+        let Some((rst, handle)) = self.demux.reset(id, reset) else {
+            return;
+        };
+        handle.listener.metrics.queue_overflow.inc();
+        if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+            warn!(agent_id = %self.info.agent_id, cid = id, max = self.shared.cfg.limits.max_buffered_bytes, suppressed, "limits.max_buffered_bytes reached; resetting stream");
+        }
+        self.reset_sent(rst, RstCode::QueueOverflow, handle);
     }
 
     /// Starts a stream for a new client. The stream task authorizes it and sends OPEN itself,

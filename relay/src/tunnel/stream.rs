@@ -32,6 +32,7 @@ use tracing::debug;
 
 use super::writer::Out;
 use crate::authorize::{Authorizer, Request};
+use crate::budget::Budget;
 use crate::conn::{ConnGuard, ListenerCtx};
 use crate::metrics::{CodeLabel, DirLabel, Metrics};
 use crate::sessions::{SessionInfo, Sessions};
@@ -128,6 +129,34 @@ pub(super) struct TunnelCtx {
     pub authz: Authorizer,
     pub metrics: Arc<Metrics>,
     pub sessions: Arc<Sessions>,
+    /// The relay-wide budget the session charged queued agent bytes to.
+    pub buffered: Arc<Budget>,
+}
+
+/// Agent bytes this stream holds, charged to the relay-wide budget by the session: released
+/// as they are written, and whatever is left (queued here or still in the channel) when the
+/// stream ends, on every path.
+struct Held<'a> {
+    budget: &'a Budget,
+    bytes: usize,
+}
+
+impl Held<'_> {
+    fn add(&mut self, n: usize) {
+        self.bytes += n;
+    }
+
+    fn written(&mut self, n: usize) {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        self.budget.release(n);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
 }
 
 /// When a stream last moved a byte either way: the idle timer's evidence. Shared by the
@@ -199,6 +228,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
     // Boxed: the PDP call (an HTTP request) is a large future; inline, its space would stay in
     // every stream's task for the stream's whole life.
     if !Box::pin(t.authz.decide(req, &t.token)).await {
+        release_unread(&t, &mut s.rx);
         let _ = s.sock.set_zero_linger();
         debug!(cid = id, connector = %s.listener.connector, end = End::Denied.label(), "stream closed");
         return;
@@ -219,6 +249,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
     } else {
         End::TunnelGone
     };
+    release_unread(&t, &mut s.rx);
     if let End::Local(reset) = end {
         t.metrics
             .rst_sent
@@ -250,6 +281,17 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
     );
 }
 
+/// Gives back the budget of agent bytes the session sent that this task never took: after
+/// `close`, the session's sends fail (and it releases those itself).
+fn release_unread(t: &TunnelCtx, rx: &mut mpsc::UnboundedReceiver<ToStream>) {
+    rx.close();
+    while let Ok(item) = rx.try_recv() {
+        if let ToStream::Data(b) = item {
+            t.buffered.release(b.len());
+        }
+    }
+}
+
 /// Queues a frame for the writer unless the tunnel is going away.
 async fn send_out(t: &TunnelCtx, item: Out) -> bool {
     tokio::select! {
@@ -264,6 +306,10 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
     let sock = s.sock.clone();
     let v2 = t.version == Version::V2;
     let mut queue = WriteQueue::new();
+    let mut held = Held {
+        budget: &t.buffered,
+        bytes: 0,
+    };
     let mut reads = ReadArena::new(t.max_payload);
     // Idle: no byte either way for `idle_timeout` (the timer looks at the last byte's time).
     let idle = t.idle_timeout;
@@ -299,7 +345,10 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
             item = s.rx.recv() => match item {
                 None => return End::TunnelGone,
                 Some(ToStream::Abort(a)) => return End::Aborted(a),
-                Some(ToStream::Data(b)) => queue.push(b),
+                Some(ToStream::Data(b)) => {
+                    held.add(b.len());
+                    queue.push(b);
+                }
                 Some(ToStream::Window(credit)) => {
                     if let Err(reset) = s.send.on_window(credit) {
                         return End::Local(reset);
@@ -322,6 +371,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                     Err(_) => return End::Local(Reset::new(RstCode::Io, "client write failed")),
                 };
                 if written.bytes > 0 {
+                    held.written(written.bytes);
                     s.activity.touch();
                     s.info.bytes_a2c.fetch_add(written.bytes as u64, Ordering::Relaxed);
                     lm.bytes_a2c.inc_by(written.bytes as u64);
@@ -452,6 +502,7 @@ mod tests {
             },
             metrics: metrics.clone(),
             sessions: Arc::new(Sessions::default()),
+            buffered: Arc::new(Budget::new(1 << 30, Default::default())),
         });
         let tunnel = Arc::new(TunnelInfo {
             tunnel_id: 1,

@@ -1,13 +1,21 @@
 //! The tunnel's only writer: owns the WebSocket's write half, batches queued frames, sends pings.
 //!
-//! Two queues feed it, control first. `ctrl` (unbounded) carries what the session produces in
-//! answer to the agent (HELLO_ACK, WINDOW, RST, close): the session must never wait on the
-//! writer, and each control frame answers one received frame or one drained half-window.
-//! `data` (bounded, [`DATA_QUEUE`] frames of at most one payload) carries what stream tasks
-//! read from clients (OPEN, DATA, FIN, their own RST, v1 `Forget`): when the tunnel is slower
-//! than the clients, stream tasks wait here instead of buffering without bound. Frames are fed
-//! as long as more are ready and flushed when the queues drain, so several share a TLS record.
+//! Two queues feed it, control first. `ctrl` ([`CTRL_QUEUE`] small frames) carries what the
+//! session produces in answer to the agent (HELLO_ACK, WINDOW, RST, close): when it is full the
+//! session stops reading the agent until it has room, so an agent that does not read cannot
+//! make the relay queue answers without bound. `data` ([`DATA_QUEUE`] frames of at most one
+//! payload) carries what stream tasks read from clients (OPEN, DATA, FIN, their own RST, v1
+//! `Forget`): when the tunnel is slower than the clients, stream tasks wait here instead of
+//! buffering without bound. Frames are fed as long as more are ready and flushed when the
+//! queues drain, so several share a TLS record.
+//!
+//! Liveness: an agent that takes nothing for `stall_limit` (the tunnel's `ping_timeout`) while
+//! the writer has something to send is dead. Every write to the WebSocket is timed; one that
+//! does not complete in time marks the tunnel [`Stall`]ed and cancels it.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,6 +34,8 @@ use tracing::warn;
 
 /// Capacity of the data queue in frames. 256 x 64 KiB caps it at 16 MiB per tunnel.
 pub(super) const DATA_QUEUE: usize = 256;
+/// Capacity of the control queue in frames (each a few dozen bytes: 1,024 are < 64 KiB).
+pub(super) const CTRL_QUEUE: usize = 1024;
 /// Most frames fed to the WebSocket before a flush, so a busy queue still flushes regularly.
 const MAX_BATCH: usize = 64;
 
@@ -42,30 +52,68 @@ pub(crate) enum Out {
     Close(CloseFrame),
 }
 
+/// Set by the writer when the agent stopped taking bytes: why the tunnel was cancelled.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Stall(Arc<AtomicBool>);
+
+impl Stall {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The two ways into the writer.
 #[derive(Debug, Clone)]
 pub(super) struct Queues {
-    pub ctrl: mpsc::UnboundedSender<Out>,
+    pub ctrl: mpsc::Sender<Out>,
     pub data: mpsc::Sender<Out>,
+    pub stall: Stall,
 }
 
 /// The receiving ends, for [`run`].
 #[derive(Debug)]
 pub(super) struct Inputs {
-    ctrl: mpsc::UnboundedReceiver<Out>,
+    ctrl: mpsc::Receiver<Out>,
     data: mpsc::Receiver<Out>,
+    stall: Stall,
 }
 
 pub(super) fn queues() -> (Queues, Inputs) {
-    let (ctrl_tx, ctrl) = mpsc::unbounded_channel();
+    let (ctrl_tx, ctrl) = mpsc::channel(CTRL_QUEUE);
     let (data_tx, data) = mpsc::channel(DATA_QUEUE);
+    let stall = Stall::default();
     (
         Queues {
             ctrl: ctrl_tx,
             data: data_tx,
+            stall: stall.clone(),
         },
-        Inputs { ctrl, data },
+        Inputs { ctrl, data, stall },
     )
+}
+
+/// Timing of the writer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    pub ping_interval: Duration,
+    /// Longest one write to the WebSocket may wait for the agent to take bytes.
+    pub stall_limit: Duration,
+}
+
+/// Runs one write to the WebSocket; `false` when it failed or the agent took nothing for
+/// `limit` (then the tunnel is marked stalled).
+async fn timed<E>(limit: Duration, stall: &Stall, op: impl Future<Output = Result<(), E>>) -> bool {
+    match tokio::time::timeout(limit, op).await {
+        Ok(r) => r.is_ok(),
+        Err(_) => {
+            stall.set();
+            false
+        }
+    }
 }
 
 /// A close frame; the reason is cut to the 123 bytes a WebSocket close frame can carry.
@@ -87,12 +135,14 @@ pub(super) async fn run<S>(
     mut input: Inputs,
     version: Version,
     token: CancellationToken,
-    ping_interval: Duration,
+    timing: Timing,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = Limits::default();
     let mut v1 = V1Encoder::new(limits);
+    let (ping_interval, limit) = (timing.ping_interval, timing.stall_limit);
+    let stall = input.stall.clone();
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -104,8 +154,9 @@ pub(super) async fn run<S>(
                 return;
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                if !timed(limit, &stall, sink.send(Message::Ping(Bytes::new()))).await {
                     token.cancel();
+                    return;
                 }
                 continue;
             }
@@ -124,13 +175,13 @@ pub(super) async fn run<S>(
                     None
                 }
                 Out::Close(frame) => {
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                    let _ = timed(limit, &stall, sink.send(Message::Close(Some(frame)))).await;
                     token.cancel();
                     return;
                 }
             };
             if let Some(msg) = msg {
-                if sink.feed(msg).await.is_err() {
+                if !timed(limit, &stall, sink.feed(msg)).await {
                     token.cancel();
                     return;
                 }
@@ -145,7 +196,7 @@ pub(super) async fn run<S>(
                 .ok()
                 .or_else(|| input.data.try_recv().ok());
         }
-        if sink.flush().await.is_err() {
+        if !timed(limit, &stall, sink.flush()).await {
             token.cancel();
             return;
         }

@@ -1,0 +1,126 @@
+//! Rate limits a session applies to what an agent makes it do: frames it drops unanswered and
+//! the warnings it logs. Both run on tokio's clock, so tests can move it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Frames for unknown (or already closed) streams an agent may send in a burst before the
+/// tunnel is closed. A well-behaved agent sends some after every stream the relay ends (DATA
+/// still in flight, a WINDOW): a burst of thousands of closes stays far below this.
+pub(super) const IGNORED_BURST: u32 = 65_536;
+/// ... and how fast that allowance comes back, per second.
+pub(super) const IGNORED_PER_SEC: u32 = 16_384;
+/// Warnings per agent tunnel per [`LOG_WINDOW`]; the rest are counted and reported once.
+const LOG_BURST: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// A token bucket: `capacity` tokens, refilled at `per_sec`.
+#[derive(Debug)]
+pub(super) struct Bucket {
+    capacity: u32,
+    per_sec: u32,
+    tokens: u32,
+    at: Instant,
+}
+
+impl Bucket {
+    pub fn new(capacity: u32, per_sec: u32, now: Instant) -> Bucket {
+        Bucket {
+            capacity,
+            per_sec,
+            tokens: capacity,
+            at: now,
+        }
+    }
+
+    /// Takes one token; `false` when the bucket is empty.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at);
+        let refill = elapsed.as_millis().saturating_mul(u128::from(self.per_sec)) / 1000;
+        if refill > 0 {
+            let refill = u32::try_from(refill).unwrap_or(u32::MAX);
+            self.tokens = self.tokens.saturating_add(refill).min(self.capacity);
+            self.at = now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+/// Lets [`LOG_BURST`] lines through per [`LOG_WINDOW`] and counts the rest.
+#[derive(Debug)]
+pub(super) struct LogLimit {
+    start: Instant,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogLimit {
+    pub fn new(now: Instant) -> LogLimit {
+        LogLimit {
+            start: now,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)`: log this line, saying `n` earlier ones were suppressed. `None`: stay quiet.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        if now.saturating_duration_since(self.start) >= LOG_WINDOW {
+            self.start = now;
+            self.used = 0;
+        }
+        if self.used >= LOG_BURST {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_empties_and_refills_at_its_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(3, 2, t0);
+        assert!(b.take(t0) && b.take(t0) && b.take(t0));
+        assert!(!b.take(t0), "empty after the burst");
+        assert!(
+            !b.take(t0 + Duration::from_millis(400)),
+            "0.8 tokens is none"
+        );
+        assert!(b.take(t0 + Duration::from_millis(500)));
+        assert!(!b.take(t0 + Duration::from_millis(500)));
+        let later = t0 + Duration::from_secs(3600);
+        for _ in 0..3 {
+            assert!(b.take(later));
+        }
+        assert!(!b.take(later), "refill stops at the capacity");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn log_limit_counts_what_it_suppresses() {
+        let t0 = Instant::now();
+        let mut l = LogLimit::new(t0);
+        for _ in 0..LOG_BURST {
+            assert_eq!(l.allow(t0), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(l.allow(t0), None);
+        }
+        assert_eq!(
+            l.allow(t0 + LOG_WINDOW),
+            Some(5),
+            "the next window reports them"
+        );
+        assert_eq!(l.allow(t0 + LOG_WINDOW), Some(0));
+    }
+}
