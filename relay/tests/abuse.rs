@@ -8,6 +8,7 @@ use nowconnect_testkit::idp::{claims, ec_key, ed_key, mint, now, raw_token, Idp}
 use nowconnect_testkit::log;
 use nowconnect_testkit::mock_agent::{upgrade, MockAgent};
 use nowconnect_testkit::net;
+use nowconnect_testkit::proc::rss_kib;
 use nowconnect_testkit::wait::{wait_for, DEADLINE};
 use nowconnect_testkit::yaml;
 use serde_json::json;
@@ -37,16 +38,6 @@ fn counter(relay: &RelayHandle, line: &str) -> u64 {
         .find(|l| l.starts_with(line))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
-}
-
-/// Resident memory of this test process (relay included), in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .expect("/proc/self/status")
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
 }
 
 fn status_and_retry_after(err: WsError) -> (u16, Option<u64>) {

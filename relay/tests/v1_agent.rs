@@ -189,6 +189,61 @@ async fn v1_queue_overflow_resets_with_queue_overflow() {
         .expect("the tunnel is still open");
 }
 
+/// The relay's `nowconnect_buffered_bytes` gauge.
+fn buffered(relay: &RelayHandle) -> u64 {
+    relay
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix("nowconnect_buffered_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("nowconnect_buffered_bytes gauge")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v1_stream_of_a_non_reading_client_holds_under_a_mebibyte() {
+    // Default queue limits: 256 frames but 512 KiB (256 x 64 KiB would be 16 MiB).
+    let relay = relay(&format!("  ping_timeout_sec: 2\n{DEV}")).await;
+    let mut agent = v1_agent(&relay, None).await;
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let _client = sock.connect(ldap(&relay)).await.expect("connect");
+    let cid = cid(&agent.recv_json().await);
+    let (mut tx, mut rx) = agent.ws.split();
+    let chunk = B64.encode(vec![0u8; 64 * 1024]);
+    let pusher = tokio::spawn(async move {
+        // Far more than kernel buffers and the queue hold; blocks while the relay stalls.
+        for seq in 0..1024u64 {
+            let f = json!({"t":"DATA","cid":cid,"seq":seq,"b64":chunk});
+            if tx.send(Message::text(f.to_string())).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut most = 0;
+    let rst = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            most = most.max(buffered(&relay));
+            let next = tokio::time::timeout(Duration::from_millis(20), rx.next()).await;
+            if let Ok(Some(Ok(Message::Text(t)))) = next {
+                break serde_json::from_str::<Value>(t.as_str()).expect("JSON text");
+            }
+        }
+    })
+    .await
+    .expect("an RST within 15 s");
+    assert_eq!(rst["err"], "queue_overflow");
+    assert!(
+        most < 1 << 20,
+        "the relay held {most} bytes for one v1 stream"
+    );
+    assert!(most >= 256 << 10, "the queue never filled ({most} bytes)");
+    pusher.abort();
+    wait_for("the stream's bytes given back", DEADLINE, || {
+        buffered(&relay) == 0
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn binary_message_on_v1_closes_tunnel() {
     let relay = relay(DEV).await;

@@ -17,6 +17,7 @@
 //! - [`http`]: a tiny HTTP/1.1 client and a counting test server.
 //! - [`health`]: probing the agent's health port.
 //! - [`temp`]: per-test temporary directories and the files in them.
+//! - [`proc`]: this process's resident memory and open descriptors (relays run in-process).
 //! - [`pki`]: an rcgen PKI (CAs, server and client certificates, TLS acceptors and connectors).
 //! - [`idp`]: a test identity provider (keys made at run time, JWKS, minted tokens).
 //! - [`mock_agent`]: a raw-frame agent (WebSocket client, v1 JSON / v2 binary) for relay tests.
@@ -37,6 +38,7 @@ pub mod mock_agent;
 pub mod mock_relay;
 pub mod net;
 pub mod pki;
+pub mod proc;
 pub mod proxy;
 pub mod slapd;
 pub mod target;

@@ -168,6 +168,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockAgent<S> {
         self.ws.send(msg).await.expect("send to the relay");
     }
 
+    /// Sends one frame without flushing, or `Err` once the relay is gone: a flood that must
+    /// stop when the relay closes, or when it stops reading for `within`.
+    pub async fn try_feed(&mut self, f: &Frame, within: Duration) -> Result<(), String> {
+        let msg = self.codec.encode(f);
+        self.try_feed_msg(msg, within).await
+    }
+
+    /// [`MockAgent::try_feed`] for a message as is (undecodable payloads).
+    pub async fn try_feed_msg(&mut self, msg: Message, within: Duration) -> Result<(), String> {
+        match tokio::time::timeout(within, self.ws.feed(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the relay stopped reading".into()),
+        }
+    }
+
+    /// Flushes what [`MockAgent::try_feed`] queued.
+    pub async fn try_flush(&mut self, within: Duration) -> Result<(), String> {
+        match tokio::time::timeout(within, self.ws.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the relay stopped reading".into()),
+        }
+    }
+
     /// The next protocol frame (pings skipped); panics after [`RECV_TIMEOUT`].
     pub async fn recv(&mut self) -> Frame {
         self.try_recv(RECV_TIMEOUT)

@@ -1,0 +1,370 @@
+//! A hostile (or compromised) agent against the relay, each attack sent for real over loopback:
+//! the relay's memory stays bounded, the attacker's tunnel is closed or its stream reset, the
+//! journal is not flooded, and another agent's clients are served throughout.
+//!
+//! The relay runs in this process, so its memory is this process's resident set
+//! ([`proc::rss_kib`]); bounds are generous against allocator noise and far below what the
+//! attacks held before they were bounded (hundreds of MiB to GiB).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use nowconnect_relay::{RelayConfig, RelayHandle};
+use nowconnect_shared::{Frame, RstCode, DEFAULT_WINDOW};
+use nowconnect_testkit::log::{Capture, Format};
+use nowconnect_testkit::mock_agent::{data, v2_agent, MockAgent};
+use nowconnect_testkit::proc::rss_kib;
+use nowconnect_testkit::wait::{wait_for, DEADLINE};
+use nowconnect_testkit::{net, yaml};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long one send may wait before the test calls the relay "not reading".
+const SEND: Duration = Duration::from_secs(2);
+/// A stream id the relay never gave out.
+const UNKNOWN: u32 = 0x7000_0000;
+
+/// A relay with listeners `ldap` (connector `addomain`, the attacker's) and `pg` (connector
+/// `db`, an honest agent's), dev bypass, and `extra` lines under `tunnel:` / later sections.
+async fn relay(extra: &str) -> RelayHandle {
+    // Every test here captures the log (one global subscriber per test process).
+    let _ = Capture::global(Format::Text);
+    let yaml = yaml::relay(
+        &[("ldap", "addomain"), ("pg", "db")],
+        &format!("{extra}{}", yaml::DEV),
+    );
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid relay config");
+    nowconnect_relay::start(cfg).await.expect("relay starts")
+}
+
+fn addr(relay: &RelayHandle, listener: &str) -> SocketAddr {
+    relay.listener_addr(listener).expect("listener")
+}
+
+/// A client that never reads, with a small receive buffer: the kernel absorbs little of what
+/// the relay writes to it, so the relay soon has to hold (or refuse) the rest.
+async fn stuck_client(relay: &RelayHandle) -> TcpStream {
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    sock.connect(addr(relay, "ldap")).await.expect("connect")
+}
+
+/// A metric's value (first series whose line starts with `line`), 0 when absent.
+fn metric(relay: &RelayHandle, line: &str) -> u64 {
+    relay
+        .metrics_text()
+        .lines()
+        .find(|l| l.starts_with(line))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// An honest agent serving `db` with one client: the relay still serves it.
+struct Honest {
+    agent: MockAgent<TcpStream>,
+    client: TcpStream,
+    id: u32,
+}
+
+impl Honest {
+    async fn start(relay: &RelayHandle) -> Honest {
+        let mut agent = v2_agent(relay.tunnel_addr(), "honest", &["db"]).await;
+        let client = net::connect(addr(relay, "pg")).await;
+        let id = agent.expect_open("db").await;
+        Honest { agent, client, id }
+    }
+
+    async fn still_served(&mut self) {
+        self.agent.ping_pong(&mut self.client, self.id).await;
+    }
+}
+
+/// Sends credited DATA on `id` (whose client never reads) until the relay stops returning
+/// credit, keeping `reserve` bytes of credit back. Then the relay holds unwritten bytes for
+/// the stream, so what comes next is queued, not written through. Returns the credit left.
+async fn fill_until_queued(agent: &mut MockAgent<TcpStream>, id: u32, reserve: usize) -> usize {
+    let chunk = vec![7u8; 16 * 1024];
+    let mut credit = DEFAULT_WINDOW as usize;
+    let mut sent = 0usize;
+    loop {
+        while credit > reserve {
+            let n = chunk.len().min(credit - reserve);
+            agent.send(&data(id, &chunk[..n])).await;
+            credit -= n;
+            sent += n;
+        }
+        match agent.try_recv(Duration::from_millis(500)).await {
+            Some(Frame::Window { credit: c, .. }) => credit += c as usize,
+            None => return credit,
+            Some(other) => panic!("unexpected {other:?}"),
+        }
+        assert!(sent < 256 << 20, "credit never stopped coming back");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interleaved_junk_cannot_pin_read_buffers() {
+    const ROUNDS: usize = 20_000;
+    let relay = relay("").await;
+    let mut honest = Honest::start(&relay).await;
+    let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
+    let _stuck = stuck_client(&relay).await;
+    let id = hostile.expect_open("addomain").await;
+    let credit = fill_until_queued(&mut hostile, id, ROUNDS).await;
+    assert!(credit >= ROUNDS, "a byte of credit for every round");
+
+    // [64 KiB for a stream that does not exist][1 credited byte for the stuck stream]: kept as
+    // slices of the WebSocket read buffer, each byte would keep ~64 KiB alive (1.3 GiB here).
+    let before = rss_kib();
+    let junk = data(UNKNOWN, &[0xA5; 64 * 1024]);
+    let one = data(id, b"x");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..ROUNDS {
+        hostile
+            .try_feed(&junk, SEND)
+            .await
+            .expect("relay reads junk");
+        hostile
+            .try_feed(&one, SEND)
+            .await
+            .expect("relay reads data");
+        if i % 64 == 63 {
+            hostile.try_flush(SEND).await.expect("flush");
+        }
+        assert!(Instant::now() < deadline, "flood took too long");
+    }
+    hostile.try_flush(SEND).await.expect("flush");
+    wait_for("the relay to read every junk frame", DEADLINE, || {
+        metric(&relay, "nowconnect_frames_ignored_total") >= ROUNDS as u64
+    })
+    .await;
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 32 * 1024, "relay grew {grown} KiB");
+    // What the relay holds for the stuck stream is what was credited, not the junk around it.
+    let held = metric(&relay, "nowconnect_buffered_bytes ");
+    assert!(held <= DEFAULT_WINDOW as u64, "held {held} bytes");
+    honest.still_served().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_reading_agent_flooding_unanswerable_frames_is_closed() {
+    let relay = relay("").await;
+    let mut honest = Honest::start(&relay).await;
+    // This agent never reads: whatever the relay answered would pile up on its side.
+    let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
+    let before = rss_kib();
+    let undecodable = Message::Binary(Bytes::from_static(&[0xff; 7]));
+    let start = Instant::now();
+    let mut sent = 0u32;
+    let mut stopped = None;
+    while start.elapsed() < Duration::from_secs(20) && sent < 2_000_000 {
+        let r = match sent % 3 {
+            0 => hostile.try_feed_msg(undecodable.clone(), SEND).await,
+            // OPEN from an agent is answered RST; WINDOW for an unknown id is not.
+            1 => {
+                let open = Frame::Open {
+                    id: UNKNOWN + sent,
+                    connector: "addomain".into(),
+                    client_addr: None,
+                };
+                hostile.try_feed(&open, SEND).await
+            }
+            _ => {
+                let window = Frame::Window {
+                    id: UNKNOWN + sent,
+                    credit: 1,
+                };
+                hostile.try_feed(&window, SEND).await
+            }
+        };
+        sent += 1;
+        let r = if r.is_ok() && sent.is_multiple_of(256) {
+            hostile.try_flush(SEND).await
+        } else {
+            r
+        };
+        if let Err(e) = r {
+            stopped = Some(e);
+            break;
+        }
+    }
+    assert!(stopped.is_some(), "the relay kept reading {sent} frames");
+    wait_for("the hostile tunnel to be gone", DEADLINE, || {
+        relay.agents_for("addomain") == 0
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &relay,
+            "nowconnect_agent_disconnects_total{reason=\"protocol_error\"}"
+        ),
+        1
+    );
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "relay grew {grown} KiB after {sent} frames"
+    );
+    let log = Capture::global(Format::Text).text();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("hostile"))
+        .count();
+    assert!(
+        warnings <= 20,
+        "{warnings} warnings for one agent after {sent} frames"
+    );
+    assert!(metric(&relay, "nowconnect_frames_ignored_total") >= 65_536);
+    honest.still_served().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
+    let relay = relay("  ping_interval_sec: 1\n  ping_timeout_sec: 1\n").await;
+    let mut honest = Honest::start(&relay).await;
+    let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
+    let _stuck = stuck_client(&relay).await;
+    let stuck = hostile.expect_open("addomain").await;
+    let mut uploader = net::connect(addr(&relay, "ldap")).await;
+    let upload = hostile.expect_open("addomain").await;
+    let before = rss_kib();
+    // From now on the agent reads nothing. Credit for a large upload, so the relay has bytes
+    // to write that the agent never takes.
+    let grant = Frame::Window {
+        id: upload,
+        credit: 1 << 30,
+    };
+    hostile.try_feed(&grant, SEND).await.expect("window");
+    // DATA on the stuck stream without waiting for credit: the kernel takes little, the
+    // window the rest, and then the relay must refuse.
+    let chunk = data(stuck, &[9; 64 * 1024]);
+    let flow_control = "nowconnect_rst_sent_total{code=\"flow_control\"}";
+    for i in 0..128 {
+        hostile.try_feed(&chunk, SEND).await.expect("data");
+        if i % 8 == 7 {
+            hostile.try_flush(SEND).await.expect("flush");
+            if metric(&relay, flow_control) > 0 {
+                break;
+            }
+        }
+    }
+    wait_for("RST flow_control", DEADLINE, || {
+        metric(&relay, flow_control) == 1
+    })
+    .await;
+    // The upload fills the agent's socket; the relay gives up on the tunnel after
+    // ping_timeout without progress, though the agent keeps sending.
+    let block = vec![3u8; 256 * 1024];
+    let upload_done = tokio::spawn(async move {
+        for _ in 0..256 {
+            if uploader.write_all(&block).await.is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    let mut n = 0u32;
+    // The agent's own traffic goes on (50 frames a second): silence is not what ends it.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    while relay.agents_for("addomain") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the stalled tunnel is still open"
+        );
+        let keepalive = Frame::Window {
+            id: UNKNOWN + n,
+            credit: 1,
+        };
+        n += 1;
+        if hostile.try_feed(&keepalive, SEND).await.is_err()
+            || hostile.try_flush(SEND).await.is_err()
+        {
+            break;
+        }
+        pace.tick().await;
+    }
+    wait_for("the stalled tunnel to be gone", DEADLINE, || {
+        relay.agents_for("addomain") == 0
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &relay,
+            "nowconnect_agent_disconnects_total{reason=\"write_stall\"}"
+        ),
+        1
+    );
+    upload_done.abort();
+    let grown = rss_kib().saturating_sub(before);
+    assert!(grown < 64 * 1024, "relay grew {grown} KiB");
+    honest.still_served().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_wide_budget_resets_streams_instead_of_growing() {
+    const STREAMS: usize = 16;
+    // 1 MiB for every stream of every agent; each stream's window alone is 256 KiB.
+    let relay = relay("limits:\n  max_buffered_bytes: 1048576\n").await;
+    let mut honest = Honest::start(&relay).await;
+    let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
+    let mut clients = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..STREAMS {
+        clients.push(stuck_client(&relay).await);
+        ids.push(hostile.expect_open("addomain").await);
+    }
+    // Each stream in turn: honour credit until it stops coming back (the relay then holds
+    // 128-256 KiB for that stream). Sixteen of them cannot fit in 1 MiB; four always do.
+    let chunk = vec![5u8; 16 * 1024];
+    let mut reset = 0;
+    for id in &ids {
+        let mut credit = DEFAULT_WINDOW as usize;
+        let mut sent = 0usize;
+        'fill: loop {
+            while credit > 0 {
+                let n = chunk.len().min(credit);
+                let f = data(*id, &chunk[..n]);
+                hostile.try_feed(&f, SEND).await.expect("data");
+                credit -= n;
+                sent += n;
+            }
+            hostile.try_flush(SEND).await.expect("flush");
+            loop {
+                match hostile.try_recv(Duration::from_millis(300)).await {
+                    Some(Frame::Window { id: w, credit: c }) if w == *id => {
+                        credit += c as usize;
+                        break;
+                    }
+                    Some(Frame::Window { .. }) => continue,
+                    Some(Frame::Rst { id: r, code, .. }) => {
+                        assert_eq!(code, RstCode::QueueOverflow);
+                        reset += 1;
+                        if r == *id {
+                            break 'fill;
+                        }
+                    }
+                    None => break 'fill,
+                    Some(other) => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(sent < 64 << 20, "credit never stopped coming back");
+        }
+    }
+    assert_eq!(
+        metric(&relay, "nowconnect_rst_sent_total{code=\"queue_overflow\"}"),
+        reset as u64
+    );
+    assert!((1..STREAMS).contains(&reset), "{reset} of {STREAMS} reset");
+    let held = metric(&relay, "nowconnect_buffered_bytes ");
+    assert!(held <= 1 << 20, "held {held} bytes over the budget");
+    assert!(held >= 512 << 10, "held only {held} bytes");
+    honest.still_served().await;
+    drop(clients);
+    wait_for("budget given back", DEADLINE, || {
+        metric(&relay, "nowconnect_buffered_bytes ") == 0
+    })
+    .await;
+}
