@@ -1,19 +1,54 @@
-//! The relay-wide budget for buffered stream bytes (`limits.max_buffered_bytes`).
+//! The relay-wide budgets for buffered stream bytes (`limits.max_buffered_bytes`, half for
+//! each direction).
 //!
-//! Agent bytes a client socket did not take at once wait in that stream's task. Each stream's
-//! receive window bounds its own share, but windows times streams times agents is no bound at
-//! all: this one is. A charge that does not fit is refused and the caller resets the stream
-//! (`queue_overflow`), so one site's non-reading clients cannot grow the relay for every tenant.
-//! The count is the `nowconnect_buffered_bytes` gauge itself.
+//! Each stream's window bounds its own share, but windows times streams times agents is no
+//! bound at all: these are.
+//! - Client-bound (a2c): agent bytes a client socket did not take at once wait in that stream's
+//!   task. A charge that does not fit is refused and the session resets the stream
+//!   (`queue_overflow`): the agent sent within credit, so nothing else can hold it back.
+//! - Agent-bound (c2a): bytes read from clients wait in the tunnel's writer queue. A stream
+//!   whose read does not fit just stops reading its client until bytes leave
+//!   ([`Budget::freed`]): TCP pushes back on the client, nothing is reset.
+//!
+//! One direction filling up cannot starve the other. The count is the
+//! `nowconnect_buffered_bytes{dir}` gauge itself.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::Notify;
+
+use crate::metrics::DirLabel;
+
+/// The two budgets, each half of `limits.max_buffered_bytes`.
+#[derive(Debug)]
+pub(crate) struct Buffers {
+    /// Agent bytes held for clients.
+    pub a2c: Arc<Budget>,
+    /// Client bytes held for agents.
+    pub c2a: Arc<Budget>,
+}
+
+impl Buffers {
+    pub fn new(max: usize, gauges: &Family<DirLabel, Gauge<i64, AtomicI64>>) -> Buffers {
+        let half = max / 2;
+        let gauge = |dir| gauges.get_or_create(&DirLabel { dir }).clone();
+        Buffers {
+            a2c: Arc::new(Budget::new(half, gauge("a2c"))),
+            c2a: Arc::new(Budget::new(half, gauge("c2a"))),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct Budget {
     max: i64,
     used: Gauge<i64, AtomicI64>,
+    /// A charge was refused since the last release: someone may wait in [`Budget::freed`].
+    starved: AtomicBool,
+    freed: Notify,
 }
 
 impl Budget {
@@ -21,27 +56,50 @@ impl Budget {
         Budget {
             max: i64::try_from(max).unwrap_or(i64::MAX),
             used,
+            starved: AtomicBool::new(false),
+            freed: Notify::new(),
         }
     }
 
     /// Takes `n` bytes if they fit.
     pub fn try_charge(&self, n: usize) -> bool {
-        let Ok(n) = i64::try_from(n) else {
-            return false;
-        };
-        self.used
-            .inner()
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                u.checked_add(n).filter(|t| *t <= self.max)
-            })
-            .is_ok()
+        let ok = i64::try_from(n).is_ok_and(|n| {
+            self.used
+                .inner()
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    u.checked_add(n).filter(|t| *t <= self.max)
+                })
+                .is_ok()
+        });
+        if !ok {
+            self.starved.store(true, Ordering::Release);
+        }
+        ok
+    }
+
+    /// [`Budget::try_charge`] as a [`Charge`] that gives the bytes back when dropped.
+    pub fn try_take(self: &Arc<Self>, n: usize) -> Option<Charge> {
+        self.try_charge(n).then(|| Charge {
+            budget: self.clone(),
+            bytes: n,
+        })
     }
 
     /// Gives back `n` bytes taken by [`Budget::try_charge`].
     pub fn release(&self, n: usize) {
-        if n > 0 {
-            self.used.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+        if n == 0 {
+            return;
         }
+        self.used.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+        if self.starved.load(Ordering::Acquire) && self.starved.swap(false, Ordering::AcqRel) {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// Resolves after a release that followed a refused charge. A wake-up can be missed (a
+    /// release between the refusal and this call): waiters also retry on a timer.
+    pub async fn freed(&self) {
+        self.freed.notified().await;
     }
 
     /// Bytes held now.
@@ -51,8 +109,34 @@ impl Budget {
     }
 }
 
+/// Bytes held against a [`Budget`], given back on drop (so a frame dropped anywhere, in a
+/// queue of a tunnel that died, say, releases its bytes).
+#[derive(Debug)]
+pub(crate) struct Charge {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// Keeps only `n` of the bytes taken (what a read actually returned).
+    pub fn shrink_to(&mut self, n: usize) {
+        if n < self.bytes {
+            self.budget.release(self.bytes - n);
+            self.bytes = n;
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     #[test]
@@ -67,5 +151,36 @@ mod tests {
         assert!(!b.try_charge(usize::MAX));
         b.release(40);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_charge_gives_back_what_it_keeps_when_dropped() {
+        let b = Arc::new(Budget::new(100, Gauge::default()));
+        let mut c = b.try_take(80).expect("fits");
+        assert!(b.try_take(30).is_none());
+        c.shrink_to(10);
+        assert_eq!(b.used(), 10);
+        let d = b.try_take(90).expect("fits after the shrink");
+        drop(c);
+        drop(d);
+        assert_eq!(b.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_release_after_a_refusal_wakes_waiters() {
+        let b = Arc::new(Budget::new(10, Gauge::default()));
+        let held = b.try_take(10).expect("fits");
+        assert!(b.try_take(1).is_none());
+        // Polled once, the waiter is registered before the release.
+        let mut waiter = Box::pin(b.freed());
+        let parked = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(waiter.as_mut().poll(cx).is_pending())
+        })
+        .await;
+        assert!(parked);
+        drop(held);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken");
     }
 }

@@ -103,8 +103,8 @@ pub(crate) struct Shared {
     pub portal_refusals: abuse::RefusalThrottle,
     /// Where HTTP connections (and so tunnels) run; `None`: on the caller's runtime.
     pub shards: Option<Arc<Shards>>,
-    /// Agent bytes held for clients, relay-wide (`limits.max_buffered_bytes`).
-    pub buffered: Arc<budget::Budget>,
+    /// Stream bytes held, relay-wide, per direction (`limits.max_buffered_bytes`).
+    pub buffered: budget::Buffers,
 }
 
 /// A listener as bound.
@@ -460,10 +460,7 @@ pub async fn start_with(
     }
 
     let cfg_abuse = cfg.security.abuse.clone();
-    let buffered = Arc::new(budget::Budget::new(
-        cfg.limits.max_buffered_bytes,
-        metrics.buffered_bytes.clone(),
-    ));
+    let buffered = budget::Buffers::new(cfg.limits.max_buffered_bytes, &metrics.buffered_bytes);
     let shared = Arc::new(Shared {
         cfg,
         registry: registry::Registry::default(),

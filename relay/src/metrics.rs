@@ -119,7 +119,7 @@ pub struct Metrics {
     pub policy_enabled: Family<PolicyLabel, Gauge>,
     pub agents_blocked: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub sessions_terminated: Counter<u64, AtomicU64>,
-    pub buffered_bytes: Gauge<i64, std::sync::atomic::AtomicI64>,
+    pub buffered_bytes: Family<DirLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     pub frames_ignored: Counter<u64, AtomicU64>,
 }
 
@@ -164,7 +164,7 @@ impl Metrics {
             policy_enabled: Family::default(),
             agents_blocked: Gauge::default(),
             sessions_terminated: Counter::default(),
-            buffered_bytes: Gauge::default(),
+            buffered_bytes: Family::default(),
             frames_ignored: Counter::default(),
             registry: Registry::default(),
         };
@@ -223,8 +223,8 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_buffered_bytes",
-            "Agent bytes held for clients that are not reading, relay-wide (bounded by \
-             limits.max_buffered_bytes)",
+            "Stream bytes the relay holds, relay-wide (a2c: for clients not reading yet, c2a: \
+             for agents); each direction is bounded by half of limits.max_buffered_bytes",
             m.buffered_bytes.clone(),
         );
         registry.register(

@@ -144,7 +144,7 @@ async fn interleaved_junk_cannot_pin_read_buffers() {
     let grown = rss_kib().saturating_sub(before);
     assert!(grown < 32 * 1024, "relay grew {grown} KiB");
     // What the relay holds for the stuck stream is what was credited, not the junk around it.
-    let held = metric(&relay, "nowconnect_buffered_bytes ");
+    let held = metric(&relay, "nowconnect_buffered_bytes{dir=\"a2c\"} ");
     assert!(held <= DEFAULT_WINDOW as u64, "held {held} bytes");
     honest.still_served().await;
 }
@@ -306,7 +306,8 @@ async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_wide_budget_resets_streams_instead_of_growing() {
     const STREAMS: usize = 16;
-    // 1 MiB for every stream of every agent; each stream's window alone is 256 KiB.
+    // 1 MiB for every stream of every agent, half of it for client-bound bytes; each
+    // stream's window alone is 256 KiB.
     let relay = relay("limits:\n  max_buffered_bytes: 1048576\n").await;
     let mut honest = Honest::start(&relay).await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
@@ -317,7 +318,7 @@ async fn relay_wide_budget_resets_streams_instead_of_growing() {
         ids.push(hostile.expect_open("addomain").await);
     }
     // Each stream in turn: honour credit until it stops coming back (the relay then holds
-    // 128-256 KiB for that stream). Sixteen of them cannot fit in 1 MiB; four always do.
+    // 128-256 KiB for that stream). Sixteen of them cannot fit in 512 KiB; two always do.
     let chunk = vec![5u8; 16 * 1024];
     let mut reset = 0;
     for id in &ids {
@@ -358,13 +359,82 @@ async fn relay_wide_budget_resets_streams_instead_of_growing() {
         reset as u64
     );
     assert!((1..STREAMS).contains(&reset), "{reset} of {STREAMS} reset");
-    let held = metric(&relay, "nowconnect_buffered_bytes ");
-    assert!(held <= 1 << 20, "held {held} bytes over the budget");
-    assert!(held >= 512 << 10, "held only {held} bytes");
+    let held = metric(&relay, "nowconnect_buffered_bytes{dir=\"a2c\"} ");
+    assert!(held <= 512 << 10, "held {held} bytes over the budget");
+    assert!(held >= 256 << 10, "held only {held} bytes");
     honest.still_served().await;
     drop(clients);
     wait_for("budget given back", DEADLINE, || {
-        metric(&relay, "nowconnect_buffered_bytes ") == 0
+        metric(&relay, "nowconnect_buffered_bytes{dir=\"a2c\"} ") == 0
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_bound_budget_pauses_clients_and_comes_back_when_the_tunnel_dies() {
+    const UPLOADS: usize = 4;
+    let c2a = "nowconnect_buffered_bytes{dir=\"c2a\"} ";
+    let relay = relay(
+        "  ping_interval_sec: 1\n  ping_timeout_sec: 2\nlimits:\n  max_buffered_bytes: 1048576\n",
+    )
+    .await;
+    let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
+    let mut uploads = Vec::new();
+    for _ in 0..UPLOADS {
+        let client = net::connect(addr(&relay, "ldap")).await;
+        let id = hostile.expect_open("addomain").await;
+        let grant = Frame::Window {
+            id,
+            credit: 1 << 30,
+        };
+        hostile.try_feed(&grant, SEND).await.expect("window");
+        uploads.push(client);
+    }
+    hostile.try_flush(SEND).await.expect("flush");
+    // From now on the agent reads nothing; the clients upload as fast as they can.
+    let pushers: Vec<_> = uploads
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let block = vec![1u8; 64 * 1024];
+                for _ in 0..1024 {
+                    if c.write_all(&block).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut most = 0;
+    let start = Instant::now();
+    while relay.agents_for("addomain") > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never closed as stalled"
+        );
+        most = most.max(metric(&relay, c2a));
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        most <= 512 << 10,
+        "held {most} client bytes over the budget"
+    );
+    assert!(most >= 256 << 10, "the budget never filled ({most} bytes)");
+    assert_eq!(
+        metric(
+            &relay,
+            "nowconnect_agent_disconnects_total{reason=\"write_stall\"}"
+        ),
+        1
+    );
+    wait_for("the dead tunnel's bytes given back", DEADLINE, || {
+        metric(&relay, c2a) == 0
+    })
+    .await;
+    for p in pushers {
+        p.abort();
+    }
+    // With the budget back, other agents' clients upload again.
+    let mut honest = Honest::start(&relay).await;
+    honest.still_served().await;
 }

@@ -194,7 +194,7 @@ fn buffered(relay: &RelayHandle) -> u64 {
     relay
         .metrics_text()
         .lines()
-        .find_map(|l| l.strip_prefix("nowconnect_buffered_bytes "))
+        .find_map(|l| l.strip_prefix("nowconnect_buffered_bytes{dir=\"a2c\"} "))
         .and_then(|v| v.trim().parse().ok())
         .expect("nowconnect_buffered_bytes gauge")
 }

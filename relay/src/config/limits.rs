@@ -34,8 +34,7 @@ pub struct LimitsConfig {
     pub max_streams_per_agent: usize,
     /// How long open streams may run on after SIGTERM / `shutdown()`.
     pub shutdown_grace: Duration,
-    /// Agent bytes held for clients that are not reading, relay-wide. A stream whose bytes
-    /// do not fit is reset (`queue_overflow`) rather than the relay growing.
+    /// Stream bytes held relay-wide, half for each direction (see `crate::budget`).
     pub max_buffered_bytes: usize,
 }
 

@@ -211,7 +211,8 @@ pub(crate) async fn run<S>(
         },
         metrics: shared.metrics.clone(),
         sessions: shared.sessions.clone(),
-        buffered: shared.buffered.clone(),
+        buffered: shared.buffered.a2c.clone(),
+        outbound: shared.buffered.c2a.clone(),
     });
     let (ignored, warnings) = session::quotas();
     let mut session = Session {

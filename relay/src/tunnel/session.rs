@@ -470,7 +470,7 @@ impl Session {
             return;
         }
         let len = rest.len();
-        if !self.shared.buffered.try_charge(len) {
+        if !self.shared.buffered.a2c.try_charge(len) {
             self.over_budget(id);
             return;
         }
@@ -484,7 +484,7 @@ impl Session {
             .get(id)
             .is_some_and(|slot| slot.handle.tx.send(ToStream::Data(held)).is_ok());
         if !sent {
-            self.shared.buffered.release(len);
+            self.shared.buffered.a2c.release(len);
         }
     }
 

@@ -39,6 +39,8 @@ use crate::sessions::{SessionInfo, Sessions};
 
 /// "Never" for timers: a year.
 const FAR: Duration = Duration::from_secs(86_400 * 365);
+/// How soon a stream the outbound budget refused tries again without a wake-up.
+const STARVED_RETRY: Duration = Duration::from_millis(100);
 
 /// From the session to a stream task.
 #[derive(Debug)]
@@ -131,6 +133,8 @@ pub(super) struct TunnelCtx {
     pub sessions: Arc<Sessions>,
     /// The relay-wide budget the session charged queued agent bytes to.
     pub buffered: Arc<Budget>,
+    /// The relay-wide budget of client bytes on their way to agents, charged here per read.
+    pub outbound: Arc<Budget>,
 }
 
 /// Agent bytes this stream holds, charged to the relay-wide budget by the session: released
@@ -320,6 +324,11 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
     let release = tokio::time::sleep(FAR);
     tokio::pin!(release);
     let mut release_armed = false;
+    // The outbound budget refused a read: wait for bytes to leave (or retry on the timer,
+    // in case that wake-up was missed) before reading the client again.
+    let mut starved = false;
+    let retry = tokio::time::sleep(FAR);
+    tokio::pin!(retry);
     // A frame read from the client that the writer queue had no room for yet: nothing more is
     // read until it is queued (the queue is bounded; this task never waits on it elsewhere).
     let mut outbox: Option<Out> = None;
@@ -390,10 +399,17 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                     permit.send(item);
                 }
             }
-            r = sock.readable(), if budget > 0 && outbox.is_none() => {
+            () = t.outbound.freed(), if starved => starved = false,
+            () = &mut retry, if starved => starved = false,
+            r = sock.readable(), if budget > 0 && outbox.is_none() && !starved => {
                 if r.is_err() {
                     return End::Local(Reset::new(RstCode::Io, "client socket error"));
                 }
+                let Some(mut charge) = t.outbound.try_take(budget) else {
+                    starved = true;
+                    retry.as_mut().reset(Instant::now() + STARVED_RETRY);
+                    continue;
+                };
                 let header = v2.then_some(id);
                 let now = Instant::now().into_std();
                 match reads.read(budget, header, now, |b| sock.try_read_buf(b)) {
@@ -414,10 +430,11 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                         s.activity.touch();
                         s.info.bytes_c2a.fetch_add(n as u64, Ordering::Relaxed);
                         lm.bytes_c2a.inc_by(n as u64);
+                        charge.shrink_to(n);
                         outbox = Some(if v2 {
-                            Out::Raw(bytes)
+                            Out::Raw(bytes, charge)
                         } else {
-                            Out::Frame(Frame::Data { id, payload: bytes })
+                            Out::Data(Frame::Data { id, payload: bytes }, charge)
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -503,6 +520,7 @@ mod tests {
             metrics: metrics.clone(),
             sessions: Arc::new(Sessions::default()),
             buffered: Arc::new(Budget::new(1 << 30, Default::default())),
+            outbound: Arc::new(Budget::new(1 << 30, Default::default())),
         });
         let tunnel = Arc::new(TunnelInfo {
             tunnel_id: 1,
@@ -584,7 +602,7 @@ mod tests {
         ));
         // c2a: one read of at most the credit (8 bytes), with the v2 header in front.
         r.client.write_all(b"0123456789").await.expect("write");
-        let Out::Raw(frame) = next_out(&mut r).await else {
+        let Out::Raw(frame, _) = next_out(&mut r).await else {
             panic!("DATA")
         };
         assert_eq!(&frame[nowconnect_shared::binary::HEADER_LEN..], b"01234567");
@@ -595,7 +613,7 @@ mod tests {
                 .is_err()
         );
         r.to_stream.send(ToStream::Window(8)).expect("send");
-        let Out::Raw(frame) = next_out(&mut r).await else {
+        let Out::Raw(frame, _) = next_out(&mut r).await else {
             panic!("DATA")
         };
         assert_eq!(&frame[nowconnect_shared::binary::HEADER_LEN..], b"89");

@@ -32,6 +32,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::budget::Charge;
+
 /// Capacity of the data queue in frames. 256 x 64 KiB caps it at 16 MiB per tunnel.
 pub(super) const DATA_QUEUE: usize = 256;
 /// Capacity of the control queue in frames (each a few dozen bytes: 1,024 are < 64 KiB).
@@ -42,8 +44,11 @@ const MAX_BATCH: usize = 64;
 /// Items for the writer task.
 #[derive(Debug)]
 pub(crate) enum Out {
-    /// An already encoded v2 frame (DATA read straight after a reserved header).
-    Raw(Bytes),
+    /// An already encoded v2 frame (DATA read straight after a reserved header), its bytes
+    /// charged to the relay-wide budget until written.
+    Raw(Bytes, Charge),
+    /// A v1 DATA frame to encode, charged likewise.
+    Data(Frame, Charge),
     /// A frame to encode in the tunnel's version.
     Frame(Frame),
     /// v1: drop the outgoing `seq` state of a finished stream (queued behind its last frame).
@@ -167,8 +172,17 @@ pub(super) async fn run<S>(
         let mut next = Some(first);
         let mut fed = 0;
         while let Some(item) = next.take() {
+            // A budget charge is given back once its frame is handed to the WebSocket.
+            let mut charge = None;
             let msg = match item {
-                Out::Raw(b) => Some(Message::Binary(b)),
+                Out::Raw(b, c) => {
+                    charge = Some(c);
+                    Some(Message::Binary(b))
+                }
+                Out::Data(f, c) => {
+                    charge = Some(c);
+                    encode(&f, version, &limits, &mut v1)
+                }
                 Out::Frame(f) => encode(&f, version, &limits, &mut v1),
                 Out::Forget(id) => {
                     v1.forget(id);
@@ -185,6 +199,7 @@ pub(super) async fn run<S>(
                     token.cancel();
                     return;
                 }
+                drop(charge);
                 fed += 1;
             }
             if fed >= MAX_BATCH {
