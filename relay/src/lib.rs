@@ -141,8 +141,8 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
-    /// The HTTP server with `/tunnel`, `/healthz`, `/readyz`, `/metrics` (and `/api/v1` unless
-    /// `portal.bind` is set).
+    /// The HTTP server with `/tunnel`, `/healthz`, `/readyz` (`/metrics` unless
+    /// `observability.metrics_port` is set, `/api/v1` unless `portal.bind` is set).
     pub fn tunnel_addr(&self) -> SocketAddr {
         self.tunnel_addr
     }
@@ -504,9 +504,12 @@ pub async fn start_with(
         %tunnel_addr,
         tls = tls.is_some(),
         %metrics_addr,
-        "relay HTTP server listening (/tunnel, /healthz, /readyz, /metrics)"
+        "relay HTTP server listening (/tunnel, /healthz, /readyz; /metrics at metrics_addr)"
     );
     let portal_here = portal_listener.is_none();
+    // A separate metrics port is the only place `/metrics` is served (it may be firewalled
+    // apart from the agents' and operators' ports).
+    let metrics_here = metrics_listener.is_none();
     shared.tasks.spawn(http::serve(
         tunnel_listener,
         tls.clone(),
@@ -514,6 +517,7 @@ pub async fn start_with(
         http::Routes {
             tunnel: true,
             portal: portal_here,
+            metrics: metrics_here,
         },
     ));
     if let Some(l) = metrics_listener {
@@ -524,6 +528,7 @@ pub async fn start_with(
             http::Routes {
                 tunnel: false,
                 portal: false,
+                metrics: true,
             },
         ));
     }
@@ -537,6 +542,7 @@ pub async fn start_with(
             http::Routes {
                 tunnel: false,
                 portal: true,
+                metrics: metrics_here,
             },
         ));
     }
