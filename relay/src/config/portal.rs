@@ -76,6 +76,18 @@ pub(super) fn validate_portal(
     if audience.is_empty() {
         c.bad("portal.audience", "must not be empty");
     }
+    // One audience for both would let every agent token pass as a portal token's `aud` (and
+    // portal tokens open tunnels): only the role claim would then stand between them.
+    if let Some(j) = security.jwt.as_ref().filter(|j| j.audience == audience) {
+        c.bad(
+            "portal.audience",
+            format!(
+                "must differ from security.audience (or NOWCONNECT_AUDIENCE): both are `{}`, so \
+                 agent tokens would be accepted as portal tokens' audience",
+                j.audience
+            ),
+        );
+    }
     let admin_role = pt
         .admin_role
         .map(|a| a.trim().to_owned())
