@@ -120,6 +120,7 @@ impl RelayConfig {
                 tunnel_allow_cidrs: Vec::new(),
                 jwt: None,
                 require_connector_scopes: false,
+                allow_insecure_http: false,
                 abuse: AbuseConfig::default(),
             },
             pdp: None,
@@ -154,7 +155,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
     let limits = limits::validate_limits(&mut c, raw.limits);
     warn_unimplemented(&mut c, raw.security.fapi_mode.is_some(), raw.ha.is_some());
     let security = security::validate_security(&mut c, env, raw.security, &tunnel.host);
-    let pdp = pdp::validate_pdp(&mut c, env, raw.pdp, ca_file);
+    let pdp = pdp::validate_pdp(&mut c, env, raw.pdp, ca_file, security.allow_insecure_http);
     let observability =
         observability::validate_observability(&mut c, raw.observability, tunnel_port);
     let state_dir = raw.state_dir.filter(|d| !d.as_os_str().is_empty());

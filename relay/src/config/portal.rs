@@ -68,7 +68,7 @@ pub(super) fn validate_portal(
         .jwks_url
         .map(|u| u.trim().to_owned())
         .filter(|u| !u.is_empty())
-        .and_then(|u| jwks_source(c, "portal.jwks_url", &u));
+        .and_then(|u| jwks_source(c, "portal.jwks_url", &u, security.allow_insecure_http));
     let audience = pt
         .audience
         .map(|a| a.trim().to_owned())

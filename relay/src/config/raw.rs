@@ -87,6 +87,7 @@ pub(super) struct RawSecurity {
     pub(super) jwks_refresh_sec: Option<u64>,
     pub(super) jwks_min_refresh_sec: Option<u64>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) allow_insecure_http: Option<bool>,
     pub(super) max_pending_upgrades_per_ip: Option<usize>,
     pub(super) auth_failure_limit: Option<u32>,
     pub(super) auth_failure_window_sec: Option<u64>,

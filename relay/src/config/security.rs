@@ -35,6 +35,9 @@ pub struct SecurityConfig {
     pub jwt: Option<JwtConfig>,
     /// Every connector in HELLO must be granted by the token (`connectors`, `scp`, `scope`).
     pub require_connector_scopes: bool,
+    /// Plain `http://` JWKS and PDP URLs to non-loopback hosts are accepted (with a warning);
+    /// off: refused at start-up.
+    pub allow_insecure_http: bool,
     pub abuse: AbuseConfig,
 }
 
@@ -105,7 +108,8 @@ pub(super) fn validate_security(
                 .filter(|u| !u.is_empty()),
         ),
     };
-    let jwks = jwks_url.and_then(|u| jwks_source(c, jwks_key, &u));
+    let allow_insecure_http = s.allow_insecure_http.unwrap_or(false);
+    let jwks = jwks_url.and_then(|u| jwks_source(c, jwks_key, &u, allow_insecure_http));
     let (aud_key, audience) = match env_str(env, "NOWCONNECT_AUDIENCE") {
         Some(v) => ("NOWCONNECT_AUDIENCE", v),
         None => (
@@ -192,6 +196,7 @@ pub(super) fn validate_security(
         tunnel_allow_cidrs,
         jwt,
         require_connector_scopes,
+        allow_insecure_http,
         abuse,
     }
 }
