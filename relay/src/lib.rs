@@ -457,9 +457,14 @@ pub async fn start_with(
     }
 
     let cfg_abuse = cfg.security.abuse.clone();
+    let tunnel_rules = registry::Rules {
+        max_per_agent: cfg.limits.max_tunnels_per_agent,
+        max_per_jti: cfg.limits.max_tunnels_per_jti,
+        duplicates: cfg.security.duplicate_agent,
+    };
     let shared = Arc::new(Shared {
         cfg,
-        registry: registry::Registry::default(),
+        registry: registry::Registry::new(tunnel_rules),
         metrics,
         root: CancellationToken::new(),
         draining: CancellationToken::new(),

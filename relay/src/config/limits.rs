@@ -1,4 +1,5 @@
-//! The `limits` section: idle timeout, v1 queue budgets, connection and stream caps, shutdown grace.
+//! The `limits` section: idle timeout, v1 queue budgets, connection, stream and tunnel caps,
+//! shutdown grace.
 
 use std::time::Duration;
 
@@ -13,6 +14,14 @@ const MAX_QUEUE_BYTES: usize = 64 << 20;
 pub(super) const DEFAULT_MAX_CONN: usize = 10_000;
 pub(super) const DEFAULT_GRACE_MS: u64 = 10_000;
 pub(super) const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 5_000;
+/// One live tunnel, its replacement (a token refresh) and one dead tunnel keepalive has not
+/// reaped yet.
+pub(super) const DEFAULT_MAX_TUNNELS_PER_AGENT: usize = 3;
+/// A reconnect with the same token while keepalive has not reaped the dead tunnel yet; a
+/// refresh brings a new token.
+pub(super) const DEFAULT_MAX_TUNNELS_PER_JTI: usize = 2;
+/// Largest tunnel caps.
+const MAX_TUNNEL_CAP: usize = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -29,6 +38,10 @@ pub struct LimitsConfig {
     pub max_streams_per_agent: usize,
     /// How long open streams may run on after SIGTERM / `shutdown()`.
     pub shutdown_grace: Duration,
+    /// Tunnels one agent_id may hold at once (serving, superseded or standby); more are refused.
+    pub max_tunnels_per_agent: usize,
+    /// Tunnels one token (its `jti`) may hold at once; tokens without `jti` are not counted.
+    pub max_tunnels_per_jti: usize,
 }
 
 pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
@@ -55,6 +68,26 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
         c.bad("limits.max_streams_per_agent", "must be at least 1");
     }
     let grace_ms = l.shutdown_grace_ms.unwrap_or(DEFAULT_GRACE_MS);
+    let mut tunnel_cap = |key: &str, v: Option<usize>, default: usize| {
+        let v = v.unwrap_or(default);
+        if !(1..=MAX_TUNNEL_CAP).contains(&v) {
+            c.bad(
+                key,
+                format!("must be between 1 and {MAX_TUNNEL_CAP}, got {v}"),
+            );
+        }
+        v
+    };
+    let max_tunnels_per_agent = tunnel_cap(
+        "limits.max_tunnels_per_agent",
+        l.max_tunnels_per_agent,
+        DEFAULT_MAX_TUNNELS_PER_AGENT,
+    );
+    let max_tunnels_per_jti = tunnel_cap(
+        "limits.max_tunnels_per_jti",
+        l.max_tunnels_per_jti,
+        DEFAULT_MAX_TUNNELS_PER_JTI,
+    );
     LimitsConfig {
         idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
         queue_depth_per_cid,
@@ -62,5 +95,7 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
         max_conn_total,
         max_streams_per_agent,
         shutdown_grace: Duration::from_millis(grace_ms),
+        max_tunnels_per_agent,
+        max_tunnels_per_jti,
     }
 }

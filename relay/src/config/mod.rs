@@ -33,7 +33,7 @@ pub use listeners::ListenerConfig;
 pub use observability::ObservabilityConfig;
 pub use pdp::PdpConfig;
 pub use portal::{PolicyDefaults, PortalConfig, DEFAULT_PORTAL_AUDIENCE};
-pub use security::{AbuseConfig, JwtConfig, SecurityConfig, DEFAULT_AUDIENCE};
+pub use security::{AbuseConfig, DuplicatePolicy, JwtConfig, SecurityConfig, DEFAULT_AUDIENCE};
 pub use tunnel::{TlsConfig, TunnelConfig, DEFAULT_TUNNEL_PORT};
 
 use collector::Collector;
@@ -113,6 +113,8 @@ impl RelayConfig {
                 max_conn_total: limits::DEFAULT_MAX_CONN,
                 max_streams_per_agent: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
                 shutdown_grace: Duration::from_millis(limits::DEFAULT_GRACE_MS),
+                max_tunnels_per_agent: limits::DEFAULT_MAX_TUNNELS_PER_AGENT,
+                max_tunnels_per_jti: limits::DEFAULT_MAX_TUNNELS_PER_JTI,
             },
             security: SecurityConfig {
                 dev_bypass: true,
@@ -121,6 +123,7 @@ impl RelayConfig {
                 jwt: None,
                 require_connector_scopes: false,
                 allow_insecure_http: false,
+                duplicate_agent: DuplicatePolicy::default(),
                 abuse: AbuseConfig::default(),
             },
             pdp: None,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{JWT, MINIMAL};
 use crate::config::check::host_is_loopback;
-use crate::config::{JwksSource, RelayConfig};
+use crate::config::{DuplicatePolicy, JwksSource, RelayConfig};
 
 #[test]
 fn jwt_defaults_and_keys() {
@@ -206,4 +206,47 @@ fn env_overrides_dev_bypass() {
     let bad = |k: &str| (k == "NOWCONNECT_DEV_BYPASS").then(|| "maybe".to_owned());
     let err = RelayConfig::from_yaml_str_with_env(&yaml, &bad).expect_err("bad bool");
     assert_eq!(err.problems()[0].key, "NOWCONNECT_DEV_BYPASS");
+}
+
+#[test]
+fn tunnel_caps_and_duplicate_policy() {
+    let cfg = RelayConfig::from_yaml_str(JWT).expect("valid");
+    assert_eq!(cfg.limits.max_tunnels_per_agent, 3);
+    assert_eq!(cfg.limits.max_tunnels_per_jti, 2);
+    assert_eq!(cfg.security.duplicate_agent, DuplicatePolicy::NewestWins);
+    for (value, policy) in [
+        ("newest_wins", DuplicatePolicy::NewestWins),
+        ("oldest_wins", DuplicatePolicy::OldestWins),
+        ("refuse", DuplicatePolicy::Refuse),
+    ] {
+        let yaml = JWT.to_owned() + &format!("  duplicate_agent: {value}\n");
+        let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+        assert_eq!(cfg.security.duplicate_agent, policy);
+        assert_eq!(policy.as_str(), value);
+    }
+    let yaml = JWT.to_owned()
+        + "  duplicate_agent: first_come\nlimits:\n  max_tunnels_per_agent: 0\n  max_tunnels_per_jti: 5000\n";
+    let err = RelayConfig::from_yaml_str(&yaml).expect_err("invalid");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "limits.max_tunnels_per_agent",
+            "limits.max_tunnels_per_jti",
+            "security.duplicate_agent"
+        ]
+    );
+    assert!(
+        err.to_string().contains("newest_wins, oldest_wins, refuse"),
+        "{err}"
+    );
+    let yaml = JWT.to_owned() + "limits:\n  max_tunnels_per_agent: 1\n  max_tunnels_per_jti: 1\n";
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+    assert_eq!(
+        (
+            cfg.limits.max_tunnels_per_agent,
+            cfg.limits.max_tunnels_per_jti
+        ),
+        (1, 1)
+    );
 }
