@@ -164,7 +164,7 @@ pub(crate) async fn run<S>(
             superseded: Some(old),
         } => {
             event = event.detail(format!(
-                "connectors={connectors}; tunnel {old} gets no new streams"
+                "connectors={connectors}; superseded tunnel {old} gets no new streams"
             ));
         }
         Placed::Standby { behind } => {
