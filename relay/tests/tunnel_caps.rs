@@ -313,8 +313,7 @@ async fn refuse_turns_the_second_address_away_but_lets_a_reconnect_through() {
         .expect("first tunnel");
     let (code, reason) = tunnel(&relay, &token(&key, Some("b")), Some(net::other_loopback()))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(code, CloseCode::Policy);
     assert!(reason.contains("security.duplicate_agent"), "{reason}");
     assert!(
