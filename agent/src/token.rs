@@ -13,12 +13,19 @@ use base64::Engine;
 /// Longest token file we read (JWTs with many claims stay well below this).
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 
+/// The latest `exp` the agent schedules a refresh for: 9999-12-31T23:59:59Z. A later one
+/// (`u64::MAX`, `i64::MAX`, `1e300`) cannot be a real expiry and overflows clock arithmetic, so
+/// such a token is used as one without `exp` (the relay accepts it and never times it).
+pub const MAX_EXP: u64 = 253_402_300_799;
+
 /// A bearer token with its expiry, if it is a JWT with `exp`. Never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token {
     value: String,
-    /// `exp` as seconds since the Unix epoch.
+    /// `exp` as seconds since the Unix epoch, at most [`MAX_EXP`].
     exp: Option<u64>,
+    /// An `exp` beyond [`MAX_EXP`], ignored (see [`Token::ignored_exp`]).
+    ignored_exp: Option<u64>,
 }
 
 impl fmt::Debug for Token {
@@ -40,10 +47,22 @@ impl Token {
         if !t.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("token contains spaces, control or non-ASCII characters".into());
         }
+        let exp = jwt_exp(t);
+        let (exp, ignored_exp) = match exp {
+            Some(s) if s > MAX_EXP => (None, Some(s)),
+            other => (other, None),
+        };
         Ok(Token {
             value: t.to_owned(),
-            exp: jwt_exp(t),
+            exp,
+            ignored_exp,
         })
+    }
+
+    /// An `exp` claim too far ahead to be an expiry (beyond [`MAX_EXP`]): the token is used as
+    /// one without `exp`, so no refresh is scheduled for it.
+    pub fn ignored_exp(&self) -> Option<u64> {
+        self.ignored_exp
     }
 
     /// The text for the Authorization header. Callers must not log it.
@@ -53,7 +72,7 @@ impl Token {
 
     /// When the token expires (`exp`), if it says.
     pub fn expires_at(&self) -> Option<SystemTime> {
-        self.exp.map(|s| UNIX_EPOCH + Duration::from_secs(s))
+        UNIX_EPOCH.checked_add(Duration::from_secs(self.exp?))
     }
 
     /// How long until `exp` from `now`: `Ok(left)`, or `Err(ago)` once expired.
@@ -80,6 +99,13 @@ pub enum TokenError {
 /// an error: the relay would refuse it, and the operator should hear why.
 pub async fn read(path: &Path) -> Result<Token, TokenError> {
     let token = read_any(path).await?;
+    if let Some(exp) = token.ignored_exp() {
+        tracing::warn!(
+            token_file = %path.display(),
+            exp,
+            "the token's exp is beyond the year 9999; using it as a token without expiry (no refresh before exp)"
+        );
+    }
     if let Some(Err(ago)) = token.time_left(SystemTime::now()) {
         return Err(TokenError::Expired {
             path: path.to_owned(),
@@ -172,6 +198,26 @@ pub(crate) mod tests {
             Token::parse("opaque").expect("token").time_left(at(0)),
             None
         );
+    }
+
+    #[test]
+    fn an_exp_beyond_any_clock_is_ignored_not_a_panic() {
+        let now = SystemTime::now();
+        for exp in [
+            u64::MAX.to_string(),
+            i64::MAX.to_string(),
+            "1e300".to_owned(),
+            (MAX_EXP + 1).to_string(),
+        ] {
+            let t = Token::parse(&jwt(&format!(r#"{{"exp":{exp}}}"#))).expect("token");
+            assert_eq!(t.expires_at(), None, "exp {exp}");
+            assert_eq!(t.time_left(now), None, "exp {exp}: no refresh is scheduled");
+            assert!(t.ignored_exp().is_some_and(|e| e > MAX_EXP), "exp {exp}");
+        }
+        // The last representable expiry is still one.
+        let t = Token::parse(&jwt(&format!(r#"{{"exp":{MAX_EXP}}}"#))).expect("token");
+        assert_eq!(t.ignored_exp(), None);
+        assert!(matches!(t.time_left(now), Some(Ok(d)) if d.as_secs() > 86_400 * 365 * 7_000));
     }
 
     #[tokio::test]

@@ -45,6 +45,9 @@ pub enum Action {
     Open,
     /// An agent tunnel ended, or an operator disconnected an agent.
     AgentDisconnected,
+    /// A tunnel's agent_id is also connected from another source address (`success`: the new
+    /// tunnel was admitted; `reason`: the `security.duplicate_agent` policy).
+    DuplicateAgent,
     /// A source address failed too often and is refused for a while.
     SourceCooldown,
     /// An operator blocked an agent_id (its tunnels are refused until unblocked).
@@ -65,6 +68,7 @@ impl Action {
         Action::Hello,
         Action::Open,
         Action::AgentDisconnected,
+        Action::DuplicateAgent,
         Action::SourceCooldown,
         Action::AgentBlocked,
         Action::AgentUnblocked,
@@ -79,6 +83,7 @@ impl Action {
             Action::Hello => "hello",
             Action::Open => "open",
             Action::AgentDisconnected => "agent_disconnected",
+            Action::DuplicateAgent => "duplicate_agent",
             Action::SourceCooldown => "source_cooldown",
             Action::AgentBlocked => "agent_blocked",
             Action::AgentUnblocked => "agent_unblocked",
@@ -418,7 +423,13 @@ impl Audit {
         if rec.resource.is_none() {
             rec.resource = match (rec.action, &rec.connector) {
                 (Action::Open, Some(c)) => Some(format!("connector:{c}")),
-                (Action::TunnelAuth | Action::Hello | Action::AgentDisconnected, _)
+                (
+                    Action::TunnelAuth
+                    | Action::Hello
+                    | Action::AgentDisconnected
+                    | Action::DuplicateAgent,
+                    _,
+                )
                 | (Action::SourceCooldown, _) => Some("tunnel".to_owned()),
                 _ => None,
             };

@@ -148,6 +148,8 @@ pub(crate) struct Identity {
     pub grants: Arc<Grants>,
     /// `exp` (Unix seconds).
     pub expires_at: u64,
+    /// The token's `jti`, for `limits.max_tunnels_per_jti` (`None`: not counted).
+    pub jti: Option<String>,
 }
 
 impl Identity {
@@ -181,6 +183,8 @@ struct Claims {
     sub: Option<serde_json::Value>,
     #[serde(default)]
     exp: Option<serde_json::Value>,
+    #[serde(default)]
+    jti: Option<serde_json::Value>,
     #[serde(default)]
     connectors: Option<serde_json::Value>,
     #[serde(default)]
@@ -268,6 +272,13 @@ impl Authenticator {
                 .map(str::to_owned),
             grants: Arc::new(Grants::from_claims(&claims)),
             expires_at,
+            // A string per RFC 7519; anything else names no token to count.
+            jti: claims
+                .jti
+                .as_ref()
+                .and_then(serde_json::Value::as_str)
+                .filter(|j| !j.is_empty())
+                .map(str::to_owned),
         })
     }
 }

@@ -50,12 +50,14 @@ const WS_READ_BUFFER: usize = 16 * 1024;
 
 type Body = Full<Bytes>;
 
-/// Which routes a server exposes besides health and metrics: the main one has `/tunnel` (and
-/// the portal unless `portal.bind` moves it), the optional metrics port neither.
+/// Which routes a server exposes besides health: the main one has `/tunnel` (and the portal
+/// unless `portal.bind` moves it), the optional metrics port neither. `/metrics` is served only
+/// on the metrics port when `observability.metrics_port` is set, else on every port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Routes {
     pub tunnel: bool,
     pub portal: bool,
+    pub metrics: bool,
 }
 
 /// Accepts HTTP connections until the relay stops.
@@ -185,7 +187,7 @@ async fn handle(
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::GET, "/metrics") => {
+        (&Method::GET, "/metrics") if routes.metrics => {
             let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

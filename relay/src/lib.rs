@@ -144,8 +144,8 @@ pub struct RelayHandle {
 }
 
 impl RelayHandle {
-    /// The HTTP server with `/tunnel`, `/healthz`, `/readyz`, `/metrics` (and `/api/v1` unless
-    /// `portal.bind` is set).
+    /// The HTTP server with `/tunnel`, `/healthz`, `/readyz` (`/metrics` unless
+    /// `observability.metrics_port` is set, `/api/v1` unless `portal.bind` is set).
     pub fn tunnel_addr(&self) -> SocketAddr {
         self.tunnel_addr
     }
@@ -461,9 +461,14 @@ pub async fn start_with(
 
     let cfg_abuse = cfg.security.abuse.clone();
     let buffered = budget::Buffers::new(cfg.limits.max_buffered_bytes, &metrics.buffered_bytes);
+    let tunnel_rules = registry::Rules {
+        max_per_agent: cfg.limits.max_tunnels_per_agent,
+        max_per_jti: cfg.limits.max_tunnels_per_jti,
+        duplicates: cfg.security.duplicate_agent,
+    };
     let shared = Arc::new(Shared {
         cfg,
-        registry: registry::Registry::default(),
+        registry: registry::Registry::new(tunnel_rules),
         metrics,
         root: CancellationToken::new(),
         draining: CancellationToken::new(),
@@ -509,9 +514,12 @@ pub async fn start_with(
         %tunnel_addr,
         tls = tls.is_some(),
         %metrics_addr,
-        "relay HTTP server listening (/tunnel, /healthz, /readyz, /metrics)"
+        "relay HTTP server listening (/tunnel, /healthz, /readyz; /metrics at metrics_addr)"
     );
     let portal_here = portal_listener.is_none();
+    // A separate metrics port is the only place `/metrics` is served (it may be firewalled
+    // apart from the agents' and operators' ports).
+    let metrics_here = metrics_listener.is_none();
     shared.tasks.spawn(http::serve(
         tunnel_listener,
         tls.clone(),
@@ -519,6 +527,7 @@ pub async fn start_with(
         http::Routes {
             tunnel: true,
             portal: portal_here,
+            metrics: metrics_here,
         },
     ));
     if let Some(l) = metrics_listener {
@@ -529,6 +538,7 @@ pub async fn start_with(
             http::Routes {
                 tunnel: false,
                 portal: false,
+                metrics: true,
             },
         ));
     }
@@ -542,6 +552,7 @@ pub async fn start_with(
             http::Routes {
                 tunnel: false,
                 portal: true,
+                metrics: metrics_here,
             },
         ));
     }

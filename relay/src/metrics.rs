@@ -108,6 +108,7 @@ pub struct Metrics {
     pub agents_connected: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub agent_auth_failures: Family<ReasonLabel, Counter>,
     pub agent_auth_successes: Counter<u64, AtomicU64>,
+    pub agent_duplicates: Counter<u64, AtomicU64>,
     pub pdp_decisions: Family<ResultLabel, Counter>,
     pub jwks_refreshes: Family<JwksRefreshLabels, Counter>,
     pub jwks_keys: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -153,6 +154,7 @@ impl Metrics {
             agents_connected: Gauge::default(),
             agent_auth_failures: Family::default(),
             agent_auth_successes: Counter::default(),
+            agent_duplicates: Counter::default(),
             pdp_decisions: Family::default(),
             jwks_refreshes: Family::default(),
             jwks_keys: Gauge::default(),
@@ -256,6 +258,11 @@ impl Metrics {
             "nowconnect_agent_auth_successes",
             "Agent tunnel upgrades admitted (token accepted, or the dev bypass)",
             m.agent_auth_successes.clone(),
+        );
+        registry.register(
+            "nowconnect_agent_duplicates",
+            "Tunnels whose agent_id was already connected from another source address (admitted or not)",
+            m.agent_duplicates.clone(),
         );
         registry.register(
             "nowconnect_pdp_decisions",

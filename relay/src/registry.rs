@@ -1,19 +1,27 @@
-//! Which connected agent tunnels serve which connector (local to this relay; Redis for HA later).
+//! Which connected agent tunnels serve which connector (local to this relay; Redis for HA later),
+//! and which tunnels each `agent_id` and each token (`jti`) holds.
 //!
 //! New streams go to the agent with the fewest open streams, ties broken round-robin. A tunnel
 //! removes itself before it stops reading its command channel, so a stream is never handed to a
 //! tunnel that already went away (a send to it fails and the listener picks again).
-//! An `agent_id` that registers again supersedes its older tunnels for new streams: the older one
-//! is most likely a dead connection the agent has already replaced.
 //!
-//! It also keeps every registered tunnel's [`TunnelInfo`] for the portal.
+//! Per `agent_id` exactly one registered tunnel *serves* (is listed under its connectors and so
+//! gets new streams); the others stay registered (the portal lists them, the caps count them)
+//! but get none. A tunnel from the serving one's source address supersedes it: that is a
+//! reconnect (the old one is most likely dead) or a token refresh. From another address it is a
+//! duplicate, and [`DuplicatePolicy`] decides: the newcomer serves (`newest_wins`), waits as a
+//! standby (`oldest_wins`) or is refused (`refuse`). When the serving tunnel ends, the newest
+//! remaining one serves (the oldest under `oldest_wins`). The caps ([`Rules`]) are checked in the
+//! same critical section as the insertion, so concurrent HELLOs cannot overshoot them.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
+use crate::config::DuplicatePolicy;
 use crate::conn::NewConn;
 use crate::sessions::TunnelInfo;
 
@@ -26,8 +34,67 @@ pub(crate) struct AgentHandle {
     pub conns: mpsc::UnboundedSender<NewConn>,
     /// Open streams on this tunnel (for least-streams picking).
     pub active: Arc<AtomicUsize>,
-    /// What the portal lists about this tunnel.
+    /// What the portal lists about this tunnel (its connectors and source address too).
     pub info: Arc<TunnelInfo>,
+}
+
+/// How many tunnels an agent may hold, and what a duplicate gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rules {
+    /// `limits.max_tunnels_per_agent`.
+    pub max_per_agent: usize,
+    /// `limits.max_tunnels_per_jti` (tokens without `jti` are not counted).
+    pub max_per_jti: usize,
+    /// `security.duplicate_agent`.
+    pub duplicates: DuplicatePolicy,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            max_per_agent: 3,
+            max_per_jti: 2,
+            duplicates: DuplicatePolicy::NewestWins,
+        }
+    }
+}
+
+/// Why a tunnel was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The agent_id holds `max_per_agent` tunnels already.
+    AgentFull { limit: usize },
+    /// The token (`jti`) holds `max_per_jti` tunnels already.
+    TokenFull { limit: usize },
+    /// Another address serves this agent_id and the policy is `refuse`.
+    Duplicate,
+}
+
+/// Where a registered tunnel stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placed {
+    /// It gets new streams; `superseded` no longer does.
+    Serving { superseded: Option<u64> },
+    /// `oldest_wins`: it gets streams only once `behind` (and every older tunnel) has ended.
+    Standby { behind: u64 },
+}
+
+/// The answer to [`Registry::register`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Registration {
+    /// The agent_id's other tunnels from a different source address (IP), with their addresses.
+    pub elsewhere: Vec<(u64, SocketAddr)>,
+    pub outcome: Result<Placed, Refused>,
+}
+
+/// One registered tunnel as the portal lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct Row {
+    pub info: Arc<TunnelInfo>,
+    /// It is the one its agent_id's new streams go to.
+    pub serving: bool,
+    /// Another tunnel of its agent_id is connected from a different address.
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Default)]
@@ -37,65 +104,172 @@ struct Entry {
     next: usize,
 }
 
+#[derive(Debug)]
+struct Held {
+    handle: AgentHandle,
+    jti: Option<Arc<str>>,
+}
+
+impl Held {
+    fn ip(&self) -> IpAddr {
+        self.handle.info.peer.ip().to_canonical()
+    }
+}
+
+/// The tunnels of one agent_id.
+#[derive(Debug)]
+struct Agent {
+    /// Oldest first.
+    ids: Vec<u64>,
+    serving: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Serving tunnels only.
+    by_connector: HashMap<String, Entry>,
+    /// Every registered tunnel.
+    tunnels: HashMap<u64, Held>,
+    by_agent: HashMap<Arc<str>, Agent>,
+}
+
+impl Inner {
+    fn list(&mut self, handle: &AgentHandle) {
+        for c in &handle.info.connectors {
+            let entry = self.by_connector.entry(c.clone()).or_default();
+            if !entry.agents.iter().any(|a| a.tunnel_id == handle.tunnel_id) {
+                entry.agents.push(handle.clone());
+            }
+        }
+    }
+
+    fn unlist(&mut self, tunnel_id: u64) {
+        for entry in self.by_connector.values_mut() {
+            entry.agents.retain(|a| a.tunnel_id != tunnel_id);
+        }
+        self.by_connector.retain(|_, e| !e.agents.is_empty());
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    by_connector: Mutex<HashMap<String, Entry>>,
-    /// Every registered tunnel, superseded ones included until they end.
-    tunnels: Mutex<HashMap<u64, Arc<TunnelInfo>>>,
+    rules: Rules,
+    inner: Mutex<Inner>,
 }
 
 impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    pub fn new(rules: Rules) -> Registry {
+        Registry {
+            rules,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // Critical sections never panic; recover the map if one ever did.
-        self.by_connector
+        self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Registers `agent` for each of `connectors`. Returns the tunnel ids it superseded.
-    pub fn register(&self, agent: &AgentHandle, connectors: &[String]) -> Vec<u64> {
-        self.tunnels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(agent.tunnel_id, agent.info.clone());
-        let mut map = self.lock();
-        let mut superseded = Vec::new();
-        for entry in map.values_mut() {
-            entry.agents.retain(|a| {
-                let old = a.agent_id == agent.agent_id && a.tunnel_id != agent.tunnel_id;
-                if old && !superseded.contains(&a.tunnel_id) {
-                    superseded.push(a.tunnel_id);
-                }
-                !old
-            });
-        }
-        for c in connectors {
-            let entry = map.entry(c.clone()).or_default();
-            if !entry.agents.iter().any(|a| a.tunnel_id == agent.tunnel_id) {
-                entry.agents.push(agent.clone());
+    /// Registers `agent` (token `jti`, if it has one) under the caps and the duplicate policy.
+    pub fn register(&self, agent: &AgentHandle, jti: Option<&str>) -> Registration {
+        let rules = self.rules;
+        let mut g = self.lock();
+        let ip = agent.info.peer.ip().to_canonical();
+        let (elsewhere, held, for_jti, serving_ip, serving) = match g.by_agent.get(&agent.agent_id)
+        {
+            None => (Vec::new(), 0, 0, None, None),
+            Some(a) => {
+                let mine: Vec<&Held> = a.ids.iter().filter_map(|id| g.tunnels.get(id)).collect();
+                let elsewhere = mine
+                    .iter()
+                    .filter(|h| h.ip() != ip)
+                    .map(|h| (h.handle.tunnel_id, h.handle.info.peer))
+                    .collect();
+                let for_jti = jti.map_or(0, |j| {
+                    mine.iter().filter(|h| h.jti.as_deref() == Some(j)).count()
+                });
+                let serving_ip = g.tunnels.get(&a.serving).map(Held::ip);
+                (elsewhere, mine.len(), for_jti, serving_ip, Some(a.serving))
             }
-        }
-        map.retain(|_, e| !e.agents.is_empty());
-        superseded
+        };
+        let moved = serving_ip.is_some_and(|s| s != ip);
+        let outcome = if held >= rules.max_per_agent {
+            Err(Refused::AgentFull {
+                limit: rules.max_per_agent,
+            })
+        } else if for_jti >= rules.max_per_jti {
+            Err(Refused::TokenFull {
+                limit: rules.max_per_jti,
+            })
+        } else if moved && rules.duplicates == DuplicatePolicy::Refuse {
+            Err(Refused::Duplicate)
+        } else {
+            g.tunnels.insert(
+                agent.tunnel_id,
+                Held {
+                    handle: agent.clone(),
+                    jti: jti.map(Arc::from),
+                },
+            );
+            let placed = match serving {
+                Some(behind) if moved && rules.duplicates == DuplicatePolicy::OldestWins => {
+                    Placed::Standby { behind }
+                }
+                superseded => {
+                    if let Some(old) = superseded {
+                        g.unlist(old);
+                    }
+                    g.list(agent);
+                    Placed::Serving { superseded }
+                }
+            };
+            let a = g.by_agent.entry(agent.agent_id.clone()).or_insert(Agent {
+                ids: Vec::new(),
+                serving: agent.tunnel_id,
+            });
+            a.ids.push(agent.tunnel_id);
+            if let Placed::Serving { .. } = placed {
+                a.serving = agent.tunnel_id;
+            }
+            Ok(placed)
+        };
+        Registration { elsewhere, outcome }
     }
 
-    /// Removes a tunnel from every connector.
-    pub fn unregister(&self, tunnel_id: u64) {
-        self.tunnels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&tunnel_id);
-        let mut map = self.lock();
-        for entry in map.values_mut() {
-            entry.agents.retain(|a| a.tunnel_id != tunnel_id);
+    /// Removes a tunnel. Returns the tunnel that serves its agent_id from now on, if the
+    /// removed one served and another remains.
+    pub fn unregister(&self, tunnel_id: u64) -> Option<u64> {
+        let mut g = self.lock();
+        let held = g.tunnels.remove(&tunnel_id)?;
+        g.unlist(tunnel_id);
+        let agent_id = held.handle.agent_id;
+        let a = g.by_agent.get_mut(&agent_id)?;
+        a.ids.retain(|id| *id != tunnel_id);
+        if a.ids.is_empty() {
+            g.by_agent.remove(&agent_id);
+            return None;
         }
-        map.retain(|_, e| !e.agents.is_empty());
+        if a.serving != tunnel_id {
+            return None;
+        }
+        let next = if self.rules.duplicates == DuplicatePolicy::OldestWins {
+            a.ids.first()
+        } else {
+            a.ids.last()
+        };
+        let next = *next?;
+        a.serving = next;
+        let handle = g.tunnels.get(&next).map(|h| h.handle.clone())?;
+        g.list(&handle);
+        Some(next)
     }
 
     /// The agent a new stream on `connector` should use, if any is connected.
     pub fn pick(&self, connector: &str) -> Option<AgentHandle> {
-        let mut map = self.lock();
-        let entry = map.get_mut(connector)?;
+        let mut g = self.lock();
+        let entry = g.by_connector.get_mut(connector)?;
         let n = entry.agents.len();
         if n == 0 {
             return None;
@@ -115,21 +289,39 @@ impl Registry {
 
     /// Every registered tunnel, oldest first.
     pub fn tunnels(&self) -> Vec<Arc<TunnelInfo>> {
-        let mut v: Vec<_> = self
+        self.rows().into_iter().map(|r| r.info).collect()
+    }
+
+    /// Every registered tunnel with its standing, oldest first.
+    pub fn rows(&self) -> Vec<Row> {
+        let g = self.lock();
+        let mut v: Vec<Row> = g
             .tunnels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
             .values()
-            .cloned()
+            .map(|h| {
+                let a = g.by_agent.get(&h.handle.agent_id);
+                let ip = h.ip();
+                Row {
+                    info: h.handle.info.clone(),
+                    serving: a.is_some_and(|a| a.serving == h.handle.tunnel_id),
+                    duplicate: a.is_some_and(|a| {
+                        a.ids
+                            .iter()
+                            .filter_map(|id| g.tunnels.get(id))
+                            .any(|o| o.ip() != ip)
+                    }),
+                }
+            })
             .collect();
-        v.sort_by_key(|t| t.tunnel_id);
+        v.sort_by_key(|r| r.info.tunnel_id);
         v
     }
 
     /// Connectors with at least one agent, and the agent_ids serving each.
     pub fn agents_by_connector(&self) -> Vec<(String, Vec<String>)> {
-        let map = self.lock();
-        let mut v: Vec<_> = map
+        let g = self.lock();
+        let mut v: Vec<_> = g
+            .by_connector
             .iter()
             .map(|(k, e)| {
                 (
@@ -144,8 +336,9 @@ impl Registry {
 
     /// Connectors with at least one agent, and how many agents each.
     pub fn snapshot(&self) -> Vec<(String, usize)> {
-        let map = self.lock();
-        let mut v: Vec<_> = map
+        let g = self.lock();
+        let mut v: Vec<_> = g
+            .by_connector
             .iter()
             .map(|(k, e)| (k.clone(), e.agents.len()))
             .collect();
@@ -155,78 +348,4 @@ impl Registry {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::net::SocketAddr;
-    use std::sync::atomic::AtomicU64;
-    use tokio_util::sync::CancellationToken;
-
-    fn agent(tunnel_id: u64, agent_id: &str) -> (AgentHandle, mpsc::UnboundedReceiver<NewConn>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let active = Arc::new(AtomicUsize::new(0));
-        let info = Arc::new(TunnelInfo {
-            tunnel_id,
-            agent_id: Arc::from(agent_id),
-            connectors: Vec::new(),
-            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
-            since_ms: 0,
-            protocol: "nowconnect.v2",
-            agent_version: String::new(),
-            active: active.clone(),
-            closed_c2a: AtomicU64::new(0),
-            closed_a2c: AtomicU64::new(0),
-            kick: CancellationToken::new(),
-        });
-        (
-            AgentHandle {
-                tunnel_id,
-                agent_id: Arc::from(agent_id),
-                conns: tx,
-                active,
-                info,
-            },
-            rx,
-        )
-    }
-
-    #[test]
-    fn spreads_across_agents_and_forgets_departed_ones() {
-        let r = Registry::default();
-        let (a, _ra) = agent(1, "a");
-        let (b, _rb) = agent(2, "b");
-        r.register(&a, &["ad".to_owned()]);
-        r.register(&b, &["ad".to_owned(), "db".to_owned()]);
-        let mut seen = [0usize; 3];
-        for _ in 0..10 {
-            let p = r.pick("ad").expect("agent");
-            seen[p.tunnel_id as usize] += 1;
-        }
-        assert_eq!(seen[1], 5, "round-robin when loads are equal");
-        assert_eq!(seen[2], 5);
-        // Least streams wins over round-robin.
-        a.active.store(3, Ordering::Relaxed);
-        for _ in 0..4 {
-            assert_eq!(r.pick("ad").expect("agent").tunnel_id, 2);
-        }
-        r.unregister(2);
-        assert_eq!(r.pick("ad").expect("agent").tunnel_id, 1);
-        assert!(r.pick("db").is_none(), "b went away: db has no agent");
-        assert!(r.pick("nope").is_none());
-    }
-
-    #[test]
-    fn same_agent_id_supersedes_older_tunnel() {
-        let r = Registry::default();
-        let (old, _r1) = agent(1, "premise-01");
-        let (new, _r2) = agent(2, "premise-01");
-        r.register(&old, &["ad".to_owned()]);
-        assert_eq!(r.register(&new, &["ad".to_owned()]), vec![1]);
-        for _ in 0..3 {
-            assert_eq!(r.pick("ad").expect("agent").tunnel_id, 2);
-        }
-        // The old tunnel ending later must not remove the new one.
-        r.unregister(1);
-        assert_eq!(r.pick("ad").expect("agent").tunnel_id, 2);
-        assert_eq!(r.snapshot(), vec![("ad".to_owned(), 1)]);
-    }
-}
+mod tests;

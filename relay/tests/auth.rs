@@ -423,10 +423,11 @@ async fn key_rotation_is_picked_up_without_restart() {
     let old = ec_key("2024");
     let new = ed_key("2025");
     let idp = Idp::start(&[&old]).await;
+    // Four tunnels of one agent_id stay open here (the default cap is 3).
     let relay = jwt_relay(
         &idp.url(),
         "  jwks_min_refresh_sec: 1\n  jwks_refresh_sec: 1\n",
-        "",
+        "limits:\n  max_tunnels_per_agent: 4\n",
     )
     .await;
     let old_token = mint(&old, &claims("premise-01"));

@@ -223,7 +223,7 @@ async fn non_reading_agent_flooding_unanswerable_frames_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
-    let relay = relay("  ping_interval_sec: 1\n  ping_timeout_sec: 1\n").await;
+    let relay = relay("  ping_interval_sec: 1\n  ping_timeout_sec: 2\n").await;
     let mut honest = Honest::start(&relay).await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
     let _stuck = stuck_client(&relay).await;
@@ -407,13 +407,26 @@ async fn agent_bound_budget_pauses_clients_and_comes_back_when_the_tunnel_dies()
         .collect();
     let mut most = 0;
     let start = Instant::now();
+    let mut n = 0u32;
+    // The agent keeps talking (silence is not what must end it) and reads nothing.
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
     while relay.agents_for("addomain") > 0 {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "never closed as stalled"
         );
         most = most.max(metric(&relay, c2a));
-        tokio::task::yield_now().await;
+        let keepalive = Frame::Window {
+            id: UNKNOWN + n,
+            credit: 1,
+        };
+        n += 1;
+        if hostile.try_feed(&keepalive, SEND).await.is_err()
+            || hostile.try_flush(SEND).await.is_err()
+        {
+            break;
+        }
+        pace.tick().await;
     }
     assert!(
         most <= 512 << 10,

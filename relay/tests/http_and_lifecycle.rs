@@ -66,15 +66,39 @@ async fn health_ready_metrics() {
 }
 
 #[tokio::test]
-async fn separate_metrics_port_has_no_tunnel() {
-    let relay = relay(&format!("{DEV}observability:\n  metrics_port: 0\n")).await;
+async fn separate_metrics_port_has_no_tunnel_and_is_the_only_metrics_port() {
+    let relay = relay(&format!(
+        "{DEV}observability:\n  metrics_port: 0\nportal:\n  bind: 127.0.0.1:0\n"
+    ))
+    .await;
     assert_ne!(relay.metrics_addr(), relay.tunnel_addr());
+    assert_ne!(relay.portal_addr(), relay.tunnel_addr());
     assert_eq!(http_get(relay.metrics_addr(), "/readyz").await.0, 200);
     assert!(http_get(relay.metrics_addr(), "/metrics")
         .await
         .1
         .contains("nowconnect_agents_connected"));
     assert_eq!(http_get(relay.metrics_addr(), "/tunnel").await.0, 404);
+    // Not on the agents' port nor the operators' port: only where it was configured.
+    for (what, addr) in [
+        ("tunnel", relay.tunnel_addr()),
+        ("portal", relay.portal_addr()),
+    ] {
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 404, "/metrics on the {what} port: {body}");
+        assert_eq!(http_get(addr, "/healthz").await.0, 200, "{what} health");
+    }
+}
+
+#[tokio::test]
+async fn without_a_metrics_port_metrics_stay_on_the_tunnel_and_portal_ports() {
+    let relay = relay(&format!("{DEV}portal:\n  bind: 127.0.0.1:0\n")).await;
+    assert_eq!(relay.metrics_addr(), relay.tunnel_addr());
+    for addr in [relay.tunnel_addr(), relay.portal_addr()] {
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("nowconnect_agents_connected"));
+    }
 }
 
 #[tokio::test]

@@ -265,6 +265,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockAgent<S> {
         assert_eq!(self.recv().await, Frame::HelloAck);
     }
 
+    /// HELLO, then the relay's answer: `Ok` for HELLO_ACK, the close frame's code and reason
+    /// for a refusal; panics on any other frame, a connection ending without a close frame, or
+    /// after [`RECV_TIMEOUT`].
+    pub async fn hello_answer(
+        &mut self,
+        agent_id: &str,
+        connectors: &[&str],
+    ) -> Result<(), (CloseCode, String)> {
+        self.send_hello(agent_id, connectors).await;
+        let deadline = Instant::now() + RECV_TIMEOUT;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .expect("an answer to HELLO before the deadline");
+            let msg = match msg {
+                Some(Ok(Message::Close(Some(f)))) => return Err((f.code, f.reason.to_string())),
+                Some(Ok(m)) => m,
+                other => panic!("expected HELLO_ACK or a close frame, got {other:?}"),
+            };
+            match self.codec.decode(&msg) {
+                Some(Frame::HelloAck) => return Ok(()),
+                Some(other) => panic!("expected HELLO_ACK, got {other:?}"),
+                None => continue,
+            }
+        }
+    }
+
     /// Expects an OPEN for `connector` from a 127.0.0.1 client; returns its stream id.
     pub async fn expect_open(&mut self, connector: &str) -> u32 {
         match self.recv().await {

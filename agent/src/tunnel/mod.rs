@@ -33,6 +33,8 @@ use crate::token::{self, Token};
 
 /// A tunnel READY this long resets the reconnect backoff.
 const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
+/// "Not in this run" for a deadline the clock cannot represent.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
 /// How often systemd's STATUS line is refreshed while READY (its stream count changes without
 /// waking the supervisor).
 const STATUS_REFRESH: Duration = Duration::from_secs(5);
@@ -211,7 +213,12 @@ fn refresh_deadline(token: Option<&Token>, margin: Duration) -> Option<Instant> 
         Ok(left) => left,
         Err(_) => Duration::ZERO,
     };
-    Some(Instant::now() + left.saturating_sub(margin))
+    let now = Instant::now();
+    // `left` is bounded by `token::MAX_EXP`; an Instant that far ahead may still not exist.
+    Some(
+        now.checked_add(left.saturating_sub(margin))
+            .unwrap_or(now + FAR),
+    )
 }
 
 fn spawn_session(
@@ -231,5 +238,27 @@ fn spawn_session(
         id: handle.id(),
         retire,
         token: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(exp: &str) -> Token {
+        Token::parse(&crate::token::tests::jwt(&format!(r#"{{"exp":{exp}}}"#))).expect("token")
+    }
+
+    #[test]
+    fn refresh_deadline_survives_any_exp() {
+        let margin = Duration::from_secs(60);
+        for exp in [u64::MAX.to_string(), i64::MAX.to_string()] {
+            assert_eq!(refresh_deadline(Some(&token(&exp)), margin), None, "{exp}");
+        }
+        let far = refresh_deadline(Some(&token(&token::MAX_EXP.to_string())), margin)
+            .expect("a deadline");
+        assert!(far > Instant::now() + Duration::from_secs(86_400 * 300));
+        let soon = refresh_deadline(Some(&token("1")), margin).expect("expired: now");
+        assert!(soon <= Instant::now());
     }
 }

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -313,7 +313,11 @@ impl Session<'_> {
             .as_ref()
             .and_then(|t| t.time_left(SystemTime::now()))
         {
-            Some(Ok(left)) => (Instant::now() + left).max(min),
+            // Bounded by `token::MAX_EXP`, yet an Instant that far may not exist: a year then.
+            Some(Ok(left)) => Instant::now()
+                .checked_add(left)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
+                .max(min),
             _ => min,
         }
     }

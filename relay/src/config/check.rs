@@ -18,9 +18,16 @@ pub(super) fn host_is_loopback(host: &str) -> bool {
     }
 }
 
-/// Checks an `http(s)://host[:port]/path` URL. Plain http is accepted (with a warning unless the
-/// host is loopback): keys or decisions fetched over it can be forged by anyone on the path.
-pub(super) fn check_http_url(c: &mut Collector, key: &str, url: &str) -> bool {
+/// Checks an `http(s)://host[:port]/path` URL. Plain http to a loopback host (127.0.0.0/8, ::1,
+/// `localhost`) is accepted; to any other host it is refused unless `allow_insecure`
+/// (`security.allow_insecure_http`), then accepted with a warning: keys or decisions fetched
+/// over it can be forged by anyone on the path.
+pub(super) fn check_http_url(
+    c: &mut Collector,
+    key: &str,
+    url: &str,
+    allow_insecure: bool,
+) -> bool {
     let parsed = match url.parse::<hyper::Uri>() {
         Ok(u) => u,
         Err(_) => {
@@ -34,13 +41,22 @@ pub(super) fn check_http_url(c: &mut Collector, key: &str, url: &str) -> bool {
     };
     match parsed.scheme_str() {
         Some("https") => true,
-        Some("http") => {
-            if !host_is_loopback(host) {
-                c.warn(format!(
-                    "{key}: `{url}` is plain http; use https outside local tests"
-                ));
-            }
+        Some("http") if host_is_loopback(host) => true,
+        Some("http") if allow_insecure => {
+            c.warn(format!(
+                "{key}: `{url}` is plain http (allowed by security.allow_insecure_http); use https"
+            ));
             true
+        }
+        Some("http") => {
+            c.bad(
+                key,
+                format!(
+                    "`{url}` is plain http to a non-loopback host (anyone on the path could forge \
+                     its answers); use https, or set security.allow_insecure_http: true"
+                ),
+            );
+            false
         }
         _ => {
             c.bad(key, format!("`{url}` must start with http:// or https://"));

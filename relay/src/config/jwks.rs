@@ -16,8 +16,14 @@ pub enum JwksSource {
     File(PathBuf),
 }
 
-/// `security.jwks_url`: http(s) or `file:///absolute/path`.
-pub(super) fn jwks_source(c: &mut Collector, key: &str, url: &str) -> Option<JwksSource> {
+/// `security.jwks_url`: http(s) or `file:///absolute/path` (plain http to a non-loopback host
+/// only with `allow_insecure`, see [`check_http_url`]).
+pub(super) fn jwks_source(
+    c: &mut Collector,
+    key: &str,
+    url: &str,
+    allow_insecure: bool,
+) -> Option<JwksSource> {
     if let Some(path) = url.strip_prefix("file://") {
         let path = PathBuf::from(path);
         if !path.is_absolute() {
@@ -29,5 +35,5 @@ pub(super) fn jwks_source(c: &mut Collector, key: &str, url: &str) -> Option<Jwk
         }
         return Some(JwksSource::File(path));
     }
-    check_http_url(c, key, url).then(|| JwksSource::Url(url.to_owned()))
+    check_http_url(c, key, url, allow_insecure).then(|| JwksSource::Url(url.to_owned()))
 }

@@ -1,4 +1,5 @@
-//! The `limits` section: idle timeout, v1 queue budgets, connection and stream caps, shutdown grace.
+//! The `limits` section: idle timeout, v1 queue budgets, connection, stream and tunnel caps,
+//! shutdown grace.
 
 use std::time::Duration;
 
@@ -18,6 +19,14 @@ pub(super) const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 5_000;
 pub(super) const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
 /// Smallest `max_buffered_bytes`: 1 MiB.
 const MIN_BUFFERED_BYTES: usize = 1 << 20;
+/// One live tunnel, its replacement (a token refresh) and one dead tunnel keepalive has not
+/// reaped yet.
+pub(super) const DEFAULT_MAX_TUNNELS_PER_AGENT: usize = 3;
+/// A reconnect with the same token while keepalive has not reaped the dead tunnel yet; a
+/// refresh brings a new token.
+pub(super) const DEFAULT_MAX_TUNNELS_PER_JTI: usize = 2;
+/// Largest tunnel caps.
+const MAX_TUNNEL_CAP: usize = 1_000;
 
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
@@ -36,6 +45,10 @@ pub struct LimitsConfig {
     pub shutdown_grace: Duration,
     /// Stream bytes held relay-wide, half for each direction (see `crate::budget`).
     pub max_buffered_bytes: usize,
+    /// Tunnels one agent_id may hold at once (serving, superseded or standby); more are refused.
+    pub max_tunnels_per_agent: usize,
+    /// Tunnels one token (its `jti`) may hold at once; tokens without `jti` are not counted.
+    pub max_tunnels_per_jti: usize,
 }
 
 pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
@@ -69,6 +82,26 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
             "must be at least 1048576 (1 MiB)",
         );
     }
+    let mut tunnel_cap = |key: &str, v: Option<usize>, default: usize| {
+        let v = v.unwrap_or(default);
+        if !(1..=MAX_TUNNEL_CAP).contains(&v) {
+            c.bad(
+                key,
+                format!("must be between 1 and {MAX_TUNNEL_CAP}, got {v}"),
+            );
+        }
+        v
+    };
+    let max_tunnels_per_agent = tunnel_cap(
+        "limits.max_tunnels_per_agent",
+        l.max_tunnels_per_agent,
+        DEFAULT_MAX_TUNNELS_PER_AGENT,
+    );
+    let max_tunnels_per_jti = tunnel_cap(
+        "limits.max_tunnels_per_jti",
+        l.max_tunnels_per_jti,
+        DEFAULT_MAX_TUNNELS_PER_JTI,
+    );
     LimitsConfig {
         idle_timeout: (idle_ms > 0).then(|| Duration::from_millis(idle_ms)),
         queue_depth_per_cid,
@@ -77,5 +110,7 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
         max_streams_per_agent,
         shutdown_grace: Duration::from_millis(grace_ms),
         max_buffered_bytes,
+        max_tunnels_per_agent,
+        max_tunnels_per_jti,
     }
 }

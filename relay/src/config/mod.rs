@@ -33,7 +33,7 @@ pub use listeners::ListenerConfig;
 pub use observability::ObservabilityConfig;
 pub use pdp::PdpConfig;
 pub use portal::{PolicyDefaults, PortalConfig, DEFAULT_PORTAL_AUDIENCE};
-pub use security::{AbuseConfig, JwtConfig, SecurityConfig, DEFAULT_AUDIENCE};
+pub use security::{AbuseConfig, DuplicatePolicy, JwtConfig, SecurityConfig, DEFAULT_AUDIENCE};
 pub use tunnel::{TlsConfig, TunnelConfig, DEFAULT_TUNNEL_PORT};
 
 use collector::Collector;
@@ -114,6 +114,8 @@ impl RelayConfig {
                 max_streams_per_agent: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
                 shutdown_grace: Duration::from_millis(limits::DEFAULT_GRACE_MS),
                 max_buffered_bytes: limits::DEFAULT_MAX_BUFFERED_BYTES,
+                max_tunnels_per_agent: limits::DEFAULT_MAX_TUNNELS_PER_AGENT,
+                max_tunnels_per_jti: limits::DEFAULT_MAX_TUNNELS_PER_JTI,
             },
             security: SecurityConfig {
                 dev_bypass: true,
@@ -121,6 +123,8 @@ impl RelayConfig {
                 tunnel_allow_cidrs: Vec::new(),
                 jwt: None,
                 require_connector_scopes: false,
+                allow_insecure_http: false,
+                duplicate_agent: DuplicatePolicy::default(),
                 abuse: AbuseConfig::default(),
             },
             pdp: None,
@@ -155,7 +159,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
     let limits = limits::validate_limits(&mut c, raw.limits);
     warn_unimplemented(&mut c, raw.security.fapi_mode.is_some(), raw.ha.is_some());
     let security = security::validate_security(&mut c, env, raw.security, &tunnel.host);
-    let pdp = pdp::validate_pdp(&mut c, env, raw.pdp, ca_file);
+    let pdp = pdp::validate_pdp(&mut c, env, raw.pdp, ca_file, security.allow_insecure_http);
     let observability =
         observability::validate_observability(&mut c, raw.observability, tunnel_port);
     let state_dir = raw.state_dir.filter(|d| !d.as_os_str().is_empty());

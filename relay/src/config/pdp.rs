@@ -27,12 +27,13 @@ pub struct PdpConfig {
 }
 
 /// `None` without a URL (every OPEN that passes the CIDR checks is allowed). `ca_file` is
-/// `security.ca_file`.
+/// `security.ca_file`; `allow_insecure_http` is `security.allow_insecure_http`.
 pub(super) fn validate_pdp(
     c: &mut Collector,
     env: &dyn Env,
     p: RawPdp,
     ca_file: Option<PathBuf>,
+    allow_insecure_http: bool,
 ) -> Option<PdpConfig> {
     let (pdp_key, pdp_url) = match env_str(env, "NOWCONNECT_PDP_URL") {
         Some(v) => ("NOWCONNECT_PDP_URL", Some(v)),
@@ -63,7 +64,7 @@ pub(super) fn validate_pdp(
         fail_open = v;
     }
     let pdp = match pdp_url {
-        Some(url) if check_http_url(c, pdp_key, &url) => Some(PdpConfig {
+        Some(url) if check_http_url(c, pdp_key, &url, allow_insecure_http) => Some(PdpConfig {
             url,
             cache_ttl: Duration::from_secs(cache_ttl_sec),
             timeout: Duration::from_millis(timeout_ms),

@@ -68,13 +68,25 @@ pub(super) fn validate_portal(
         .jwks_url
         .map(|u| u.trim().to_owned())
         .filter(|u| !u.is_empty())
-        .and_then(|u| jwks_source(c, "portal.jwks_url", &u));
+        .and_then(|u| jwks_source(c, "portal.jwks_url", &u, security.allow_insecure_http));
     let audience = pt
         .audience
         .map(|a| a.trim().to_owned())
         .unwrap_or_else(|| DEFAULT_PORTAL_AUDIENCE.to_owned());
     if audience.is_empty() {
         c.bad("portal.audience", "must not be empty");
+    }
+    // One audience for both would let every agent token pass as a portal token's `aud` (and
+    // portal tokens open tunnels): only the role claim would then stand between them.
+    if let Some(j) = security.jwt.as_ref().filter(|j| j.audience == audience) {
+        c.bad(
+            "portal.audience",
+            format!(
+                "must differ from security.audience (or NOWCONNECT_AUDIENCE): both are `{}`, so \
+                 agent tokens would be accepted as portal tokens' audience",
+                j.audience
+            ),
+        );
     }
     let admin_role = pt
         .admin_role

@@ -72,6 +72,8 @@ pub(super) struct RawLimits {
     pub(super) max_streams_per_agent: Option<usize>,
     pub(super) shutdown_grace_ms: Option<u64>,
     pub(super) max_buffered_bytes: Option<usize>,
+    pub(super) max_tunnels_per_agent: Option<usize>,
+    pub(super) max_tunnels_per_jti: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,6 +90,8 @@ pub(super) struct RawSecurity {
     pub(super) jwks_refresh_sec: Option<u64>,
     pub(super) jwks_min_refresh_sec: Option<u64>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) allow_insecure_http: Option<bool>,
+    pub(super) duplicate_agent: Option<String>,
     pub(super) max_pending_upgrades_per_ip: Option<usize>,
     pub(super) auth_failure_limit: Option<u32>,
     pub(super) auth_failure_window_sec: Option<u64>,

@@ -35,7 +35,47 @@ pub struct SecurityConfig {
     pub jwt: Option<JwtConfig>,
     /// Every connector in HELLO must be granted by the token (`connectors`, `scp`, `scope`).
     pub require_connector_scopes: bool,
+    /// Plain `http://` JWKS and PDP URLs to non-loopback hosts are accepted (with a warning);
+    /// off: refused at start-up.
+    pub allow_insecure_http: bool,
+    /// What a second tunnel of an agent_id from another source address gets.
+    pub duplicate_agent: DuplicatePolicy,
     pub abuse: AbuseConfig,
+}
+
+/// `security.duplicate_agent`: what a tunnel gets whose agent_id is already served from another
+/// source address (a reconnect from the same address always takes over).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DuplicatePolicy {
+    /// The newcomer gets the agent's new streams (the older tunnel stays open, without new
+    /// streams, until it ends). Default: an agent whose address changed reconnects at once.
+    #[default]
+    NewestWins,
+    /// The newcomer is admitted on standby: no streams until every older tunnel has ended.
+    OldestWins,
+    /// The newcomer is refused at HELLO (`duplicate_agent`).
+    Refuse,
+}
+
+impl DuplicatePolicy {
+    /// The YAML value, also the audit reason of a duplicate record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DuplicatePolicy::NewestWins => "newest_wins",
+            DuplicatePolicy::OldestWins => "oldest_wins",
+            DuplicatePolicy::Refuse => "refuse",
+        }
+    }
+
+    fn parse(s: &str) -> Option<DuplicatePolicy> {
+        [
+            DuplicatePolicy::NewestWins,
+            DuplicatePolicy::OldestWins,
+            DuplicatePolicy::Refuse,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == s)
+    }
 }
 
 /// How agent tokens are checked.
@@ -105,7 +145,8 @@ pub(super) fn validate_security(
                 .filter(|u| !u.is_empty()),
         ),
     };
-    let jwks = jwks_url.and_then(|u| jwks_source(c, jwks_key, &u));
+    let allow_insecure_http = s.allow_insecure_http.unwrap_or(false);
+    let jwks = jwks_url.and_then(|u| jwks_source(c, jwks_key, &u, allow_insecure_http));
     let (aud_key, audience) = match env_str(env, "NOWCONNECT_AUDIENCE") {
         Some(v) => ("NOWCONNECT_AUDIENCE", v),
         None => (
@@ -165,6 +206,16 @@ pub(super) fn validate_security(
     if scopes_asked && jwks.is_none() {
         c.warn("security.require_connector_scopes has no effect without security.jwks_url");
     }
+    let duplicate_agent = match s.duplicate_agent.as_deref().map(str::trim) {
+        None => DuplicatePolicy::default(),
+        Some(v) => DuplicatePolicy::parse(v).unwrap_or_else(|| {
+            c.bad(
+                "security.duplicate_agent",
+                format!("`{v}` is not one of newest_wins, oldest_wins, refuse"),
+            );
+            DuplicatePolicy::default()
+        }),
+    };
     let abuse = validate_abuse(
         c,
         s.max_pending_upgrades_per_ip,
@@ -196,6 +247,8 @@ pub(super) fn validate_security(
         tunnel_allow_cidrs,
         jwt,
         require_connector_scopes,
+        allow_insecure_http,
+        duplicate_agent,
         abuse,
     }
 }

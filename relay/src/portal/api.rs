@@ -50,6 +50,12 @@ pub struct AgentView {
     pub agent_id: String,
     /// Relay-local id of the tunnel (an agent_id may briefly have two while it reconnects).
     pub tunnel_id: u64,
+    /// The agent_id's new streams go to this tunnel (false: superseded by a newer one, or on
+    /// standby under `security.duplicate_agent: oldest_wins`).
+    pub takes_new_streams: bool,
+    /// Another tunnel of this agent_id is connected from a different address: a moved agent,
+    /// or a copied token (see the `duplicate_agent` audit records).
+    pub duplicate: bool,
     pub connectors: Vec<String>,
     /// The agent's address as the relay sees it.
     pub remote_addr: String,

@@ -129,10 +129,11 @@ pub(crate) fn list_agents(ctx: &Ctx<'_>) -> Reply {
     let rows: Vec<_> = ctx
         .shared
         .registry
-        .tunnels()
+        .rows()
         .into_iter()
-        .filter(|t| scope.is_none_or(|a| *t.agent_id == *a))
-        .map(|t| {
+        .filter(|r| scope.is_none_or(|a| *r.info.agent_id == *a))
+        .map(|row| {
+            let t = &row.info;
             let (mut c2a, mut a2c) = (
                 t.closed_c2a.load(Ordering::Relaxed),
                 t.closed_a2c.load(Ordering::Relaxed),
@@ -147,6 +148,8 @@ pub(crate) fn list_agents(ctx: &Ctx<'_>) -> Reply {
             AgentView {
                 agent_id: t.agent_id.to_string(),
                 tunnel_id: t.tunnel_id,
+                takes_new_streams: row.serving,
+                duplicate: row.duplicate,
                 connectors: t.connectors.clone(),
                 remote_addr: t.peer.to_string(),
                 connected_since: rfc3339(t.since_ms),

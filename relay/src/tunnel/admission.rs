@@ -2,7 +2,8 @@
 //!
 //! The agent must send HELLO within [`HELLO_TIMEOUT`]. HELLO reconciliation: a blocked
 //! `agent_id` is refused; the token names the agent (`agent_id` claim = HELLO's) and, when
-//! connector scopes are required, every connector in HELLO must be granted. Each refusal is a
+//! connector scopes are required, every connector in HELLO must be granted. Then [`register`]
+//! applies the tunnel caps and the duplicate policy (see [`crate::registry`]). Each refusal is a
 //! [`Refusal`] whose label is the metric and audit reason.
 
 use std::fmt;
@@ -21,6 +22,7 @@ use crate::abuse::PendingSlot;
 use crate::audit::{Action, Event};
 use crate::auth::Identity;
 use crate::metrics::ReasonLabel;
+use crate::registry::{AgentHandle, Placed, Refused, Registration};
 use crate::Shared;
 
 /// The agent must send HELLO this soon after the upgrade.
@@ -48,6 +50,12 @@ pub(super) enum Refusal {
     AgentIdMismatch { hello: String, token: String },
     /// A connector in HELLO is not granted by the token.
     ConnectorNotGranted(String),
+    /// The agent_id holds `limits.max_tunnels_per_agent` tunnels already.
+    TooManyTunnels { agent_id: String, limit: usize },
+    /// The token (`jti`) holds `limits.max_tunnels_per_jti` tunnels already.
+    TooManyTunnelsForToken { limit: usize },
+    /// Another address serves this agent_id (`security.duplicate_agent: refuse`).
+    DuplicateAgent(String),
 }
 
 impl Refusal {
@@ -59,6 +67,9 @@ impl Refusal {
             Refusal::Blocked(_) => "agent_blocked",
             Refusal::AgentIdMismatch { .. } => "agent_id_mismatch",
             Refusal::ConnectorNotGranted(_) => "connector_not_granted",
+            Refusal::TooManyTunnels { .. } => "too_many_tunnels",
+            Refusal::TooManyTunnelsForToken { .. } => "too_many_tunnels_per_token",
+            Refusal::DuplicateAgent(_) => "duplicate_agent",
         }
     }
 
@@ -98,6 +109,19 @@ impl fmt::Display for Refusal {
                 "connector `{c}` is not granted by the token: it needs `{c}` in the `connectors` \
                  claim or a `nowconnect:connector:{c}` scope (security.require_connector_scopes is \
                  on; set it to false to let any token serve any connector)"
+            ),
+            Refusal::TooManyTunnels { agent_id, limit } => write!(
+                f,
+                "agent_id `{agent_id}` already holds {limit} tunnels (limits.max_tunnels_per_agent)"
+            ),
+            Refusal::TooManyTunnelsForToken { limit } => write!(
+                f,
+                "this token already holds {limit} tunnels (limits.max_tunnels_per_jti)"
+            ),
+            // The other address is in the audit trail, not told to the newcomer.
+            Refusal::DuplicateAgent(id) => write!(
+                f,
+                "agent_id `{id}` is connected from another address (security.duplicate_agent: refuse)"
             ),
         }
     }
@@ -199,4 +223,61 @@ pub(super) fn record_refusal(
     if refusal.counts_as_auth_failure() {
         shared.gate.note_failure(peer, &shared.audit);
     }
+}
+
+/// Registers an accepted tunnel under the tunnel caps and the duplicate policy, and audits a
+/// duplicate (admitted or not). `identity` gives the token's `jti`.
+pub(super) fn register(
+    shared: &Shared,
+    handle: &AgentHandle,
+    identity: Option<&Identity>,
+) -> Result<Placed, Refusal> {
+    let jti = identity.and_then(|i| i.jti.as_deref());
+    let reg = shared.registry.register(handle, jti);
+    if !reg.elsewhere.is_empty() {
+        record_duplicate(shared, handle, &reg);
+    }
+    reg.outcome.map_err(|refused| match refused {
+        Refused::AgentFull { limit } => Refusal::TooManyTunnels {
+            agent_id: handle.agent_id.to_string(),
+            limit,
+        },
+        Refused::TokenFull { limit } => Refusal::TooManyTunnelsForToken { limit },
+        Refused::Duplicate => Refusal::DuplicateAgent(handle.agent_id.to_string()),
+    })
+}
+
+/// One record naming both sides: the agent_id's tunnels elsewhere and the new one, with their
+/// addresses, and what the policy did.
+fn record_duplicate(shared: &Shared, handle: &AgentHandle, reg: &Registration) {
+    let policy = shared.cfg.security.duplicate_agent.as_str();
+    let new = handle.tunnel_id;
+    let peer = handle.info.peer;
+    let (admitted, verdict) = match reg.outcome {
+        Ok(Placed::Serving { .. }) => (true, format!("tunnel {new} takes the new streams")),
+        Ok(Placed::Standby { behind }) => (
+            true,
+            format!("tunnel {new} waits on standby until tunnel {behind} ends"),
+        ),
+        Err(Refused::Duplicate) => (false, format!("tunnel {new} refused")),
+        Err(_) => (false, format!("tunnel {new} refused by a tunnel cap")),
+    };
+    let others: Vec<String> = reg
+        .elsewhere
+        .iter()
+        .map(|(id, addr)| format!("tunnel {id} from {addr}"))
+        .collect();
+    let others = others.join(", ");
+    tracing::warn!(event = "duplicate_agent", agent_id = %handle.agent_id, %peer, tunnel_id = new, policy, "agent_id connected from a second address: {others}; {verdict}");
+    shared.metrics.agent_duplicates.inc();
+    shared.audit.record(
+        Event::new(Action::DuplicateAgent, admitted)
+            .agent(&handle.agent_id)
+            .source(peer)
+            .tunnel(new)
+            .reason(policy)
+            .detail(format!(
+                "new tunnel {new} from {peer}; already connected: {others}; {policy}: {verdict}"
+            )),
+    );
 }

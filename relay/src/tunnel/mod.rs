@@ -28,14 +28,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 pub(crate) use admission::Admission;
 
 use crate::audit::{Action, Event};
 use crate::authorize::Authorizer;
 use crate::metrics::{ReasonLabel, VersionLabel};
-use crate::registry::AgentHandle;
+use crate::registry::{AgentHandle, Placed};
 use crate::sessions::TunnelInfo;
 use crate::Shared;
 use session::Session;
@@ -110,14 +110,6 @@ pub(crate) async fn run<S>(
             return;
         }
     };
-    let Admission { identity, slot } = admission;
-
-    // HELLO_ACK goes into the writer queue before the agent is registered, so it precedes
-    // every OPEN on the wire.
-    if queues.ctrl.try_send(Out::Frame(Frame::HelloAck)).is_err() {
-        token.cancel();
-        return;
-    }
     let (conns_tx, conns_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let active = Arc::new(AtomicUsize::new(0));
@@ -142,7 +134,24 @@ pub(crate) async fn run<S>(
         active: active.clone(),
         info: info.clone(),
     };
-    let superseded = shared.registry.register(&handle, &hello.connectors);
+    let placed = match admission::register(&shared, &handle, admission.identity.as_ref()) {
+        Ok(placed) => placed,
+        Err(refusal) => {
+            let id = Some(hello.agent_id.as_str());
+            admission::record_refusal(&shared, peer, tunnel_id, &admission, &refusal, id);
+            let frame = close_frame(CloseCode::Policy, &refusal.close_reason());
+            close_and_stop(&queues.ctrl, writer, &token, frame).await;
+            return;
+        }
+    };
+    let Admission { identity, slot } = admission;
+    // HELLO_ACK is queued before the session loop starts, and only that loop writes OPENs
+    // (listeners just queue clients on `conns`), so it precedes every OPEN on the wire.
+    if queues.ctrl.try_send(Out::Frame(Frame::HelloAck)).is_err() {
+        shared.registry.unregister(tunnel_id);
+        token.cancel();
+        return;
+    }
     // An accepted HELLO ends the unauthenticated phase for the source's pending count.
     drop(slot);
     let connectors = hello.connectors.join(",");
@@ -154,10 +163,20 @@ pub(crate) async fn run<S>(
     if identity.is_none() {
         event = event.reason("dev_bypass");
     }
-    if !superseded.is_empty() {
-        event = event.detail(format!(
-            "connectors={connectors}; superseded tunnels {superseded:?} get no new streams"
-        ));
+    match placed {
+        Placed::Serving {
+            superseded: Some(old),
+        } => {
+            event = event.detail(format!(
+                "connectors={connectors}; superseded tunnel {old} gets no new streams"
+            ));
+        }
+        Placed::Standby { behind } => {
+            event = event.detail(format!(
+                "connectors={connectors}; standby: no streams until tunnel {behind} ends"
+            ));
+        }
+        Placed::Serving { superseded: None } => {}
     }
     shared.audit.record(event);
     let m = &shared.metrics;
@@ -177,8 +196,11 @@ pub(crate) async fn run<S>(
         tunnel_id,
         "agent tunnel registered"
     );
-    if !superseded.is_empty() {
-        warn!(agent_id = %agent_id, ?superseded, "agent_id connected again; older tunnels get no new streams");
+    if let Placed::Serving {
+        superseded: Some(old),
+    } = placed
+    {
+        info!(agent_id = %agent_id, superseded = old, "agent_id connected again; the older tunnel gets no new streams");
     }
 
     let grants = identity
@@ -232,7 +254,9 @@ pub(crate) async fn run<S>(
     let end = session.run(&mut source).await;
 
     // Teardown: no new streams, then every stream of this tunnel closes its client at once.
-    shared.registry.unregister(tunnel_id);
+    if let Some(next) = shared.registry.unregister(tunnel_id) {
+        info!(agent_id = %agent_id, tunnel_id = next, "the agent's new streams go to this tunnel now");
+    }
     session.reject_pending();
     if end.sent_close() {
         let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;

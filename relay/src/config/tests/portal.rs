@@ -76,3 +76,35 @@ portal:
         assert!(keys.contains(&k), "missing {k} in {keys:?}");
     }
 }
+
+#[test]
+fn portal_and_agent_audiences_must_differ() {
+    let jwt = super::JWT;
+    // The same value written twice.
+    let yaml = jwt.to_owned() + "  audience: shared\nportal:\n  audience: shared\n";
+    let err = RelayConfig::from_yaml_str(&yaml).expect_err("same audience refused");
+    assert_eq!(err.problems().len(), 1, "{err}");
+    let line = err.problems()[0].to_string();
+    assert!(line.starts_with("portal.audience: "), "{line}");
+    assert!(
+        line.contains("security.audience") && line.contains("`shared`"),
+        "{line}"
+    );
+    assert_eq!(line.lines().count(), 1, "one line: {line}");
+    // After defaults: the agents' audience set to the portal's default.
+    let yaml = jwt.to_owned() + "  audience: nowconnect-portal\n";
+    let err = RelayConfig::from_yaml_str(&yaml).expect_err("default portal audience");
+    assert_eq!(err.problems()[0].key, "portal.audience");
+    // After env overrides: NOWCONNECT_AUDIENCE equal to portal.audience.
+    let yaml = jwt.to_owned() + "portal:\n  audience: ops\n";
+    let env = |k: &str| (k == "NOWCONNECT_AUDIENCE").then(|| "ops".to_owned());
+    let err = RelayConfig::from_yaml_str_with_env(&yaml, &env).expect_err("env audience");
+    assert_eq!(err.problems()[0].key, "portal.audience");
+    // Distinct (the defaults, or any two different values) is fine.
+    assert!(RelayConfig::from_yaml_str(jwt).is_ok());
+    assert!(RelayConfig::from_yaml_str_with_env(
+        &(jwt.to_owned() + "portal:\n  audience: ops2\n"),
+        &env
+    )
+    .is_ok());
+}

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{JWT, MINIMAL};
 use crate::config::check::host_is_loopback;
-use crate::config::{JwksSource, RelayConfig};
+use crate::config::{DuplicatePolicy, JwksSource, RelayConfig};
 
 #[test]
 fn jwt_defaults_and_keys() {
@@ -103,11 +103,68 @@ fn jwks_url_forms() {
         |url: &str| RelayConfig::from_yaml_str(&JWT.replace("https://idp.example.com/jwks", url));
     let cfg = with("http://127.0.0.1:8080/jwks").expect("loopback http");
     assert!(cfg.warnings.is_empty(), "{:?}", cfg.warnings);
-    let cfg = with("http://idp.internal/jwks").expect("remote http is allowed");
-    assert!(cfg.warnings[0].contains("plain http"), "{:?}", cfg.warnings);
+    assert!(with("http://[::1]:8080/jwks").is_ok(), "IPv6 loopback http");
+    assert!(with("http://localhost:8080/jwks").is_ok(), "localhost http");
+    assert!(with("http://127.9.9.9/jwks").is_ok(), "all of 127.0.0.0/8");
     assert!(with("file://relative/jwks.json").is_err());
     assert!(with("ftp://idp/jwks").is_err());
     assert!(with("https:///nohost").is_err());
+}
+
+#[test]
+fn plain_http_to_a_remote_host_needs_allow_insecure_http() {
+    let with =
+        |yaml: &str, env: &dyn crate::config::Env| RelayConfig::from_yaml_str_with_env(yaml, env);
+    let none = |_: &str| None;
+    let remote_jwks = JWT.replace("https://idp.example.com/jwks", "http://idp.internal/jwks");
+    let err = with(&remote_jwks, &none).expect_err("remote http JWKS refused");
+    let line = err.problems()[0].to_string();
+    assert!(line.starts_with("security.jwks_url: "), "{line}");
+    assert!(line.contains("security.allow_insecure_http"), "{line}");
+    assert_eq!(line.lines().count(), 1, "{line}");
+    // The env override is checked the same way, under its own name.
+    let env_url = |k: &str| (k == "NOWCONNECT_JWKS_URL").then(|| "http://10.0.0.5/jwks".to_owned());
+    let err = with(JWT, &env_url).expect_err("remote http JWKS from env refused");
+    assert_eq!(err.problems()[0].key, "NOWCONNECT_JWKS_URL");
+    let remote_pdp = JWT.to_owned() + "pdp:\n  url: http://pdp.internal/eval\n";
+    let err = with(&remote_pdp, &none).expect_err("remote http PDP refused");
+    assert_eq!(err.problems()[0].key, "pdp.url");
+    assert!(
+        err.to_string().contains("security.allow_insecure_http"),
+        "{err}"
+    );
+    let env_pdp = |k: &str| (k == "NOWCONNECT_PDP_URL").then(|| "http://pdp/eval".to_owned());
+    assert_eq!(
+        with(JWT, &env_pdp).expect_err("env pdp").problems()[0].key,
+        "NOWCONNECT_PDP_URL"
+    );
+    let remote_portal = JWT.to_owned() + "portal:\n  jwks_url: http://ops.internal/jwks\n";
+    let err = with(&remote_portal, &none).expect_err("remote http portal JWKS refused");
+    assert_eq!(err.problems()[0].key, "portal.jwks_url");
+
+    // The explicit key accepts all three, each with a warning naming its key.
+    let all = remote_jwks.clone()
+        + "  allow_insecure_http: true\npdp:\n  url: http://pdp.internal/eval\n\
+           portal:\n  jwks_url: http://ops.internal/jwks\n";
+    let cfg = with(&all, &none).expect("allowed explicitly");
+    assert!(cfg.security.allow_insecure_http);
+    for key in ["security.jwks_url", "pdp.url", "portal.jwks_url"] {
+        assert!(
+            cfg.warnings
+                .iter()
+                .any(|w| w.starts_with(key) && w.contains("plain http")),
+            "{key}: {:?}",
+            cfg.warnings
+        );
+    }
+    assert!(cfg.pdp.is_some());
+    let insecure = JWT.to_owned() + "  allow_insecure_http: false\n";
+    assert!(
+        !with(&insecure, &none)
+            .expect("default off")
+            .security
+            .allow_insecure_http
+    );
 }
 
 #[test]
@@ -155,4 +212,47 @@ fn env_overrides_dev_bypass() {
     let bad = |k: &str| (k == "NOWCONNECT_DEV_BYPASS").then(|| "maybe".to_owned());
     let err = RelayConfig::from_yaml_str_with_env(&yaml, &bad).expect_err("bad bool");
     assert_eq!(err.problems()[0].key, "NOWCONNECT_DEV_BYPASS");
+}
+
+#[test]
+fn tunnel_caps_and_duplicate_policy() {
+    let cfg = RelayConfig::from_yaml_str(JWT).expect("valid");
+    assert_eq!(cfg.limits.max_tunnels_per_agent, 3);
+    assert_eq!(cfg.limits.max_tunnels_per_jti, 2);
+    assert_eq!(cfg.security.duplicate_agent, DuplicatePolicy::NewestWins);
+    for (value, policy) in [
+        ("newest_wins", DuplicatePolicy::NewestWins),
+        ("oldest_wins", DuplicatePolicy::OldestWins),
+        ("refuse", DuplicatePolicy::Refuse),
+    ] {
+        let yaml = JWT.to_owned() + &format!("  duplicate_agent: {value}\n");
+        let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+        assert_eq!(cfg.security.duplicate_agent, policy);
+        assert_eq!(policy.as_str(), value);
+    }
+    let yaml = JWT.to_owned()
+        + "  duplicate_agent: first_come\nlimits:\n  max_tunnels_per_agent: 0\n  max_tunnels_per_jti: 5000\n";
+    let err = RelayConfig::from_yaml_str(&yaml).expect_err("invalid");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "limits.max_tunnels_per_agent",
+            "limits.max_tunnels_per_jti",
+            "security.duplicate_agent"
+        ]
+    );
+    assert!(
+        err.to_string().contains("newest_wins, oldest_wins, refuse"),
+        "{err}"
+    );
+    let yaml = JWT.to_owned() + "limits:\n  max_tunnels_per_agent: 1\n  max_tunnels_per_jti: 1\n";
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+    assert_eq!(
+        (
+            cfg.limits.max_tunnels_per_agent,
+            cfg.limits.max_tunnels_per_jti
+        ),
+        (1, 1)
+    );
 }
