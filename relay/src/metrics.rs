@@ -119,6 +119,10 @@ pub struct Metrics {
     pub policy_enabled: Family<PolicyLabel, Gauge>,
     pub agents_blocked: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub sessions_terminated: Counter<u64, AtomicU64>,
+    /// HTTP connections closed before authenticating: caps, PROXY headers, deadlines.
+    pub http_refused: Family<ReasonLabel, Counter>,
+    /// HTTP connections held now that have not authenticated (all HTTP servers).
+    pub http_preauth: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -162,6 +166,8 @@ impl Metrics {
             policy_enabled: Family::default(),
             agents_blocked: Gauge::default(),
             sessions_terminated: Counter::default(),
+            http_refused: Family::default(),
+            http_preauth: Gauge::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder.
@@ -297,6 +303,18 @@ impl Metrics {
             "Sessions (streams) terminated by an operator through the portal",
             m.sessions_terminated.clone(),
         );
+        registry.register(
+            "nowconnect_http_refused",
+            "HTTP connections closed before authenticating (total_cap, source_cap, \
+             proxy_untrusted, proxy_header, proxy_timeout, tls_timeout, head_timeout, \
+             idle_timeout, head_too_large)",
+            m.http_refused.clone(),
+        );
+        registry.register(
+            "nowconnect_http_preauth_connections",
+            "HTTP connections open now that have not authenticated (not upgraded to a tunnel)",
+            m.http_preauth.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -337,6 +355,13 @@ impl Metrics {
             queue_overflow,
             accept_errors,
         }
+    }
+
+    /// One HTTP connection closed before it authenticated.
+    pub fn http_refused(&self, reason: &'static str) {
+        self.http_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn rejected(&self, connector: &str, reason: &'static str) {

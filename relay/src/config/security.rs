@@ -36,6 +36,9 @@ pub struct SecurityConfig {
     /// Every connector in HELLO must be granted by the token (`connectors`, `scp`, `scope`).
     pub require_connector_scopes: bool,
     pub abuse: AbuseConfig,
+    /// Peers whose PROXY protocol headers are believed (where `proxy_protocol` is on); a
+    /// connection from any other peer there is closed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// How agent tokens are checked.
@@ -67,6 +70,9 @@ pub struct AbuseConfig {
     pub failure_window: Duration,
     /// During a cool-down every `/tunnel` request from that source gets 429.
     pub cooldown: Duration,
+    /// Sources many agents share (a corporate proxy, an ingress without PROXY protocol): there,
+    /// failures and cool-downs count per (address, unverified token subject).
+    pub shared_egress_cidrs: Vec<IpNet>,
 }
 
 impl Default for AbuseConfig {
@@ -76,6 +82,7 @@ impl Default for AbuseConfig {
             failure_limit: 20,
             failure_window: Duration::from_secs(60),
             cooldown: Duration::from_secs(60),
+            shared_egress_cidrs: Vec::new(),
         }
     }
 }
@@ -161,12 +168,20 @@ pub(super) fn validate_security(
     if require_connector_scopes && jwks.is_none() {
         c.warn("security.require_connector_scopes has no effect without security.jwks_url");
     }
-    let abuse = validate_abuse(
+    let mut abuse = validate_abuse(
         c,
         s.max_pending_upgrades_per_ip,
         s.auth_failure_limit,
         s.auth_failure_window_sec,
         s.auth_cooldown_sec,
+    );
+    abuse.shared_egress_cidrs = c.cidrs(
+        "security.shared_egress_cidrs",
+        &s.shared_egress_cidrs.unwrap_or_default(),
+    );
+    let trusted_proxies = c.cidrs(
+        "security.trusted_proxies",
+        &s.trusted_proxies.unwrap_or_default(),
     );
     let jwt = jwks.map(|jwks| JwtConfig {
         jwks,
@@ -193,6 +208,7 @@ pub(super) fn validate_security(
         jwt,
         require_connector_scopes,
         abuse,
+        trusted_proxies,
     }
 }
 
@@ -230,5 +246,6 @@ fn validate_abuse(
             1,
             86_400,
         ),
+        shared_egress_cidrs: Vec::new(),
     }
 }
