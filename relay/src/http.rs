@@ -193,6 +193,26 @@ async fn accepted(mut c: Accepted, tls: Option<TlsAcceptor>, shared: Arc<Shared>
         deadline,
         ..
     } = c;
+    // A connection that sends nothing costs no buffers: hyper and TLS get it at its first byte
+    // (a peek: `readable()` alone reports a fresh socket ready before anything arrived).
+    let mut probe = [0u8; 1];
+    let first_byte = tokio::time::timeout_at(deadline, sock.peek(&mut probe));
+    let readable = tokio::select! {
+        r = first_byte => r,
+        _ = shared.root.cancelled() => return,
+    };
+    match readable {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection failed before its first byte");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.http_refused("head_timeout");
+            debug!(%peer, "nothing sent before the head deadline; connection closed");
+            return;
+        }
+    }
     match tls {
         None => connection(sock, peer, shared, routes, slot, deadline).await,
         Some(acceptor) => {
