@@ -14,7 +14,9 @@ use nowconnect_testkit::idp::{admin_token, claims, ec_key, mint, Idp, Key, ISSUE
 use nowconnect_testkit::log;
 use nowconnect_testkit::mock_agent::{handshake, refusal, MockAgent, OFFER_BOTH};
 use nowconnect_testkit::net;
-use nowconnect_testkit::proxy_protocol::{connect_with, v1, v2, v2_local, v2_raw};
+use nowconnect_testkit::proxy_protocol::{
+    connect_with, try_connect_with, v1, v2, v2_local, v2_raw,
+};
 use nowconnect_testkit::wait::{wait_for, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -122,6 +124,14 @@ async fn agent_behind(
     a
 }
 
+/// A connection starting with `header` (from `from`) that the relay refuses at once: a reset
+/// before the connect or the write completed, or a close without an answer.
+async fn refused_at_once(addr: SocketAddr, from: Option<IpAddr>, header: &[u8]) {
+    if let Ok(mut s) = try_connect_with(addr, from, header).await {
+        closed_silently(&mut s, Duration::from_secs(2)).await;
+    }
+}
+
 /// The relay closed `s` without an HTTP answer (EOF or reset) within `wait`.
 async fn closed_silently(s: &mut TcpStream, wait: Duration) {
     let mut got = Vec::new();
@@ -211,13 +221,12 @@ async fn tunnel_allowlist_audit_and_portal_see_the_address_in_the_header() {
     assert_eq!(refusal(err).0, 403);
 
     // An untrusted sender's header is not believed: closed before anything is answered.
-    let mut s = connect_with(
+    refused_at_once(
         relay.tunnel_addr(),
         Some(net::other_loopback()),
         &v2(sa(ALLOWED), relay.tunnel_addr()),
     )
     .await;
-    closed_silently(&mut s, Duration::from_secs(2)).await;
     assert_eq!(http_refused(&relay, "proxy_untrusted"), 1);
 
     // A trusted peer without a header (plain HTTP), with a garbled one, with a v2 header over
@@ -291,8 +300,7 @@ async fn cooldowns_and_the_source_cap_count_the_address_in_the_header() {
         metric(&relay, "nowconnect_http_preauth_connections ") == 2
     })
     .await;
-    let mut third = connect_with(relay.tunnel_addr(), None, &v2(quiet, relay.tunnel_addr())).await;
-    closed_silently(&mut third, Duration::from_secs(2)).await;
+    refused_at_once(relay.tunnel_addr(), None, &v2(quiet, relay.tunnel_addr())).await;
     assert_eq!(http_refused(&relay, "source_cap"), 1);
     let mut other = connect_with(
         relay.tunnel_addr(),
@@ -347,8 +355,7 @@ async fn listener_allowlist_pdp_and_audit_see_the_address_in_the_header() {
     assert_eq!(r.source.as_deref(), Some(BLOCKED));
 
     // An untrusted sender, and a trusted one with a garbled header: closed and counted.
-    let mut c = connect_with(ldap, Some(net::other_loopback()), &v2(client, ldap)).await;
-    closed_silently(&mut c, Duration::from_secs(2)).await;
+    refused_at_once(ldap, Some(net::other_loopback()), &v2(client, ldap)).await;
     assert_eq!(rejected(&relay, "proxy_untrusted"), 1);
     let mut c = connect_with(ldap, None, b"PROXY TCP4 banana\r\nhello").await;
     closed_silently(&mut c, Duration::from_secs(2)).await;

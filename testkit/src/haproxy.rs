@@ -8,7 +8,7 @@
 //! exits), tries others, up to 5 times. Whether HAProxy listens is read from `/proc/net/tcp`,
 //! not probed with a connection: a probe would reach the backend as a real connection.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -52,9 +52,10 @@ fn binary() -> Option<PathBuf> {
 }
 
 impl Haproxy {
-    /// Starts HAProxy with one frontend per `(backend, header)`, or returns `None` (skip) when
-    /// it is not installed outside CI.
-    pub async fn start(backends: &[(SocketAddr, Send)]) -> Option<Haproxy> {
+    /// Starts HAProxy with one frontend per `(backend, header)`, connecting to the backends
+    /// from loopback address `source` when given (so the backend can tell the proxy's own
+    /// address from its clients'), or returns `None` (skip) when it is not installed outside CI.
+    pub async fn start(backends: &[(SocketAddr, Send)], source: Option<IpAddr>) -> Option<Haproxy> {
         let bin = binary();
         if !crate::require(bin.is_some(), "haproxy") {
             return None;
@@ -63,7 +64,7 @@ impl Haproxy {
         let dir = TempDir::new("haproxy");
         for attempt in 0..5 {
             let ports: Vec<u16> = backends.iter().map(|_| free_port()).collect();
-            let conf = dir.write("haproxy.cfg", &config(backends, &ports));
+            let conf = dir.write("haproxy.cfg", &config(backends, &ports, source));
             let log = std::fs::File::create(dir.join(&format!("haproxy-{attempt}.log")))
                 .expect("create the haproxy log");
             let mut child = Command::new(&bin)
@@ -90,15 +91,16 @@ impl Haproxy {
     }
 }
 
-fn config(backends: &[(SocketAddr, Send)], ports: &[u16]) -> String {
+fn config(backends: &[(SocketAddr, Send)], ports: &[u16], source: Option<IpAddr>) -> String {
     let mut c = String::from(
         "global\n  maxconn 512\n\
          defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n",
     );
     for (i, ((backend, send), port)) in backends.iter().zip(ports).enumerate() {
+        let from = source.map(|ip| format!(" source {ip}")).unwrap_or_default();
         c.push_str(&format!(
             "frontend fe{i}\n  bind 127.0.0.1:{port}\n  default_backend be{i}\n\
-             backend be{i}\n  server s{i} {backend} {}\n",
+             backend be{i}\n  server s{i} {backend} {}{from}\n",
             send.keyword()
         ));
     }
@@ -154,16 +156,20 @@ mod tests {
                 ("127.0.0.1:389".parse().expect("addr"), Send::V1),
             ],
             &[1000, 1001],
+            Some("127.0.0.9".parse().expect("ip")),
         );
         assert!(
             c.contains("bind 127.0.0.1:1000\n  default_backend be0\n"),
             "{c}"
         );
         assert!(
-            c.contains("server s0 127.0.0.1:8765 send-proxy-v2\n"),
+            c.contains("server s0 127.0.0.1:8765 send-proxy-v2 source 127.0.0.9\n"),
             "{c}"
         );
-        assert!(c.contains("server s1 127.0.0.1:389 send-proxy\n"), "{c}");
+        assert!(
+            c.contains("server s1 127.0.0.1:389 send-proxy source 127.0.0.9\n"),
+            "{c}"
+        );
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// The v2 signature (12 bytes).
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -62,12 +62,26 @@ pub fn v2_raw(version_command: u8, family: u8, body: &[u8]) -> Vec<u8> {
 
 /// Connects to `addr` (from loopback address `from` when given) and sends `header` first.
 pub async fn connect_with(addr: SocketAddr, from: Option<IpAddr>, header: &[u8]) -> TcpStream {
-    let mut s = match from {
-        Some(ip) => crate::net::connect_from(ip, addr).await,
-        None => crate::net::connect(addr).await,
-    };
-    s.write_all(header).await.expect("write the PROXY header");
-    s
+    try_connect_with(addr, from, header)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr} with a PROXY header: {e}"))
+}
+
+/// [`connect_with`] for a server that may refuse at once: a reset can land before the connect
+/// or the write completes, and is returned instead of failing the test.
+pub async fn try_connect_with(
+    addr: SocketAddr,
+    from: Option<IpAddr>,
+    header: &[u8],
+) -> std::io::Result<TcpStream> {
+    let sock = TcpSocket::new_v4()?;
+    if let Some(ip) = from {
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
+    let mut s = sock.connect(addr).await?;
+    s.set_nodelay(true)?;
+    s.write_all(header).await?;
+    Ok(s)
 }
 
 #[cfg(test)]
