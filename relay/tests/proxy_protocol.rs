@@ -203,8 +203,7 @@ async fn tunnel_allowlist_audit_and_portal_see_the_address_in_the_header() {
     let header = v2(sa(BLOCKED), relay.tunnel_addr());
     let err = upgrade_behind(&relay, &header, None, Some(&token))
         .await
-        .err()
-        .expect("blocked address refused");
+        .expect_err("blocked address refused");
     assert_eq!(refusal(err).0, 403);
     let r = last(&relay, Action::TunnelAuth, false);
     assert_eq!(r.reason.as_deref(), Some("cidr_blocked"));
@@ -216,8 +215,7 @@ async fn tunnel_allowlist_audit_and_portal_see_the_address_in_the_header() {
     assert!(healthz(&mut s).await.starts_with("HTTP/1.1 200"));
     let err = upgrade_behind(&relay, &v2_local(), None, Some(&token))
         .await
-        .err()
-        .expect("LOCAL is the proxy itself");
+        .expect_err("LOCAL is the proxy itself");
     assert_eq!(refusal(err).0, 403);
 
     // An untrusted sender's header is not believed: closed before anything is answered.
@@ -273,8 +271,7 @@ async fn cooldowns_and_the_source_cap_count_the_address_in_the_header() {
             Some(&bad),
         )
         .await
-        .err()
-        .expect("bad token refused");
+        .expect_err("bad token refused");
         assert_eq!(refusal(err).0, 401);
     }
     // ALLOWED is cooling down; another address behind the same ingress is not.
@@ -285,8 +282,7 @@ async fn cooldowns_and_the_source_cap_count_the_address_in_the_header() {
         Some(&bad),
     )
     .await
-    .err()
-    .expect("cool-down");
+    .expect_err("cool-down");
     assert_eq!(refusal(err).0, 429);
     let cooldown = last(&relay, Action::SourceCooldown, false);
     assert_eq!(cooldown.source.as_deref(), Some("192.0.2.10"));

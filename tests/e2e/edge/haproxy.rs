@@ -70,8 +70,7 @@ async fn haproxy_send_proxy_v2_shows_the_relay_the_real_client_addresses() {
     // its own address.
     let err = upgrade(tunnel_fe, None, Some(lo(3)))
         .await
-        .err()
-        .expect("127.0.0.3 is not an allowed agent source");
+        .expect_err("127.0.0.3 is not an allowed agent source");
     assert_eq!(refusal(err).0, 403);
     let refused = audited(&relay, Action::TunnelAuth, false);
     let source = refused[0].source.clone().unwrap_or_default();
