@@ -264,6 +264,23 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any bytes: framing never panics, never claims more than it has or than the bounds
+        /// allow, and decoding what it framed never panics.
+        #[test]
+        fn any_bytes_are_framed_within_bounds(
+            prefix in proptest::sample::select(vec![&b""[..], b"PROXY ", &V2_SIGNATURE[..]]),
+            rest in proptest::collection::vec(proptest::num::u8::ANY, 0..700),
+        ) {
+            let buf = [prefix, &rest[..]].concat();
+            if let Ok(Some(n)) = frame(&buf) {
+                proptest::prop_assert!(n <= buf.len());
+                proptest::prop_assert!(n <= V2_FIXED + V2_MAX_LEN);
+                let _ = address(&buf[..n], peer());
+            }
+        }
+    }
+
     #[test]
     fn trust_is_by_cidr() {
         let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("cidr")];
