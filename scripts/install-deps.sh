@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, only when missing: Debian packages for the real servers the
-# end-to-end tests start on loopback (slapd, and tinyproxy as the agent's forward proxy), rustup
-# components, cargo tools, and schemathesis (PyPI) for the portal API fuzz test. Idempotent.
+# end-to-end tests start on loopback (slapd, tinyproxy as the agent's forward proxy, haproxy as a
+# PROXY-protocol ingress in front of the relay), rustup components, cargo tools, and schemathesis
+# (PyPI) for the portal API fuzz test. Idempotent.
 set -euo pipefail
 need_apt=()
 for pair in slapd:slapd ldapsearch:ldap-utils tinyproxy:tinyproxy openssl:openssl file:file bc:bc \
-    qemu-aarch64:qemu-user systemd-analyze:systemd; do
+    qemu-aarch64:qemu-user systemd-analyze:systemd haproxy:haproxy; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
 done

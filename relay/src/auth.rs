@@ -332,6 +332,32 @@ pub(crate) async fn verify<C: serde::de::DeserializeOwned>(
     Ok(data.claims)
 }
 
+/// The `sub` (else `agent_id`) claim of a compact JWS, read WITHOUT verifying it: only to tell
+/// users behind one shared-egress address apart for the cool-down, never to admit anyone.
+/// `None` for anything that is not a readable token (or has neither claim).
+pub(crate) fn unverified_subject(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        sub: Option<serde_json::Value>,
+        agent_id: Option<serde_json::Value>,
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return None;
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: Subject = serde_json::from_slice(&bytes).ok()?;
+    [claims.sub, claims.agent_id]
+        .into_iter()
+        .flatten()
+        .find_map(|v| match v {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s),
+            _ => None,
+        })
+}
+
 /// The JOSE header of a compact JWS, parsed without trusting anything in it.
 fn parse_header(token: &str) -> Result<Header, AuthError> {
     let mut parts = token.split('.');
@@ -413,6 +439,25 @@ mod tests {
             parse_header(&tok(r#"{"alg":"RS256","kid":7}"#)).err(),
             Some(AuthError::Malformed)
         );
+    }
+
+    #[test]
+    fn unverified_subject_reads_sub_then_agent_id() {
+        let tok = |claims: &str| format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims));
+        assert_eq!(
+            unverified_subject(&tok(r#"{"sub":"alice","agent_id":"a1"}"#)).as_deref(),
+            Some("alice")
+        );
+        assert_eq!(
+            unverified_subject(&tok(r#"{"sub":"","agent_id":"a1"}"#)).as_deref(),
+            Some("a1")
+        );
+        assert_eq!(unverified_subject(&tok(r#"{"sub":7}"#)), None);
+        assert_eq!(unverified_subject(&tok("[]")), None);
+        assert_eq!(unverified_subject("garbage"), None);
+        assert_eq!(unverified_subject("a.!!.c"), None);
+        let huge = tok(&format!(r#"{{"sub":"{}"}}"#, "x".repeat(MAX_TOKEN_LEN)));
+        assert_eq!(unverified_subject(&huge), None);
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub(crate) struct ListenerCtx {
     pub connector: String,
     pub allow_cidrs: Vec<IpNet>,
     pub metrics: ConnectorMetrics,
+    /// Connections start with a PROXY header (`listeners[].proxy_protocol`).
+    pub proxy_protocol: bool,
+    /// Connections waiting for their PROXY header now (capped at `limits.max_conn_total`).
+    pub proxy_pending: Arc<AtomicUsize>,
 }
 
 /// A slot of `limits.max_conn_total`, released on drop.

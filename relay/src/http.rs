@@ -9,6 +9,13 @@
 //! allowlist `security.tunnel_allow_cidrs` (403), the per-source abuse gate (429), the
 //! WebSocket handshake itself (426/400), then the Bearer token (401/403/503). Every refusal is
 //! counted in `nowconnect_agent_auth_failures_total{reason}` and audited; the token never is.
+//!
+//! Before any of that, each connection passes the pre-auth limits (`tunnel.preauth`, module
+//! `preauth`): the total cap at accept, the PROXY header on the tunnel port when
+//! `tunnel.proxy_protocol` is on (module `proxy_protocol`; from then on `peer` is the address it
+//! names, everywhere), the per-source cap, one deadline for PROXY header, TLS handshake and first
+//! request head, then the head size caps and the idle deadline between requests. Refusals there
+//! are counted in `nowconnect_http_refused_total{reason}`, logged only at debug level.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,20 +33,23 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use nowconnect_shared::{subprotocol, Limits};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
-use crate::abuse::Refusal;
+use crate::abuse::{Refusal, SourceKey};
 use crate::audit::{Action, Event};
 use crate::auth::{self, AuthError};
+use crate::conn::reject;
 use crate::metrics::ReasonLabel;
+use crate::preauth::{Preauth, PreauthSlot};
+use crate::proxy_protocol::{self, ProxyError};
 use crate::Shared;
 
-/// Time a client gets to send its request head (and to finish a TLS handshake).
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read buffer between an accepted socket and the TLS layer: one full TLS record (16 KiB of
 /// plaintext plus header and tag). Every connection gets it before it authenticates, so it stays
 /// small (the agent, with one connection, buffers 64 KiB).
@@ -60,13 +70,30 @@ pub(crate) struct Routes {
     pub metrics: bool,
 }
 
-/// Accepts HTTP connections until the relay stops.
+/// A connection the accept loop took, on its way to its first request.
+#[derive(Debug)]
+struct Accepted {
+    sock: TcpStream,
+    /// The socket peer; the PROXY header, where one is read, names the real one.
+    peer: SocketAddr,
+    /// Held until the connection is upgraded to a tunnel or closed.
+    slot: PreauthSlot,
+    /// For the PROXY header, the TLS handshake and the first request head together.
+    deadline: Instant,
+    /// The connection starts with a PROXY header (`tunnel.proxy_protocol`, on the tunnel port).
+    proxy: bool,
+}
+
+/// Accepts HTTP connections until the relay stops. Each server counts its own unauthenticated
+/// connections against `tunnel.preauth`.
 pub(crate) async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     routes: Routes,
 ) {
+    let preauth = Preauth::new(&shared.cfg.tunnel.preauth, shared.metrics.clone());
+    let proxy = routes.tunnel && shared.cfg.tunnel.proxy_protocol;
     loop {
         let (sock, peer) = tokio::select! {
             _ = shared.root.cancelled() => break,
@@ -81,12 +108,31 @@ pub(crate) async fn serve(
                 }
             },
         };
+        // Refused at once, before a task or a buffer exists for it (counted, not logged).
+        let Some(slot) = preauth.admit() else {
+            reject(sock);
+            continue;
+        };
+        if proxy && !proxy_protocol::is_trusted(peer, &shared.cfg.security.trusted_proxies) {
+            shared.metrics.http_refused(ProxyError::Untrusted.reason());
+            debug!(%peer, "PROXY protocol connection from an untrusted peer closed");
+            reject(sock);
+            continue;
+        }
         // The tunnel socket carries every stream's bytes: no Nagle delay on it.
         let _ = sock.set_nodelay(true);
+        let deadline = Instant::now() + shared.cfg.tunnel.preauth.head_timeout;
         let Some(shards) = &shared.shards else {
+            let conn = Accepted {
+                sock,
+                peer,
+                slot,
+                deadline,
+                proxy,
+            };
             shared
                 .tasks
-                .spawn(accepted(sock, peer, tls.clone(), shared.clone(), routes));
+                .spawn(accepted(conn, tls.clone(), shared.clone(), routes));
             continue;
         };
         // Registered again on the shard so its readiness wakes that thread.
@@ -103,59 +149,155 @@ pub(crate) async fn serve(
         rt.spawn(shared.tasks.track_future(async move {
             let _placement = placement;
             match TcpStream::from_std(sock) {
-                Ok(sock) => accepted(sock, peer, tls, shared2, routes).await,
+                Ok(sock) => {
+                    let conn = Accepted {
+                        sock,
+                        peer,
+                        slot,
+                        deadline,
+                        proxy,
+                    };
+                    accepted(conn, tls, shared2, routes).await
+                }
                 Err(e) => debug!(%peer, error = %e, "cannot move the connection to a shard"),
             }
         }));
     }
 }
 
-/// One accepted connection: TLS when configured, then HTTP.
-async fn accepted(
-    sock: TcpStream,
-    peer: SocketAddr,
-    tls: Option<TlsAcceptor>,
-    shared: Arc<Shared>,
-    routes: Routes,
-) {
+/// One accepted connection: the PROXY header when expected, the per-source cap, TLS when
+/// configured, then HTTP.
+async fn accepted(mut c: Accepted, tls: Option<TlsAcceptor>, shared: Arc<Shared>, routes: Routes) {
+    let mut peer = c.peer;
+    if c.proxy {
+        let read = proxy_protocol::read_header(&mut c.sock, peer, c.deadline);
+        let real = tokio::select! {
+            r = read => r,
+            _ = shared.root.cancelled() => return,
+        };
+        match real {
+            Ok(real) => peer = real,
+            Err(e) => {
+                shared.metrics.http_refused(e.reason());
+                debug!(%peer, error = %e, "connection without a valid PROXY header closed");
+                reject(c.sock);
+                return;
+            }
+        }
+    }
+    if !c.slot.charge(peer.ip()) {
+        reject(c.sock);
+        return;
+    }
+    let Accepted {
+        sock,
+        slot,
+        deadline,
+        ..
+    } = c;
+    // A connection that sends nothing costs no buffers: hyper and TLS get it at its first byte
+    // (a peek: `readable()` alone reports a fresh socket ready before anything arrived).
+    let mut probe = [0u8; 1];
+    let first_byte = tokio::time::timeout_at(deadline, sock.peek(&mut probe));
+    let readable = tokio::select! {
+        r = first_byte => r,
+        _ = shared.root.cancelled() => return,
+    };
+    match readable {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "connection failed before its first byte");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.http_refused("head_timeout");
+            debug!(%peer, "nothing sent before the head deadline; connection closed");
+            return;
+        }
+    }
     match tls {
-        None => connection(sock, peer, shared, routes).await,
+        None => connection(sock, peer, shared, routes, slot, deadline).await,
         Some(acceptor) => {
             // rustls reads at most 4 KiB per call: buffer the socket so a record
             // costs one `recvfrom`, not four.
             let sock = BufReader::with_capacity(TLS_READ_BUFFER, sock);
-            let hs = tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock));
+            let hs = tokio::time::timeout_at(deadline, acceptor.accept(sock));
             let stream = tokio::select! {
                 r = hs => r,
                 _ = shared.root.cancelled() => return,
             };
             match stream {
-                Ok(Ok(s)) => connection(s, peer, shared, routes).await,
+                Ok(Ok(s)) => connection(s, peer, shared, routes, slot, deadline).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                Err(_) => {
+                    shared.metrics.http_refused("tls_timeout");
+                    debug!(%peer, "TLS handshake timed out");
+                }
             }
         }
     }
 }
 
-async fn connection<I>(io: I, peer: SocketAddr, shared: Arc<Shared>, routes: Routes)
-where
+/// Serves HTTP on one connection. The first request head must be complete by `deadline`
+/// (`head_timeout_ms` after accept); after that, hyper's header timer, set to `idle_timeout_ms`,
+/// closes a keep-alive connection that does not complete its next head in time: hyper starts
+/// it whenever it waits for a head, so it is the idle deadline between requests too.
+async fn connection<I>(
+    io: I,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    routes: Routes,
+    slot: PreauthSlot,
+    deadline: Instant,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let root = shared.root.clone();
+    let limits = shared.cfg.tunnel.preauth.clone();
+    let metrics = shared.metrics.clone();
+    // Woken by every request that reaches the service: its head is complete.
+    let served = Arc::new(Notify::new());
+    let served2 = served.clone();
     let svc = service_fn(move |req| {
+        served2.notify_one();
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(req, peer, shared, routes).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(limits.idle_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
-    tokio::select! {
-        r = conn => if let Err(e) = r { debug!(%peer, error = %e, "HTTP connection ended with an error") },
-        _ = root.cancelled() => {}
+    tokio::pin!(conn);
+    let first_head = tokio::time::sleep_until(deadline);
+    tokio::pin!(first_head);
+    let mut had_request = false;
+    loop {
+        tokio::select! {
+            r = &mut conn => {
+                if let Err(e) = r {
+                    if e.is_timeout() {
+                        metrics.http_refused(if had_request { "idle_timeout" } else { "head_timeout" });
+                    } else if e.is_parse_too_large() {
+                        metrics.http_refused("head_too_large");
+                    }
+                    debug!(%peer, error = %e, "HTTP connection ended with an error");
+                }
+                break;
+            }
+            _ = served.notified(), if !had_request => had_request = true,
+            _ = &mut first_head, if !had_request => {
+                metrics.http_refused("head_timeout");
+                debug!(%peer, "no complete request head in time; connection closed");
+                break;
+            }
+            _ = root.cancelled() => break,
+        }
     }
+    // Upgraded (the tunnel runs on in its own task) or closed: no longer unauthenticated.
+    drop(slot);
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -210,6 +352,7 @@ async fn handle(
 fn refuse(
     shared: &Shared,
     peer: SocketAddr,
+    key: &SourceKey,
     status: StatusCode,
     reason: &'static str,
     message: &str,
@@ -225,7 +368,7 @@ fn refuse(
             .source(peer),
     );
     if status != StatusCode::SERVICE_UNAVAILABLE {
-        shared.gate.note_failure(peer, &shared.audit);
+        shared.gate.note_failure(key, peer, &shared.audit);
     }
     let mut r = text_owned(status, format!("{message}\n"));
     if status == StatusCode::UNAUTHORIZED {
@@ -257,16 +400,24 @@ async fn upgrade(
     }
     let allow = &shared.cfg.security.tunnel_allow_cidrs;
     let ip = peer.ip().to_canonical();
+    // Behind a shared egress, failures count per (address, unverified subject): one user's bad
+    // tokens do not cool down the other agents there.
+    let source = shared.gate.key(ip, || {
+        auth::bearer(req.headers())
+            .ok()
+            .and_then(auth::unverified_subject)
+    });
     if !allow.is_empty() && !allow.iter().any(|n| n.contains(&ip)) {
         return refuse(
             &shared,
             peer,
+            &source,
             StatusCode::FORBIDDEN,
             "cidr_blocked",
             "address not allowed",
         );
     }
-    let slot = match shared.gate.admit(ip) {
+    let slot = match shared.gate.admit(&source) {
         Ok(slot) => slot,
         Err(refusal) => {
             // Not audited one by one: a source in cool-down may knock thousands of times.
@@ -334,7 +485,14 @@ async fn upgrade(
     } else {
         let Some(auth) = &shared.auth else {
             let e = AuthError::NotConfigured;
-            return refuse(&shared, peer, e.status(), e.reason(), &e.to_string());
+            return refuse(
+                &shared,
+                peer,
+                &source,
+                e.status(),
+                e.reason(),
+                &e.to_string(),
+            );
         };
         let checked = match auth::bearer(req.headers()) {
             Ok(token) => auth.authenticate(token).await,
@@ -342,7 +500,16 @@ async fn upgrade(
         };
         match checked {
             Ok(identity) => Some(identity),
-            Err(e) => return refuse(&shared, peer, e.status(), e.reason(), &e.to_string()),
+            Err(e) => {
+                return refuse(
+                    &shared,
+                    peer,
+                    &source,
+                    e.status(),
+                    e.reason(),
+                    &e.to_string(),
+                )
+            }
         }
     };
     if let Some(id) = &identity {

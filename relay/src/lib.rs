@@ -24,6 +24,8 @@ mod listener;
 pub mod metrics;
 mod pdp;
 mod portal;
+mod preauth;
+mod proxy_protocol;
 mod registry;
 mod sessions;
 mod shards;
@@ -455,6 +457,8 @@ pub async fn start_with(
             connector: l.connector.clone(),
             allow_cidrs: l.allow_cidrs.clone(),
             metrics: metrics.connector(&l.connector),
+            proxy_protocol: l.proxy_protocol,
+            proxy_pending: Arc::default(),
         });
         bound.push((listener, addr, ctx));
     }

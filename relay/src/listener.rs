@@ -4,6 +4,9 @@
 //! listener's own `allow_cidrs` (both apply), over `max_conn_total`, or for a connector no agent
 //! serves is closed at once, before any OPEN; everything else becomes a stream on the tunnel the
 //! registry picks (where the PDP, if any, decides before a byte is relayed).
+//!
+//! With `proxy_protocol`, each connection's PROXY header is read first (off the accept loop),
+//! and the address it names is the client's for the allowlists, the PDP and the audit.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -11,11 +14,15 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::audit::{Action, Event};
 use crate::conn::{reject, ConnGuard, ListenerCtx, NewConn};
+use crate::proxy_protocol::{self, ProxyError};
 use crate::Shared;
+
+/// A client behind a PROXY-protocol ingress must have its header read this soon after accept.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn allowed(cidrs: &[IpNet], ip: IpAddr) -> bool {
     let ip = ip.to_canonical();
@@ -31,6 +38,7 @@ pub(crate) async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>, shared: Ar
             r = listener.accept() => r,
         };
         match accepted {
+            Ok((sock, peer)) if ctx.proxy_protocol => proxied(sock, peer, &ctx, &shared),
             Ok((sock, peer)) => route(sock, peer, &ctx, &shared),
             Err(e) => {
                 ctx.metrics.accept_errors.inc();
@@ -44,6 +52,45 @@ pub(crate) async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>, shared: Ar
         }
     }
     info!(listener = %ctx.name, connector = %ctx.connector, "listener stopped accepting");
+}
+
+/// A listener with `proxy_protocol`: refuses an untrusted peer at once, else reads the PROXY
+/// header in a task of its own (the accept loop never waits for one) within
+/// [`PROXY_HEADER_TIMEOUT`], at most `limits.max_conn_total` at once per listener, and routes
+/// the connection under the address the header names.
+fn proxied(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
+    if !proxy_protocol::is_trusted(peer, &shared.cfg.security.trusted_proxies) {
+        shared
+            .metrics
+            .rejected(&ctx.connector, ProxyError::Untrusted.reason());
+        debug!(listener = %ctx.name, %peer, "PROXY protocol connection from an untrusted peer closed");
+        reject(sock);
+        return;
+    }
+    let max = shared.cfg.limits.max_conn_total;
+    let Some(pending) = ConnGuard::try_acquire(&ctx.proxy_pending, max) else {
+        shared.metrics.rejected(&ctx.connector, "proxy_pending");
+        reject(sock);
+        return;
+    };
+    let (ctx, shared2) = (ctx.clone(), shared.clone());
+    shared.tasks.spawn(async move {
+        let _pending = pending;
+        let mut sock = sock;
+        let deadline = tokio::time::Instant::now() + PROXY_HEADER_TIMEOUT;
+        let real = tokio::select! {
+            r = proxy_protocol::read_header(&mut sock, peer, deadline) => r,
+            _ = shared2.root.cancelled() => return,
+        };
+        match real {
+            Ok(real) => route(sock, real, &ctx, &shared2),
+            Err(e) => {
+                shared2.metrics.rejected(&ctx.connector, e.reason());
+                debug!(listener = %ctx.name, %peer, error = %e, "connection without a valid PROXY header closed");
+                reject(sock);
+            }
+        }
+    });
 }
 
 fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {

@@ -122,6 +122,10 @@ pub struct Metrics {
     pub sessions_terminated: Counter<u64, AtomicU64>,
     pub buffered_bytes: Family<DirLabel, Gauge<i64, std::sync::atomic::AtomicI64>>,
     pub frames_ignored: Counter<u64, AtomicU64>,
+    /// HTTP connections closed before authenticating: caps, PROXY headers, deadlines.
+    pub http_refused: Family<ReasonLabel, Counter>,
+    /// HTTP connections held now that have not authenticated (all HTTP servers).
+    pub http_preauth: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -168,6 +172,8 @@ impl Metrics {
             sessions_terminated: Counter::default(),
             buffered_bytes: Family::default(),
             frames_ignored: Counter::default(),
+            http_refused: Family::default(),
+            http_preauth: Gauge::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder.
@@ -319,6 +325,18 @@ impl Metrics {
             "Sessions (streams) terminated by an operator through the portal",
             m.sessions_terminated.clone(),
         );
+        registry.register(
+            "nowconnect_http_refused",
+            "HTTP connections closed before authenticating (total_cap, source_cap, \
+             proxy_untrusted, proxy_header, proxy_timeout, tls_timeout, head_timeout, \
+             idle_timeout, head_too_large)",
+            m.http_refused.clone(),
+        );
+        registry.register(
+            "nowconnect_http_preauth_connections",
+            "HTTP connections open now that have not authenticated (not upgraded to a tunnel)",
+            m.http_preauth.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -359,6 +377,13 @@ impl Metrics {
             queue_overflow,
             accept_errors,
         }
+    }
+
+    /// One HTTP connection closed before it authenticated.
+    pub fn http_refused(&self, reason: &'static str) {
+        self.http_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn rejected(&self, connector: &str, reason: &'static str) {

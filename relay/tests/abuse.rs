@@ -8,7 +8,7 @@ use nowconnect_testkit::idp::{claims, ec_key, ed_key, mint, now, raw_token, Idp}
 use nowconnect_testkit::log;
 use nowconnect_testkit::mock_agent::{upgrade, MockAgent};
 use nowconnect_testkit::net;
-use nowconnect_testkit::proc::rss_kib;
+use nowconnect_testkit::process::rss_kib;
 use nowconnect_testkit::wait::{wait_for, DEADLINE};
 use nowconnect_testkit::yaml;
 use serde_json::json;

@@ -556,13 +556,15 @@ async fn forged_kid_storm_costs_at_most_one_jwks_fetch_per_interval() {
     let ec = ec_key("ec-1");
     let idp = Idp::start(&[&ec]).await;
     // Periodic refresh far away; unknown kids may refresh once per second. All 200 attempts
-    // run at once (the per-source pending cap is raised so every one reaches the token check).
-    let relay = jwt_relay(
-        &idp.url(),
-        "  jwks_min_refresh_sec: 1\n  max_pending_upgrades_per_ip: 1000\n",
-        "",
-    )
+    // run at once (the per-source pending and pre-auth caps are raised so every one reaches
+    // the token check).
+    let relay = relay(&format!(
+        "  preauth: {{max_per_source: 1000}}\nsecurity:\n  jwks_url: {}\n  issuer: {ISSUER}\n  \
+         auth_failure_limit: 100000\n  jwks_min_refresh_sec: 1\n  max_pending_upgrades_per_ip: 1000\n",
+        idp.url()
+    ))
     .await;
+    wait_for("JWKS loaded (/readyz)", DEADLINE, || relay.is_ready()).await;
     let before = idp.server.hits();
     assert_eq!(before, 1, "start-up fetch");
     let started = std::time::Instant::now();

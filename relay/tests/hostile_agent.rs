@@ -3,7 +3,7 @@
 //! journal is not flooded, and another agent's clients are served throughout.
 //!
 //! The relay runs in this process, so its memory is this process's resident set
-//! ([`proc::rss_kib`]); bounds are generous against allocator noise and far below what the
+//! ([`process::rss_kib`]); bounds are generous against allocator noise and far below what the
 //! attacks held before they were bounded (hundreds of MiB to GiB).
 
 use std::net::SocketAddr;
@@ -14,7 +14,7 @@ use nowconnect_relay::{RelayConfig, RelayHandle};
 use nowconnect_shared::{Frame, RstCode, DEFAULT_WINDOW};
 use nowconnect_testkit::log::{Capture, Format};
 use nowconnect_testkit::mock_agent::{data, v2_agent, MockAgent};
-use nowconnect_testkit::proc::rss_kib;
+use nowconnect_testkit::process::rss_kib;
 use nowconnect_testkit::wait::{wait_for, DEADLINE};
 use nowconnect_testkit::{net, yaml};
 use tokio::io::AsyncWriteExt;

@@ -17,18 +17,21 @@
 //! - [`http`]: a tiny HTTP/1.1 client and a counting test server.
 //! - [`health`]: probing the agent's health port.
 //! - [`temp`]: per-test temporary directories and the files in them.
-//! - [`proc`]: this process's resident memory and open descriptors (relays run in-process).
 //! - [`pki`]: an rcgen PKI (CAs, server and client certificates, TLS acceptors and connectors).
 //! - [`idp`]: a test identity provider (keys made at run time, JWKS, minted tokens).
 //! - [`mock_agent`]: a raw-frame agent (WebSocket client, v1 JSON / v2 binary) for relay tests.
 //! - [`mock_relay`]: a raw-frame relay (WebSocket server) for agent tests.
 //! - [`proxy`]: an HTTP CONNECT proxy written for the tests.
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers written by hand, and connections that send one.
+//! - [`process`]: this process's resident memory and descriptors, and raising RLIMIT_NOFILE.
 //! - [`yaml`]: relay and agent configuration texts for tests.
 //! - [`log`]: test logging and a capture of everything logged.
-//! - [`slapd`], [`tinyproxy`]: fixtures running the real OpenLDAP server and forward proxy.
+//! - [`slapd`], [`tinyproxy`], [`haproxy`]: fixtures running the real OpenLDAP server, forward
+//!   proxy and (PROXY-protocol) load balancer.
 #![forbid(unsafe_code)]
 
 pub mod frames;
+pub mod haproxy;
 pub mod health;
 pub mod http;
 pub mod idp;
@@ -38,8 +41,9 @@ pub mod mock_agent;
 pub mod mock_relay;
 pub mod net;
 pub mod pki;
-pub mod proc;
+pub mod process;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod slapd;
 pub mod target;
 pub mod temp;

@@ -16,6 +16,9 @@ pub struct ListenerConfig {
     pub connector: String,
     /// Empty: every client address is allowed.
     pub allow_cidrs: Vec<IpNet>,
+    /// Every connection starts with a PROXY protocol v1/v2 header from one of
+    /// `security.trusted_proxies`; the address in it is the client's (allowlists, PDP, audit).
+    pub proxy_protocol: bool,
 }
 
 /// Every listener that is complete; each missing or bad key is reported into `c`.
@@ -80,6 +83,7 @@ pub(super) fn validate_listeners(c: &mut Collector, raw: Vec<RawListener>) -> Ve
                 bind,
                 connector,
                 allow_cidrs,
+                proxy_protocol: l.proxy_protocol.unwrap_or(false),
             });
         }
     }

@@ -17,6 +17,7 @@ mod listeners;
 mod observability;
 mod pdp;
 mod portal;
+mod preauth;
 mod raw;
 mod security;
 mod tunnel;
@@ -33,6 +34,7 @@ pub use listeners::ListenerConfig;
 pub use observability::ObservabilityConfig;
 pub use pdp::PdpConfig;
 pub use portal::{PolicyDefaults, PortalConfig, DEFAULT_PORTAL_AUDIENCE};
+pub use preauth::PreauthConfig;
 pub use security::{AbuseConfig, DuplicatePolicy, JwtConfig, SecurityConfig, DEFAULT_AUDIENCE};
 pub use tunnel::{TlsConfig, TunnelConfig, DEFAULT_TUNNEL_PORT};
 
@@ -96,6 +98,7 @@ impl RelayConfig {
                     bind: SocketAddr::from(([127, 0, 0, 1], 0)),
                     connector: (*connector).to_owned(),
                     allow_cidrs: Vec::new(),
+                    proxy_protocol: false,
                 })
                 .collect(),
             tunnel: TunnelConfig {
@@ -105,6 +108,8 @@ impl RelayConfig {
                 ping_interval: Duration::from_secs(tunnel::DEFAULT_PING_SEC),
                 ping_timeout: Duration::from_secs(tunnel::DEFAULT_PING_SEC),
                 tls: None,
+                proxy_protocol: false,
+                preauth: PreauthConfig::default(),
             },
             limits: LimitsConfig {
                 idle_timeout: Some(Duration::from_millis(limits::DEFAULT_IDLE_MS)),
@@ -126,6 +131,7 @@ impl RelayConfig {
                 allow_insecure_http: false,
                 duplicate_agent: DuplicatePolicy::default(),
                 abuse: AbuseConfig::default(),
+                trusted_proxies: Vec::new(),
             },
             pdp: None,
             observability: ObservabilityConfig {
@@ -159,6 +165,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
     let limits = limits::validate_limits(&mut c, raw.limits);
     warn_unimplemented(&mut c, raw.security.fapi_mode.is_some(), raw.ha.is_some());
     let security = security::validate_security(&mut c, env, raw.security, &tunnel.host);
+    check_proxy_protocol(&mut c, &tunnel, &listeners, &security);
     let pdp = pdp::validate_pdp(&mut c, env, raw.pdp, ca_file, security.allow_insecure_http);
     let observability =
         observability::validate_observability(&mut c, raw.observability, tunnel_port);
@@ -178,6 +185,40 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
         state_dir,
         warnings,
     })
+}
+
+/// A PROXY header is believed only from `security.trusted_proxies`: without any, every
+/// connection to a port that expects one would be closed.
+fn check_proxy_protocol(
+    c: &mut Collector,
+    tunnel: &TunnelConfig,
+    listeners: &[ListenerConfig],
+    security: &SecurityConfig,
+) {
+    if !security.trusted_proxies.is_empty() {
+        return;
+    }
+    let on = tunnel
+        .proxy_protocol
+        .then(|| "tunnel.proxy_protocol".to_owned())
+        .into_iter()
+        .chain(
+            listeners
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.proxy_protocol)
+                .map(|(i, _)| format!("listeners[{i}].proxy_protocol")),
+        )
+        .collect::<Vec<_>>();
+    if !on.is_empty() {
+        c.bad(
+            "security.trusted_proxies",
+            format!(
+                "is required with {}: a PROXY header is believed only from these peers",
+                on.join(", ")
+            ),
+        );
+    }
 }
 
 /// Keys of later issues: accepted so an existing reference config loads, and warned about.

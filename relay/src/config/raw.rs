@@ -41,6 +41,7 @@ pub(super) struct RawListener {
     pub(super) connector: Option<String>,
     #[serde(default)]
     pub(super) allow_cidrs: Vec<String>,
+    pub(super) proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +53,20 @@ pub(super) struct RawTunnel {
     pub(super) ping_interval_sec: Option<u64>,
     pub(super) ping_timeout_sec: Option<u64>,
     pub(super) tls: Option<RawTls>,
+    pub(super) proxy_protocol: Option<bool>,
+    #[serde(default)]
+    pub(super) preauth: RawPreauth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPreauth {
+    pub(super) max_total: Option<usize>,
+    pub(super) max_per_source: Option<usize>,
+    pub(super) head_timeout_ms: Option<u64>,
+    pub(super) idle_timeout_ms: Option<u64>,
+    pub(super) max_header_bytes: Option<usize>,
+    pub(super) max_headers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +111,8 @@ pub(super) struct RawSecurity {
     pub(super) auth_failure_limit: Option<u32>,
     pub(super) auth_failure_window_sec: Option<u64>,
     pub(super) auth_cooldown_sec: Option<u64>,
+    pub(super) shared_egress_cidrs: Option<Vec<String>>,
+    pub(super) trusted_proxies: Option<Vec<String>>,
     /// Later issue: accepted, ignored with a warning.
     pub(super) fapi_mode: Option<serde_yaml::Value>,
 }

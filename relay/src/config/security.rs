@@ -41,6 +41,9 @@ pub struct SecurityConfig {
     /// What a second tunnel of an agent_id from another source address gets.
     pub duplicate_agent: DuplicatePolicy,
     pub abuse: AbuseConfig,
+    /// Peers whose PROXY protocol headers are believed (where `proxy_protocol` is on); a
+    /// connection from any other peer there is closed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// `security.duplicate_agent`: what a tunnel gets whose agent_id is already served from another
@@ -107,6 +110,9 @@ pub struct AbuseConfig {
     pub failure_window: Duration,
     /// During a cool-down every `/tunnel` request from that source gets 429.
     pub cooldown: Duration,
+    /// Sources many agents share (a corporate proxy, an ingress without PROXY protocol): there,
+    /// failures and cool-downs count per (address, unverified token subject).
+    pub shared_egress_cidrs: Vec<IpNet>,
 }
 
 impl Default for AbuseConfig {
@@ -116,6 +122,7 @@ impl Default for AbuseConfig {
             failure_limit: 20,
             failure_window: Duration::from_secs(60),
             cooldown: Duration::from_secs(60),
+            shared_egress_cidrs: Vec::new(),
         }
     }
 }
@@ -216,12 +223,20 @@ pub(super) fn validate_security(
             DuplicatePolicy::default()
         }),
     };
-    let abuse = validate_abuse(
+    let mut abuse = validate_abuse(
         c,
         s.max_pending_upgrades_per_ip,
         s.auth_failure_limit,
         s.auth_failure_window_sec,
         s.auth_cooldown_sec,
+    );
+    abuse.shared_egress_cidrs = c.cidrs(
+        "security.shared_egress_cidrs",
+        &s.shared_egress_cidrs.unwrap_or_default(),
+    );
+    let trusted_proxies = c.cidrs(
+        "security.trusted_proxies",
+        &s.trusted_proxies.unwrap_or_default(),
     );
     let jwt = jwks.map(|jwks| JwtConfig {
         jwks,
@@ -250,6 +265,7 @@ pub(super) fn validate_security(
         allow_insecure_http,
         duplicate_agent,
         abuse,
+        trusted_proxies,
     }
 }
 
@@ -287,5 +303,6 @@ fn validate_abuse(
             1,
             86_400,
         ),
+        shared_egress_cidrs: Vec::new(),
     }
 }

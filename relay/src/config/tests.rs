@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::*;
 
+mod ingress;
 mod portal;
 mod security;
 

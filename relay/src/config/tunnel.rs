@@ -1,9 +1,11 @@
-//! The `tunnel` section: the HTTP server agents dial (`/tunnel`), its keepalive and its TLS.
+//! The `tunnel` section: the HTTP server agents dial (`/tunnel`), its keepalive, its TLS, the
+//! PROXY protocol switch and the pre-auth limits (`tunnel.preauth`, module `preauth`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::collector::Collector;
+use super::preauth::{validate_preauth, PreauthConfig};
 use super::raw::RawTunnel;
 
 /// Default `/tunnel` port of the reference hub.
@@ -21,6 +23,12 @@ pub struct TunnelConfig {
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub tls: Option<TlsConfig>,
+    /// Every connection to this port starts with a PROXY protocol v1/v2 header from one of
+    /// `security.trusted_proxies`; the address in it is the agent's (allowlists, cool-downs,
+    /// audit, portal).
+    pub proxy_protocol: bool,
+    /// Limits on connections that have not authenticated yet (every HTTP server).
+    pub preauth: PreauthConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -74,5 +82,7 @@ pub(super) fn validate_tunnel(c: &mut Collector, t: RawTunnel) -> TunnelConfig {
         ping_interval: Duration::from_secs(ping_interval_sec),
         ping_timeout: Duration::from_secs(ping_timeout_sec),
         tls,
+        proxy_protocol: t.proxy_protocol.unwrap_or(false),
+        preauth: validate_preauth(c, t.preauth),
     }
 }

@@ -221,7 +221,7 @@ pub(super) fn record_refusal(
     }
     shared.audit.record(event);
     if refusal.counts_as_auth_failure() {
-        shared.gate.note_failure(peer, &shared.audit);
+        admission.slot.note_failure(peer, &shared.audit);
     }
 }
 

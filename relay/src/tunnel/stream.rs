@@ -540,6 +540,8 @@ mod tests {
             connector: "ad".into(),
             allow_cidrs: Vec::new(),
             metrics: metrics.connector("ad"),
+            proxy_protocol: false,
+            proxy_pending: Arc::default(),
         });
         let conns = Arc::new(AtomicUsize::new(0));
         let params = StreamParams {

@@ -1,10 +1,12 @@
 //! The agent's edge transport against the real relay: a real forward proxy (tinyproxy) with and
 //! without Basic auth, NO_PROXY, the relay's in-process TLS with a private CA (bundle, bundle
-//! only), mTLS with the relay's `client_ca`, and token rotation with traffic flowing.
+//! only), mTLS with the relay's `client_ca`, token rotation with traffic flowing, and the relay
+//! behind a real HAProxy sending PROXY protocol v2.
 //!
-//! The PKI, tinyproxy and the waits come from nowconnect-testkit; what is here builds and starts
+//! The PKI, tinyproxy, HAProxy and the waits come from nowconnect-testkit; what is here builds and starts
 //! relays and agents the way these tests configure them.
 
+mod haproxy;
 mod mtls;
 mod proxy;
 mod tls;
