@@ -32,12 +32,7 @@ async fn jwt_relay(jwks_url: &str, security: &str) -> RelayHandle {
 }
 
 fn counter(relay: &RelayHandle, line: &str) -> u64 {
-    relay
-        .metrics_text()
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    nowconnect_testkit::metrics::value(&relay.metrics_text(), line)
 }
 
 fn status_and_retry_after(err: WsError) -> (u16, Option<u64>) {

@@ -101,12 +101,7 @@ async fn no_stream(relay: &RelayHandle) {
 }
 
 fn counter(relay: &RelayHandle, prefix: &str) -> u64 {
-    relay
-        .metrics_text()
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    nowconnect_testkit::metrics::value(&relay.metrics_text(), prefix)
 }
 
 fn failures(relay: &RelayHandle, reason: &str) -> u64 {

@@ -54,12 +54,7 @@ async fn stuck_client(relay: &RelayHandle) -> TcpStream {
 
 /// A metric's value (first series whose line starts with `line`), 0 when absent.
 fn metric(relay: &RelayHandle, line: &str) -> u64 {
-    relay
-        .metrics_text()
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    nowconnect_testkit::metrics::value(&relay.metrics_text(), line)
 }
 
 /// An honest agent serving `db` with one client: the relay still serves it.
@@ -102,6 +97,35 @@ async fn fill_until_queued(agent: &mut MockAgent<TcpStream>, id: u32, reserve: u
             Some(other) => panic!("unexpected {other:?}"),
         }
         assert!(sent < 256 << 20, "credit never stopped coming back");
+    }
+}
+
+/// The agent keeps talking (50 frames a second, silence is not what must end it) and reads
+/// nothing, until the relay drops its tunnel (at most 20 s); `each` runs between frames.
+async fn talk_until_closed(
+    relay: &RelayHandle,
+    agent: &mut MockAgent<TcpStream>,
+    mut each: impl FnMut(),
+) {
+    let start = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    for n in 0u32.. {
+        if relay.agents_for("addomain") == 0 {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the stalled tunnel is still open"
+        );
+        each();
+        let keepalive = Frame::Window {
+            id: UNKNOWN + n,
+            credit: 1,
+        };
+        if agent.try_feed(&keepalive, SEND).await.is_err() || agent.try_flush(SEND).await.is_err() {
+            return;
+        }
+        pace.tick().await;
     }
 }
 
@@ -265,27 +289,7 @@ async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
             }
         }
     });
-    let start = Instant::now();
-    let mut n = 0u32;
-    // The agent's own traffic goes on (50 frames a second): silence is not what ends it.
-    let mut pace = tokio::time::interval(Duration::from_millis(20));
-    while relay.agents_for("addomain") > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "the stalled tunnel is still open"
-        );
-        let keepalive = Frame::Window {
-            id: UNKNOWN + n,
-            credit: 1,
-        };
-        n += 1;
-        if hostile.try_feed(&keepalive, SEND).await.is_err()
-            || hostile.try_flush(SEND).await.is_err()
-        {
-            break;
-        }
-        pace.tick().await;
-    }
+    talk_until_closed(&relay, &mut hostile, || {}).await;
     wait_for("the stalled tunnel to be gone", DEADLINE, || {
         relay.agents_for("addomain") == 0
     })
@@ -406,28 +410,10 @@ async fn agent_bound_budget_pauses_clients_and_comes_back_when_the_tunnel_dies()
         })
         .collect();
     let mut most = 0;
-    let start = Instant::now();
-    let mut n = 0u32;
-    // The agent keeps talking (silence is not what must end it) and reads nothing.
-    let mut pace = tokio::time::interval(Duration::from_millis(20));
-    while relay.agents_for("addomain") > 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "never closed as stalled"
-        );
-        most = most.max(metric(&relay, c2a));
-        let keepalive = Frame::Window {
-            id: UNKNOWN + n,
-            credit: 1,
-        };
-        n += 1;
-        if hostile.try_feed(&keepalive, SEND).await.is_err()
-            || hostile.try_flush(SEND).await.is_err()
-        {
-            break;
-        }
-        pace.tick().await;
-    }
+    talk_until_closed(&relay, &mut hostile, || {
+        most = most.max(metric(&relay, c2a))
+    })
+    .await;
     assert!(
         most <= 512 << 10,
         "held {most} client bytes over the budget"

@@ -41,12 +41,7 @@ async fn jwt_relay(idp: &Idp, preauth: &str) -> RelayHandle {
 }
 
 fn metric(relay: &RelayHandle, line: &str) -> u64 {
-    relay
-        .metrics_text()
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    nowconnect_testkit::metrics::value(&relay.metrics_text(), line)
 }
 
 fn refused(relay: &RelayHandle, reason: &str) -> u64 {

@@ -71,12 +71,7 @@ impl Pdp {
 }
 
 fn counter(relay: &RelayHandle, line: &str) -> u64 {
-    relay
-        .metrics_text()
-        .lines()
-        .find(|l| l.starts_with(line))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
+    nowconnect_testkit::metrics::value(&relay.metrics_text(), line)
 }
 
 fn decisions(relay: &RelayHandle, result: &str) -> u64 {

@@ -25,6 +25,7 @@
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers written by hand, and connections that send one.
 //! - [`process`]: this process's resident memory and descriptors, and raising RLIMIT_NOFILE.
 //! - [`yaml`]: relay and agent configuration texts for tests.
+//! - [`metrics`]: reading a `/metrics` page.
 //! - [`log`]: test logging and a capture of everything logged.
 //! - [`slapd`], [`tinyproxy`], [`haproxy`]: fixtures running the real OpenLDAP server, forward
 //!   proxy and (PROXY-protocol) load balancer.
@@ -37,6 +38,7 @@ pub mod http;
 pub mod idp;
 pub mod io;
 pub mod log;
+pub mod metrics;
 pub mod mock_agent;
 pub mod mock_relay;
 pub mod net;
