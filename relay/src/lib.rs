@@ -451,6 +451,8 @@ pub async fn start_with(
             name: l.name.clone(),
             connector: l.connector.clone(),
             allow_cidrs: l.allow_cidrs.clone(),
+            max_conn_per_source: l.max_conn_per_source,
+            sources: Default::default(),
             metrics: metrics.connector(&l.connector),
         });
         bound.push((listener, addr, ctx));

@@ -213,7 +213,7 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_connections_rejected",
-            "Client connections closed before any byte was relayed (no_agent, max_conn_total, \
+            "Client connections closed before any byte was relayed (no_agent, max_conn_total, max_conn_per_source, \
              cidr_blocked, pdp_denied, scope_denied, max_streams_per_agent)",
             m.connections_rejected.clone(),
         );

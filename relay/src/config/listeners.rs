@@ -16,10 +16,20 @@ pub struct ListenerConfig {
     pub connector: String,
     /// Empty: every client address is allowed.
     pub allow_cidrs: Vec<IpNet>,
+    /// Client connections open at once on this listener from one source address (IPv4-mapped
+    /// IPv6 counts as IPv4): `max_conn_per_source`, else `limits.max_conn_per_source`.
+    pub max_conn_per_source: usize,
 }
 
-/// Every listener that is complete; each missing or bad key is reported into `c`.
-pub(super) fn validate_listeners(c: &mut Collector, raw: Vec<RawListener>) -> Vec<ListenerConfig> {
+/// Every listener that is complete; each missing or bad key is reported into `c`. `caps` is
+/// `limits`' `(max_conn_total, max_conn_per_source)`: the bound and the default of a listener's
+/// own `max_conn_per_source`.
+pub(super) fn validate_listeners(
+    c: &mut Collector,
+    raw: Vec<RawListener>,
+    caps: (usize, usize),
+) -> Vec<ListenerConfig> {
+    let (max_conn_total, default_per_source) = caps;
     if raw.is_empty() {
         c.bad("listeners", "at least one listener is required");
     }
@@ -74,12 +84,22 @@ pub(super) fn validate_listeners(c: &mut Collector, raw: Vec<RawListener>) -> Ve
             }
         };
         let allow_cidrs = c.cidrs(&format!("{key}.allow_cidrs"), &l.allow_cidrs);
+        let max_conn_per_source = l.max_conn_per_source.unwrap_or(default_per_source);
+        if l.max_conn_per_source.is_some()
+            && (max_conn_per_source == 0 || max_conn_per_source > max_conn_total.max(1))
+        {
+            c.bad(
+                format!("{key}.max_conn_per_source"),
+                "must be between 1 and limits.max_conn_total",
+            );
+        }
         if let (Some(name), Some(bind), Some(connector)) = (name, bind, connector) {
             listeners.push(ListenerConfig {
                 name,
                 bind,
                 connector,
                 allow_cidrs,
+                max_conn_per_source,
             });
         }
     }

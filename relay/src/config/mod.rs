@@ -96,6 +96,7 @@ impl RelayConfig {
                     bind: SocketAddr::from(([127, 0, 0, 1], 0)),
                     connector: (*connector).to_owned(),
                     allow_cidrs: Vec::new(),
+                    max_conn_per_source: limits::default_per_source(limits::DEFAULT_MAX_CONN),
                 })
                 .collect(),
             tunnel: TunnelConfig {
@@ -111,6 +112,7 @@ impl RelayConfig {
                 queue_depth_per_cid: limits::DEFAULT_QUEUE_DEPTH,
                 queue_bytes_per_cid: limits::DEFAULT_QUEUE_BYTES,
                 max_conn_total: limits::DEFAULT_MAX_CONN,
+                max_conn_per_source: limits::default_per_source(limits::DEFAULT_MAX_CONN),
                 max_streams_per_agent: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
                 shutdown_grace: Duration::from_millis(limits::DEFAULT_GRACE_MS),
             },
@@ -149,7 +151,8 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
     let mut c = Collector::default();
     let tunnel_port = raw.tunnel.port;
     let ca_file = raw.security.ca_file.clone();
-    let listeners = listeners::validate_listeners(&mut c, raw.listeners);
+    let caps = limits::conn_caps(&raw.limits);
+    let listeners = listeners::validate_listeners(&mut c, raw.listeners, caps);
     let tunnel = tunnel::validate_tunnel(&mut c, raw.tunnel);
     let limits = limits::validate_limits(&mut c, raw.limits);
     warn_unimplemented(&mut c, raw.security.fapi_mode.is_some(), raw.ha.is_some());

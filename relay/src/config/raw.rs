@@ -41,6 +41,7 @@ pub(super) struct RawListener {
     pub(super) connector: Option<String>,
     #[serde(default)]
     pub(super) allow_cidrs: Vec<String>,
+    pub(super) max_conn_per_source: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -69,6 +70,7 @@ pub(super) struct RawLimits {
     pub(super) queue_depth_per_cid: Option<usize>,
     pub(super) queue_bytes_per_cid: Option<usize>,
     pub(super) max_conn_total: Option<usize>,
+    pub(super) max_conn_per_source: Option<usize>,
     pub(super) max_streams_per_agent: Option<usize>,
     pub(super) shutdown_grace_ms: Option<u64>,
 }

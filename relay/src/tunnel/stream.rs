@@ -470,6 +470,8 @@ mod tests {
             name: "l".into(),
             connector: "ad".into(),
             allow_cidrs: Vec::new(),
+            max_conn_per_source: 1,
+            sources: Default::default(),
             metrics: metrics.connector("ad"),
         });
         let conns = Arc::new(AtomicUsize::new(0));
