@@ -1,11 +1,12 @@
-//! Abuse bookkeeping: per-source limits on `/tunnel` and the throttle on audited refusals.
+//! Abuse bookkeeping: per-source limits on `/tunnel`.
 //!
 //! Per source (an IPv4 address, or an IPv6 /64 since one host usually owns a whole /64):
 //! - at most `max_pending_per_ip` attempts between the upgrade request and an accepted HELLO;
 //! - `failure_limit` auth failures within `failure_window` start a cool-down during which
 //!   every request from that source gets 429 without its token being looked at.
 //!
-//! Refused portal requests are audited at most [`MAX_AUDITED_REFUSALS_PER_SEC`] a second.
+//! (Audit records of refusals are rate-limited by the audit trail itself, per the same source
+//! key: `crate::audit`.)
 //!
 //! Memory is bounded: at most [`MAX_SOURCES`] sources are tracked; idle entries are pruned when
 //! the table fills, and a source that still finds no room is admitted untracked rather than
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::audit::{Action, Audit, Event};
+use crate::audit::{source_key, Action, Audit, Event};
 use crate::config::AbuseConfig;
 
 /// Sources tracked at once.
@@ -64,17 +65,6 @@ pub(crate) struct Gate {
     sources: Mutex<HashMap<IpAddr, Source>>,
 }
 
-/// The source key: IPv4 as is (IPv4-mapped IPv6 counts as IPv4), IPv6 cut to its /64.
-fn key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-        }
-        v4 => v4,
-    }
-}
-
 impl Gate {
     pub fn new(cfg: AbuseConfig) -> Gate {
         Gate {
@@ -89,7 +79,7 @@ impl Gate {
 
     /// A slot for one attempt from `ip`, held until its HELLO is accepted or it fails.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<PendingSlot, Refusal> {
-        let k = key(ip);
+        let k = source_key(ip);
         let now = Instant::now();
         let mut map = self.lock();
         if !map.contains_key(&k) && map.len() >= MAX_SOURCES {
@@ -126,7 +116,7 @@ impl Gate {
 
     /// Counts an auth failure; true when it starts a cool-down for the source.
     pub fn failed(&self, ip: IpAddr) -> bool {
-        let k = key(ip);
+        let k = source_key(ip);
         let now = Instant::now();
         let mut map = self.lock();
         let Some(s) = map.get_mut(&k) else {
@@ -181,30 +171,6 @@ impl Gate {
     }
 }
 
-/// Refused portal requests written to the audit trail per second, at most; beyond that they are
-/// only counted (`nowconnect_portal_auth_failures_total`), so a flood of token-less requests
-/// cannot push the real records out of the ring and the rotated file.
-pub(crate) const MAX_AUDITED_REFUSALS_PER_SEC: u32 = 20;
-
-/// Counts audited refusals in the current second.
-#[derive(Debug, Default)]
-pub(crate) struct RefusalThrottle {
-    /// (second, refusals audited in it)
-    window: std::sync::Mutex<(u64, u32)>,
-}
-
-impl RefusalThrottle {
-    /// Whether one more refusal in second `now` may be audited.
-    pub fn admit(&self, now: u64) -> bool {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.0 != now {
-            *w = (now, 0);
-        }
-        w.1 += 1;
-        w.1 <= MAX_AUDITED_REFUSALS_PER_SEC
-    }
-}
-
 /// One attempt in progress; dropping it frees the slot.
 #[derive(Debug)]
 pub(crate) struct PendingSlot {
@@ -231,14 +197,6 @@ mod tests {
             failure_window: Duration::from_secs(60),
             cooldown: Duration::from_secs(30),
         }))
-    }
-
-    #[test]
-    fn refusal_audit_is_throttled_per_second() {
-        let t = RefusalThrottle::default();
-        let admitted = (0..100).filter(|_| t.admit(7)).count();
-        assert_eq!(admitted, MAX_AUDITED_REFUSALS_PER_SEC as usize);
-        assert!(t.admit(8), "a new second starts a new budget");
     }
 
     #[tokio::test(start_paused = true)]

@@ -161,7 +161,9 @@ mod tests {
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
         let b: IpAddr = "10.0.0.2".parse().expect("ip");
         let first = counts.try_acquire(a, 2).expect("slot");
-        let second = counts.try_acquire(mapped, 2).expect("same source, second slot");
+        let second = counts
+            .try_acquire(mapped, 2)
+            .expect("same source, second slot");
         assert!(counts.try_acquire(a, 2).is_none(), "a holds its share");
         assert!(counts.try_acquire(mapped, 2).is_none(), "mapped is a");
         let other = counts.try_acquire(b, 2).expect("another source");

@@ -69,12 +69,26 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
     let per_source = ctx.max_conn_per_source;
     let Some(slot) = ctx.sources.try_acquire(peer.ip(), per_source) else {
         let detail = format!("listener={}; max_conn_per_source={per_source}", ctx.name);
-        return refuse(sock, peer, ctx, shared, ("conn_cap", "max_conn_per_source"), detail);
+        return refuse(
+            sock,
+            peer,
+            ctx,
+            shared,
+            ("conn_cap", "max_conn_per_source"),
+            detail,
+        );
     };
     let max = shared.cfg.limits.max_conn_total;
     let Some(guard) = ConnGuard::try_acquire(&shared.conns, max) else {
         let detail = format!("listener={}; limits.max_conn_total={max}", ctx.name);
-        return refuse(sock, peer, ctx, shared, ("conn_cap", "max_conn_total"), detail);
+        return refuse(
+            sock,
+            peer,
+            ctx,
+            shared,
+            ("conn_cap", "max_conn_total"),
+            detail,
+        );
     };
     let guard = guard.with_source(slot);
     ctx.metrics.connections.inc();
@@ -98,7 +112,14 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
         }
     }
     let detail = format!("listener={}; no agent serves this connector", ctx.name);
-    refuse(conn.sock, peer, ctx, shared, ("no_agent", "no_agent"), detail);
+    refuse(
+        conn.sock,
+        peer,
+        ctx,
+        shared,
+        ("no_agent", "no_agent"),
+        detail,
+    );
 }
 
 /// Counts, audits and resets a refused client. `(by, reason)`: what decided, and the metric

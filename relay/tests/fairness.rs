@@ -102,7 +102,10 @@ async fn one_source_holding_its_share_does_not_starve_another() {
     drop(c);
     assert_eq!(agent.recv().await, Frame::Fin { id, dir: Dir::C2a });
     agent.send(&Frame::Fin { id, dir: Dir::A2c }).await;
-    wait_for("the stream ended", DEADLINE, || relay.open_connections() == 2).await;
+    wait_for("the stream ended", DEADLINE, || {
+        relay.open_connections() == 2
+    })
+    .await;
     let mut again = net::connect(ldap).await;
     let id = agent.next_open("addomain").await;
     agent.ping_pong(&mut again, id).await;

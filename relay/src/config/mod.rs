@@ -53,6 +53,8 @@ pub struct RelayConfig {
     pub portal: PortalConfig,
     /// The audit trail's file; `None`: records live in memory and the log only.
     pub audit_file: Option<crate::audit::AuditFileConfig>,
+    /// How many refusal records the audit trail writes before it aggregates.
+    pub audit_limits: crate::audit::RefusalLimits,
     /// Where policies and the block list persist; `None`: they last until the relay stops.
     pub state_dir: Option<PathBuf>,
     /// Accepted-but-ignored keys and similar notes; logged at start-up.
@@ -138,6 +140,7 @@ impl RelayConfig {
                 defaults: PolicyDefaults::new(false),
             },
             audit_file: None,
+            audit_limits: crate::audit::RefusalLimits::default(),
             state_dir: None,
             warnings: Vec::new(),
         }
@@ -162,7 +165,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
         observability::validate_observability(&mut c, raw.observability, tunnel_port);
     let state_dir = raw.state_dir.filter(|d| !d.as_os_str().is_empty());
     let portal = portal::validate_portal(&mut c, raw.portal, &security);
-    let audit_file = audit::validate_audit(&mut c, raw.audit, state_dir.as_deref());
+    let (audit_file, audit_limits) = audit::validate_audit(&mut c, raw.audit, state_dir.as_deref());
     let warnings = c.finish()?;
     Ok(RelayConfig {
         listeners,
@@ -173,6 +176,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
         observability,
         portal,
         audit_file,
+        audit_limits,
         state_dir,
         warnings,
     })

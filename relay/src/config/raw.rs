@@ -125,6 +125,9 @@ pub(super) struct RawAudit {
     pub(super) file: Option<PathBuf>,
     pub(super) max_file_bytes: Option<u64>,
     pub(super) keep_files: Option<usize>,
+    pub(super) max_refusals_per_source: Option<u32>,
+    pub(super) max_refusals_total: Option<u32>,
+    pub(super) refusal_window_sec: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

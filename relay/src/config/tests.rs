@@ -177,7 +177,10 @@ fn per_source_connection_caps_default_to_a_tenth_and_listeners_may_override() {
     ) + "limits:\n  max_conn_total: 100\n  max_conn_per_source: 3\n";
     let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
     assert_eq!(cfg.limits.max_conn_per_source, 3);
-    assert_eq!(cfg.listeners[0].max_conn_per_source, 7, "the listener's own");
+    assert_eq!(
+        cfg.listeners[0].max_conn_per_source, 7,
+        "the listener's own"
+    );
     let yaml = MINIMAL.replace(
         "connector: addomain\n",
         "connector: addomain\n    max_conn_per_source: 0\n",
@@ -186,7 +189,12 @@ fn per_source_connection_caps_default_to_a_tenth_and_listeners_may_override() {
     let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["listeners[0].max_conn_per_source", "limits.max_conn_per_source"]
+        [
+            "listeners[0].max_conn_per_source",
+            "limits.max_conn_per_source"
+        ]
     );
-    assert!(err.to_string().contains("between 1 and limits.max_conn_total"));
+    assert!(err
+        .to_string()
+        .contains("between 1 and limits.max_conn_total"));
 }
