@@ -1,4 +1,4 @@
-//! Abuse bookkeeping: per-source limits on `/tunnel` and the throttle on audited refusals.
+//! Abuse bookkeeping: per-source limits on `/tunnel`.
 //!
 //! Per source (an IPv4 address, or an IPv6 /64 since one host usually owns a whole /64):
 //! - at most `max_pending_per_ip` attempts between the upgrade request and an accepted HELLO;
@@ -10,7 +10,8 @@
 //! verifying it ([`SourceKey`]); pending attempts still count per address, and all subjects
 //! together cool the address down at [`SHARED_EGRESS_FACTOR`] times the limit.
 //!
-//! Refused portal requests are audited at most [`MAX_AUDITED_REFUSALS_PER_SEC`] a second.
+//! (Audit records of refusals are rate-limited by the audit trail itself, per the same source
+//! address: `crate::audit`.)
 //!
 //! Memory is bounded: at most [`MAX_SOURCES`] sources are tracked; idle entries are pruned when
 //! the table fills, and a source that still finds no room is admitted untracked rather than
@@ -23,6 +24,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+pub(crate) use crate::audit::source_key as source_net;
 use crate::audit::{Action, Audit, Event};
 use crate::config::AbuseConfig;
 
@@ -143,17 +145,6 @@ pub(crate) enum Started {
 pub(crate) struct Gate {
     cfg: AbuseConfig,
     sources: Mutex<HashMap<SourceKey, Source>>,
-}
-
-/// The source a limit counts: IPv4 as is (IPv4-mapped IPv6 counts as IPv4), IPv6 cut to its /64.
-pub(crate) fn source_net(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
-        }
-        v4 => v4,
-    }
 }
 
 /// `subject` cut to [`MAX_SUBJECT_LEN`] bytes with control characters dropped (it ends up in
@@ -325,30 +316,6 @@ impl Gate {
     }
 }
 
-/// Refused portal requests written to the audit trail per second, at most; beyond that they are
-/// only counted (`nowconnect_portal_auth_failures_total`), so a flood of token-less requests
-/// cannot push the real records out of the ring and the rotated file.
-pub(crate) const MAX_AUDITED_REFUSALS_PER_SEC: u32 = 20;
-
-/// Counts audited refusals in the current second.
-#[derive(Debug, Default)]
-pub(crate) struct RefusalThrottle {
-    /// (second, refusals audited in it)
-    window: std::sync::Mutex<(u64, u32)>,
-}
-
-impl RefusalThrottle {
-    /// Whether one more refusal in second `now` may be audited.
-    pub fn admit(&self, now: u64) -> bool {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if w.0 != now {
-            *w = (now, 0);
-        }
-        w.1 += 1;
-        w.1 <= MAX_AUDITED_REFUSALS_PER_SEC
-    }
-}
-
 /// One attempt in progress; dropping it frees the slot.
 #[derive(Debug)]
 pub(crate) struct PendingSlot {
@@ -391,14 +358,6 @@ mod tests {
     /// The key of `ip` with subject `sub` (used only inside the shared egress 192.0.2.0/24).
     fn k(g: &Gate, ip: &str, sub: Option<&str>) -> SourceKey {
         g.key(ip.parse().expect("ip"), || sub.map(str::to_owned))
-    }
-
-    #[test]
-    fn refusal_audit_is_throttled_per_second() {
-        let t = RefusalThrottle::default();
-        let admitted = (0..100).filter(|_| t.admit(7)).count();
-        assert_eq!(admitted, MAX_AUDITED_REFUSALS_PER_SEC as usize);
-        assert!(t.admit(8), "a new second starts a new budget");
     }
 
     #[tokio::test(start_paused = true)]

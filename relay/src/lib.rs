@@ -101,8 +101,6 @@ pub(crate) struct Shared {
     pub portal_jwks: Option<Arc<jwks::Jwks>>,
     /// Bound listeners, for the portal's connector view.
     pub listeners: Vec<BoundListener>,
-    /// Bounds how many refused portal requests are audited per second.
-    pub portal_refusals: abuse::RefusalThrottle,
     /// Where HTTP connections (and so tunnels) run; `None`: on the caller's runtime.
     pub shards: Option<Arc<Shards>>,
     /// Stream bytes held, relay-wide, per direction (`limits.max_buffered_bytes`).
@@ -221,6 +219,8 @@ impl RelayHandle {
 impl Drop for RelayHandle {
     fn drop(&mut self) {
         self.shared.root.cancel();
+        // What was audited so far is in the file (a restart in the same process reads it).
+        self.shared.audit.close();
         if let Some(h) = self.supervisor.take() {
             h.abort();
         }
@@ -350,7 +350,8 @@ pub async fn start_with(
 
     let metrics = Arc::new(metrics::Metrics::new());
     let audit = audit::Audit::open(audit::AUDIT_RING, cfg.audit_file.clone(), &metrics)
-        .map_err(StartError::Config)?;
+        .map_err(StartError::Config)?
+        .limited(cfg.audit_limits);
     let state = state::State::open(
         cfg.state_dir.as_deref(),
         cfg.portal.defaults,
@@ -456,6 +457,8 @@ pub async fn start_with(
             name: l.name.clone(),
             connector: l.connector.clone(),
             allow_cidrs: l.allow_cidrs.clone(),
+            max_conn_per_source: l.max_conn_per_source,
+            sources: Default::default(),
             metrics: metrics.connector(&l.connector),
             proxy_protocol: l.proxy_protocol,
             proxy_pending: Arc::default(),
@@ -490,7 +493,6 @@ pub async fn start_with(
         sessions: Arc::new(sessions::Sessions::default()),
         portal_jwks,
         listeners: bound_info,
-        portal_refusals: abuse::RefusalThrottle::default(),
         shards,
         buffered,
     });
@@ -505,6 +507,9 @@ pub async fn start_with(
             .spawn(pj.clone().run_refresher(loaded, shared.root.clone()));
     }
 
+    shared
+        .tasks
+        .spawn(audit::run_ticker(shared.audit.clone(), shared.root.clone()));
     let mut names = Vec::with_capacity(bound.len());
     for (listener, addr, ctx) in bound {
         info!(listener = %ctx.name, connector = %ctx.connector, %addr, "listening");
@@ -604,5 +609,6 @@ async fn supervise(shared: Arc<Shared>) {
     {
         warn!("some tasks did not stop within 5 s");
     }
+    shared.audit.close();
     info!("relay stopped");
 }

@@ -1,9 +1,10 @@
 //! One TCP listener per connector: accept, check the client, hand the socket to an agent tunnel.
 //!
 //! Owns only the accept loop. A client outside `security.allow_cidrs` (global) or the
-//! listener's own `allow_cidrs` (both apply), over `max_conn_total`, or for a connector no agent
-//! serves is closed at once, before any OPEN; everything else becomes a stream on the tunnel the
-//! registry picks (where the PDP, if any, decides before a byte is relayed).
+//! listener's own `allow_cidrs` (both apply), over its source's share of the listener
+//! (`max_conn_per_source`), over `max_conn_total`, or for a connector no agent serves is closed
+//! at once, before any OPEN, counted and audited; everything else becomes a stream on the tunnel
+//! the registry picks (where the PDP, if any, decides before a byte is relayed).
 //!
 //! With `proxy_protocol`, each connection's PROXY header is read first (off the accept loop),
 //! and the address it names is the client's for the allowlists, the PDP and the audit.
@@ -108,25 +109,35 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
         None
     };
     if let Some(list) = blocked_by {
-        shared.metrics.rejected(&ctx.connector, "cidr_blocked");
-        shared.audit.record(
-            Event::new(Action::Open, false)
-                .by("cidr")
-                .reason("cidr_blocked")
-                .connector(&ctx.connector)
-                .source(peer)
-                .detail(format!("listener={}; not in {list}", ctx.name)),
-        );
-        reject(sock);
-        return;
+        let detail = format!("listener={}; not in {list}", ctx.name);
+        return refuse(sock, peer, ctx, shared, ("cidr", "cidr_blocked"), detail);
     }
+    // Per source first: a source at its share is told so even when the relay is full too.
+    let per_source = ctx.max_conn_per_source;
+    let Some(slot) = ctx.sources.try_acquire(peer.ip(), per_source) else {
+        let detail = format!("listener={}; max_conn_per_source={per_source}", ctx.name);
+        return refuse(
+            sock,
+            peer,
+            ctx,
+            shared,
+            ("conn_cap", "max_conn_per_source"),
+            detail,
+        );
+    };
     let max = shared.cfg.limits.max_conn_total;
     let Some(guard) = ConnGuard::try_acquire(&shared.conns, max) else {
-        shared.metrics.rejected(&ctx.connector, "max_conn_total");
-        warn!(event = "max_conn_total", connector = %ctx.connector, client = %peer, max, "connection limit reached");
-        reject(sock);
-        return;
+        let detail = format!("listener={}; limits.max_conn_total={max}", ctx.name);
+        return refuse(
+            sock,
+            peer,
+            ctx,
+            shared,
+            ("conn_cap", "max_conn_total"),
+            detail,
+        );
     };
+    let guard = guard.with_source(slot);
     ctx.metrics.connections.inc();
     let mut conn = NewConn {
         sock,
@@ -147,9 +158,38 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
             }
         }
     }
-    shared.metrics.rejected(&ctx.connector, "no_agent");
-    warn!(event = "no_agent_for_connector", connector = %ctx.connector, client = %peer, "no agent serves this connector; client closed");
-    reject(conn.sock);
+    let detail = format!("listener={}; no agent serves this connector", ctx.name);
+    refuse(
+        conn.sock,
+        peer,
+        ctx,
+        shared,
+        ("no_agent", "no_agent"),
+        detail,
+    );
+}
+
+/// Counts, audits and resets a refused client. `(by, reason)`: what decided, and the metric
+/// label and audit reason. No log line of its own: the audit record is one, and the audit
+/// trail rate-limits refusals per source (a connect/reset loop must not flood the journal).
+fn refuse(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: &ListenerCtx,
+    shared: &Shared,
+    (by, reason): (&'static str, &'static str),
+    detail: String,
+) {
+    shared.metrics.rejected(&ctx.connector, reason);
+    shared.audit.record(
+        Event::new(Action::Open, false)
+            .by(by)
+            .reason(reason)
+            .connector(&ctx.connector)
+            .source(peer)
+            .detail(detail),
+    );
+    reject(sock);
 }
 
 #[cfg(test)]

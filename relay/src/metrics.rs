@@ -76,6 +76,11 @@ pub struct AuditLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PortalLabels {
     pub method: &'static str,
     /// The route template (`/api/v1/sessions/{cid}`), never the concrete path.
@@ -115,6 +120,8 @@ pub struct Metrics {
     pub protocol_errors: Counter<u64, AtomicU64>,
     pub audit_records: Family<AuditLabels, Counter>,
     pub audit_write_errors: Counter<u64, AtomicU64>,
+    pub audit_dropped: Family<ReasonLabel, Counter>,
+    pub audit_aggregated: Family<ActionLabel, Counter>,
     pub portal_requests: Family<PortalLabels, Counter>,
     pub portal_auth_failures: Family<ReasonLabel, Counter>,
     pub policy_enabled: Family<PolicyLabel, Gauge>,
@@ -165,6 +172,8 @@ impl Metrics {
             protocol_errors: Counter::default(),
             audit_records: Family::default(),
             audit_write_errors: Counter::default(),
+            audit_dropped: Family::default(),
+            audit_aggregated: Family::default(),
             portal_requests: Family::default(),
             portal_auth_failures: Family::default(),
             policy_enabled: Family::default(),
@@ -225,7 +234,7 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_connections_rejected",
-            "Client connections closed before any byte was relayed (no_agent, max_conn_total, \
+            "Client connections closed before any byte was relayed (no_agent, max_conn_total, max_conn_per_source, \
              cidr_blocked, pdp_denied, scope_denied, max_streams_per_agent)",
             m.connections_rejected.clone(),
         );
@@ -299,6 +308,18 @@ impl Metrics {
             "nowconnect_audit_write_errors",
             "Audit records that could not be appended to audit.file (they stay in memory and the log)",
             m.audit_write_errors.clone(),
+        );
+        registry.register(
+            "nowconnect_audit_dropped",
+            "Audit records that got no line in audit.file (they stay in memory and the log): \
+             queue_full (a refusal, the writer behind), writer_stalled (waited 1 s in vain)",
+            m.audit_dropped.clone(),
+        );
+        registry.register(
+            "nowconnect_audit_aggregated",
+            "Refusals past the audit refusal limits, counted in an aggregate record instead of \
+             one of their own, by action",
+            m.audit_aggregated.clone(),
         );
         registry.register(
             "nowconnect_portal_requests",

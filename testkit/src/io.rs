@@ -2,14 +2,14 @@
 //! seeded pseudo-random payloads and their SHA-256, an echo round trip, and a bounded reader of
 //! HTTP request heads.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::wait::within;
@@ -43,8 +43,31 @@ pub async fn wait_closed<S: AsyncRead + Unpin>(s: &mut S, deadline: Duration) ->
 /// before the connect completes (a relay closes refused clients with RST) counts as closed at once.
 pub async fn connect_and_wait_closed(addr: SocketAddr, deadline: Duration) -> Duration {
     let start = Instant::now();
-    match TcpStream::connect(addr).await {
-        Ok(mut s) => start.elapsed() + wait_closed(&mut s, deadline).await,
+    let connected = TcpStream::connect(addr).await;
+    closed_after(connected, addr, deadline).await + start.elapsed()
+}
+
+/// [`connect_and_wait_closed`] from loopback address `from` (e.g. 127.0.0.2).
+pub async fn connect_from_and_wait_closed(
+    from: IpAddr,
+    addr: SocketAddr,
+    deadline: Duration,
+) -> Duration {
+    let start = Instant::now();
+    let sock = TcpSocket::new_v4().expect("socket");
+    sock.bind(SocketAddr::new(from, 0))
+        .unwrap_or_else(|e| panic!("bind {from}:0: {e}"));
+    let connected = sock.connect(addr).await;
+    closed_after(connected, addr, deadline).await + start.elapsed()
+}
+
+async fn closed_after(
+    connected: std::io::Result<TcpStream>,
+    addr: SocketAddr,
+    deadline: Duration,
+) -> Duration {
+    match connected {
+        Ok(mut s) => wait_closed(&mut s, deadline).await,
         Err(e) => {
             assert!(
                 matches!(
@@ -53,7 +76,7 @@ pub async fn connect_and_wait_closed(addr: SocketAddr, deadline: Duration) -> Du
                 ),
                 "connect to {addr} failed with {e}, not with a reset"
             );
-            start.elapsed()
+            Duration::ZERO
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct LimitsConfig {
     pub queue_bytes_per_cid: usize,
     /// Client connections open at once across all listeners.
     pub max_conn_total: usize,
+    /// Client connections open at once on one listener from one source address, unless the
+    /// listener sets its own (default: a tenth of `max_conn_total`, at least 1).
+    pub max_conn_per_source: usize,
     /// Streams open at once on one agent tunnel; more clients for it are closed at once.
     pub max_streams_per_agent: usize,
     /// How long open streams may run on after SIGTERM / `shutdown()`.
@@ -49,6 +52,21 @@ pub struct LimitsConfig {
     pub max_tunnels_per_agent: usize,
     /// Tunnels one token (its `jti`) may hold at once; tokens without `jti` are not counted.
     pub max_tunnels_per_jti: usize,
+}
+
+/// `(max_conn_total, max_conn_per_source)` as configured or defaulted, unchecked (listeners
+/// are validated before `limits` and need both; [`validate_limits`] reports bad values).
+pub(super) fn conn_caps(l: &RawLimits) -> (usize, usize) {
+    let total = l.max_conn_total.unwrap_or(DEFAULT_MAX_CONN);
+    let per_source = l
+        .max_conn_per_source
+        .unwrap_or_else(|| default_per_source(total));
+    (total, per_source)
+}
+
+/// A tenth of `total`, at least 1: ten sources can fill a relay, one cannot.
+pub(super) fn default_per_source(total: usize) -> usize {
+    (total / 10).max(1)
 }
 
 pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
@@ -64,9 +82,15 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
             "must be between 1024 and 67108864 (64 MiB)",
         );
     }
-    let max_conn_total = l.max_conn_total.unwrap_or(DEFAULT_MAX_CONN);
+    let (max_conn_total, max_conn_per_source) = conn_caps(&l);
     if max_conn_total == 0 {
         c.bad("limits.max_conn_total", "must be at least 1");
+    }
+    if max_conn_per_source == 0 || max_conn_per_source > max_conn_total.max(1) {
+        c.bad(
+            "limits.max_conn_per_source",
+            "must be between 1 and limits.max_conn_total",
+        );
     }
     let max_streams_per_agent = l
         .max_streams_per_agent
@@ -107,6 +131,7 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
         queue_depth_per_cid,
         queue_bytes_per_cid,
         max_conn_total,
+        max_conn_per_source,
         max_streams_per_agent,
         shutdown_grace: Duration::from_millis(grace_ms),
         max_buffered_bytes,

@@ -19,10 +19,20 @@ pub struct ListenerConfig {
     /// Every connection starts with a PROXY protocol v1/v2 header from one of
     /// `security.trusted_proxies`; the address in it is the client's (allowlists, PDP, audit).
     pub proxy_protocol: bool,
+    /// Client connections open at once on this listener from one source address (IPv4-mapped
+    /// IPv6 counts as IPv4): `max_conn_per_source`, else `limits.max_conn_per_source`.
+    pub max_conn_per_source: usize,
 }
 
-/// Every listener that is complete; each missing or bad key is reported into `c`.
-pub(super) fn validate_listeners(c: &mut Collector, raw: Vec<RawListener>) -> Vec<ListenerConfig> {
+/// Every listener that is complete; each missing or bad key is reported into `c`. `caps` is
+/// `limits`' `(max_conn_total, max_conn_per_source)`: the bound and the default of a listener's
+/// own `max_conn_per_source`.
+pub(super) fn validate_listeners(
+    c: &mut Collector,
+    raw: Vec<RawListener>,
+    caps: (usize, usize),
+) -> Vec<ListenerConfig> {
+    let (max_conn_total, default_per_source) = caps;
     if raw.is_empty() {
         c.bad("listeners", "at least one listener is required");
     }
@@ -77,6 +87,15 @@ pub(super) fn validate_listeners(c: &mut Collector, raw: Vec<RawListener>) -> Ve
             }
         };
         let allow_cidrs = c.cidrs(&format!("{key}.allow_cidrs"), &l.allow_cidrs);
+        let max_conn_per_source = l.max_conn_per_source.unwrap_or(default_per_source);
+        if l.max_conn_per_source.is_some()
+            && (max_conn_per_source == 0 || max_conn_per_source > max_conn_total.max(1))
+        {
+            c.bad(
+                format!("{key}.max_conn_per_source"),
+                "must be between 1 and limits.max_conn_total",
+            );
+        }
         if let (Some(name), Some(bind), Some(connector)) = (name, bind, connector) {
             listeners.push(ListenerConfig {
                 name,
@@ -84,6 +103,7 @@ pub(super) fn validate_listeners(c: &mut Collector, raw: Vec<RawListener>) -> Ve
                 connector,
                 allow_cidrs,
                 proxy_protocol: l.proxy_protocol.unwrap_or(false),
+                max_conn_per_source,
             });
         }
     }

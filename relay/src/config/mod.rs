@@ -55,6 +55,8 @@ pub struct RelayConfig {
     pub portal: PortalConfig,
     /// The audit trail's file; `None`: records live in memory and the log only.
     pub audit_file: Option<crate::audit::AuditFileConfig>,
+    /// How many refusal records the audit trail writes before it aggregates.
+    pub audit_limits: crate::audit::RefusalLimits,
     /// Where policies and the block list persist; `None`: they last until the relay stops.
     pub state_dir: Option<PathBuf>,
     /// Accepted-but-ignored keys and similar notes; logged at start-up.
@@ -99,6 +101,7 @@ impl RelayConfig {
                     connector: (*connector).to_owned(),
                     allow_cidrs: Vec::new(),
                     proxy_protocol: false,
+                    max_conn_per_source: limits::default_per_source(limits::DEFAULT_MAX_CONN),
                 })
                 .collect(),
             tunnel: TunnelConfig {
@@ -116,6 +119,7 @@ impl RelayConfig {
                 queue_depth_per_cid: limits::DEFAULT_QUEUE_DEPTH,
                 queue_bytes_per_cid: limits::DEFAULT_QUEUE_BYTES,
                 max_conn_total: limits::DEFAULT_MAX_CONN,
+                max_conn_per_source: limits::default_per_source(limits::DEFAULT_MAX_CONN),
                 max_streams_per_agent: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
                 shutdown_grace: Duration::from_millis(limits::DEFAULT_GRACE_MS),
                 max_buffered_bytes: limits::DEFAULT_MAX_BUFFERED_BYTES,
@@ -147,6 +151,7 @@ impl RelayConfig {
                 defaults: PolicyDefaults::new(false),
             },
             audit_file: None,
+            audit_limits: crate::audit::RefusalLimits::default(),
             state_dir: None,
             warnings: Vec::new(),
         }
@@ -160,7 +165,8 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
     let mut c = Collector::default();
     let tunnel_port = raw.tunnel.port;
     let ca_file = raw.security.ca_file.clone();
-    let listeners = listeners::validate_listeners(&mut c, raw.listeners);
+    let caps = limits::conn_caps(&raw.limits);
+    let listeners = listeners::validate_listeners(&mut c, raw.listeners, caps);
     let tunnel = tunnel::validate_tunnel(&mut c, raw.tunnel);
     let limits = limits::validate_limits(&mut c, raw.limits);
     warn_unimplemented(&mut c, raw.security.fapi_mode.is_some(), raw.ha.is_some());
@@ -171,7 +177,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
         observability::validate_observability(&mut c, raw.observability, tunnel_port);
     let state_dir = raw.state_dir.filter(|d| !d.as_os_str().is_empty());
     let portal = portal::validate_portal(&mut c, raw.portal, &security);
-    let audit_file = audit::validate_audit(&mut c, raw.audit, state_dir.as_deref());
+    let (audit_file, audit_limits) = audit::validate_audit(&mut c, raw.audit, state_dir.as_deref());
     let warnings = c.finish()?;
     Ok(RelayConfig {
         listeners,
@@ -182,6 +188,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
         observability,
         portal,
         audit_file,
+        audit_limits,
         state_dir,
         warnings,
     })

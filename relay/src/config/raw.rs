@@ -42,6 +42,7 @@ pub(super) struct RawListener {
     #[serde(default)]
     pub(super) allow_cidrs: Vec<String>,
     pub(super) proxy_protocol: Option<bool>,
+    pub(super) max_conn_per_source: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +85,7 @@ pub(super) struct RawLimits {
     pub(super) queue_depth_per_cid: Option<usize>,
     pub(super) queue_bytes_per_cid: Option<usize>,
     pub(super) max_conn_total: Option<usize>,
+    pub(super) max_conn_per_source: Option<usize>,
     pub(super) max_streams_per_agent: Option<usize>,
     pub(super) shutdown_grace_ms: Option<u64>,
     pub(super) max_buffered_bytes: Option<usize>,
@@ -145,6 +147,9 @@ pub(super) struct RawAudit {
     pub(super) file: Option<PathBuf>,
     pub(super) max_file_bytes: Option<u64>,
     pub(super) keep_files: Option<usize>,
+    pub(super) max_refusals_per_source: Option<u32>,
+    pub(super) max_refusals_total: Option<u32>,
+    pub(super) refusal_window_sec: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

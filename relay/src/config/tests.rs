@@ -163,3 +163,39 @@ fn yaml_syntax_errors_do_not_panic() {
         Err(ConfigError::Invalid(_))
     ));
 }
+
+#[test]
+fn per_source_connection_caps_default_to_a_tenth_and_listeners_may_override() {
+    let cfg = RelayConfig::from_yaml_str(MINIMAL).expect("valid");
+    assert_eq!(cfg.limits.max_conn_per_source, 1000, "a tenth of 10000");
+    assert_eq!(cfg.listeners[0].max_conn_per_source, 1000);
+    let yaml = MINIMAL.to_owned() + "limits:\n  max_conn_total: 5\n";
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+    assert_eq!(cfg.limits.max_conn_per_source, 1, "at least 1");
+    let yaml = MINIMAL.replace(
+        "connector: addomain\n",
+        "connector: addomain\n    max_conn_per_source: 7\n",
+    ) + "limits:\n  max_conn_total: 100\n  max_conn_per_source: 3\n";
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+    assert_eq!(cfg.limits.max_conn_per_source, 3);
+    assert_eq!(
+        cfg.listeners[0].max_conn_per_source, 7,
+        "the listener's own"
+    );
+    let yaml = MINIMAL.replace(
+        "connector: addomain\n",
+        "connector: addomain\n    max_conn_per_source: 0\n",
+    ) + "limits:\n  max_conn_total: 100\n  max_conn_per_source: 101\n";
+    let err = RelayConfig::from_yaml_str(&yaml).expect_err("invalid");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "listeners[0].max_conn_per_source",
+            "limits.max_conn_per_source"
+        ]
+    );
+    assert!(err
+        .to_string()
+        .contains("between 1 and limits.max_conn_total"));
+}

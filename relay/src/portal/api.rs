@@ -125,7 +125,8 @@ pub struct AuditEntry {
     pub success: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// What decided an OPEN (`cidr`, `pdp`, `scope`, `stream_cap`, `none`).
+    /// What decided an OPEN (`cidr`, `conn_cap`, `no_agent`, `pdp`, `scope`, `stream_cap`,
+    /// `none`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -139,6 +140,10 @@ pub struct AuditEntry {
     pub tunnel_id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// An aggregate: this many more refusals of this action and reason from `source` (absent:
+    /// from sources not tracked) went past the audit refusal limits in the window, unrecorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub more: Option<u64>,
 }
 
 /// What `DELETE /api/v1/agents/{id}` did.

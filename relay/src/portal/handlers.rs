@@ -404,6 +404,7 @@ pub(crate) fn query_audit(ctx: &Ctx<'_>) -> Reply {
             connector: r.connector,
             tunnel_id: r.tunnel_id,
             detail: r.detail,
+            more: r.more,
         })
         .collect();
     ok(&rows)

@@ -333,9 +333,8 @@ fn refuse(
     if let Some(a) = actor {
         event = event.actor(a);
     }
-    if shared.portal_refusals.admit(crate::unix_ms() / 1000) {
-        shared.audit.record(event);
-    }
+    // Rate-limited per source by the audit trail (a token-less flood writes aggregates).
+    shared.audit.record(event);
     match refusal {
         Refusal::Token(e) => {
             let mut r = error_response(&ApiError::new(

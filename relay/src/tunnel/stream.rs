@@ -539,6 +539,8 @@ mod tests {
             name: "l".into(),
             connector: "ad".into(),
             allow_cidrs: Vec::new(),
+            max_conn_per_source: 1,
+            sources: Default::default(),
             metrics: metrics.connector("ad"),
             proxy_protocol: false,
             proxy_pending: Arc::default(),

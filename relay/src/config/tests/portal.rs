@@ -41,6 +41,18 @@ portal:
         .any(|w| w.contains("portal.mfa_required")));
     let audit = cfg.audit_file.expect("defaults under state_dir");
     assert_eq!(audit.path, Path::new("/tmp/nc/audit.jsonl"));
+    assert_eq!(cfg.audit_limits, crate::audit::RefusalLimits::default());
+    assert_eq!(
+        (cfg.audit_limits.per_source, cfg.audit_limits.total),
+        (30, 300)
+    );
+    let yaml = MINIMAL.to_owned()
+        + "audit:\n  max_refusals_per_source: 0\n  max_refusals_total: 50\n  refusal_window_sec: 5\n";
+    let l = RelayConfig::from_yaml_str(&yaml)
+        .expect("valid")
+        .audit_limits;
+    assert_eq!((l.per_source, l.total), (0, 50));
+    assert_eq!(l.window, std::time::Duration::from_secs(5));
 
     let bad = MINIMAL.to_owned()
         + "portal:
@@ -62,6 +74,8 @@ portal:
                audit:
   max_file_bytes: 10
   keep_files: 0
+  max_refusals_per_source: 1000001
+  refusal_window_sec: 0
 ";
     let err = RelayConfig::from_yaml_str(&bad).expect_err("invalid");
     let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
@@ -72,6 +86,8 @@ portal:
         "portal.jwks_url",
         "audit.max_file_bytes",
         "audit.keep_files",
+        "audit.max_refusals_per_source",
+        "audit.refusal_window_sec",
     ] {
         assert!(keys.contains(&k), "missing {k} in {keys:?}");
     }
