@@ -42,10 +42,20 @@ impl Buffers {
     }
 }
 
+/// What one queued buffer costs besides its bytes (its allocation's header and rounding, the
+/// queue's slot): charged per frame, so a flood of 1-byte frames is charged what it holds.
+pub(crate) const FRAME_COST: usize = 96;
+
+/// The share of a direction's budget one tunnel may hold, as a divisor: one agent (with up to
+/// `limits.max_tunnels_per_agent` tunnels) cannot take it all from the other sites.
+pub(crate) const TUNNEL_SHARE: usize = 4;
+
 #[derive(Debug)]
 pub(crate) struct Budget {
     max: i64,
     used: Gauge<i64, AtomicI64>,
+    /// A tunnel's share is charged here first, then to the relay-wide budget.
+    parent: Option<Arc<Budget>>,
     /// A charge was refused since the last release: someone may wait in [`Budget::freed`].
     starved: AtomicBool,
     freed: Notify,
@@ -56,14 +66,24 @@ impl Budget {
         Budget {
             max: i64::try_from(max).unwrap_or(i64::MAX),
             used,
+            parent: None,
             starved: AtomicBool::new(false),
             freed: Notify::new(),
         }
     }
 
+    /// A tunnel's share: at most [`TUNNEL_SHARE`]th of this budget, charged to both.
+    pub fn share(self: &Arc<Self>) -> Arc<Budget> {
+        let max = usize::try_from(self.max).unwrap_or(usize::MAX) / TUNNEL_SHARE;
+        Arc::new(Budget {
+            parent: Some(self.clone()),
+            ..Budget::new(max, Gauge::default())
+        })
+    }
+
     /// Takes `n` bytes if they fit.
     pub fn try_charge(&self, n: usize) -> bool {
-        let ok = i64::try_from(n).is_ok_and(|n| {
+        let mine = i64::try_from(n).is_ok_and(|n| {
             self.used
                 .inner()
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
@@ -71,6 +91,15 @@ impl Budget {
                 })
                 .is_ok()
         });
+        let ok = mine
+            && match &self.parent {
+                None => true,
+                Some(p) if p.try_charge(n) => true,
+                Some(_) => {
+                    self.used.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+                    false
+                }
+            };
         if !ok {
             self.starved.store(true, Ordering::Release);
         }
@@ -91,13 +120,19 @@ impl Budget {
             return;
         }
         self.used.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+        if let Some(p) = &self.parent {
+            p.release(n);
+        }
+        // One waiter per release, not all of them: bytes leave a frame at a time, and every
+        // waiter also retries on its own timer.
         if self.starved.load(Ordering::Acquire) && self.starved.swap(false, Ordering::AcqRel) {
-            self.freed.notify_waiters();
+            self.freed.notify_one();
         }
     }
 
-    /// Resolves after a release that followed a refused charge. A wake-up can be missed (a
-    /// release between the refusal and this call): waiters also retry on a timer.
+    /// Resolves after a release that followed a refused charge (one waiter per release). A
+    /// wake-up can be missed (a release between the refusal and this call, or a refusal by the
+    /// relay-wide budget freed by another tunnel): waiters also retry on a timer.
     pub async fn freed(&self) {
         self.freed.notified().await;
     }
@@ -164,6 +199,26 @@ mod tests {
         drop(c);
         drop(d);
         assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_tunnel_share_is_charged_to_both_and_bounded_by_either() {
+        let relay = Arc::new(Budget::new(400, Gauge::default()));
+        let a = relay.share();
+        let b = relay.share();
+        assert!(a.try_charge(100));
+        assert!(!a.try_charge(1), "a tunnel holds at most a quarter");
+        assert!(b.try_charge(100));
+        assert_eq!(relay.used(), 200);
+        let c = relay.share();
+        let d = relay.share();
+        assert!(c.try_charge(100) && d.try_charge(100));
+        let e = relay.share();
+        assert!(!e.try_charge(1), "the relay-wide budget is full");
+        assert_eq!(e.used(), 0, "a refused charge leaves the share as it was");
+        a.release(100);
+        assert!(e.try_charge(100));
+        assert_eq!(relay.used(), 400);
     }
 
     #[tokio::test]

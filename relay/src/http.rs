@@ -566,11 +566,12 @@ async fn upgrade(
         };
         match upgraded {
             Ok(up) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, Some(config))
-                        .await;
+                // Counted: the writer tells a slow agent from one that takes nothing.
+                let written = crate::tunnel::Written::default();
+                let io = crate::tunnel::Counted::new(TokioIo::new(up), written.clone());
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                 let admission = crate::tunnel::Admission { identity, slot };
-                crate::tunnel::run(ws, version, peer, shared2, admission).await;
+                crate::tunnel::run(ws, version, peer, shared2, admission, written).await;
             }
             Err(e) => debug!(%peer, error = %e, "WebSocket upgrade failed"),
         }

@@ -46,10 +46,10 @@ fn addr(relay: &RelayHandle, listener: &str) -> SocketAddr {
 
 /// A client that never reads, with a small receive buffer: the kernel absorbs little of what
 /// the relay writes to it, so the relay soon has to hold (or refuse) the rest.
-async fn stuck_client(relay: &RelayHandle) -> TcpStream {
+async fn stuck_client(relay: &RelayHandle, listener: &str) -> TcpStream {
     let sock = TcpSocket::new_v4().expect("socket");
     sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    sock.connect(addr(relay, "ldap")).await.expect("connect")
+    sock.connect(addr(relay, listener)).await.expect("connect")
 }
 
 /// A metric's value (first series whose line starts with `line`), 0 when absent.
@@ -135,7 +135,7 @@ async fn interleaved_junk_cannot_pin_read_buffers() {
     let relay = relay("").await;
     let mut honest = Honest::start(&relay).await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
-    let _stuck = stuck_client(&relay).await;
+    let _stuck = stuck_client(&relay, "ldap").await;
     let id = hostile.expect_open("addomain").await;
     let credit = fill_until_queued(&mut hostile, id, ROUNDS).await;
     assert!(credit >= ROUNDS, "a byte of credit for every round");
@@ -167,9 +167,12 @@ async fn interleaved_junk_cannot_pin_read_buffers() {
     .await;
     let grown = rss_kib().saturating_sub(before);
     assert!(grown < 32 * 1024, "relay grew {grown} KiB");
-    // What the relay holds for the stuck stream is what was credited, not the junk around it.
+    // What the relay holds for the stuck stream is what was credited (each queued frame
+    // charged its bytes plus 96 for its buffer), not the junk around it.
     let held = metric(&relay, "nowconnect_buffered_bytes{dir=\"a2c\"} ");
-    assert!(held <= DEFAULT_WINDOW as u64, "held {held} bytes");
+    let most = DEFAULT_WINDOW as u64 + (ROUNDS as u64 + 64) * 96;
+    assert!(held <= most, "held {held} bytes (at most {most})");
+    assert!(held >= ROUNDS as u64 * 96, "the tiny frames are charged what they hold");
     honest.still_served().await;
 }
 
@@ -250,7 +253,7 @@ async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
     let relay = relay("  ping_interval_sec: 1\n  ping_timeout_sec: 2\n").await;
     let mut honest = Honest::start(&relay).await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
-    let _stuck = stuck_client(&relay).await;
+    let _stuck = stuck_client(&relay, "ldap").await;
     let stuck = hostile.expect_open("addomain").await;
     let mut uploader = net::connect(addr(&relay, "ldap")).await;
     let upload = hostile.expect_open("addomain").await;
@@ -307,71 +310,90 @@ async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
     honest.still_served().await;
 }
 
+/// Honours credit on `id` (whose client never reads) until it stops coming back (the relay then
+/// holds 128-256 KiB for the stream) or the relay resets streams of this agent. Returns how many
+/// RSTs (all `queue_overflow`) arrived; it stops at the one for `id`.
+async fn fill_or_reset(agent: &mut MockAgent<TcpStream>, id: u32) -> usize {
+    let chunk = vec![5u8; 16 * 1024];
+    let mut credit = DEFAULT_WINDOW as usize;
+    let mut sent = 0usize;
+    let mut reset = 0;
+    loop {
+        while credit > 0 {
+            let n = chunk.len().min(credit);
+            agent
+                .try_feed(&data(id, &chunk[..n]), SEND)
+                .await
+                .expect("data");
+            credit -= n;
+            sent += n;
+        }
+        agent.try_flush(SEND).await.expect("flush");
+        loop {
+            match agent.try_recv(Duration::from_millis(300)).await {
+                Some(Frame::Window { id: w, credit: c }) if w == id => {
+                    credit += c as usize;
+                    break;
+                }
+                Some(Frame::Window { .. }) => continue,
+                Some(Frame::Rst { id: r, code, .. }) => {
+                    assert_eq!(code, RstCode::QueueOverflow);
+                    reset += 1;
+                    if r == id {
+                        return reset;
+                    }
+                }
+                None => return reset,
+                Some(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(sent < 64 << 20, "credit never stopped coming back");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_wide_budget_resets_streams_instead_of_growing() {
+async fn one_agent_holds_only_its_share_of_the_relay_wide_budget() {
     const STREAMS: usize = 16;
-    // 1 MiB for every stream of every agent, half of it for client-bound bytes; each
-    // stream's window alone is 256 KiB.
-    let relay = relay("limits:\n  max_buffered_bytes: 1048576\n").await;
+    const SHARE: u64 = 512 << 10;
+    let a2c = "nowconnect_buffered_bytes{dir=\"a2c\"} ";
+    // 4 MiB: 2 MiB for client-bound bytes, a quarter of that per tunnel; a stream alone holds
+    // up to its 256 KiB window.
+    let relay = relay("limits:\n  max_buffered_bytes: 4194304\n").await;
     let mut honest = Honest::start(&relay).await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
     let mut clients = Vec::new();
     let mut ids = Vec::new();
     for _ in 0..STREAMS {
-        clients.push(stuck_client(&relay).await);
+        clients.push(stuck_client(&relay, "ldap").await);
         ids.push(hostile.expect_open("addomain").await);
     }
-    // Each stream in turn: honour credit until it stops coming back (the relay then holds
-    // 128-256 KiB for that stream). Sixteen of them cannot fit in 512 KiB; two always do.
-    let chunk = vec![5u8; 16 * 1024];
+    // Sixteen streams of 128-256 KiB cannot fit in the tunnel's 512 KiB; two always do.
     let mut reset = 0;
     for id in &ids {
-        let mut credit = DEFAULT_WINDOW as usize;
-        let mut sent = 0usize;
-        'fill: loop {
-            while credit > 0 {
-                let n = chunk.len().min(credit);
-                let f = data(*id, &chunk[..n]);
-                hostile.try_feed(&f, SEND).await.expect("data");
-                credit -= n;
-                sent += n;
-            }
-            hostile.try_flush(SEND).await.expect("flush");
-            loop {
-                match hostile.try_recv(Duration::from_millis(300)).await {
-                    Some(Frame::Window { id: w, credit: c }) if w == *id => {
-                        credit += c as usize;
-                        break;
-                    }
-                    Some(Frame::Window { .. }) => continue,
-                    Some(Frame::Rst { id: r, code, .. }) => {
-                        assert_eq!(code, RstCode::QueueOverflow);
-                        reset += 1;
-                        if r == *id {
-                            break 'fill;
-                        }
-                    }
-                    None => break 'fill,
-                    Some(other) => panic!("unexpected {other:?}"),
-                }
-            }
-            assert!(sent < 64 << 20, "credit never stopped coming back");
-        }
+        reset += fill_or_reset(&mut hostile, *id).await;
     }
     assert_eq!(
         metric(&relay, "nowconnect_rst_sent_total{code=\"queue_overflow\"}"),
         reset as u64
     );
     assert!((1..STREAMS).contains(&reset), "{reset} of {STREAMS} reset");
-    let held = metric(&relay, "nowconnect_buffered_bytes{dir=\"a2c\"} ");
-    assert!(held <= 512 << 10, "held {held} bytes over the budget");
+    let held = metric(&relay, a2c);
+    assert!(
+        held <= SHARE,
+        "one tunnel holds {held} bytes, over its share"
+    );
     assert!(held >= 256 << 10, "held only {held} bytes");
+
+    // Another site's client that does not read yet: its bytes wait in its own tunnel's share,
+    // the relay-wide budget still has room, nothing of it is reset.
+    let _slow = stuck_client(&relay, "pg").await;
+    let slow = honest.agent.expect_open("db").await;
+    assert_eq!(fill_or_reset(&mut honest.agent, slow).await, 0);
+    assert!(metric(&relay, a2c) >= held + (128 << 10));
     honest.still_served().await;
     drop(clients);
-    wait_for("budget given back", DEADLINE, || {
-        metric(&relay, "nowconnect_buffered_bytes{dir=\"a2c\"} ") == 0
-    })
-    .await;
+    drop(_slow);
+    wait_for("budget given back", DEADLINE, || metric(&relay, a2c) == 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +401,7 @@ async fn agent_bound_budget_pauses_clients_and_comes_back_when_the_tunnel_dies()
     const UPLOADS: usize = 4;
     let c2a = "nowconnect_buffered_bytes{dir=\"c2a\"} ";
     let relay = relay(
-        "  ping_interval_sec: 1\n  ping_timeout_sec: 2\nlimits:\n  max_buffered_bytes: 1048576\n",
+        "  ping_interval_sec: 1\n  ping_timeout_sec: 2\nlimits:\n  max_buffered_bytes: 4194304\n",
     )
     .await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
@@ -414,9 +436,10 @@ async fn agent_bound_budget_pauses_clients_and_comes_back_when_the_tunnel_dies()
         most = most.max(metric(&relay, c2a))
     })
     .await;
+    // 4 MiB: 2 MiB for agent-bound bytes, this tunnel's share a quarter of that.
     assert!(
         most <= 512 << 10,
-        "held {most} client bytes over the budget"
+        "held {most} client bytes over the tunnel's share"
     );
     assert!(most >= 256 << 10, "the budget never filled ({most} bytes)");
     assert_eq!(

@@ -7,6 +7,7 @@
 //! `SendHalf`); these modules only drive them.
 
 mod admission;
+mod progress;
 mod quota;
 mod session;
 mod stream;
@@ -31,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub(crate) use admission::Admission;
+pub(crate) use progress::{Counted, Written};
 
 use crate::audit::{Action, Event};
 use crate::authorize::Authorizer;
@@ -56,12 +58,14 @@ fn stream_params(shared: &Shared, version: Version) -> StreamParams {
 }
 
 /// Runs one tunnel until it ends. Never returns an error: every ending is logged and counted.
+/// `written` counts the bytes `ws`'s socket accepted ([`Counted`] under it).
 pub(crate) async fn run<S>(
     ws: WebSocketStream<S>,
     version: Version,
     peer: SocketAddr,
     shared: Arc<Shared>,
     admission: Admission,
+    written: Written,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -78,6 +82,7 @@ pub(crate) async fn run<S>(
             ping_interval: shared.cfg.tunnel.ping_interval,
             stall_limit: shared.cfg.tunnel.ping_timeout,
         },
+        written,
     ));
     let max_streams = shared.cfg.limits.max_streams_per_agent;
     let mut demux = Demux::new(
@@ -233,8 +238,8 @@ pub(crate) async fn run<S>(
         },
         metrics: shared.metrics.clone(),
         sessions: shared.sessions.clone(),
-        buffered: shared.buffered.a2c.clone(),
-        outbound: shared.buffered.c2a.clone(),
+        buffered: shared.buffered.a2c.share(),
+        outbound: shared.buffered.c2a.share(),
     });
     let (ignored, warnings) = session::quotas();
     let mut session = Session {

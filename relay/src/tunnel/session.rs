@@ -39,6 +39,7 @@ use super::quota::{self, Bucket, LogLimit};
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
+use crate::budget::FRAME_COST;
 use crate::conn::{reject, ListenerCtx, NewConn};
 use crate::metrics::{CodeLabel, DirLabel, OverflowLabels};
 use crate::sessions::{SessionInfo, TunnelInfo};
@@ -227,8 +228,9 @@ impl Session {
                     }
                 }
                 () = &mut keepalive => {
-                    // Not reading (v1 backpressure) is not the agent's silence.
-                    if stalled.is_some() {
+                    // Not reading (v1 backpressure, or answers waiting for the writer) is not
+                    // the agent's silence.
+                    if stalled.is_some() || !self.backlog.is_empty() {
                         last_rx = Instant::now();
                     }
                     if last_rx.elapsed() >= dead_after {
@@ -469,8 +471,9 @@ impl Session {
         if rest.is_empty() {
             return;
         }
-        let len = rest.len();
-        if !self.shared.buffered.a2c.try_charge(len) {
+        // Charged with the cost of the buffer itself, so 1-byte frames cannot hide behind it.
+        let len = rest.len() + FRAME_COST;
+        if !self.ctx.buffered.try_charge(len) {
             self.over_budget(id);
             return;
         }
@@ -484,11 +487,12 @@ impl Session {
             .get(id)
             .is_some_and(|slot| slot.handle.tx.send(ToStream::Data(held)).is_ok());
         if !sent {
-            self.shared.buffered.a2c.release(len);
+            self.ctx.buffered.release(len);
         }
     }
 
-    /// The relay-wide budget has no room for this stream's bytes: reset it.
+    /// The tunnel's share of the relay-wide budget (or that budget) has no room for this
+    /// stream's bytes: reset it.
     fn over_budget(&mut self, id: StreamId) {
         let reset = Reset::new(RstCode::QueueOverflow, "relay buffer budget exhausted");
         let Some((rst, handle)) = self.demux.reset(id, reset) else {

@@ -32,7 +32,7 @@ use tracing::debug;
 
 use super::writer::Out;
 use crate::authorize::{Authorizer, Request};
-use crate::budget::Budget;
+use crate::budget::{Budget, FRAME_COST};
 use crate::conn::{ConnGuard, ListenerCtx};
 use crate::metrics::{CodeLabel, DirLabel, Metrics};
 use crate::sessions::{SessionInfo, Sessions};
@@ -142,24 +142,30 @@ pub(super) struct TunnelCtx {
 /// stream ends, on every path.
 struct Held<'a> {
     budget: &'a Budget,
+    /// Payload bytes queued, and the buffers holding them (each charged [`FRAME_COST`]).
     bytes: usize,
+    frames: usize,
 }
 
 impl Held<'_> {
     fn add(&mut self, n: usize) {
         self.bytes += n;
+        self.frames += 1;
     }
 
-    fn written(&mut self, n: usize) {
-        let n = n.min(self.bytes);
-        self.bytes -= n;
-        self.budget.release(n);
+    /// `bytes` written, finishing `frames` whole buffers.
+    fn written(&mut self, bytes: usize, frames: usize) {
+        let bytes = bytes.min(self.bytes);
+        let frames = frames.min(self.frames);
+        self.bytes -= bytes;
+        self.frames -= frames;
+        self.budget.release(bytes + frames * FRAME_COST);
     }
 }
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        self.budget.release(self.bytes);
+        self.budget.release(self.bytes + self.frames * FRAME_COST);
     }
 }
 
@@ -291,7 +297,7 @@ fn release_unread(t: &TunnelCtx, rx: &mut mpsc::UnboundedReceiver<ToStream>) {
     rx.close();
     while let Ok(item) = rx.try_recv() {
         if let ToStream::Data(b) = item {
-            t.buffered.release(b.len());
+            t.buffered.release(b.len() + FRAME_COST);
         }
     }
 }
@@ -313,6 +319,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
     let mut held = Held {
         budget: &t.buffered,
         bytes: 0,
+        frames: 0,
     };
     let mut reads = ReadArena::new(t.max_payload);
     // Idle: no byte either way for `idle_timeout` (the timer looks at the last byte's time).
@@ -380,7 +387,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                     Err(_) => return End::Local(Reset::new(RstCode::Io, "client write failed")),
                 };
                 if written.bytes > 0 {
-                    held.written(written.bytes);
+                    held.written(written.bytes, written.frames);
                     s.activity.touch();
                     s.info.bytes_a2c.fetch_add(written.bytes as u64, Ordering::Relaxed);
                     lm.bytes_a2c.inc_by(written.bytes as u64);

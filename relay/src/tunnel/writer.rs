@@ -10,8 +10,9 @@
 //! queues drain, so several share a TLS record.
 //!
 //! Liveness: an agent that takes nothing for `stall_limit` (the tunnel's `ping_timeout`) while
-//! the writer has something to send is dead. Every write to the WebSocket is timed; one that
-//! does not complete in time marks the tunnel [`Stall`]ed and cancels it.
+//! the writer has something to send is dead. While a write waits, the socket's byte count
+//! ([`Written`]) is checked every `stall_limit`: no byte taken in one such period marks the
+//! tunnel [`Stall`]ed and cancels it; a slow link that keeps taking bytes is never cut.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::progress::Written;
 use crate::budget::Charge;
 
 /// Capacity of the data queue in frames. 256 x 64 KiB caps it at 16 MiB per tunnel.
@@ -109,14 +111,34 @@ pub(super) struct Timing {
     pub stall_limit: Duration,
 }
 
-/// Runs one write to the WebSocket; `false` when it failed or the agent took nothing for
-/// `limit` (then the tunnel is marked stalled).
-async fn timed<E>(limit: Duration, stall: &Stall, op: impl Future<Output = Result<(), E>>) -> bool {
-    match tokio::time::timeout(limit, op).await {
-        Ok(r) => r.is_ok(),
-        Err(_) => {
-            stall.set();
-            false
+/// What a write to the WebSocket needs besides the write itself.
+struct Watch<'a> {
+    limit: Duration,
+    stall: &'a Stall,
+    written: &'a Written,
+    token: &'a CancellationToken,
+}
+
+impl Watch<'_> {
+    /// Runs one write; `false` when it failed, the tunnel was cancelled meanwhile, or the
+    /// socket took no byte at all for `limit` (then the tunnel is marked stalled). A slow agent
+    /// that keeps taking bytes is never cut, however long one write lasts.
+    async fn write<E>(&self, op: impl Future<Output = Result<(), E>>) -> bool {
+        tokio::pin!(op);
+        let mut seen = self.written.get();
+        loop {
+            tokio::select! {
+                r = &mut op => return r.is_ok(),
+                _ = self.token.cancelled() => return false,
+                () = tokio::time::sleep(self.limit) => {
+                    let now = self.written.get();
+                    if now == seen {
+                        self.stall.set();
+                        return false;
+                    }
+                    seen = now;
+                }
+            }
         }
     }
 }
@@ -141,13 +163,20 @@ pub(super) async fn run<S>(
     version: Version,
     token: CancellationToken,
     timing: Timing,
+    written: Written,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = Limits::default();
     let mut v1 = V1Encoder::new(limits);
-    let (ping_interval, limit) = (timing.ping_interval, timing.stall_limit);
+    let ping_interval = timing.ping_interval;
     let stall = input.stall.clone();
+    let watch = Watch {
+        limit: timing.stall_limit,
+        stall: &stall,
+        written: &written,
+        token: &token,
+    };
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -159,7 +188,7 @@ pub(super) async fn run<S>(
                 return;
             }
             _ = ping.tick() => {
-                if !timed(limit, &stall, sink.send(Message::Ping(Bytes::new()))).await {
+                if !watch.write(sink.send(Message::Ping(Bytes::new()))).await {
                     token.cancel();
                     return;
                 }
@@ -189,13 +218,13 @@ pub(super) async fn run<S>(
                     None
                 }
                 Out::Close(frame) => {
-                    let _ = timed(limit, &stall, sink.send(Message::Close(Some(frame)))).await;
+                    let _ = watch.write(sink.send(Message::Close(Some(frame)))).await;
                     token.cancel();
                     return;
                 }
             };
             if let Some(msg) = msg {
-                if !timed(limit, &stall, sink.feed(msg)).await {
+                if !watch.write(sink.feed(msg)).await {
                     token.cancel();
                     return;
                 }
@@ -211,7 +240,7 @@ pub(super) async fn run<S>(
                 .ok()
                 .or_else(|| input.data.try_recv().ok());
         }
-        if !timed(limit, &stall, sink.flush()).await {
+        if !watch.write(sink.flush()).await {
             token.cancel();
             return;
         }
