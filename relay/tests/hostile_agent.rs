@@ -172,7 +172,10 @@ async fn interleaved_junk_cannot_pin_read_buffers() {
     let held = metric(&relay, "nowconnect_buffered_bytes{dir=\"a2c\"} ");
     let most = DEFAULT_WINDOW as u64 + (ROUNDS as u64 + 64) * 96;
     assert!(held <= most, "held {held} bytes (at most {most})");
-    assert!(held >= ROUNDS as u64 * 96, "the tiny frames are charged what they hold");
+    assert!(
+        held >= ROUNDS as u64 * 96,
+        "the tiny frames are charged what they hold"
+    );
     honest.still_served().await;
 }
 
