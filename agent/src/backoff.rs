@@ -1,6 +1,6 @@
 //! Reconnect delays: exponential backoff with full jitter ("AWS full jitter"): attempt n waits a
 //! uniformly random time in `[0, min(cap, initial * 2^n)]`, so a fleet of agents that lost the
-//! same relay does not come back in lock-step. Reset after a healthy period.
+//! same relay does not come back in lock-step. Reset once a tunnel reached READY (HELLO_ACK).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -41,7 +41,7 @@ impl Backoff {
         }
     }
 
-    /// Back to the first, short delay (after the tunnel was healthy for a while).
+    /// Back to the first, short delay (after a tunnel reached READY).
     pub fn reset(&mut self) {
         self.attempt = 0;
     }

@@ -665,3 +665,36 @@ async fn relay_rst_resets_the_target_connection() {
         "FIN c2a reaches the target as EOF"
     );
 }
+
+/// A tunnel that reached READY resets the reconnect backoff: after failed attempts grew the
+/// delay's ceiling to a minute, a relay that drops a READY tunnel (a restart) is dialed again
+/// within the first, short delay (paused clock: the minutes pass in no real time).
+#[tokio::test(start_paused = true)]
+async fn a_ready_tunnel_resets_the_reconnect_backoff() {
+    let _tick = Ticker::start();
+    let relay = MockRelay::bind().await;
+    let echo = target::echo().await;
+    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo.addr)]).replace(
+        nowconnect_testkit::yaml::AGENT_LIMITS,
+        "limits: {connect_timeout_ms: 2000, reconnect_initial_ms: 1000, reconnect_max_ms: 60000}\n",
+    );
+    let agent = start(&yaml).await;
+    let wait = Duration::from_secs(120);
+    // Six attempts that fail before READY: the ceiling grows 1, 2, 4, ... to 60 s.
+    for _ in 0..6 {
+        drop(relay.accept_within(wait, Select::Negotiate).await);
+    }
+    let mut conn = relay.accept_within(wait, Select::Negotiate).await;
+    expect_hello(&mut conn, &["echo"]).await;
+    conn.send(Frame::HelloAck).await;
+    wait_health(&agent, "READY\n").await;
+    let dropped = Instant::now();
+    drop(conn);
+    let mut again = relay.accept_within(wait, Select::Negotiate).await;
+    let took = dropped.elapsed();
+    assert!(
+        took <= Duration::from_millis(1500),
+        "reconnected after {took:?}: the grown delay, not reconnect_initial_ms (1 s)"
+    );
+    expect_hello(&mut again, &["echo"]).await;
+}

@@ -31,8 +31,6 @@ use crate::backoff::Backoff;
 use crate::notify::StatusLine;
 use crate::token::{self, Token};
 
-/// A tunnel READY this long resets the reconnect backoff.
-const HEALTHY_PERIOD: Duration = Duration::from_secs(30);
 /// "Not in this run" for a deadline the clock cannot represent.
 const FAR: Duration = Duration::from_secs(86_400 * 365);
 /// How often systemd's STATUS line is refreshed while READY (its stream count changes without
@@ -130,7 +128,11 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                 } else if current.as_ref().is_some_and(|c| c.id == id) {
                     current = None;
                     refresh_at = None;
-                    if ready_for.is_some_and(|d| d >= HEALTHY_PERIOD) {
+                    // It reached HELLO_ACK: whatever failed before, the relay works. Come back at
+                    // once (the first retry is still jittered below reconnect_initial, so a
+                    // fleet does not return in lock-step), not after the grown delay: a relay
+                    // restarted fifteen times in a row is reached within a second each time.
+                    if ready_for.is_some() {
                         backoff.reset();
                     }
                     shared.health.set_error(end.to_string());
