@@ -463,3 +463,74 @@ async fn agent_bound_budget_pauses_clients_and_comes_back_when_the_tunnel_dies()
     let mut honest = Honest::start(&relay).await;
     honest.still_served().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_a_non_reading_agent_leaves_unread_stop_its_reader() {
+    let c2a = "nowconnect_buffered_bytes{dir=\"c2a\"} ";
+    let ignored = "nowconnect_frames_ignored_total";
+    // Keepalive and stall limits far away: only backpressure is at work here.
+    let relay = relay("  ping_interval_sec: 60\n  ping_timeout_sec: 60\n").await;
+    let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
+    let mut uploader = net::connect(addr(&relay, "ldap")).await;
+    let id = hostile.expect_open("addomain").await;
+    let grant = Frame::Window {
+        id,
+        credit: 1 << 30,
+    };
+    hostile.try_feed(&grant, SEND).await.expect("window");
+    hostile.try_flush(SEND).await.expect("flush");
+    // The agent reads nothing from now on. An upload fills its socket and blocks the writer.
+    let upload = tokio::spawn(async move {
+        let block = vec![4u8; 64 * 1024];
+        for _ in 0..1024 {
+            if uploader.write_all(&block).await.is_err() {
+                break;
+            }
+        }
+    });
+    wait_for(
+        "the writer blocked behind the agent's full socket",
+        DEADLINE,
+        || metric(&relay, c2a) >= 8 << 20,
+    )
+    .await;
+    // Every OPEN from an agent is answered with an RST, which now has nowhere to go.
+    let mut sent = 0u32;
+    let blocked = loop {
+        let open = Frame::Open {
+            id: UNKNOWN + sent,
+            connector: "addomain".into(),
+            client_addr: None,
+        };
+        let r = hostile.try_feed(&open, SEND).await;
+        let r = if r.is_ok() && sent.is_multiple_of(256) {
+            hostile.try_flush(SEND).await
+        } else {
+            r
+        };
+        if r.is_err() {
+            break true;
+        }
+        sent += 1;
+        if sent >= 400_000 {
+            break false;
+        }
+    };
+    assert!(
+        blocked,
+        "the relay kept reading {sent} frames it could not answer"
+    );
+    // It stopped once its control queue (1,024) and the answers waiting behind it were full,
+    // long before the flood limit: the rest waits in socket buffers.
+    let read = metric(&relay, ignored);
+    assert!(
+        (1024..4096).contains(&read),
+        "the relay read {read} of {sent} OPENs"
+    );
+    assert_eq!(
+        relay.agents_for("addomain"),
+        1,
+        "closed for flooding instead"
+    );
+    upload.abort();
+}
