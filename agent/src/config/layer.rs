@@ -60,8 +60,17 @@ impl Layer {
             health,
             logging,
         } = file;
+        // `url` and `urls` form one list, `url` first; the layer keeps it comma-separated like
+        // NC_AGENT_URL.
+        let url = match (tunnel.url, tunnel.urls) {
+            (u, None) => u,
+            (None, Some(list)) => Some(list.join(",")),
+            (Some(u), Some(list)) => {
+                Some(std::iter::once(u).chain(list).collect::<Vec<_>>().join(","))
+            }
+        };
         Ok(Layer {
-            url: tunnel.url,
+            url,
             agent_id: tunnel.agent_id,
             connectors: tunnel.exported_connectors,
             token_file: tunnel.auth.token_file,

@@ -46,8 +46,11 @@ use env::env_str;
 /// The validated agent configuration.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    /// `tunnel.url`: the relay's `/tunnel` endpoint.
+    /// `tunnel.url`: the relay's `/tunnel` endpoint (the first of [`AgentConfig::urls`]).
     pub url: RelayUrl,
+    /// `tunnel.url` and `tunnel.urls` (`NC_AGENT_URL` a comma-separated list): relays of one
+    /// service, tried in turn when one cannot be reached. Never empty; `urls[0] == url`.
+    pub urls: Vec<RelayUrl>,
     /// `tunnel.agent_id`, sent in HELLO.
     pub agent_id: AgentId,
     /// `tunnel.exported_connectors` (in HELLO order) with their `targets`: every exported

@@ -247,3 +247,32 @@ fn shipped_example_is_valid() {
     let c = AgentConfig::from_yaml_str(&mtls).expect("example with mTLS is valid");
     assert!(c.tls.client_cert.is_some());
 }
+
+#[test]
+fn several_relays_from_url_and_urls_or_a_comma_list() {
+    let t = "targets: {a: {host: h, port: 1}}\n";
+    let c = AgentConfig::from_yaml_str(&format!(
+        "tunnel:\n  url: wss://a.example/tunnel\n  urls: [wss://b.example/tunnel, 'wss://c.example:8443/t']\n  agent_id: x\n{t}"
+    ))
+    .expect("valid");
+    let hosts: Vec<_> = c.urls.iter().map(|u| u.host.as_str()).collect();
+    assert_eq!(hosts, ["a.example", "b.example", "c.example"]);
+    assert_eq!(c.url.host, "a.example", "url is the first");
+    // NC_AGENT_URL's form: one string, comma-separated (spaces allowed).
+    let c = AgentConfig::from_yaml_str(&format!(
+        "tunnel:\n  url: 'wss://a.example/tunnel, wss://b.example/tunnel'\n  agent_id: x\n{t}"
+    ))
+    .expect("valid");
+    assert_eq!(c.urls.len(), 2);
+    // A bad entry is named by its position and text; the others do not hide it.
+    let err = AgentConfig::from_yaml_str(&format!(
+        "tunnel:\n  urls: [wss://a.example/tunnel, 'ftp://b']\n  agent_id: x\n{t}"
+    ))
+    .expect_err("bad entry");
+    let msg = err.to_string();
+    assert!(msg.contains("entry 2 (`ftp://b`)"), "{msg}");
+    let many = ["wss://r.example/t"; 9].join(",");
+    let err = AgentConfig::from_yaml_str(&format!("tunnel:\n  url: '{many}'\n  agent_id: x\n{t}"))
+        .expect_err("too many");
+    assert!(err.to_string().contains("at most 8 relays"), "{err}");
+}

@@ -37,7 +37,8 @@ pub struct Keepalive {
 
 /// The checked `tunnel` keys; `url` is `None` only when a problem was reported for it.
 pub(super) struct Tunnel {
-    pub(super) url: Option<RelayUrl>,
+    /// Empty only when a problem was reported for `tunnel.url`.
+    pub(super) urls: Vec<RelayUrl>,
     pub(super) agent_id: AgentId,
     pub(super) targets: Targets,
     pub(super) allow_insecure_ws: bool,
@@ -46,34 +47,53 @@ pub(super) struct Tunnel {
 }
 
 const URL: &str = "tunnel.url (NC_AGENT_URL, --url)";
+/// Relays one agent may be given (`tunnel.url` and `tunnel.urls` together).
+const MAX_URLS: usize = 8;
 const AGENT_ID: &str = "tunnel.agent_id (NC_AGENT_ID, --agent-id)";
 const INSECURE: &str = "tunnel.allow_insecure_ws (NC_ALLOW_INSECURE_WS, --allow-insecure-ws)";
 
 pub(super) fn validate_tunnel(c: &mut Collector, l: &Layer) -> Tunnel {
     let allow_insecure_ws = l.allow_insecure_ws.unwrap_or(false);
-    let url = match l.url.as_deref().map(str::trim) {
-        None | Some("") => {
-            c.bad(URL, "required (e.g. wss://relay.example.com/tunnel)");
-            None
-        }
-        Some(raw) => match RelayUrl::parse(raw) {
+    let mut urls = Vec::new();
+    let raw = l.url.as_deref().map(str::trim).unwrap_or("");
+    let entries: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .collect();
+    if entries.is_empty() {
+        c.bad(URL, "required (e.g. wss://relay.example.com/tunnel)");
+    } else if entries.len() > MAX_URLS {
+        c.bad(
+            URL,
+            format!("at most {MAX_URLS} relays, got {}", entries.len()),
+        );
+    }
+    for (i, entry) in entries.iter().take(MAX_URLS).enumerate() {
+        // Name the entry when there are several: the operator sees which one is wrong.
+        let key = if entries.len() > 1 {
+            format!("{URL} entry {} (`{entry}`)", i + 1)
+        } else {
+            URL.to_owned()
+        };
+        match RelayUrl::parse(entry) {
             Ok(u) if !u.secure && !allow_insecure_ws => {
                 c.bad(
-                    URL,
+                    &key,
                     format!(
                         "ws:// is not encrypted (token and traffic in clear); use wss:// or, \
                          for local development only, set {INSECURE} to true"
                     ),
                 );
-                Some(u)
+                urls.push(u);
             }
-            Ok(u) => Some(u),
-            Err(e) => {
-                c.bad(URL, e);
-                None
-            }
-        },
-    };
+            Ok(u) => urls.push(u),
+            Err(e) => c.bad(&key, e),
+        }
+    }
+    if urls.len() != entries.len().min(MAX_URLS) {
+        urls.clear();
+    }
 
     let agent_id = l
         .agent_id
@@ -123,7 +143,7 @@ pub(super) fn validate_tunnel(c: &mut Collector, l: &Layer) -> Tunnel {
     };
 
     Tunnel {
-        url,
+        urls,
         agent_id,
         targets,
         allow_insecure_ws,

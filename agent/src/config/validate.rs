@@ -31,7 +31,8 @@ fn agent_config(c: &mut Collector, l: &Layer) -> Option<AgentConfig> {
     let auth = validate_auth(c, l);
     let (log_level, log_format) = validate_logging(c, l);
     Some(AgentConfig {
-        url: tunnel.url?,
+        url: tunnel.urls.first()?.clone(),
+        urls: tunnel.urls,
         agent_id: tunnel.agent_id,
         targets: tunnel.targets,
         token_file: auth.token_file,

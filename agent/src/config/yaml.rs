@@ -23,6 +23,8 @@ pub(super) struct YamlFile {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct YamlTunnel {
     pub(super) url: Option<String>,
+    /// More relays, tried in turn after `url` (several relays as one service).
+    pub(super) urls: Option<Vec<String>>,
     pub(super) agent_id: Option<String>,
     pub(super) exported_connectors: Option<Vec<String>>,
     pub(super) auth: YamlAuth,

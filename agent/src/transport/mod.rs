@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use nowconnect_shared::subprotocol::{self, Version};
@@ -59,7 +60,9 @@ pub struct Dialed {
 /// Everything needed to open a tunnel; cheap to keep for the life of the agent.
 #[derive(Clone)]
 pub struct Dialer {
-    url: RelayUrl,
+    /// The relays of one service, tried in turn; `current` says which one dials next.
+    urls: Vec<RelayUrl>,
+    current: Arc<AtomicUsize>,
     tls: Option<ClientConfigs>,
     proxy: Option<ProxyUrl>,
     no_proxy: NoProxy,
@@ -74,7 +77,7 @@ pub struct Dialer {
 impl fmt::Debug for Dialer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dialer")
-            .field("url", &self.url)
+            .field("urls", &self.urls)
             .field("tls", &self.tls.is_some())
             .field("proxy", &self.proxy)
             .field("token_file", &self.token_file)
@@ -90,7 +93,13 @@ impl Dialer {
         let limits: &Limits = &cfg.limits.protocol;
         let max = limits.max_v1_text_len().max(limits.max_v2_frame_len());
         Dialer {
-            url: cfg.url.clone(),
+            // Never empty: `url` stands in for a config built without the list.
+            urls: if cfg.urls.is_empty() {
+                vec![cfg.url.clone()]
+            } else {
+                cfg.urls.clone()
+            },
+            current: Arc::default(),
             tls,
             proxy: cfg.proxy.clone(),
             no_proxy: cfg.no_proxy.clone(),
@@ -105,8 +114,17 @@ impl Dialer {
         }
     }
 
+    /// The relay the next dial goes to.
     pub fn url(&self) -> &RelayUrl {
-        &self.url
+        // `urls` is never empty (see `new`), so the index is always in range.
+        &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
+    }
+
+    /// A dial failed: the next one goes to the next relay of the list (no-op with one).
+    pub fn next_relay(&self) {
+        if self.urls.len() > 1 {
+            self.current.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub fn token_file(&self) -> Option<&std::path::Path> {
@@ -117,12 +135,12 @@ impl Dialer {
     pub fn route(&self) -> Option<&ProxyUrl> {
         self.proxy
             .as_ref()
-            .filter(|_| !self.no_proxy.matches(&self.url.host, self.url.port))
+            .filter(|_| !self.no_proxy.matches(&self.url().host, self.url().port))
     }
 
     /// What a dial stuck at `step` was doing, for a timeout line.
     pub fn describe(&self, step: Step) -> String {
-        let relay = self.url.authority();
+        let relay = self.url().authority();
         let route = self.route();
         let proxy = route
             .map(ProxyUrl::authority)
@@ -130,7 +148,7 @@ impl Dialer {
         let proxy_host = route.map(|p| p.host.as_str()).unwrap_or("(none)");
         match step {
             Step::Token => "reading the token file".into(),
-            Step::Dns => format!("resolving relay host {}", self.url.host),
+            Step::Dns => format!("resolving relay host {}", self.url().host),
             Step::Tcp => format!("connecting to relay {relay}"),
             Step::ProxyDns => format!("resolving proxy host {proxy_host}"),
             Step::ProxyTcp => format!("connecting to proxy {proxy}"),
@@ -161,7 +179,7 @@ impl Dialer {
         let (ws, version) = match self.attempt(Some(offer), token.as_ref(), progress).await {
             Err(DialError::NoSubprotocol) if self.protocol != ProtocolChoice::V2 => {
                 tracing::info!(
-                    relay = %self.url,
+                    relay = %self.url(),
                     "relay selected no subprotocol (reference hub); dialing again for v1"
                 );
                 self.attempt(None, token.as_ref(), progress).await?
@@ -180,7 +198,7 @@ impl Dialer {
         let io = self.open(progress).await?;
         progress.set(Step::Upgrade);
         let mut req = self
-            .url
+            .url()
             .as_string()
             .into_client_request()
             .map_err(|e| DialError::Handshake(e.to_string()))?;
@@ -214,7 +232,8 @@ impl Dialer {
         let io = match self.route() {
             None => {
                 progress.set(Step::Dns);
-                let tcp = connect_tcp(Hop::Relay, &self.url.host, self.url.port, progress).await?;
+                let tcp =
+                    connect_tcp(Hop::Relay, &self.url().host, self.url().port, progress).await?;
                 TunnelIo::Plain(tcp)
             }
             Some(p) => {
@@ -226,16 +245,16 @@ impl Dialer {
                     io = self.tls(Hop::Proxy, &p.host, io).await?;
                 }
                 progress.set(Step::ProxyConnect);
-                proxy::connect(&mut io, p, &self.url.authority()).await?;
-                tracing::debug!(proxy = %p, relay = %self.url.authority(), "proxy tunnel open");
+                proxy::connect(&mut io, p, &self.url().authority()).await?;
+                tracing::debug!(proxy = %p, relay = %self.url().authority(), "proxy tunnel open");
                 io
             }
         };
-        if !self.url.secure {
+        if !self.url().secure {
             return Ok(io);
         }
         progress.set(Step::RelayTls);
-        self.tls(Hop::Relay, &self.url.host, io).await
+        self.tls(Hop::Relay, &self.url().host, io).await
     }
 
     /// TLS handshake with `host` (SNI and certificate name) over `io`.
@@ -362,8 +381,8 @@ impl Dialer {
             )) => DialError::Subprotocol(None),
             // With TLS 1.3 the relay judges our client certificate after our side of the
             // handshake is done: its verdict arrives as an alert on the first read.
-            WsError::Io(io) if self.url.secure && is_rustls(&io) => {
-                self.tls_error(Hop::Relay, &self.url.host, &io)
+            WsError::Io(io) if self.url().secure && is_rustls(&io) => {
+                self.tls_error(Hop::Relay, &self.url().host, &io)
             }
             other => DialError::Handshake(other.to_string()),
         }

@@ -67,9 +67,10 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     // systemd: STATUS while down (connecting / reconnecting), a note while a replacement
     // tunnel fails, and the watchdog, pinged from this loop only: if the loop wedges, the
     // pings stop and systemd restarts the agent.
-    let relay = shared.dialer.url().origin();
+    // The relay dialed next (with several relays it changes after a failed dial).
+    let relay = || shared.dialer.url().origin();
     let mut status = StatusLine::new(shared.notify.clone());
-    let mut down_status = format!("connecting to {relay}");
+    let mut down_status = format!("connecting to {}", relay());
     let mut note: Option<String> = None;
     let ping_every = shared.notify.ping_every();
     let mut watchdog = tokio::time::interval(ping_every.unwrap_or(STATUS_REFRESH));
@@ -81,7 +82,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
         if status.notifier().is_enabled() {
             let ready = current.is_some();
             let text = if ready {
-                ready_status(&relay, shared.health.streams(), note.as_deref())
+                ready_status(&relay(), shared.health.streams(), note.as_deref())
             } else {
                 down_status.clone()
             };
@@ -113,6 +114,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                 }
                 if pending.as_ref().is_some_and(|p| p.id == id) {
                     pending = None;
+                    let failed = shared.dialer.url().to_string();
+                    // Several relays: the next attempt goes to the next one.
+                    shared.dialer.next_relay();
                     let delay = backoff.next_delay();
                     retry_at = Some(Instant::now() + delay);
                     shared.health.set_error(end.to_string());
@@ -120,10 +124,10 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                     let retry = format!("retrying in {}: {end}", seconds(delay));
                     if current.is_some() {
                         note = Some(format!("replacement tunnel failed, {retry}"));
-                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot open the replacement tunnel; the current one stays up; retrying");
+                        tracing::warn!(relay = %failed, next = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot open the replacement tunnel; the current one stays up; retrying");
                     } else {
                         down_status = format!("reconnecting in {}: {end}", seconds(delay));
-                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
+                        tracing::warn!(relay = %failed, next = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
                     }
                 } else if current.as_ref().is_some_and(|c| c.id == id) {
                     current = None;
@@ -143,7 +147,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                         let delay_ms = delay.as_millis() as u64;
                         tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "tunnel down; reconnecting");
                     } else {
-                        down_status = format!("connecting to {relay} (tunnel down: {end})");
+                        down_status = format!("connecting to {} (tunnel down: {end})", relay());
                         tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, "tunnel down while its replacement is being opened");
                     }
                 } else {
@@ -153,7 +157,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = sleep_until(retry_at.unwrap_or_else(far)), if retry_at.is_some() && pending.is_none() => {
                 retry_at = None;
                 if current.is_none() {
-                    down_status = format!("connecting to {relay}");
+                    down_status = format!("connecting to {}", relay());
                 }
                 pending = Some(spawn_session(&mut sessions, &shared, &cancel, &ready_tx));
             }
