@@ -72,6 +72,17 @@ impl Honest {
         Honest { agent, client, id }
     }
 
+    /// A frame to the relay: with short keepalive settings, an agent that only waits (and so
+    /// does not answer pings) would be timed out while the attack runs.
+    async fn poke(&mut self) {
+        let f = Frame::Window {
+            id: self.id,
+            credit: 1,
+        };
+        self.agent.try_feed(&f, SEND).await.expect("honest agent");
+        self.agent.try_flush(SEND).await.expect("honest agent");
+    }
+
     async fn still_served(&mut self) {
         self.agent.ping_pong(&mut self.client, self.id).await;
     }
@@ -105,6 +116,7 @@ async fn fill_until_queued(agent: &mut MockAgent<TcpStream>, id: u32, reserve: u
 async fn talk_until_closed(
     relay: &RelayHandle,
     agent: &mut MockAgent<TcpStream>,
+    mut honest: Option<&mut Honest>,
     mut each: impl FnMut(),
 ) {
     let start = Instant::now();
@@ -118,6 +130,9 @@ async fn talk_until_closed(
             "the stalled tunnel is still open"
         );
         each();
+        if let Some(h) = honest.as_deref_mut() {
+            h.poke().await;
+        }
         let keepalive = Frame::Window {
             id: UNKNOWN + n,
             credit: 1,
@@ -285,6 +300,7 @@ async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
         metric(&relay, flow_control) == 1
     })
     .await;
+    honest.poke().await;
     // The upload fills the agent's socket; the relay gives up on the tunnel after
     // ping_timeout without progress, though the agent keeps sending.
     let block = vec![3u8; 256 * 1024];
@@ -295,7 +311,7 @@ async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
             }
         }
     });
-    talk_until_closed(&relay, &mut hostile, || {}).await;
+    talk_until_closed(&relay, &mut hostile, Some(&mut honest), || {}).await;
     wait_for("the stalled tunnel to be gone", DEADLINE, || {
         relay.agents_for("addomain") == 0
     })
@@ -439,7 +455,7 @@ async fn agent_bound_budget_pauses_clients_and_comes_back_when_the_tunnel_dies()
         })
         .collect();
     let mut most = 0;
-    talk_until_closed(&relay, &mut hostile, || {
+    talk_until_closed(&relay, &mut hostile, None, || {
         most = most.max(metric(&relay, c2a))
     })
     .await;
