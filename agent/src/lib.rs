@@ -127,11 +127,12 @@ pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, StartError> {
 /// [`start`], notifying systemd through `notify` (READY=1 after the first HELLO_ACK, STATUS=
 /// lines, WATCHDOG=1 from the tunnel supervisor, STOPPING=1 on shutdown).
 pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandle, StartError> {
-    if !cfg.url.secure {
-        tracing::warn!(relay = %cfg.url, "ws:// tunnel without TLS: for local development only");
+    for url in cfg.urls.iter().filter(|u| !u.secure) {
+        tracing::warn!(relay = %url, "ws:// tunnel without TLS: for local development only");
     }
     let https_proxy = cfg.proxy.as_ref().is_some_and(|p| p.secure);
-    let tls = if cfg.url.secure || https_proxy {
+    // Any wss:// relay of the list needs TLS (and a bad CA bundle fails here, at start).
+    let tls = if cfg.urls.iter().any(|u| u.secure) || cfg.url.secure || https_proxy {
         Some(tls::client_configs(&cfg.tls)?)
     } else {
         None
@@ -149,6 +150,7 @@ pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandl
     tracing::info!(
         agent_id = %cfg.agent_id,
         relay = %cfg.url,
+        relays = cfg.urls.len(),
         connectors = ?cfg.connectors().collect::<Vec<_>>(),
         health = %health_addr,
         proxy = %dialer.route().map(|p| p.to_string()).unwrap_or_else(|| "none".into()),

@@ -32,10 +32,20 @@ fn main() -> ExitCode {
             Some(p) => p.to_string(),
             None => "none".into(),
         };
+        let relays = cfg
+            .urls
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         println!(
             "configuration OK: agent_id={} relay={} connectors={} health={} proxy={proxy}",
             cfg.agent_id,
-            cfg.url,
+            if relays.is_empty() {
+                cfg.url.to_string()
+            } else {
+                relays
+            },
             cfg.connectors().collect::<Vec<_>>().join(","),
             cfg.health_addr()
         );

@@ -688,6 +688,9 @@ async fn a_ready_tunnel_resets_the_reconnect_backoff() {
     expect_hello(&mut conn, &["echo"]).await;
     conn.send(Frame::HelloAck).await;
     wait_health(&agent, "READY\n").await;
+    // The tunnel serves for a while (paused clock: no real time), past the flap guard (1 s),
+    // then the relay restarts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let dropped = Instant::now();
     drop(conn);
     let mut again = relay.accept_within(wait, Select::Negotiate).await;

@@ -31,6 +31,9 @@ use crate::backoff::Backoff;
 use crate::notify::StatusLine;
 use crate::token::{self, Token};
 
+/// A tunnel READY at least this long resets the reconnect backoff (a relay restart); one that
+/// dies sooner counts as a failed attempt.
+const FLAP_GUARD: Duration = Duration::from_secs(1);
 /// "Not in this run" for a deadline the clock cannot represent.
 const FAR: Duration = Duration::from_secs(86_400 * 365);
 /// How often systemd's STATUS line is refreshed while READY (its stream count changes without
@@ -136,7 +139,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                     // once (the first retry is still jittered below reconnect_initial, so a
                     // fleet does not return in lock-step), not after the grown delay: a relay
                     // restarted fifteen times in a row is reached within a second each time.
-                    if ready_for.is_some() {
+                    // Flap guard: a relay that drops every tunnel right after HELLO_ACK keeps
+                    // the grown delay (and is not redialled several times a second).
+                    if ready_for.is_some_and(|d| d >= FLAP_GUARD) {
                         backoff.reset();
                     }
                     shared.health.set_error(end.to_string());
