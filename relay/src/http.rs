@@ -483,20 +483,10 @@ async fn upgrade(
     let identity = if shared.cfg.security.dev_bypass {
         None
     } else {
-        let Some(auth) = &shared.auth else {
-            let e = AuthError::NotConfigured;
-            return refuse(
-                &shared,
-                peer,
-                &source,
-                e.status(),
-                e.reason(),
-                &e.to_string(),
-            );
-        };
-        let checked = match auth::bearer(req.headers()) {
-            Ok(token) => auth.authenticate(token).await,
-            Err(e) => Err(e),
+        let checked = match (&shared.auth, auth::bearer(req.headers())) {
+            (None, _) => Err(AuthError::NotConfigured),
+            (Some(auth), Ok(token)) => auth.authenticate(token).await,
+            (Some(_), Err(e)) => Err(e),
         };
         match checked {
             Ok(identity) => Some(identity),

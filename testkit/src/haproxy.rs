@@ -9,7 +9,7 @@
 //! not probed with a connection: a probe would reach the backend as a real connection.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -42,21 +42,12 @@ pub struct Haproxy {
     _dir: TempDir,
 }
 
-/// Where HAProxy is installed, if it is.
-fn binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into()])
-        .map(|d| d.join("haproxy"))
-        .find(|p| p.is_file())
-}
-
 impl Haproxy {
     /// Starts HAProxy with one frontend per `(backend, header)`, connecting to the backends
     /// from loopback address `source` when given (so the backend can tell the proxy's own
     /// address from its clients'), or returns `None` (skip) when it is not installed outside CI.
     pub async fn start(backends: &[(SocketAddr, Send)], source: Option<IpAddr>) -> Option<Haproxy> {
-        let bin = binary();
+        let bin = crate::program("haproxy");
         if !crate::require(bin.is_some(), "haproxy") {
             return None;
         }

@@ -53,6 +53,16 @@ pub mod tinyproxy;
 pub mod wait;
 pub mod yaml;
 
+/// Where the system program `name` is installed (`PATH`, then `/usr/sbin`, `/usr/bin`: Debian
+/// puts daemons in sbin, which a user's `PATH` may lack), if it is.
+pub fn program(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// True when the tests run in CI (`CI=true`): a missing tool fails the test instead of skipping it.
 pub fn in_ci() -> bool {
     std::env::var("CI").as_deref() == Ok("true")

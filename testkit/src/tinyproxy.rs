@@ -33,19 +33,10 @@ pub struct Tinyproxy {
     _dir: TempDir,
 }
 
-/// Where tinyproxy is installed, if it is.
-fn binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into()])
-        .map(|d| d.join("tinyproxy"))
-        .find(|p| p.is_file())
-}
-
 impl Tinyproxy {
     /// Starts tinyproxy, or returns `None` (skip) when it is not installed outside CI.
     pub async fn start(opts: Options) -> Option<Tinyproxy> {
-        let bin = binary();
+        let bin = crate::program("tinyproxy");
         if !crate::require(bin.is_some(), "tinyproxy") {
             return None;
         }

@@ -241,7 +241,7 @@ pub(crate) async fn run<S>(
         buffered: shared.buffered.a2c.share(),
         outbound: shared.buffered.c2a.share(),
     });
-    let (ignored, warnings) = session::quotas();
+    let (ignored, warnings) = quota::for_tunnel();
     let mut session = Session {
         shared: shared.clone(),
         ctx,

@@ -15,6 +15,15 @@ pub(super) const IGNORED_PER_SEC: u32 = 16_384;
 const LOG_BURST: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
+/// A tunnel's rate limits, fresh: frames it may leave unanswered, and its warnings.
+pub(super) fn for_tunnel() -> (Bucket, LogLimit) {
+    let now = Instant::now();
+    (
+        Bucket::new(IGNORED_BURST, IGNORED_PER_SEC, now),
+        LogLimit::new(now),
+    )
+}
+
 /// A token bucket: `capacity` tokens, refilled at `per_sec`.
 #[derive(Debug)]
 pub(super) struct Bucket {

@@ -11,7 +11,7 @@
 //! handed over: an agent cannot make the relay queue answers faster than it takes them.
 //!
 //! What a hostile agent can make this loop do is bounded too: frames for unknown streams are
-//! dropped unanswered, counted, and past [`quota::IGNORED_BURST`] the tunnel is closed; every
+//! dropped unanswered, counted, and past [`super::quota::IGNORED_BURST`] the tunnel is closed; every
 //! warning an agent can provoke goes through one [`LogLimit`].
 
 use std::collections::VecDeque;
@@ -35,7 +35,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::quota::{self, Bucket, LogLimit};
+use super::quota::{Bucket, LogLimit};
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
@@ -123,15 +123,6 @@ pub(super) struct Session {
     pub ignored: Bucket,
     /// Every warning the agent can provoke.
     pub warnings: LogLimit,
-}
-
-/// The per-tunnel rate limits, fresh.
-pub(super) fn quotas() -> (Bucket, LogLimit) {
-    let now = Instant::now();
-    (
-        Bucket::new(quota::IGNORED_BURST, quota::IGNORED_PER_SEC, now),
-        LogLimit::new(now),
-    )
 }
 
 impl Session {
