@@ -15,6 +15,8 @@ pub mod audit;
 mod auth;
 mod authorize;
 mod budget;
+#[allow(dead_code)] // TEMP: wired by the registry and mesh work of issue 16
+mod cluster;
 pub mod config;
 mod conn;
 mod http;
@@ -105,6 +107,9 @@ pub(crate) struct Shared {
     pub shards: Option<Arc<Shards>>,
     /// Stream bytes held, relay-wide, per direction (`limits.max_buffered_bytes`).
     pub buffered: budget::Buffers,
+    /// The other relays of the service and the agents they hold (empty with HA off).
+    #[allow(dead_code)] // TEMP: wired by the registry and mesh work of issue 16
+    pub cluster: Arc<cluster::View>,
 }
 
 /// A listener as bound.
@@ -495,6 +500,7 @@ pub async fn start_with(
         listeners: bound_info,
         shards,
         buffered,
+        cluster: Default::default(),
     });
     if let Some(j) = &shared.jwks {
         shared

@@ -1,7 +1,7 @@
 //! Relay configuration: YAML (`config/cloud.yaml`) -> env overrides -> `validate()` -> [`RelayConfig`].
 //!
 //! Parsing is strict (`deny_unknown_fields`, module `raw`) except for keys that later issues
-//! implement (`security.fapi_mode`, `ha`): those are accepted and produce a warning, so an
+//! implement (`security.fapi_mode`): it is accepted and produces a warning, so an
 //! operator's existing reference config loads. Each YAML section has one validator in the file
 //! named after it; all of them report into one `Collector`, so validation reports every problem
 //! at once, each naming its key. This module never reads the process environment itself:
@@ -11,6 +11,7 @@ mod audit;
 mod check;
 mod collector;
 mod env;
+mod ha;
 mod jwks;
 mod limits;
 mod listeners;
@@ -28,6 +29,7 @@ use std::time::Duration;
 
 pub use collector::{ConfigError, Problem};
 pub use env::{Env, ProcessEnv};
+pub use ha::{HaConfig, HaMode, MeshConfig, MeshPeer, MeshTls, MAX_MESH_PEERS};
 pub use jwks::JwksSource;
 pub use limits::LimitsConfig;
 pub use listeners::ListenerConfig;
@@ -59,6 +61,8 @@ pub struct RelayConfig {
     pub audit_limits: crate::audit::RefusalLimits,
     /// Where policies and the block list persist; `None`: they last until the relay stops.
     pub state_dir: Option<PathBuf>,
+    /// Several relays as one service (`ha.mode: off` by default).
+    pub ha: HaConfig,
     /// Accepted-but-ignored keys and similar notes; logged at start-up.
     pub warnings: Vec<String>,
 }
@@ -153,6 +157,7 @@ impl RelayConfig {
             audit_file: None,
             audit_limits: crate::audit::RefusalLimits::default(),
             state_dir: None,
+            ha: HaConfig::off(),
             warnings: Vec::new(),
         }
     }
@@ -169,7 +174,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
     let listeners = listeners::validate_listeners(&mut c, raw.listeners, caps);
     let tunnel = tunnel::validate_tunnel(&mut c, raw.tunnel);
     let limits = limits::validate_limits(&mut c, raw.limits);
-    warn_unimplemented(&mut c, raw.security.fapi_mode.is_some(), raw.ha.is_some());
+    warn_unimplemented(&mut c, raw.security.fapi_mode.is_some());
     let security = security::validate_security(&mut c, env, raw.security, &tunnel.host);
     check_proxy_protocol(&mut c, &tunnel, &listeners, &security);
     let pdp = pdp::validate_pdp(&mut c, env, raw.pdp, ca_file, security.allow_insecure_http);
@@ -178,6 +183,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
     let state_dir = raw.state_dir.filter(|d| !d.as_os_str().is_empty());
     let portal = portal::validate_portal(&mut c, raw.portal, &security);
     let (audit_file, audit_limits) = audit::validate_audit(&mut c, raw.audit, state_dir.as_deref());
+    let ha = ha::validate_ha(&mut c, env, raw.ha);
     let warnings = c.finish()?;
     Ok(RelayConfig {
         listeners,
@@ -190,6 +196,7 @@ fn validate(raw: RawConfig, env: &dyn Env) -> Result<RelayConfig, ConfigError> {
         audit_file,
         audit_limits,
         state_dir,
+        ha,
         warnings,
     })
 }
@@ -228,12 +235,10 @@ fn check_proxy_protocol(
     }
 }
 
-/// Keys of later issues: accepted so an existing reference config loads, and warned about.
-fn warn_unimplemented(c: &mut Collector, fapi_mode: bool, ha: bool) {
-    for (key, present) in [("security.fapi_mode", fapi_mode), ("ha", ha)] {
-        if present {
-            c.warn(format!("{key} is not implemented yet and is ignored"));
-        }
+/// A key of a later issue: accepted so an existing reference config loads, and warned about.
+fn warn_unimplemented(c: &mut Collector, fapi_mode: bool) {
+    if fapi_mode {
+        c.warn("security.fapi_mode is not implemented yet and is ignored");
     }
 }
 

@@ -1,8 +1,8 @@
 //! The relay YAML's shape as serde reads it: every key optional, unknown keys refused.
 //!
 //! Nothing here checks a value or fills a default; the section validators do that. The two
-//! keys that later issues implement (`security.fapi_mode`, `ha`) are accepted as any YAML value
-//! so that an operator's existing reference config loads (they produce a warning).
+//! key that a later issue implements (`security.fapi_mode`) is accepted as any YAML value
+//! so that an operator's existing reference config loads (it produces a warning).
 
 use std::path::PathBuf;
 
@@ -29,8 +29,47 @@ pub(super) struct RawConfig {
     pub(super) audit: RawAudit,
     /// Where the relay keeps state across restarts (policies, block list, default audit file).
     pub(super) state_dir: Option<PathBuf>,
-    /// Later issue (HA with Redis and a mesh): accepted, ignored with a warning.
-    pub(super) ha: Option<serde_yaml::Value>,
+    /// Several relays as one service.
+    pub(super) ha: Option<RawHa>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHa {
+    pub(super) enabled: Option<bool>,
+    pub(super) mode: Option<String>,
+    pub(super) replica_id: Option<String>,
+    pub(super) redis_url: Option<String>,
+    pub(super) presence_ttl_sec: Option<u64>,
+    pub(super) mesh: Option<RawMesh>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMesh {
+    pub(super) listen: Option<String>,
+    #[serde(default)]
+    pub(super) peers: Vec<RawMeshPeer>,
+    pub(super) require_mtls: Option<bool>,
+    pub(super) tls: Option<RawMeshTls>,
+    pub(super) send_queue_depth: Option<usize>,
+    pub(super) per_link_max_inflight_bytes: Option<usize>,
+    pub(super) connect_backoff_max_sec: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMeshPeer {
+    pub(super) replica_id: String,
+    pub(super) url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMeshTls {
+    pub(super) ca_bundle: Option<PathBuf>,
+    pub(super) cert_file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

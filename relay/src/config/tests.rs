@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::*;
 
+mod ha;
 mod ingress;
 mod portal;
 mod security;
@@ -89,9 +90,9 @@ fn unknown_keys_are_refused_but_later_issue_keys_warn() {
         "security:\n  dev_bypass: true\n  fapi_mode: true",
     ) + "ha:\n  enabled: false\n";
     let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
-    assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
+    assert_eq!(cfg.warnings.len(), 1, "{:?}", cfg.warnings);
     assert!(cfg.warnings[0].contains("security.fapi_mode"));
-    assert!(cfg.warnings[1].contains("ha"));
+    assert_eq!(cfg.ha.mode, crate::config::HaMode::Off);
 }
 
 #[test]

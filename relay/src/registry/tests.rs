@@ -28,6 +28,7 @@ fn agent(
         closed_c2a: AtomicU64::new(0),
         closed_a2c: AtomicU64::new(0),
         kick: CancellationToken::new(),
+        epoch: Default::default(),
     });
     (
         AgentHandle {

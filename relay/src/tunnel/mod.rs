@@ -131,6 +131,7 @@ pub(crate) async fn run<S>(
         closed_c2a: Default::default(),
         closed_a2c: Default::default(),
         kick: CancellationToken::new(),
+        epoch: Default::default(),
     });
     let handle = AgentHandle {
         tunnel_id,

@@ -74,6 +74,7 @@ async fn rig(window: u32, idle: Option<Duration>) -> Rig {
         closed_c2a: AtomicU64::new(0),
         closed_a2c: AtomicU64::new(0),
         kick: CancellationToken::new(),
+        epoch: Default::default(),
     });
     let listener = Arc::new(ListenerCtx {
         name: "l".into(),

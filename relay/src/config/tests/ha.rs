@@ -1,0 +1,68 @@
+//! The `ha` section.
+
+use super::MINIMAL;
+use crate::config::{HaMode, RelayConfig};
+
+fn with_ha(ha: &str) -> String {
+    format!("{MINIMAL}\nha:\n{ha}")
+}
+
+#[test]
+fn ha_is_off_by_default_and_needs_nothing() {
+    let cfg = RelayConfig::from_yaml_str(MINIMAL).expect("valid");
+    assert_eq!(cfg.ha.mode, HaMode::Off);
+    assert!(cfg.ha.redis_url.is_none());
+}
+
+#[test]
+fn active_mode_needs_replica_redis_and_mesh_tls_and_names_each_key() {
+    let err = RelayConfig::from_yaml_str(&with_ha("  mode: active\n")).expect_err("incomplete");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"ha.replica_id"), "{err}");
+    assert!(keys.contains(&"ha.redis_url"), "{err}");
+    assert!(keys.contains(&"ha.mesh.tls"), "{err}");
+}
+
+#[test]
+fn a_full_ha_section_loads() {
+    let cfg = RelayConfig::from_yaml_str(&with_ha(
+        "  enabled: true\n  replica_id: relay-a\n  redis_url: redis://127.0.0.1:6379/0\n  mesh:\n    peers:\n      - {replica_id: relay-b, url: \"wss://127.0.0.1:9443/mesh\"}\n    tls: {ca_bundle: /ca.pem, cert_file: /a.pem, key_file: /a.key}\n    send_queue_depth: 512\n    per_link_max_inflight_bytes: 1048576\n    connect_backoff_max_sec: 5\n",
+    ))
+    .expect("valid");
+    assert_eq!(
+        cfg.ha.mode,
+        HaMode::Active,
+        "enabled without mode is active"
+    );
+    assert_eq!(cfg.ha.replica_id, "relay-a");
+    assert_eq!(cfg.ha.mesh.peers.len(), 1);
+    assert_eq!(cfg.ha.mesh.send_queue_depth, 512);
+    assert_eq!(cfg.ha.mesh.per_link_max_inflight_bytes, 1 << 20);
+}
+
+#[test]
+fn bad_ha_values_are_named() {
+    let err = RelayConfig::from_yaml_str(&with_ha(
+        "  mode: sideways\n  replica_id: \"a b\"\n  redis_url: http://x\n  mesh:\n    listen: nowhere\n    send_queue_depth: 1\n    peers:\n      - {replica_id: b, url: \"http://b\"}\n",
+    ))
+    .expect_err("bad");
+    let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+    for k in [
+        "ha.mode",
+        "ha.replica_id",
+        "ha.redis_url",
+        "ha.mesh.listen",
+        "ha.mesh.send_queue_depth",
+        "ha.mesh.peers[0].url",
+    ] {
+        assert!(keys.contains(&k), "{k} missing in {err}");
+    }
+}
+
+#[test]
+fn enabled_false_wins_over_a_mode() {
+    let cfg =
+        RelayConfig::from_yaml_str(&with_ha("  enabled: false\n  mode: active\n")).expect("valid");
+    assert_eq!(cfg.ha.mode, HaMode::Off);
+    assert!(cfg.warnings.iter().any(|w| w.contains("ha.enabled")));
+}
