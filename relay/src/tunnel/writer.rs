@@ -11,8 +11,9 @@
 //!
 //! Liveness: an agent that takes nothing for `stall_limit` (the tunnel's `ping_timeout`) while
 //! the writer has something to send is dead. While a write waits, the socket's byte count
-//! ([`Written`]) is checked every `stall_limit`: no byte taken in one such period marks the
-//! tunnel [`Stall`]ed and cancels it; a slow link that keeps taking bytes is never cut.
+//! ([`Written`]) is checked every half `stall_limit`: no byte taken in one half marks the tunnel
+//! write-slow ([`Liveness`]: the registry stops giving it new streams), in two halves in a row
+//! [`Stall`]ed, which cancels it; a slow link that keeps taking bytes is never cut.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,7 @@ use tracing::warn;
 
 use super::progress::Written;
 use crate::budget::Charge;
+use crate::liveness::Liveness;
 
 /// Capacity of the data queue in frames. 256 x 64 KiB caps it at 16 MiB per tunnel.
 pub(super) const DATA_QUEUE: usize = 256;
@@ -117,29 +119,48 @@ struct Watch<'a> {
     stall: &'a Stall,
     written: &'a Written,
     token: &'a CancellationToken,
+    liveness: &'a Liveness,
 }
 
 impl Watch<'_> {
     /// Runs one write; `false` when it failed, the tunnel was cancelled meanwhile, or the
     /// socket took no byte at all for `limit` (then the tunnel is marked stalled). A slow agent
-    /// that keeps taking bytes is never cut, however long one write lasts.
+    /// that keeps taking bytes is never cut, however long one write lasts. Half of `limit`
+    /// without a byte marks the tunnel write-slow until a byte moves or the write ends.
     async fn write<E>(&self, op: impl Future<Output = Result<(), E>>) -> bool {
         tokio::pin!(op);
+        let half = self.limit / 2;
         let mut seen = self.written.get();
-        loop {
+        // Halves in a row without a byte taken.
+        let mut quiet = 0u8;
+        let done = loop {
             tokio::select! {
-                r = &mut op => return r.is_ok(),
-                _ = self.token.cancelled() => return false,
-                () = tokio::time::sleep(self.limit) => {
+                r = &mut op => break r.is_ok(),
+                _ = self.token.cancelled() => break false,
+                () = tokio::time::sleep(half) => {
                     let now = self.written.get();
-                    if now == seen {
+                    if now != seen {
+                        seen = now;
+                        if quiet > 0 {
+                            quiet = 0;
+                            self.liveness.set_write_slow(false);
+                        }
+                        continue;
+                    }
+                    quiet += 1;
+                    if quiet >= 2 {
+                        // Stays write-slow: the tunnel is cancelled and leaves the registry.
                         self.stall.set();
                         return false;
                     }
-                    seen = now;
+                    self.liveness.set_write_slow(true);
                 }
             }
+        };
+        if quiet > 0 {
+            self.liveness.set_write_slow(false);
         }
+        done
     }
 }
 
@@ -164,6 +185,7 @@ pub(super) async fn run<S>(
     token: CancellationToken,
     timing: Timing,
     written: Written,
+    liveness: Arc<Liveness>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -176,6 +198,7 @@ pub(super) async fn run<S>(
         stall: &stall,
         written: &written,
         token: &token,
+        liveness: &liveness,
     };
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
