@@ -287,7 +287,56 @@ fn encode(frame: &Frame, version: Version, limits: &Limits, v1: &mut V1Encoder) 
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::super::progress::Counted;
     use super::*;
+
+    /// A write the socket takes nothing of: write-slow from half the limit on (the registry
+    /// stops picking the tunnel), stalled at the limit; a byte taken in between clears it.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_progress_is_slow_at_half_the_limit_and_stalls_at_the_limit() {
+        let (stall, written, token) = (
+            Stall::default(),
+            Written::default(),
+            CancellationToken::new(),
+        );
+        let liveness = Liveness::new(Duration::from_secs(60));
+        let watch = Watch {
+            limit: Duration::from_secs(10),
+            stall: &stall,
+            written: &written,
+            token: &token,
+            liveness: &liveness,
+        };
+        let (pipe, _peer) = tokio::io::duplex(64);
+        let mut sock = Counted::new(pipe, written.clone());
+        let start = Instant::now();
+        let write = watch.write(std::future::pending::<Result<(), ()>>());
+        tokio::pin!(write);
+        let run = |d: u64| tokio::time::sleep_until(start + Duration::from_millis(d));
+        tokio::select! { _ = &mut write => panic!("ended"), () = run(4_900) => {} }
+        assert!(liveness.is_healthy(Instant::now()));
+        tokio::select! { _ = &mut write => panic!("ended"), () = run(5_100) => {} }
+        assert!(
+            !liveness.is_healthy(Instant::now()),
+            "slow after half the limit"
+        );
+        // One byte taken: healthy again at the next check, and the stall count starts over.
+        sock.write_all(b"x").await.expect("pipe has room");
+        tokio::select! { _ = &mut write => panic!("ended"), () = run(10_100) => {} }
+        assert!(liveness.is_healthy(Instant::now()));
+        tokio::select! { _ = &mut write => panic!("ended"), () = run(15_100) => {} }
+        assert!(!liveness.is_healthy(Instant::now()));
+        assert!(!stall.is_set());
+        assert!(!write.await, "stalled");
+        assert!(stall.is_set());
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
+        assert!(
+            !liveness.is_healthy(Instant::now()),
+            "stays slow while it is reaped"
+        );
+    }
 
     #[test]
     fn close_reason_fits_a_close_frame() {
