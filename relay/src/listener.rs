@@ -4,7 +4,9 @@
 //! listener's own `allow_cidrs` (both apply), over its source's share of the listener
 //! (`max_conn_per_source`), over `max_conn_total`, or for a connector no agent serves is closed
 //! at once, before any OPEN, counted and audited; everything else becomes a stream on the tunnel
-//! the registry picks (where the PDP, if any, decides before a byte is relayed).
+//! the registry picks (where the PDP, if any, decides before a byte is relayed). A stream whose
+//! agent answered `connect_failed` comes back here ([`Reroute`]) and goes the same way, to
+//! another agent.
 //!
 //! With `proxy_protocol`, each connection's PROXY header is read first (off the accept loop),
 //! and the address it names is the client's for the allowlists, the PDP and the audit.

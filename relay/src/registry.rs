@@ -278,7 +278,7 @@ impl Registry {
     /// `except` (an agent_id: where a stream that agent could not connect is tried again).
     ///
     /// Healthy tunnels first (see the module doc), then the fewest open streams, ties taken in
-    /// turn from a start that moves on at every pick.
+    /// turn from a start that moves on at every pick without `except`.
     pub fn pick(&self, connector: &str, except: Option<&str>) -> Option<AgentHandle> {
         let now = Instant::now();
         let mut g = self.lock();
@@ -288,7 +288,11 @@ impl Registry {
             return None;
         }
         let start = entry.next % n;
-        entry.next = entry.next.wrapping_add(1);
+        // A retry does not move the turn on: it would skew new streams toward the agent
+        // that just failed one.
+        if except.is_none() {
+            entry.next = entry.next.wrapping_add(1);
+        }
         let mut best: Option<((bool, usize), &AgentHandle)> = None;
         for i in 0..n {
             let a = &entry.agents[(start + i) % n];
