@@ -7,9 +7,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use nowconnect_relay::{RelayConfig, RelayHandle};
-use nowconnect_shared::{Dir, Frame, RstCode};
+use nowconnect_shared::{Dir, Frame, RstCode, Version};
 use nowconnect_testkit::io::{random_bytes, read_to_close};
-use nowconnect_testkit::mock_agent::{data, v2_agent, MockAgent};
+use nowconnect_testkit::mock_agent::{self, data, v2_agent, MockAgent};
 use nowconnect_testkit::wait::{wait_for, within, Ticker, DEADLINE};
 use nowconnect_testkit::yaml::{self, DEV};
 use nowconnect_testkit::{log, net};
@@ -292,4 +292,32 @@ async fn a_stream_the_agent_answered_is_not_retried() {
         None,
         "b gets no OPEN"
     );
+}
+
+/// The retry crosses protocol versions: a v1 agent (the reference's) fails, a v2 one serves.
+#[tokio::test]
+async fn a_retry_from_a_v1_agent_to_a_v2_agent_is_byte_exact() {
+    let relay = relay(DEV).await;
+    let (ws, proto) = mock_agent::connect(relay.tunnel_addr(), Some("nowconnect.v1"))
+        .await
+        .expect("upgrade");
+    assert_eq!(proto.as_deref(), Some("nowconnect.v1"));
+    let mut a = MockAgent::new(ws, Version::V1);
+    a.hello("a", &["addomain"]).await;
+    let mut client = net::connect(ldap(&relay)).await;
+    // v1's OPEN carries no client address.
+    let id_a = a.next_open("addomain").await;
+    let mut b = v2_agent(relay.tunnel_addr(), "b", &["addomain"]).await;
+    let first = random_bytes(11, 20 * 1024);
+    client.write_all(&first).await.expect("client write");
+    assert_eq!(data_of(&mut a, id_a, first.len()).await, first);
+    a.send(&Frame::Rst {
+        id: id_a,
+        code: RstCode::ConnectFailed,
+        reason: String::new(),
+    })
+    .await;
+    let id_b = b.expect_open("addomain").await;
+    assert!(data_of(&mut b, id_b, first.len()).await == first);
+    b.ping_pong(&mut client, id_b).await;
 }
