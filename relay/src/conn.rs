@@ -1,7 +1,8 @@
 //! A client connection between its listener and its tunnel: the types both hand each other.
 //!
 //! A leaf: the listener makes a [`NewConn`], the registry routes it to a tunnel, the tunnel's
-//! stream task owns it; none of them needs to import another for these types.
+//! stream task owns it (and, when its agent could not connect it, hands it back through
+//! [`Reroute`]); none of them needs to import another for these types.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,6 +13,7 @@ use ipnet::IpNet;
 use tokio::net::TcpStream;
 
 use crate::metrics::ConnectorMetrics;
+use crate::replay::Reopen;
 
 /// What streams need to know about the listener that accepted them.
 #[derive(Debug)]
@@ -135,6 +137,16 @@ pub(crate) struct NewConn {
     pub listener: Arc<ListenerCtx>,
     /// Held until the stream ends.
     pub guard: ConnGuard,
+    /// A retry: what the client sent the agent that answered `connect_failed`, to send first.
+    pub reopen: Option<Box<Reopen>>,
+}
+
+/// Where a stream goes when its agent answered OPEN with `connect_failed` (the listener's
+/// routing, minus that agent).
+pub(crate) trait Reroute: Send + Sync + std::fmt::Debug {
+    /// Hands `conn` to a tunnel of another agent than `except` (an agent_id) that serves its
+    /// connector. `Err`: none does; the caller resets the client.
+    fn reroute(&self, conn: NewConn, except: &str) -> Result<(), Box<NewConn>>;
 }
 
 /// Closes a client at once with a TCP reset: there is nothing behind this port right now, or

@@ -4,7 +4,9 @@
 //! listener's own `allow_cidrs` (both apply), over its source's share of the listener
 //! (`max_conn_per_source`), over `max_conn_total`, or for a connector no agent serves is closed
 //! at once, before any OPEN, counted and audited; everything else becomes a stream on the tunnel
-//! the registry picks (where the PDP, if any, decides before a byte is relayed).
+//! the registry picks (where the PDP, if any, decides before a byte is relayed). A stream whose
+//! agent answered `connect_failed` comes back here ([`Reroute`]) and goes the same way, to
+//! another agent.
 //!
 //! With `proxy_protocol`, each connection's PROXY header is read first (off the accept loop),
 //! and the address it names is the client's for the allowlists, the PDP and the audit.
@@ -18,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::audit::{Action, Event};
-use crate::conn::{reject, ConnGuard, ListenerCtx, NewConn};
+use crate::conn::{reject, ConnGuard, ListenerCtx, NewConn, Reroute};
 use crate::proxy_protocol::{self, ProxyError};
 use crate::Shared;
 
@@ -139,25 +141,16 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
     };
     let guard = guard.with_source(slot);
     ctx.metrics.connections.inc();
-    let mut conn = NewConn {
+    let conn = NewConn {
         sock,
         peer,
         listener: ctx.clone(),
         guard,
+        reopen: None,
     };
-    // A tunnel that just ended may still be listed for a moment: try the next pick.
-    for _ in 0..8 {
-        let Some(agent) = shared.registry.pick(&ctx.connector) else {
-            break;
-        };
-        match agent.conns.send(conn) {
-            Ok(()) => return,
-            Err(tokio::sync::mpsc::error::SendError(back)) => {
-                shared.registry.unregister(agent.tunnel_id);
-                conn = back;
-            }
-        }
-    }
+    let Err(conn) = hand_over(conn, None, shared) else {
+        return;
+    };
     let detail = format!("listener={}; no agent serves this connector", ctx.name);
     refuse(
         conn.sock,
@@ -167,6 +160,32 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
         ("no_agent", "no_agent"),
         detail,
     );
+}
+
+/// Hands `conn` to the tunnel the registry picks for its connector (not one of agent `except`).
+/// `Err`: no agent serves it.
+fn hand_over(mut conn: NewConn, except: Option<&str>, shared: &Shared) -> Result<(), Box<NewConn>> {
+    // A tunnel that just ended may still be listed for a moment: try the next pick.
+    for _ in 0..8 {
+        let Some(agent) = shared.registry.pick(&conn.listener.connector, except) else {
+            break;
+        };
+        match agent.conns.send(conn) {
+            Ok(()) => return Ok(()),
+            Err(tokio::sync::mpsc::error::SendError(back)) => {
+                shared.registry.unregister(agent.tunnel_id);
+                conn = back;
+            }
+        }
+    }
+    Err(Box::new(conn))
+}
+
+/// A retry goes where a new client would, minus the agent that failed it.
+impl Reroute for Shared {
+    fn reroute(&self, conn: NewConn, except: &str) -> Result<(), Box<NewConn>> {
+        hand_over(conn, Some(except), self)
+    }
 }
 
 /// Counts, audits and resets a refused client. `(by, reason)`: what decided, and the metric

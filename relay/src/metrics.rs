@@ -48,6 +48,12 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub connector: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -133,6 +139,8 @@ pub struct Metrics {
     pub http_refused: Family<ReasonLabel, Counter>,
     /// HTTP connections held now that have not authenticated (all HTTP servers).
     pub http_preauth: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Streams an agent answered `connect_failed`, by what the retry did (see `replay`).
+    pub open_retries: Family<RetryLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -183,6 +191,7 @@ impl Metrics {
             frames_ignored: Counter::default(),
             http_refused: Family::default(),
             http_preauth: Gauge::default(),
+            open_retries: Family::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder.
@@ -358,6 +367,13 @@ impl Metrics {
             "HTTP connections open now that have not authenticated (not upgraded to a tunnel)",
             m.http_preauth.clone(),
         );
+        registry.register(
+            "nowconnect_open_retries",
+            "Streams an agent answered with RST connect_failed, by what the relay did: rerouted \
+             (reopened on another agent), no_agent, not_replayable, too_late, failed_again (the \
+             retry failed too); all but rerouted reset the client",
+            m.open_retries.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -404,6 +420,16 @@ impl Metrics {
     pub fn http_refused(&self, reason: &'static str) {
         self.http_refused
             .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+
+    /// A stream an agent could not connect, and what its retry did.
+    pub fn open_retry(&self, connector: &str, result: &'static str) {
+        self.open_retries
+            .get_or_create(&RetryLabels {
+                connector: connector.to_owned(),
+                result,
+            })
             .inc();
     }
 

@@ -1,9 +1,12 @@
 //! Which connected agent tunnels serve which connector (local to this relay; Redis for HA later),
 //! and which tunnels each `agent_id` and each token (`jti`) holds.
 //!
-//! New streams go to the agent with the fewest open streams, ties broken round-robin. A tunnel
-//! removes itself before it stops reading its command channel, so a stream is never handed to a
-//! tunnel that already went away (a send to it fails and the listener picks again).
+//! New streams go to the agent with the fewest open streams, ties broken round-robin, among the
+//! tunnels that look alive ([`Liveness`]: neither keepalive-overdue nor write-slow); only when
+//! none does, among all of them (a tunnel that merely looks slow may still work, and refusing
+//! the client would be certain failure). A tunnel removes itself before it stops reading its
+//! command channel, so a stream is never handed to a tunnel that already went away (a send to
+//! it fails and the listener picks again).
 //!
 //! Per `agent_id` exactly one registered tunnel *serves* (is listed under its connectors and so
 //! gets new streams); the others stay registered (the portal lists them, the caps count them)
@@ -21,8 +24,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::mpsc;
 
+use tokio::time::Instant;
+
 use crate::config::DuplicatePolicy;
 use crate::conn::NewConn;
+use crate::liveness::Liveness;
 use crate::sessions::TunnelInfo;
 
 /// What the registry holds for one tunnel.
@@ -36,6 +42,8 @@ pub(crate) struct AgentHandle {
     pub active: Arc<AtomicUsize>,
     /// What the portal lists about this tunnel (its connectors and source address too).
     pub info: Arc<TunnelInfo>,
+    /// Whether it looks alive now (picking prefers those that do).
+    pub liveness: Arc<Liveness>,
 }
 
 /// How many tunnels an agent may hold, and what a duplicate gets.
@@ -266,8 +274,13 @@ impl Registry {
         Some(next)
     }
 
-    /// The agent a new stream on `connector` should use, if any is connected.
-    pub fn pick(&self, connector: &str) -> Option<AgentHandle> {
+    /// The agent a new stream on `connector` should use, if any is connected, other than
+    /// `except` (an agent_id: where a stream that agent could not connect is tried again).
+    ///
+    /// Healthy tunnels first (see the module doc), then the fewest open streams, ties taken in
+    /// turn from a start that moves on at every pick without `except`.
+    pub fn pick(&self, connector: &str, except: Option<&str>) -> Option<AgentHandle> {
+        let now = Instant::now();
         let mut g = self.lock();
         let entry = g.by_connector.get_mut(connector)?;
         let n = entry.agents.len();
@@ -275,13 +288,24 @@ impl Registry {
             return None;
         }
         let start = entry.next % n;
-        entry.next = entry.next.wrapping_add(1);
-        let mut best: Option<(usize, &AgentHandle)> = None;
+        // A retry does not move the turn on: it would skew new streams toward the agent
+        // that just failed one.
+        if except.is_none() {
+            entry.next = entry.next.wrapping_add(1);
+        }
+        let mut best: Option<((bool, usize), &AgentHandle)> = None;
         for i in 0..n {
             let a = &entry.agents[(start + i) % n];
-            let load = a.active.load(Ordering::Relaxed);
-            if best.is_none_or(|(l, _)| load < l) {
-                best = Some((load, a));
+            if except.is_some_and(|e| *a.agent_id == *e) {
+                continue;
+            }
+            // `false` sorts first: healthy before unhealthy, then by load.
+            let key = (
+                !a.liveness.is_healthy(now),
+                a.active.load(Ordering::Relaxed),
+            );
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, a));
             }
         }
         best.map(|(_, a)| a.clone())

@@ -161,6 +161,22 @@ pub async fn firehose(cap: u64) -> (Target, Arc<AtomicU64>) {
     (target, written)
 }
 
+/// An [`echo`] that counts the connections it accepted (which of several targets served).
+pub async fn counted_echo() -> (Target, Arc<AtomicUsize>) {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let target = serve(move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let (mut r, mut w) = s.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+            let _ = w.shutdown().await;
+        }
+    })
+    .await;
+    (target, accepted)
+}
+
 /// Hands every accepted socket to the test, which then plays the target itself.
 pub async fn handoff() -> (Target, mpsc::UnboundedReceiver<TcpStream>) {
     let (tx, rx) = mpsc::unbounded_channel();

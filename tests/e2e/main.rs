@@ -8,6 +8,7 @@
 mod agent_auth;
 mod demo;
 mod edge;
+mod failover;
 mod health;
 mod ldap;
 mod ldap_fixture;

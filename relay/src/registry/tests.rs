@@ -37,6 +37,7 @@ fn agent(
             conns: tx,
             active,
             info,
+            liveness: Arc::new(Liveness::new(std::time::Duration::from_secs(20))),
         },
         rx,
     )
@@ -50,7 +51,7 @@ fn registry(policy: DuplicatePolicy) -> Registry {
 }
 
 fn serving(r: &Registry, connector: &str) -> Option<u64> {
-    r.pick(connector).map(|a| a.tunnel_id)
+    r.pick(connector, None).map(|a| a.tunnel_id)
 }
 
 #[test]
@@ -62,7 +63,7 @@ fn spreads_across_agents_and_forgets_departed_ones() {
     assert!(r.register(&b, None).outcome.is_ok());
     let mut seen = [0usize; 3];
     for _ in 0..10 {
-        let p = r.pick("ad").expect("agent");
+        let p = r.pick("ad", None).expect("agent");
         seen[p.tunnel_id as usize] += 1;
     }
     assert_eq!(seen[1], 5, "round-robin when loads are equal");
@@ -74,8 +75,8 @@ fn spreads_across_agents_and_forgets_departed_ones() {
     }
     assert_eq!(r.unregister(2), None, "b had no other tunnel");
     assert_eq!(serving(&r, "ad"), Some(1));
-    assert!(r.pick("db").is_none(), "b went away: db has no agent");
-    assert!(r.pick("nope").is_none());
+    assert!(r.pick("db", None).is_none(), "b went away: db has no agent");
+    assert!(r.pick("nope", None).is_none());
 }
 
 #[test]
@@ -208,4 +209,45 @@ fn caps_per_agent_and_per_token() {
     r.unregister(1);
     assert!(r.register(&handles[4].0, Some("j1")).outcome.is_ok());
     assert_eq!(r.rows().len(), 4);
+}
+
+#[test]
+fn picking_prefers_tunnels_that_look_alive_and_falls_back_when_none_does() {
+    let r = Registry::default();
+    let (a, _ra) = agent(1, "a", 1, &["ad"]);
+    let (b, _rb) = agent(2, "b", 2, &["ad"]);
+    assert!(r.register(&a, None).outcome.is_ok());
+    assert!(r.register(&b, None).outcome.is_ok());
+    // a's writer is stuck: b gets every stream, even with more streams open.
+    a.liveness.set_write_slow(true);
+    b.active.store(5, Ordering::Relaxed);
+    for _ in 0..4 {
+        assert_eq!(serving(&r, "ad"), Some(2));
+    }
+    // Both look bad: least streams again (a refused client is a sure failure).
+    b.liveness.set_write_slow(true);
+    for _ in 0..4 {
+        assert_eq!(serving(&r, "ad"), Some(1));
+    }
+    // a recovers.
+    a.liveness.set_write_slow(false);
+    a.active.store(9, Ordering::Relaxed);
+    assert_eq!(serving(&r, "ad"), Some(1));
+}
+
+#[test]
+fn pick_skips_the_excepted_agent() {
+    let r = Registry::default();
+    let (a, _ra) = agent(1, "a", 1, &["ad"]);
+    let (b, _rb) = agent(2, "b", 2, &["ad"]);
+    assert!(r.register(&a, None).outcome.is_ok());
+    assert!(r.pick("ad", Some("a")).is_none(), "only a serves");
+    assert!(r.register(&b, None).outcome.is_ok());
+    b.active.store(7, Ordering::Relaxed);
+    b.liveness.set_write_slow(true);
+    for _ in 0..3 {
+        let p = r.pick("ad", Some("a")).map(|h| h.tunnel_id);
+        assert_eq!(p, Some(2), "never a, even when b is worse");
+    }
+    assert_eq!(r.pick("ad", None).map(|h| h.tunnel_id), Some(1));
 }

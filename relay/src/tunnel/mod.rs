@@ -36,6 +36,7 @@ pub(crate) use progress::{Counted, Written};
 
 use crate::audit::{Action, Event};
 use crate::authorize::Authorizer;
+use crate::liveness::Liveness;
 use crate::metrics::{ReasonLabel, VersionLabel};
 use crate::registry::{AgentHandle, Placed};
 use crate::sessions::TunnelInfo;
@@ -73,6 +74,7 @@ pub(crate) async fn run<S>(
     let token = shared.root.child_token();
     let (sink, mut source) = ws.split();
     let (queues, inputs) = writer::queues();
+    let liveness = Arc::new(Liveness::new(shared.cfg.tunnel.ping_interval));
     let writer = shared.tasks.spawn(writer::run(
         sink,
         inputs,
@@ -83,6 +85,7 @@ pub(crate) async fn run<S>(
             stall_limit: shared.cfg.tunnel.ping_timeout,
         },
         written,
+        liveness.clone(),
     ));
     let max_streams = shared.cfg.limits.max_streams_per_agent;
     let mut demux = Demux::new(
@@ -115,6 +118,7 @@ pub(crate) async fn run<S>(
             return;
         }
     };
+    liveness.heard(Instant::now());
     let (conns_tx, conns_rx) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let active = Arc::new(AtomicUsize::new(0));
@@ -139,6 +143,7 @@ pub(crate) async fn run<S>(
         conns: conns_tx,
         active: active.clone(),
         info: info.clone(),
+        liveness: liveness.clone(),
     };
     let placed = match admission::register(&shared, &handle, admission.identity.as_ref()) {
         Ok(placed) => placed,
@@ -241,6 +246,7 @@ pub(crate) async fn run<S>(
         sessions: shared.sessions.clone(),
         buffered: shared.buffered.a2c.share(),
         outbound: shared.buffered.c2a.share(),
+        router: shared.clone(),
     });
     let (ignored, warnings) = quota::for_tunnel();
     let mut session = Session {
@@ -256,6 +262,7 @@ pub(crate) async fn run<S>(
         backlog: Default::default(),
         ignored,
         warnings,
+        liveness,
     };
     let end = session.run(&mut source).await;
 

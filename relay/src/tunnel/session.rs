@@ -41,7 +41,9 @@ use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
 use crate::budget::FRAME_COST;
 use crate::conn::{reject, ListenerCtx, NewConn};
+use crate::liveness::Liveness;
 use crate::metrics::{CodeLabel, DirLabel, OverflowLabels};
+use crate::replay::Replay;
 use crate::sessions::{SessionInfo, TunnelInfo};
 use crate::Shared;
 
@@ -123,6 +125,8 @@ pub(super) struct Session {
     pub ignored: Bucket,
     /// Every warning the agent can provoke.
     pub warnings: LogLimit,
+    /// Stamped at every message from the agent (the registry's picking reads it).
+    pub liveness: Arc<Liveness>,
 }
 
 impl Session {
@@ -203,6 +207,7 @@ impl Session {
                 }
                 msg = source.next(), if stalled.is_none() && self.backlog.is_empty() => {
                     last_rx = Instant::now();
+                    self.liveness.heard(last_rx);
                     let dispatch = match msg {
                         None => return End::Closed,
                         Some(Err(e)) => {
@@ -366,7 +371,11 @@ impl Session {
                         })
                         .inc();
                 }
-                let _ = handle.tx.send(ToStream::Abort(Abort::PeerReset(code)));
+                // The handle (and its share of the client socket) goes first: a stream that
+                // an agent could not connect takes the socket back whole, for a retry.
+                let tx = handle.tx.clone();
+                drop(handle);
+                let _ = tx.send(ToStream::Abort(Abort::PeerReset(code)));
             }
             Dispatch::Reset {
                 id,
@@ -504,6 +513,7 @@ impl Session {
             peer,
             listener,
             guard,
+            reopen,
         } = conn;
         // Accepted on the listener's runtime: register the socket with this tunnel's shard, so
         // its readiness wakes this thread and the stream task never crosses threads.
@@ -563,6 +573,11 @@ impl Session {
             info,
             activity,
             guard,
+            replay: match reopen {
+                None => Replay::first(Instant::now()),
+                Some(_) => Replay::Retry,
+            },
+            reopen,
         };
         self.shared
             .streams

@@ -13,6 +13,11 @@
 //! The session decides every inbound rule (its `RecvHalf`): it tells this task to shut the
 //! write side, or aborts it (peer RST, or a reset the session already sent). Whatever the end,
 //! the task leaves through one exit that reports it to the session and frees its slots.
+//!
+//! Until the agent answers on the stream, what the client sent is kept ([`Replay`]): an agent
+//! that answers OPEN with `connect_failed` then does not cost the client its connection, the
+//! task hands the client to another agent's tunnel ([`Reroute`]), whose stream task sends the
+//! kept bytes first ([`Reopen`]). Once, and only while that is safe: see `crate::replay`.
 
 use std::io;
 use std::net::Shutdown;
@@ -33,8 +38,9 @@ use tracing::debug;
 use super::writer::Out;
 use crate::authorize::{Authorizer, Request};
 use crate::budget::{Budget, FRAME_COST};
-use crate::conn::{ConnGuard, ListenerCtx};
+use crate::conn::{reject, ConnGuard, ListenerCtx, NewConn, Reroute};
 use crate::metrics::{CodeLabel, DirLabel, Metrics};
+use crate::replay::{Chunk, Reopen, Replay, NOT_REPLAYABLE, NO_AGENT, REROUTED};
 use crate::sessions::{SessionInfo, Sessions};
 
 /// "Never" for timers: a year.
@@ -135,6 +141,8 @@ pub(super) struct TunnelCtx {
     pub buffered: Arc<Budget>,
     /// The relay-wide budget of client bytes on their way to agents, charged here per read.
     pub outbound: Arc<Budget>,
+    /// Where a stream this tunnel's agent could not connect goes next.
+    pub router: Arc<dyn Reroute>,
 }
 
 /// Agent bytes this stream holds, charged to the relay-wide budget by the session: released
@@ -208,9 +216,12 @@ pub(super) struct StreamTask {
     pub listener: Arc<ListenerCtx>,
     pub info: Arc<SessionInfo>,
     pub activity: Arc<Activity>,
-    /// Holds a slot of `max_conn_total` until the stream ends (only its drop matters).
-    #[allow(dead_code)]
+    /// Holds a slot of `max_conn_total` until the stream ends (moves with a retry).
     pub guard: ConnGuard,
+    /// What the client sent while the agent has not answered, for a retry.
+    pub replay: Replay,
+    /// This is a retry: send these bytes first.
+    pub reopen: Option<Box<Reopen>>,
 }
 
 /// Reports the end to the session and frees the stream's place on the tunnel, on every path.
@@ -254,12 +265,15 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
         connector: s.listener.connector.clone(),
         client_addr: Some(s.info.client.to_string()),
     };
-    let end = if send_out(&t, Out::Frame(open)).await {
-        pump(&t, &mut s).await
-    } else {
+    let end = if !send_out(&t, Out::Frame(open)).await {
         End::TunnelGone
+    } else if let Err(end) = resend(&t, &mut s).await {
+        end
+    } else {
+        pump(&t, &mut s).await
     };
     release_unread(&t, &mut s.rx);
+    let reopen = retry_plan(&t, &mut s, end);
     if let End::Local(reset) = end {
         t.metrics
             .rst_sent
@@ -269,7 +283,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
             .inc();
         send_out(&t, Out::Frame(reset.frame(id))).await;
     }
-    if end != End::Done {
+    if end != End::Done && reopen.is_none() {
         // Abort, not a clean EOF: the client must not mistake a cut stream for a complete one.
         let _ = s.sock.set_zero_linger();
     }
@@ -278,17 +292,105 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
     }
     lm.active.dec();
     let elapsed = started.elapsed();
-    t.metrics.connection_duration.observe(elapsed.as_secs_f64());
+    if reopen.is_none() {
+        t.metrics.connection_duration.observe(elapsed.as_secs_f64());
+    }
     debug!(
         cid = id,
         connector = %s.listener.connector,
         agent_id = %t.authz.agent_id,
         end = end.label(),
+        retry = reopen.is_some(),
         bytes_c2a = s.info.bytes_c2a.load(Ordering::Relaxed),
         bytes_a2c = s.info.bytes_a2c.load(Ordering::Relaxed),
         duration_ms = elapsed.as_millis() as u64,
         "stream closed"
     );
+    if let Some(reopen) = reopen {
+        hand_off(&t, s, reopen);
+    }
+}
+
+/// A retry: sends what the client sent the agent that could not connect, exactly as it was
+/// read (in order, then FIN if the client had shut down), before reading the client again.
+/// These bytes were counted in the listener's metrics when they were read.
+async fn resend(t: &TunnelCtx, s: &mut StreamTask) -> Result<(), End> {
+    let Some(reopen) = s.reopen.take() else {
+        return Ok(());
+    };
+    let id = s.send.id();
+    s.info
+        .bytes_c2a
+        .fetch_add(reopen.len() as u64, Ordering::Relaxed);
+    let Reopen { chunks, eof } = *reopen;
+    for Chunk { payload, charge } in chunks {
+        s.send.on_read(payload.len()).map_err(End::Local)?;
+        let data = Out::Data(Frame::Data { id, payload }, charge);
+        if !send_out(t, data).await {
+            return Err(End::TunnelGone);
+        }
+    }
+    if eof {
+        if let Some(fin) = s.send.on_eof() {
+            t.metrics
+                .fin_sent
+                .get_or_create(&DirLabel { dir: "c2a" })
+                .inc();
+            if !send_out(t, Out::Frame(fin)).await {
+                return Err(End::TunnelGone);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// After the stream's end: the bytes to reopen it with elsewhere, when the agent answered
+/// `connect_failed` and a retry is safe (see `crate::replay`); otherwise counts why not.
+fn retry_plan(t: &TunnelCtx, s: &mut StreamTask, end: End) -> Option<Reopen> {
+    if end != End::Aborted(Abort::PeerReset(RstCode::ConnectFailed)) {
+        return None;
+    }
+    let replay = std::mem::replace(&mut s.replay, Replay::Off);
+    let agent_sent = s.info.bytes_a2c.load(Ordering::Relaxed) > 0;
+    match replay.verdict(Instant::now(), agent_sent) {
+        Ok(reopen) => Some(reopen),
+        Err(result) => {
+            t.metrics.open_retry(&s.listener.connector, result);
+            None
+        }
+    }
+}
+
+/// Hands the client to another agent's tunnel, or resets it when no other agent serves the
+/// connector (as without retries).
+fn hand_off(t: &TunnelCtx, s: StreamTask, reopen: Reopen) {
+    let connector = s.listener.connector.clone();
+    // The session let go of its share when the agent's RST came in (before telling us).
+    let sock = match Arc::try_unwrap(s.sock) {
+        Ok(sock) => sock,
+        Err(shared) => {
+            t.metrics.open_retry(&connector, NOT_REPLAYABLE);
+            let _ = shared.set_zero_linger();
+            return;
+        }
+    };
+    let conn = NewConn {
+        sock,
+        peer: s.info.client,
+        listener: s.listener,
+        guard: s.guard,
+        reopen: Some(Box::new(reopen)),
+    };
+    match t.router.reroute(conn, &t.authz.agent_id) {
+        Ok(()) => {
+            t.metrics.open_retry(&connector, REROUTED);
+            debug!(cid = s.info.cid, connector = %connector, agent_id = %t.authz.agent_id, "agent could not connect the stream; reopened on another agent");
+        }
+        Err(conn) => {
+            t.metrics.open_retry(&connector, NO_AGENT);
+            reject(conn.sock);
+        }
+    }
 }
 
 /// Gives back the budget of agent bytes the session sent that this task never took: after
@@ -362,15 +464,18 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                 None => return End::TunnelGone,
                 Some(ToStream::Abort(a)) => return End::Aborted(a),
                 Some(ToStream::Data(b)) => {
+                    s.replay.confirm();
                     held.add(b.len());
                     queue.push(b);
                 }
                 Some(ToStream::Window(credit)) => {
+                    s.replay.confirm();
                     if let Err(reset) = s.send.on_window(credit) {
                         return End::Local(reset);
                     }
                 }
                 Some(ToStream::ShutWrite) => {
+                    s.replay.confirm();
                     // tokio's shutdown would need `&mut`; the socket is shared with the session.
                     if socket2::SockRef::from(&*sock).shutdown(Shutdown::Write).is_err() {
                         return End::Local(Reset::new(RstCode::Io, "client shutdown failed"));
@@ -421,6 +526,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                 let now = Instant::now().into_std();
                 match reads.read(budget, header, now, |b| sock.try_read_buf(b)) {
                     Ok(None) => {
+                        s.replay.on_eof();
                         if let Some(fin) = s.send.on_eof() {
                             t.metrics.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
                             outbox = Some(Out::Frame(fin));
@@ -433,6 +539,14 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                         }
                         if let Err(reset) = s.send.on_read(n) {
                             return End::Local(reset);
+                        }
+                        if s.replay.is_keeping() {
+                            // Agent bytes written straight to the client confirm it too.
+                            if s.info.bytes_a2c.load(Ordering::Relaxed) > 0 {
+                                s.replay.confirm();
+                            } else {
+                                s.replay.on_read(&bytes[bytes.len() - n..], &t.outbound);
+                            }
                         }
                         s.activity.touch();
                         s.info.bytes_c2a.fetch_add(n as u64, Ordering::Relaxed);

@@ -11,8 +11,9 @@
 //!
 //! Liveness: an agent that takes nothing for `stall_limit` (the tunnel's `ping_timeout`) while
 //! the writer has something to send is dead. While a write waits, the socket's byte count
-//! ([`Written`]) is checked every `stall_limit`: no byte taken in one such period marks the
-//! tunnel [`Stall`]ed and cancels it; a slow link that keeps taking bytes is never cut.
+//! ([`Written`]) is checked every half `stall_limit`: no byte taken in one half marks the tunnel
+//! write-slow ([`Liveness`]: the registry stops giving it new streams), in two halves in a row
+//! [`Stall`]ed, which cancels it; a slow link that keeps taking bytes is never cut.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,6 +36,7 @@ use tracing::warn;
 
 use super::progress::Written;
 use crate::budget::Charge;
+use crate::liveness::Liveness;
 
 /// Capacity of the data queue in frames. 256 x 64 KiB caps it at 16 MiB per tunnel.
 pub(super) const DATA_QUEUE: usize = 256;
@@ -117,29 +119,48 @@ struct Watch<'a> {
     stall: &'a Stall,
     written: &'a Written,
     token: &'a CancellationToken,
+    liveness: &'a Liveness,
 }
 
 impl Watch<'_> {
     /// Runs one write; `false` when it failed, the tunnel was cancelled meanwhile, or the
     /// socket took no byte at all for `limit` (then the tunnel is marked stalled). A slow agent
-    /// that keeps taking bytes is never cut, however long one write lasts.
+    /// that keeps taking bytes is never cut, however long one write lasts. Half of `limit`
+    /// without a byte marks the tunnel write-slow until a byte moves or the write ends.
     async fn write<E>(&self, op: impl Future<Output = Result<(), E>>) -> bool {
         tokio::pin!(op);
+        let half = self.limit / 2;
         let mut seen = self.written.get();
-        loop {
+        // Halves in a row without a byte taken.
+        let mut quiet = 0u8;
+        let done = loop {
             tokio::select! {
-                r = &mut op => return r.is_ok(),
-                _ = self.token.cancelled() => return false,
-                () = tokio::time::sleep(self.limit) => {
+                r = &mut op => break r.is_ok(),
+                _ = self.token.cancelled() => break false,
+                () = tokio::time::sleep(half) => {
                     let now = self.written.get();
-                    if now == seen {
+                    if now != seen {
+                        seen = now;
+                        if quiet > 0 {
+                            quiet = 0;
+                            self.liveness.set_write_slow(false);
+                        }
+                        continue;
+                    }
+                    quiet += 1;
+                    if quiet >= 2 {
+                        // Stays write-slow: the tunnel is cancelled and leaves the registry.
                         self.stall.set();
                         return false;
                     }
-                    seen = now;
+                    self.liveness.set_write_slow(true);
                 }
             }
+        };
+        if quiet > 0 {
+            self.liveness.set_write_slow(false);
         }
+        done
     }
 }
 
@@ -164,6 +185,7 @@ pub(super) async fn run<S>(
     token: CancellationToken,
     timing: Timing,
     written: Written,
+    liveness: Arc<Liveness>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -176,6 +198,7 @@ pub(super) async fn run<S>(
         stall: &stall,
         written: &written,
         token: &token,
+        liveness: &liveness,
     };
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -264,7 +287,56 @@ fn encode(frame: &Frame, version: Version, limits: &Limits, v1: &mut V1Encoder) 
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::super::progress::Counted;
     use super::*;
+
+    /// A write the socket takes nothing of: write-slow from half the limit on (the registry
+    /// stops picking the tunnel), stalled at the limit; a byte taken in between clears it.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_without_progress_is_slow_at_half_the_limit_and_stalls_at_the_limit() {
+        let (stall, written, token) = (
+            Stall::default(),
+            Written::default(),
+            CancellationToken::new(),
+        );
+        let liveness = Liveness::new(Duration::from_secs(60));
+        let watch = Watch {
+            limit: Duration::from_secs(10),
+            stall: &stall,
+            written: &written,
+            token: &token,
+            liveness: &liveness,
+        };
+        let (pipe, _peer) = tokio::io::duplex(64);
+        let mut sock = Counted::new(pipe, written.clone());
+        let start = Instant::now();
+        let write = watch.write(std::future::pending::<Result<(), ()>>());
+        tokio::pin!(write);
+        let run = |d: u64| tokio::time::sleep_until(start + Duration::from_millis(d));
+        tokio::select! { _ = &mut write => panic!("ended"), () = run(4_900) => {} }
+        assert!(liveness.is_healthy(Instant::now()));
+        tokio::select! { _ = &mut write => panic!("ended"), () = run(5_100) => {} }
+        assert!(
+            !liveness.is_healthy(Instant::now()),
+            "slow after half the limit"
+        );
+        // One byte taken: healthy again at the next check, and the stall count starts over.
+        sock.write_all(b"x").await.expect("pipe has room");
+        tokio::select! { _ = &mut write => panic!("ended"), () = run(10_100) => {} }
+        assert!(liveness.is_healthy(Instant::now()));
+        tokio::select! { _ = &mut write => panic!("ended"), () = run(15_100) => {} }
+        assert!(!liveness.is_healthy(Instant::now()));
+        assert!(!stall.is_set());
+        assert!(!write.await, "stalled");
+        assert!(stall.is_set());
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
+        assert!(
+            !liveness.is_healthy(Instant::now()),
+            "stays slow while it is reaped"
+        );
+    }
 
     #[test]
     fn close_reason_fits_a_close_frame() {

@@ -14,6 +14,26 @@ use crate::state::State;
 
 const STEP: Duration = Duration::from_secs(10);
 
+/// Takes the clients a stream reroutes (or refuses them, as a relay with no other agent).
+#[derive(Debug, Default)]
+struct Catch {
+    accept: bool,
+    got: std::sync::Mutex<Vec<(NewConn, String)>>,
+}
+
+impl Reroute for Catch {
+    fn reroute(&self, conn: NewConn, except: &str) -> Result<(), Box<NewConn>> {
+        if !self.accept {
+            return Err(Box::new(conn));
+        }
+        self.got
+            .lock()
+            .expect("lock")
+            .push((conn, except.to_owned()));
+        Ok(())
+    }
+}
+
 /// A stream task on a real client socket pair, with every channel of its tunnel in reach.
 struct Rig {
     client: TcpStream,
@@ -21,9 +41,16 @@ struct Rig {
     out: mpsc::Receiver<Out>,
     events: mpsc::UnboundedReceiver<StreamEvent>,
     task: tokio::task::JoinHandle<()>,
+    router: Arc<Catch>,
+    metrics: Arc<Metrics>,
 }
 
 async fn rig(window: u32, idle: Option<Duration>) -> Rig {
+    rig_with(window, idle, false).await
+}
+
+/// [`rig`] whose router takes rerouted clients when `accept`.
+async fn rig_with(window: u32, idle: Option<Duration>, accept: bool) -> Rig {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     let (client, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
@@ -40,6 +67,10 @@ async fn rig(window: u32, idle: Option<Duration>) -> Rig {
     let (data, out) = mpsc::channel(16);
     let (events_tx, events) = mpsc::unbounded_channel();
     let agent_id: Arc<str> = Arc::from("a");
+    let router = Arc::new(Catch {
+        accept,
+        ..Catch::default()
+    });
     let t = Arc::new(TunnelCtx {
         version: Version::V2,
         max_payload: 64 * 1024,
@@ -61,6 +92,7 @@ async fn rig(window: u32, idle: Option<Duration>) -> Rig {
         sessions: Arc::new(Sessions::default()),
         buffered: Arc::new(Budget::new(1 << 30, Default::default())),
         outbound: Arc::new(Budget::new(1 << 30, Default::default())),
+        router: router.clone(),
     });
     let tunnel = Arc::new(TunnelInfo {
         tunnel_id: 1,
@@ -110,6 +142,8 @@ async fn rig(window: u32, idle: Option<Duration>) -> Rig {
         }),
         activity: Arc::new(Activity::new()),
         guard: ConnGuard::try_acquire(&conns, 1).expect("slot"),
+        replay: Replay::first(Instant::now()),
+        reopen: None,
     };
     Rig {
         client: client.expect("connect"),
@@ -117,6 +151,8 @@ async fn rig(window: u32, idle: Option<Duration>) -> Rig {
         out,
         events,
         task: tokio::spawn(run(t, task)),
+        router,
+        metrics,
     }
 }
 
@@ -251,4 +287,100 @@ async fn an_idle_stream_is_reset_after_the_timeout() {
         waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
         "reset after {waited:?}"
     );
+}
+
+fn retries(metrics: &Metrics, result: &str) -> u64 {
+    let line = format!("nowconnect_open_retries_total{{connector=\"ad\",result=\"{result}\"}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&line).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// `connect_failed` before the agent answered anything: the client (not reset) goes to the
+/// router with every byte it sent, in order, and its EOF; the failed agent is excluded.
+#[tokio::test]
+async fn connect_failed_hands_the_client_and_its_bytes_to_another_agent() {
+    let mut r = rig_with(1024, None, true).await;
+    assert!(matches!(
+        next_out(&mut r).await,
+        Out::Frame(Frame::Open { .. })
+    ));
+    r.client.write_all(b"bind request").await.expect("write");
+    let Out::Raw(frame, _) = next_out(&mut r).await else {
+        panic!("DATA")
+    };
+    assert_eq!(
+        &frame[nowconnect_shared::binary::HEADER_LEN..],
+        b"bind request"
+    );
+    r.client.write_all(b", more").await.expect("write");
+    let Out::Raw(_, _) = next_out(&mut r).await else {
+        panic!("DATA")
+    };
+    r.client.shutdown().await.expect("shutdown");
+    assert!(matches!(
+        next_out(&mut r).await,
+        Out::Frame(Frame::Fin { .. })
+    ));
+    r.to_stream
+        .send(ToStream::Abort(Abort::PeerReset(RstCode::ConnectFailed)))
+        .expect("send");
+    tokio::time::timeout(STEP, r.task)
+        .await
+        .expect("ends")
+        .expect("no panic");
+    let (conn, except) = r.router.got.lock().expect("lock").pop().expect("rerouted");
+    assert_eq!(except, "a", "never the agent that failed");
+    let reopen = conn.reopen.expect("bytes to resend");
+    let kept: Vec<u8> = reopen
+        .chunks
+        .iter()
+        .flat_map(|c| c.payload.to_vec())
+        .collect();
+    assert_eq!(kept, b"bind request, more");
+    assert!(reopen.eof);
+    assert_eq!(retries(&r.metrics, "rerouted"), 1);
+    // The client's connection lives on: the next agent's bytes reach it.
+    conn.sock.writable().await.expect("writable");
+    conn.sock.try_write(b"ok").expect("write");
+    let mut got = [0u8; 2];
+    tokio::time::timeout(STEP, r.client.read_exact(&mut got))
+        .await
+        .expect("in time")
+        .expect("not reset");
+    assert_eq!(&got, b"ok");
+}
+
+/// An agent that answered (here WINDOW) has connected: its `connect_failed` is not retried.
+#[tokio::test]
+async fn an_agent_that_answered_is_not_retried() {
+    let mut r = rig_with(1024, None, true).await;
+    assert!(matches!(
+        next_out(&mut r).await,
+        Out::Frame(Frame::Open { .. })
+    ));
+    r.client.write_all(b"x").await.expect("write");
+    let Out::Raw(_, _) = next_out(&mut r).await else {
+        panic!("DATA")
+    };
+    r.to_stream.send(ToStream::Window(1)).expect("send");
+    r.to_stream
+        .send(ToStream::Abort(Abort::PeerReset(RstCode::ConnectFailed)))
+        .expect("send");
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(STEP, r.client.read(&mut buf))
+        .await
+        .expect("in time");
+    assert_eq!(
+        read.map_err(|e| e.kind()).err(),
+        Some(io::ErrorKind::ConnectionReset)
+    );
+    tokio::time::timeout(STEP, r.task)
+        .await
+        .expect("ends")
+        .expect("no panic");
+    assert!(r.router.got.lock().expect("lock").is_empty());
+    assert_eq!(retries(&r.metrics, "not_replayable"), 1);
 }
