@@ -119,7 +119,7 @@ async fn supervise_slot(shared: Arc<Shared>, slot: Arc<Slot>, cancel: Cancellati
     let mut status = StatusLine::new(notifier);
     let mut down_status = format!("connecting to {}", relay());
     let mut note: Option<String> = None;
-    let ping_every = shared.notify.ping_every();
+    let ping_every = status.notifier().ping_every();
     let mut watchdog = tokio::time::interval(ping_every.unwrap_or(STATUS_REFRESH));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(STATUS_REFRESH);
