@@ -151,6 +151,7 @@ pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandl
         agent_id = %cfg.agent_id,
         relay = %cfg.url,
         relays = cfg.urls.len(),
+        connections = cfg.connections,
         connectors = ?cfg.connectors().collect::<Vec<_>>(),
         health = %health_addr,
         proxy = %dialer.route().map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
@@ -158,13 +159,12 @@ pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandl
     );
     let shared = Arc::new(tunnel::Shared {
         cfg,
-        dialer,
         health: health.clone(),
         notify,
     });
     let mut tasks = JoinSet::new();
     tasks.spawn(health::serve(listener, health.clone(), cancel.clone()));
-    tasks.spawn(tunnel::supervise(shared, cancel.clone()));
+    tasks.spawn(tunnel::supervise(shared, dialer, cancel.clone()));
     Ok(AgentHandle {
         health_addr,
         health,

@@ -727,3 +727,66 @@ async fn an_unreachable_relay_is_skipped_for_the_next_in_the_list() {
     conn.send(Frame::HelloAck).await;
     wait_health(&agent, "READY\n").await;
 }
+
+/// A READY tunnel closed by the relay with 1001 Going Away (the relay shuts down) is dialed
+/// again at once, not after a backoff delay: ten shutdowns in a row cost the agent well under
+/// what even the quick retries (up to 250 ms each, 125 ms on average) would (paused clock).
+#[tokio::test(start_paused = true)]
+async fn going_away_redials_at_once() {
+    let _tick = Ticker::start();
+    let relay = MockRelay::bind().await;
+    let echo = target::echo().await;
+    // Quick retries as shipped (reconnect_initial_ms above 250 ms).
+    let yaml = agent_yaml(&relay.url(), "v2", &[("echo", echo.addr)]).replace(
+        nowconnect_testkit::yaml::AGENT_LIMITS,
+        "limits: {connect_timeout_ms: 2000, reconnect_initial_ms: 1000, reconnect_max_ms: 60000}\n",
+    );
+    let agent = start(&yaml).await;
+    let mut conn = relay.accept(Select::Negotiate).await;
+    let mut waited = Duration::ZERO;
+    for round in 0..10 {
+        expect_hello(&mut conn, &["echo"]).await;
+        conn.send(Frame::HelloAck).await;
+        wait_health(&agent, "READY\n").await;
+        // Past the flap guard (1 s): a healthy tunnel.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let closed = Instant::now();
+        conn.close(1001, "relay shutting down").await;
+        conn = relay.accept(Select::Negotiate).await;
+        let took = closed.elapsed();
+        assert!(took < Duration::from_millis(500), "round {round}: {took:?}");
+        waited += took;
+    }
+    assert!(
+        waited < Duration::from_millis(300),
+        "ten Going Away closes cost {waited:?}: a backoff delay was slept"
+    );
+}
+
+/// With several relays, 1001 Going Away moves the agent to the next relay of the list at once
+/// (the one going away is not dialed again first).
+#[tokio::test(start_paused = true)]
+async fn going_away_moves_to_the_next_relay() {
+    let _tick = Ticker::start();
+    let a = MockRelay::bind().await;
+    let b = MockRelay::bind().await;
+    let echo = target::echo().await;
+    let yaml = agent_yaml(&a.url(), "v2", &[("echo", echo.addr)]).replace(
+        &format!("  url: {}\n", a.url()),
+        &format!("  url: {}\n  urls: ['{}']\n", a.url(), b.url()),
+    );
+    assert!(yaml.contains("urls:"), "{yaml}");
+    let agent = start(&yaml).await;
+    let mut on_a = a.accept(Select::Negotiate).await;
+    expect_hello(&mut on_a, &["echo"]).await;
+    on_a.send(Frame::HelloAck).await;
+    wait_health(&agent, "READY\n").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    on_a.close(1001, "relay shutting down").await;
+    let mut on_b = b
+        .accept_within(Duration::from_millis(500), Select::Negotiate)
+        .await;
+    expect_hello(&mut on_b, &["echo"]).await;
+    on_b.send(Frame::HelloAck).await;
+    wait_health(&agent, "READY\n").await;
+}

@@ -215,6 +215,39 @@ async fn graceful_shutdown_waits_for_streams_and_readyz_says_503() {
     .await;
 }
 
+/// Graceful shutdown tells agents to go with 1001 Going Away: a tunnel without streams at
+/// once (its agent can move to another relay), one with an open stream only after that stream
+/// is done, well before the (long) grace period ends.
+#[tokio::test]
+async fn shutdown_closes_idle_tunnels_with_going_away_at_once_busy_ones_when_done() {
+    let relay = relay(&format!("{DEV}limits:\n  shutdown_grace_ms: 60000\n")).await;
+    let mut busy = v2_agent(relay.tunnel_addr(), "busy", &["addomain"]).await;
+    let mut client = client(&relay).await;
+    let id = busy.expect_open("addomain").await;
+    let mut idle = v2_agent(relay.tunnel_addr(), "idle", &[]).await;
+
+    relay.shutdown();
+    let (code, reason) = within("1001 to the idle agent", T, idle.closed_with()).await;
+    assert_eq!(u16::from(code), 1001, "Going Away, not {code:?} ({reason})");
+    assert_eq!(reason, "relay shutting down");
+    // The busy tunnel still carries its stream.
+    busy.send(&data(id, b"still")).await;
+    let mut buf = [0u8; 5];
+    within("a2c while draining", T, client.read_exact(&mut buf))
+        .await
+        .expect("client read");
+    assert_eq!(&buf, b"still");
+    busy.send(&Frame::Rst {
+        id,
+        code: RstCode::Other,
+        reason: "done".into(),
+    })
+    .await;
+    let (code, _) = within("1001 once the stream is done", T, busy.closed_with()).await;
+    assert_eq!(u16::from(code), 1001);
+    within("the relay to stop", T, relay.wait()).await;
+}
+
 /// Streams still open when `shutdown_grace_ms` is over are closed; the relay stops then, not
 /// before (paused clock: the grace period passes in no real time).
 #[tokio::test(start_paused = true)]

@@ -14,6 +14,7 @@ pub mod load;
 pub mod pki;
 pub mod proc;
 pub mod report;
+pub mod restart;
 mod rows;
 pub mod run;
 mod settings;

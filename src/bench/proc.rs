@@ -10,6 +10,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -92,6 +93,15 @@ pub fn install_guards() {
     });
 }
 
+/// How [`Child::stop`] ends a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGKILL: no goodbye (a crash, an OOM kill).
+    Kill,
+    /// SIGTERM: the graceful shutdown.
+    Term,
+}
+
 /// A child process with its stderr/stdout in a log file; killed on drop.
 #[derive(Debug)]
 pub struct Child {
@@ -151,6 +161,36 @@ impl Child {
                 Some(status)
             }
             _ => None,
+        }
+    }
+
+    /// Stops the process as an operator would: `Signal::Kill` (`kill -9`, a crash) or
+    /// `Signal::Term` (`systemctl stop`, a graceful shutdown), then waits up to `timeout` for
+    /// it to exit (reaped then).
+    pub fn stop(&mut self, signal: Signal, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        match signal {
+            Signal::Kill => self.child.kill().context("SIGKILL")?,
+            Signal::Term => {
+                let ok = Command::new("kill")
+                    .args(["-TERM", &self.child.id().to_string()])
+                    .stderr(Stdio::null())
+                    .status()
+                    .context("running kill -TERM")?
+                    .success();
+                anyhow::ensure!(ok, "kill -TERM {} failed", self.child.id());
+            }
+        }
+        let end = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Ok(status);
+            }
+            anyhow::ensure!(
+                Instant::now() < end,
+                "{} did not exit within {timeout:?} after {signal:?}",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

@@ -29,6 +29,10 @@ pub struct Settings {
     pub ldap: Option<LdapSettings>,
     /// Which workloads run (`--only`); the default is all of them.
     pub only: Workloads,
+    /// Relay restarts in a row per signal (`restart`).
+    pub restarts: usize,
+    /// Failovers (`failover`).
+    pub failovers: usize,
 }
 
 /// The workloads `--only` can pick.
@@ -41,10 +45,20 @@ pub struct Workloads {
     /// Bulk transfers with `--streams` streams (up and down).
     pub bulk_n: bool,
     pub ldap: bool,
+    /// Relay restarted in a row (SIGKILL, then SIGTERM): agent READY from the new start.
+    pub restart: bool,
+    /// The agent's relay SIGKILLed: READY on the other relay of its list.
+    pub failover: bool,
 }
 
 impl Workloads {
-    /// Parses `memory,pingpong,bulk,bulk1,ldap` (bulk = bulk1 + the multi-stream cases).
+    /// Any workload of the relay + agent pair (the table against direct).
+    pub fn tunnel(&self) -> bool {
+        self.memory || self.pingpong || self.bulk1 || self.bulk_n || self.ldap
+    }
+
+    /// Parses `memory,pingpong,bulk,bulk1,ldap,restart,failover` (bulk = bulk1 + the
+    /// multi-stream cases).
     pub fn parse(list: &str) -> anyhow::Result<Workloads> {
         let mut w = Workloads {
             memory: false,
@@ -52,6 +66,8 @@ impl Workloads {
             bulk1: false,
             bulk_n: false,
             ldap: false,
+            restart: false,
+            failover: false,
         };
         for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item {
@@ -60,8 +76,11 @@ impl Workloads {
                 "bulk" => (w.bulk1, w.bulk_n) = (true, true),
                 "bulk1" => w.bulk1 = true,
                 "ldap" => w.ldap = true,
+                "restart" => w.restart = true,
+                "failover" => w.failover = true,
                 other => anyhow::bail!(
-                    "--only {other}: expected a list of memory, pingpong, bulk, bulk1, ldap"
+                    "--only {other}: expected a list of memory, pingpong, bulk, bulk1, ldap, \
+                     restart, failover"
                 ),
             }
         }

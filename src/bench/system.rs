@@ -60,7 +60,7 @@ impl Tunnel {
 }
 
 /// A port nothing listens on right now.
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
 }
@@ -115,7 +115,7 @@ fn start_once(
         http_get(admin, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     })?;
 
-    let agent_yaml = agent_yaml(opts, pki, tunnel_port, health_port, targets);
+    let agent_yaml = agent_yaml(opts, pki, &[tunnel_port], health_port, targets);
     let agent_cfg = opts.dir.join("agent.yaml");
     std::fs::write(&agent_cfg, agent_yaml).context("writing agent.yaml")?;
     let mut args = vec!["--config", path_str(&agent_cfg)?];
@@ -144,13 +144,17 @@ fn start_once(
     })
 }
 
-fn path_str(p: &Path) -> anyhow::Result<&str> {
+pub(super) fn path_str(p: &Path) -> anyhow::Result<&str> {
     p.to_str()
         .with_context(|| format!("path is not UTF-8: {}", p.display()))
 }
 
 /// Polls `ready` until it holds; fails early if `child` exits, with its log tail.
-fn wait_for(child: &mut Child, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+pub(super) fn wait_for(
+    child: &mut Child,
+    what: &str,
+    mut ready: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let end = Instant::now() + START_DEADLINE;
     loop {
         if ready() {
@@ -175,7 +179,7 @@ fn wait_for(child: &mut Child, what: &str, mut ready: impl FnMut() -> bool) -> a
     }
 }
 
-fn relay_yaml(
+pub(super) fn relay_yaml(
     opts: &Options,
     pki: &Pki,
     tunnel_port: u16,
@@ -201,17 +205,27 @@ fn relay_yaml(
     y
 }
 
-fn agent_yaml(
+/// Agent YAML: the relays on `tunnel_ports` (the first as `url`, the others as `urls`).
+pub(super) fn agent_yaml(
     opts: &Options,
     pki: &Pki,
-    tunnel_port: u16,
+    tunnel_ports: &[u16],
     health_port: u16,
     targets: &BTreeMap<String, SocketAddr>,
 ) -> String {
     let names: Vec<&str> = targets.keys().map(String::as_str).collect();
+    let url = |p: &u16| format!("wss://localhost:{p}/tunnel");
+    let first = tunnel_ports.first().map(url).unwrap_or_default();
+    let more = match tunnel_ports.get(1..) {
+        Some(rest) if !rest.is_empty() => format!(
+            "  urls: [{}]\n",
+            rest.iter().map(url).collect::<Vec<_>>().join(", ")
+        ),
+        _ => String::new(),
+    };
     let mut y = format!(
         "# written by nowconnect-bench\n\
-         tunnel:\n  url: wss://localhost:{tunnel_port}/tunnel\n  agent_id: bench-agent\n  \
+         tunnel:\n  url: {first}\n{more}  agent_id: bench-agent\n  \
          protocol: {}\n  exported_connectors: [{}]\n\
          proxy:\n  ca_bundle: '{}'\n\
          health:\n  host: 127.0.0.1\n  port: {health_port}\n\
@@ -233,7 +247,7 @@ fn agent_yaml(
 }
 
 /// A plain HTTP/1.1 GET; the whole response, or `None` on any failure.
-fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+pub(super) fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -244,7 +258,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 }
 
 /// What the agent's health port says (`OK` or `READY`).
-fn health_line(addr: SocketAddr) -> Option<String> {
+pub(super) fn health_line(addr: SocketAddr) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     let mut out = String::new();

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use nowconnect::bench::{ldap, proc, run};
+use nowconnect::bench::{ldap, proc, restart, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,9 +77,17 @@ struct Args {
     #[arg(long)]
     keep: bool,
     /// Run only these workloads: a comma list of memory, pingpong, bulk, bulk1 (one-stream bulk
-    /// only), ldap. Budgets of workloads left out show "–".
+    /// only), ldap, restart (relay restarted --restarts times after SIGKILL, then after SIGTERM),
+    /// failover (the agent's relay SIGKILLed, --failovers times). Budgets of workloads left out
+    /// show "–".
     #[arg(long, default_value = "memory,pingpong,bulk,ldap")]
     only: String,
+    /// Relay restarts in a row per signal (restart).
+    #[arg(long, default_value_t = 15)]
+    restarts: usize,
+    /// Relay losses (failover).
+    #[arg(long, default_value_t = 10)]
+    failovers: usize,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -115,6 +123,14 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         "--bulk-mib must be 1..=65536"
     );
     anyhow::ensure!((1..=20).contains(&a.rounds), "--rounds must be 1..=20");
+    anyhow::ensure!(
+        (1..=200).contains(&a.restarts),
+        "--restarts must be 1..=200"
+    );
+    anyhow::ensure!(
+        (1..=200).contains(&a.failovers),
+        "--failovers must be 1..=200"
+    );
     anyhow::ensure!(
         a.relay_worker_threads.is_none_or(|n| (1..=64).contains(&n)),
         "--relay-worker-threads must be 1..=64"
@@ -168,6 +184,8 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         pingpong_size: a.pingpong_size,
         idle_streams: a.idle_streams,
         ldap,
+        restarts: a.restarts,
+        failovers: a.failovers,
     })
 }
 
@@ -182,18 +200,30 @@ fn main() -> ExitCode {
         }
     };
     proc::remove_on_interrupt((!args.keep).then(|| s.work_dir.clone()));
-    let result = run::run(&s);
+    let result = measure(&s);
     if args.keep {
         eprintln!("work directory kept: {}", s.work_dir.display());
     } else {
         let _ = std::fs::remove_dir_all(&s.work_dir);
     }
     match result {
-        Ok(report) => {
-            let label = format!("tunnel ({}, wss)", s.protocol);
-            println!("{}", report.render(&label));
+        Ok((report, restarts)) => {
+            // The tunnel report's keys at the top (as before), the restart measures beside them.
+            let mut json = serde_json::Map::new();
+            if let Some(report) = report {
+                let label = format!("tunnel ({}, wss)", s.protocol);
+                println!("{}", report.render(&label));
+                if let serde_json::Value::Object(m) = report.to_json() {
+                    json = m;
+                }
+            }
+            if let Some(r) = restarts {
+                println!("{}", r.render());
+                json.insert("restart".into(), r.to_json());
+            }
             if let Some(path) = &args.json {
-                let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+                let text = serde_json::to_string_pretty(&serde_json::Value::Object(json))
+                    .unwrap_or_default();
                 if let Err(e) = std::fs::write(path, text) {
                     eprintln!("nowconnect-bench: cannot write {}: {e}", path.display());
                 }
@@ -205,4 +235,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The tunnel workloads, then the restart and failover measures, as `--only` asks.
+fn measure(
+    s: &run::Settings,
+) -> anyhow::Result<(
+    Option<nowconnect::bench::report::Report>,
+    Option<restart::Restarts>,
+)> {
+    let report = if s.only.tunnel() {
+        Some(run::run(s)?)
+    } else {
+        None
+    };
+    let restarts = if s.only.restart || s.only.failover {
+        Some(restart::run(s)?)
+    } else {
+        None
+    };
+    Ok((report, restarts))
 }

@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -170,6 +172,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MockConn<S> {
     pub async fn send(&mut self, f: Frame) {
         let msg = self.codec.encode(&f);
         self.ws.send(msg).await.expect("send to the agent");
+    }
+
+    /// Sends a WebSocket Close with `code` (e.g. 1001 Going Away, as a relay that shuts down).
+    pub async fn close(&mut self, code: u16, reason: &str) {
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.to_owned().into(),
+        };
+        self.ws
+            .send(Message::Close(Some(frame)))
+            .await
+            .expect("close to the agent");
     }
 
     /// Next frame, skipping pings and pongs; `None` when the agent closed the WebSocket (or it

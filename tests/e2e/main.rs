@@ -16,6 +16,7 @@ mod lifecycle;
 mod portal;
 mod streams;
 mod transfer;
+mod two_tunnels;
 mod v1_raw_agent;
 
 use std::net::SocketAddr;

@@ -20,6 +20,7 @@ pub struct PartialTarget {
 #[derive(Debug, Default, Clone)]
 pub struct Layer {
     pub url: Option<String>,
+    pub connections: Option<usize>,
     pub agent_id: Option<String>,
     pub connectors: Option<Vec<String>>,
     pub token_file: Option<PathBuf>,
@@ -71,6 +72,7 @@ impl Layer {
         };
         Ok(Layer {
             url,
+            connections: tunnel.connections,
             agent_id: tunnel.agent_id,
             connectors: tunnel.exported_connectors,
             token_file: tunnel.auth.token_file,
@@ -122,6 +124,7 @@ impl Layer {
         let mut c = Collector::default();
         let mut l = Layer {
             url: env_str(env, "NC_AGENT_URL"),
+            connections: env_parse(env, "NC_AGENT_CONNECTIONS", parse_num, &mut c),
             agent_id: env_str(env, "NC_AGENT_ID"),
             connectors: env_str(env, "NC_CONNECTORS").map(|s| split_list(&s)),
             token_file: env_str(env, "NC_TOKEN_FILE").map(PathBuf::from),
@@ -174,6 +177,7 @@ impl Layer {
         }
         Layer {
             url: self.url.or(lower.url),
+            connections: self.connections.or(lower.connections),
             agent_id: self.agent_id.or(lower.agent_id),
             connectors: self.connectors.or(lower.connectors),
             token_file: self.token_file.or(lower.token_file),

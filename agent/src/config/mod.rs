@@ -35,7 +35,7 @@ pub use layer::{Layer, PartialTarget};
 pub use limits::AgentLimits;
 pub use logging::LogFormat;
 pub use targets::{ConnectorName, Target, Targets, MAX_CONNECTORS, MAX_CONNECTOR_LEN};
-pub use tunnel::{AgentId, Keepalive, ProtocolChoice, MAX_AGENT_ID_LEN};
+pub use tunnel::{AgentId, Keepalive, ProtocolChoice, MAX_AGENT_ID_LEN, MAX_CONNECTIONS};
 
 use crate::no_proxy::NoProxy;
 use crate::proxy::ProxyUrl;
@@ -51,6 +51,9 @@ pub struct AgentConfig {
     /// `tunnel.url` and `tunnel.urls` (`NC_AGENT_URL` a comma-separated list): relays of one
     /// service, tried in turn when one cannot be reached. Never empty; `urls[0] == url`.
     pub urls: Vec<RelayUrl>,
+    /// `tunnel.connections` (`NC_AGENT_CONNECTIONS`): tunnels kept at once, each to another
+    /// relay of `urls`, each with its own reconnects; 1 (default) or 2, at most `urls.len()`.
+    pub connections: usize,
     /// `tunnel.agent_id`, sent in HELLO.
     pub agent_id: AgentId,
     /// `tunnel.exported_connectors` (in HELLO order) with their `targets`: every exported

@@ -246,6 +246,59 @@ fn shipped_example_is_valid() {
         .replace("# client_key_file", "client_key_file");
     let c = AgentConfig::from_yaml_str(&mtls).expect("example with mTLS is valid");
     assert!(c.tls.client_cert.is_some());
+    assert_eq!(c.connections, 1);
+    // Two relays, two tunnels.
+    let two = text
+        .replace("# urls:", "urls:")
+        .replace("connections: 1 ", "connections: 2 ");
+    let c = AgentConfig::from_yaml_str(&two).expect("example with two tunnels is valid");
+    assert_eq!((c.urls.len(), c.connections), (2, 2));
+}
+
+#[test]
+fn connections_are_one_or_two_and_at_most_the_relays_listed() {
+    let t = "targets: {x: {host: h, port: 1}}";
+    let one = AgentConfig::from_yaml_str(&format!(
+        "tunnel:\n  url: wss://a.example/tunnel\n  agent_id: x\n{t}"
+    ))
+    .expect("default");
+    assert_eq!(one.connections, 1);
+    let from_env = AgentConfig::load(
+        Layer::default(),
+        None,
+        &env(&[
+            (
+                "NC_AGENT_URL",
+                "wss://a.example/tunnel, wss://b.example/tunnel",
+            ),
+            ("NC_AGENT_ID", "x"),
+            ("NC_AGENT_CONNECTIONS", "2"),
+            ("NC_TARGET_x_HOST", "h"),
+            ("NC_TARGET_x_PORT", "1"),
+            ("NC_CONNECTORS", "x"),
+        ]),
+    )
+    .expect("two relays, two tunnels from the environment");
+    assert_eq!(from_env.connections, 2);
+    for (urls, n, why) in [
+        ("url: wss://a.example/tunnel", 2, "2 tunnels need 2 relays"),
+        (
+            "urls: [wss://a.example/t, wss://b.example/t, wss://c.example/t]",
+            3,
+            "at most 2",
+        ),
+        ("url: wss://a.example/tunnel", 0, "at least 1"),
+    ] {
+        let e = AgentConfig::from_yaml_str(&format!(
+            "tunnel:\n  {urls}\n  connections: {n}\n  agent_id: x\n{t}"
+        ))
+        .expect_err(why)
+        .to_string();
+        assert!(
+            e.contains("tunnel.connections (NC_AGENT_CONNECTIONS)") && e.contains(why),
+            "{e}"
+        );
+    }
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub struct Keepalive {
 pub(super) struct Tunnel {
     /// Empty only when a problem was reported for `tunnel.url`.
     pub(super) urls: Vec<RelayUrl>,
+    /// 1, or up to `urls.len()` (never more than [`MAX_CONNECTIONS`]).
+    pub(super) connections: usize,
     pub(super) agent_id: AgentId,
     pub(super) targets: Targets,
     pub(super) allow_insecure_ws: bool,
@@ -49,6 +51,9 @@ pub(super) struct Tunnel {
 const URL: &str = "tunnel.url (NC_AGENT_URL, --url)";
 /// Relays one agent may be given (`tunnel.url` and `tunnel.urls` together).
 const MAX_URLS: usize = 8;
+const CONNECTIONS: &str = "tunnel.connections (NC_AGENT_CONNECTIONS)";
+/// Most tunnels one agent keeps at once (`tunnel.connections`).
+pub const MAX_CONNECTIONS: usize = 2;
 const AGENT_ID: &str = "tunnel.agent_id (NC_AGENT_ID, --agent-id)";
 const INSECURE: &str = "tunnel.allow_insecure_ws (NC_ALLOW_INSECURE_WS, --allow-insecure-ws)";
 
@@ -94,6 +99,27 @@ pub(super) fn validate_tunnel(c: &mut Collector, l: &Layer) -> Tunnel {
     if urls.len() != entries.len().min(MAX_URLS) {
         urls.clear();
     }
+    let connections = match l.connections.unwrap_or(1) {
+        0 => {
+            c.bad(CONNECTIONS, "must be at least 1");
+            1
+        }
+        n if n > MAX_CONNECTIONS => {
+            c.bad(CONNECTIONS, format!("must be at most {MAX_CONNECTIONS}"));
+            1
+        }
+        n if n > entries.len().max(1) => {
+            c.bad(
+                CONNECTIONS,
+                format!(
+                    "{n} tunnels need {n} relays in tunnel.url / tunnel.urls, got {}",
+                    entries.len()
+                ),
+            );
+            1
+        }
+        n => n,
+    };
 
     let agent_id = l
         .agent_id
@@ -144,6 +170,7 @@ pub(super) fn validate_tunnel(c: &mut Collector, l: &Layer) -> Tunnel {
 
     Tunnel {
         urls,
+        connections,
         agent_id,
         targets,
         allow_insecure_ws,

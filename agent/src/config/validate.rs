@@ -33,6 +33,7 @@ fn agent_config(c: &mut Collector, l: &Layer) -> Option<AgentConfig> {
     Some(AgentConfig {
         url: tunnel.urls.first()?.clone(),
         urls: tunnel.urls,
+        connections: tunnel.connections,
         agent_id: tunnel.agent_id,
         targets: tunnel.targets,
         token_file: auth.token_file,

@@ -25,6 +25,8 @@ pub(super) struct YamlTunnel {
     pub(super) url: Option<String>,
     /// More relays, tried in turn after `url` (several relays as one service).
     pub(super) urls: Option<Vec<String>>,
+    /// Tunnels kept at once, each to another relay of the list.
+    pub(super) connections: Option<usize>,
     pub(super) agent_id: Option<String>,
     pub(super) exported_connectors: Option<Vec<String>>,
     pub(super) auth: YamlAuth,

@@ -57,12 +57,20 @@ pub struct Dialed {
     pub token: Option<Token>,
 }
 
-/// Everything needed to open a tunnel; cheap to keep for the life of the agent.
+/// Which relay of the list each tunnel slot (`tunnel.connections`) dials, shared by the slots'
+/// dialers, so a slot that moves on skips the relays the other slots use.
+#[derive(Debug)]
+struct Claims(Vec<AtomicUsize>);
+
+/// Everything needed to open a tunnel; cheap to keep for the life of the agent. One per tunnel
+/// slot ([`Dialer::slot`]); they share the relay claims.
 #[derive(Clone)]
 pub struct Dialer {
-    /// The relays of one service, tried in turn; `current` says which one dials next.
+    /// The relays of one service, tried in turn; `claims` says which one each slot dials next.
     urls: Vec<RelayUrl>,
-    current: Arc<AtomicUsize>,
+    /// This dialer's slot in `claims`.
+    slot: usize,
+    claims: Arc<Claims>,
     tls: Option<ClientConfigs>,
     proxy: Option<ProxyUrl>,
     no_proxy: NoProxy,
@@ -78,6 +86,7 @@ impl fmt::Debug for Dialer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dialer")
             .field("urls", &self.urls)
+            .field("slot", &self.slot)
             .field("tls", &self.tls.is_some())
             .field("proxy", &self.proxy)
             .field("token_file", &self.token_file)
@@ -88,10 +97,12 @@ impl fmt::Debug for Dialer {
 
 impl Dialer {
     /// `tls` is required for a `wss://` relay or an `https://` proxy (built once by
-    /// [`crate::tls::client_configs`]).
+    /// [`crate::tls::client_configs`]). The dialer of slot 0; slot `i` of
+    /// `tunnel.connections` starts at relay `i` of the list.
     pub fn new(cfg: &AgentConfig, tls: Option<ClientConfigs>) -> Dialer {
         let limits: &Limits = &cfg.limits.protocol;
         let max = limits.max_v1_text_len().max(limits.max_v2_frame_len());
+        let slots = cfg.connections.max(1);
         Dialer {
             // Never empty: `url` stands in for a config built without the list.
             urls: if cfg.urls.is_empty() {
@@ -99,7 +110,8 @@ impl Dialer {
             } else {
                 cfg.urls.clone()
             },
-            current: Arc::default(),
+            slot: 0,
+            claims: Arc::new(Claims((0..slots).map(AtomicUsize::new).collect())),
             tls,
             proxy: cfg.proxy.clone(),
             no_proxy: cfg.no_proxy.clone(),
@@ -114,16 +126,46 @@ impl Dialer {
         }
     }
 
-    /// The relay the next dial goes to.
-    pub fn url(&self) -> &RelayUrl {
-        // `urls` is never empty (see `new`), so the index is always in range.
-        &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
+    /// The dialer of tunnel slot `slot` (`0..tunnel.connections`), sharing this one's claims.
+    pub fn slot(&self, slot: usize) -> Dialer {
+        Dialer {
+            slot: slot.min(self.claims.0.len().saturating_sub(1)),
+            ..self.clone()
+        }
     }
 
-    /// A dial failed: the next one goes to the next relay of the list (no-op with one).
+    /// The index in the relay list this slot dials next.
+    fn claimed(&self, slot: usize) -> usize {
+        self.claims
+            .0
+            .get(slot)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+            % self.urls.len()
+    }
+
+    /// The relay the next dial goes to.
+    pub fn url(&self) -> &RelayUrl {
+        // `urls` is never empty (see `new`), and `claimed` is taken modulo its length.
+        &self.urls[self.claimed(self.slot)]
+    }
+
+    /// A dial failed or the relay is going away: the next dial goes to the next relay of the
+    /// list that no other slot uses (no-op with one relay; the same relay again when every
+    /// other one is taken).
     pub fn next_relay(&self) {
-        if self.urls.len() > 1 {
-            self.current.fetch_add(1, Ordering::Relaxed);
+        let n = self.urls.len();
+        let Some(mine) = self.claims.0.get(self.slot) else {
+            return;
+        };
+        let current = self.claimed(self.slot);
+        for step in 1..n {
+            let candidate = (current + step) % n;
+            let taken = (0..self.claims.0.len())
+                .any(|other| other != self.slot && self.claimed(other) == candidate);
+            if !taken {
+                mine.store(candidate, Ordering::Relaxed);
+                return;
+            }
         }
     }
 

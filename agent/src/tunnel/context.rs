@@ -1,5 +1,6 @@
 //! What the tunnel supervisor and its sessions hand each other: the agent-wide [`Shared`]
-//! context, why a session ended ([`End`]), and its READY report.
+//! context, the tunnel [`Slot`] a session belongs to, why a session ended ([`End`]), and its
+//! READY report.
 
 use std::fmt;
 use std::time::Duration;
@@ -17,14 +18,22 @@ use crate::transport::{DialError, Dialer};
 pub(super) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// A retired tunnel may keep its streams at least this long, even if its token has expired.
 pub(super) const MIN_DRAIN: Duration = Duration::from_secs(5);
-/// What the supervisor and its sessions share.
+/// What the supervisors and their sessions share.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub cfg: AgentConfig,
-    pub dialer: Dialer,
     pub health: HealthState,
-    /// systemd notifications (no-op without NOTIFY_SOCKET); sent by the supervisor only.
+    /// systemd notifications (no-op without NOTIFY_SOCKET); sent by slot 0's supervisor only.
     pub notify: Notifier,
+}
+
+/// One of the `tunnel.connections` tunnels the agent keeps: its own supervisor, backoff and
+/// relay (the dialer's claim in the list).
+#[derive(Debug)]
+pub(crate) struct Slot {
+    /// 0-based; slot 0 speaks to systemd.
+    pub index: usize,
+    pub dialer: Dialer,
 }
 
 /// Why a session ended.
@@ -97,5 +106,11 @@ pub(super) type SessionResult = (End, Option<Duration>);
 impl End {
     pub fn is_shutdown_or(&self, cancel: &CancellationToken) -> bool {
         matches!(self, End::Shutdown) || cancel.is_cancelled()
+    }
+
+    /// The relay closed with 1001 Going Away: it is shutting down (or dropped the tunnel on
+    /// its side); another relay, or the same one restarted, can take the agent at once.
+    pub fn is_going_away(&self) -> bool {
+        matches!(self, End::RelayClosed { code: 1001, .. })
     }
 }

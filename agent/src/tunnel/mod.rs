@@ -3,6 +3,15 @@
 //! Each WebSocket connection is one [`session`] (dial, HELLO, READY, the stream table); this
 //! module starts sessions, notices how they end, and decides when to start the next one.
 //!
+//! Several tunnels (`tunnel.connections: 2`): one supervisor per [`Slot`], each with its own
+//! backoff and its own relay of the list (a slot that moves on skips the relays the other slots
+//! use, see [`crate::transport::Dialer::next_relay`]); all of them serve streams, and health is
+//! READY while any one is.
+//!
+//! Reconnects: a tunnel that was READY for [`FLAP_GUARD`] resets the backoff to its quick retries
+//! (see [`crate::backoff`]); one closed by the relay with 1001 Going Away (the relay shuts down)
+//! is dialed again at once, on the next relay of the list when there is one.
+//!
 //! Token refresh: when the token in use has `exp`, the supervisor re-reads the token file
 //! `refresh_before_exp` ahead of it; if the file holds a new token it opens a second session
 //! while the first stays READY, and once the new one is READY (the relay sends new streams to
@@ -23,13 +32,15 @@ use tokio::sync::mpsc;
 use tokio::task::{Id as TaskId, JoinSet};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub(crate) use context::Shared;
-use context::{End, Ready, SessionResult};
+use context::{End, Ready, SessionResult, Slot};
 
 use crate::backoff::Backoff;
-use crate::notify::StatusLine;
+use crate::notify::{Notifier, StatusLine};
 use crate::token::{self, Token};
+use crate::transport::Dialer;
 
 /// A tunnel READY at least this long resets the reconnect backoff (a relay restart); one that
 /// dies sooner counts as a failed attempt.
@@ -49,10 +60,37 @@ struct Tracked {
     token: Option<Token>,
 }
 
-/// Keeps a tunnel up until `cancel`: dial, READY, reconnect with backoff after a failure, and
+/// Keeps `tunnel.connections` tunnels up until `cancel`, one supervisor per slot; `dialer` is
+/// slot 0's.
+pub(crate) async fn supervise(shared: Arc<Shared>, dialer: Dialer, cancel: CancellationToken) {
+    let n = shared.cfg.connections.max(1);
+    if n == 1 {
+        let slot = Arc::new(Slot { index: 0, dialer });
+        return supervise_slot(shared, slot, cancel).await;
+    }
+    // Dropping (aborting) this task drops the set, which aborts every slot.
+    let mut slots = JoinSet::new();
+    for index in 0..n {
+        let slot = Arc::new(Slot {
+            index,
+            dialer: dialer.slot(index),
+        });
+        let span = tracing::info_span!("tunnel", slot = index + 1);
+        slots.spawn(supervise_slot(shared.clone(), slot, cancel.clone()).instrument(span));
+    }
+    while let Some(done) = slots.join_next().await {
+        if let Err(e) = done {
+            tracing::error!(error = %e, "tunnel supervisor failed");
+        }
+    }
+}
+
+/// Keeps one tunnel up until `cancel`: dial, READY, reconnect with backoff after a failure, and
 /// refresh ahead of the token's expiry. See the module docs for the refresh overlap.
-pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
+async fn supervise_slot(shared: Arc<Shared>, slot: Arc<Slot>, cancel: CancellationToken) {
     let limits = &shared.cfg.limits;
+    // Several slots: the others may be READY while this one is down.
+    let several = shared.cfg.connections > 1;
     let margin = shared.cfg.token_refresh_before;
     // While the file still holds the expiring token, look again this often.
     let recheck = (margin / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
@@ -71,11 +109,17 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
     // tunnel fails, and the watchdog, pinged from this loop only: if the loop wedges, the
     // pings stop and systemd restarts the agent.
     // The relay dialed next (with several relays it changes after a failed dial).
-    let relay = || shared.dialer.url().origin();
-    let mut status = StatusLine::new(shared.notify.clone());
+    let relay = || slot.dialer.url().origin();
+    // Slot 0 alone speaks to systemd.
+    let notifier = if slot.index == 0 {
+        shared.notify.clone()
+    } else {
+        Notifier::default()
+    };
+    let mut status = StatusLine::new(notifier);
     let mut down_status = format!("connecting to {}", relay());
     let mut note: Option<String> = None;
-    let ping_every = shared.notify.ping_every();
+    let ping_every = status.notifier().ping_every();
     let mut watchdog = tokio::time::interval(ping_every.unwrap_or(STATUS_REFRESH));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refresh = tokio::time::interval(STATUS_REFRESH);
@@ -86,16 +130,18 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
             let ready = current.is_some();
             let text = if ready {
                 ready_status(&relay(), shared.health.streams(), note.as_deref())
+            } else if several && shared.health.is_ready() {
+                format!("READY: another tunnel is up; this one is {down_status}")
             } else {
                 down_status.clone()
             };
-            status.publish(text, ready);
+            status.publish(text, ready || (several && shared.health.is_ready()));
         }
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             _ = watchdog.tick(), if ping_every.is_some() => status.notifier().watchdog(),
-            _ = refresh.tick(), if current.is_some() && status.notifier().is_enabled() => {}
+            _ = refresh.tick(), if (current.is_some() || several) && status.notifier().is_enabled() => {}
             Some(ready) = ready_rx.recv() => {
                 let Some(mut p) = pending.take_if(|p| p.id == ready.id) else { continue };
                 refresh_at = refresh_deadline(ready.token.as_ref(), margin);
@@ -117,9 +163,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                 }
                 if pending.as_ref().is_some_and(|p| p.id == id) {
                     pending = None;
-                    let failed = shared.dialer.url().to_string();
+                    let failed = slot.dialer.url().to_string();
                     // Several relays: the next attempt goes to the next one.
-                    shared.dialer.next_relay();
+                    slot.dialer.next_relay();
                     let delay = backoff.next_delay();
                     retry_at = Some(Instant::now() + delay);
                     shared.health.set_error(end.to_string());
@@ -127,33 +173,45 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                     let retry = format!("retrying in {}: {end}", seconds(delay));
                     if current.is_some() {
                         note = Some(format!("replacement tunnel failed, {retry}"));
-                        tracing::warn!(relay = %failed, next = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot open the replacement tunnel; the current one stays up; retrying");
+                        tracing::warn!(relay = %failed, next = %slot.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot open the replacement tunnel; the current one stays up; retrying");
                     } else {
                         down_status = format!("reconnecting in {}: {end}", seconds(delay));
-                        tracing::warn!(relay = %failed, next = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
+                        tracing::warn!(relay = %failed, next = %slot.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
                     }
                 } else if current.as_ref().is_some_and(|c| c.id == id) {
                     current = None;
                     refresh_at = None;
-                    // It reached HELLO_ACK: whatever failed before, the relay works. Come back at
-                    // once (the first retry is still jittered below reconnect_initial, so a
-                    // fleet does not return in lock-step), not after the grown delay: a relay
-                    // restarted fifteen times in a row is reached within a second each time.
-                    // Flap guard: a relay that drops every tunnel right after HELLO_ACK keeps
-                    // the grown delay (and is not redialled several times a second).
-                    if ready_for.is_some_and(|d| d >= FLAP_GUARD) {
-                        backoff.reset();
+                    // It reached HELLO_ACK: whatever failed before, the relay works. Come back
+                    // quickly (the quick retries are jittered, so a fleet does not return in
+                    // lock-step), not after the grown delay: a relay restarted fifteen times in
+                    // a row is reached within a second each time. Flap guard: a relay that
+                    // drops every tunnel right after HELLO_ACK keeps the grown delay (and is
+                    // not redialled several times a second).
+                    let healthy = ready_for.is_some_and(|d| d >= FLAP_GUARD);
+                    if healthy {
+                        backoff.healthy();
+                    }
+                    // 1001 Going Away: the relay shuts down. Straight to the next relay of the
+                    // list (the same one when there is no other), without a delay, unless the
+                    // tunnel was too short-lived to trust.
+                    let going_away = end.is_going_away();
+                    if going_away {
+                        slot.dialer.next_relay();
                     }
                     shared.health.set_error(end.to_string());
                     if pending.is_none() {
-                        let delay = backoff.next_delay();
+                        let delay = if going_away && healthy {
+                            Duration::ZERO
+                        } else {
+                            backoff.next_delay()
+                        };
                         retry_at = Some(Instant::now() + delay);
                         down_status = format!("reconnecting in {}: {end}", seconds(delay));
                         let delay_ms = delay.as_millis() as u64;
-                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, delay_ms, "tunnel down; reconnecting");
+                        tracing::warn!(relay = %slot.dialer.url(), reason = end.reason(), error = %end, delay_ms, "tunnel down; reconnecting");
                     } else {
                         down_status = format!("connecting to {} (tunnel down: {end})", relay());
-                        tracing::warn!(relay = %shared.dialer.url(), reason = end.reason(), error = %end, "tunnel down while its replacement is being opened");
+                        tracing::warn!(relay = %slot.dialer.url(), reason = end.reason(), error = %end, "tunnel down while its replacement is being opened");
                     }
                 } else {
                     tracing::info!(reason = end.reason(), "previous tunnel closed: {end}");
@@ -164,16 +222,16 @@ pub(crate) async fn supervise(shared: Arc<Shared>, cancel: CancellationToken) {
                 if current.is_none() {
                     down_status = format!("connecting to {}", relay());
                 }
-                pending = Some(spawn_session(&mut sessions, &shared, &cancel, &ready_tx));
+                pending = Some(spawn_session(&mut sessions, &shared, &slot, &cancel, &ready_tx));
             }
             _ = sleep_until(refresh_at.unwrap_or_else(far)),
                 if refresh_at.is_some() && pending.is_none() && retry_at.is_none() => {
                 refresh_at = None;
-                let (Some(cur), Some(path)) = (&current, shared.dialer.token_file()) else { continue };
+                let (Some(cur), Some(path)) = (&current, slot.dialer.token_file()) else { continue };
                 match token::read_any(path).await {
                     Ok(t) if cur.token.as_ref() != Some(&t) => {
                         tracing::info!(token_file = %path.display(), "token file holds a new token; opening a new tunnel before the current token expires");
-                        pending = Some(spawn_session(&mut sessions, &shared, &cancel, &ready_tx));
+                        pending = Some(spawn_session(&mut sessions, &shared, &slot, &cancel, &ready_tx));
                     }
                     other => {
                         if !stale_warned {
@@ -235,16 +293,22 @@ fn refresh_deadline(token: Option<&Token>, margin: Duration) -> Option<Instant> 
 fn spawn_session(
     sessions: &mut JoinSet<SessionResult>,
     shared: &Arc<Shared>,
+    slot: &Arc<Slot>,
     cancel: &CancellationToken,
     ready_tx: &mpsc::UnboundedSender<Ready>,
 ) -> Tracked {
     let retire = CancellationToken::new();
-    let handle = sessions.spawn(session::run(
-        shared.clone(),
-        cancel.clone(),
-        retire.clone(),
-        ready_tx.clone(),
-    ));
+    // In the slot's span (several tunnels: the logs say which).
+    let handle = sessions.spawn(
+        session::run(
+            shared.clone(),
+            slot.clone(),
+            cancel.clone(),
+            retire.clone(),
+            ready_tx.clone(),
+        )
+        .in_current_span(),
+    );
     Tracked {
         id: handle.id(),
         retire,

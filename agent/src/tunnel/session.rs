@@ -26,7 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::context::{End, Ready, SessionResult, Shared, CLOSE_GRACE, MIN_DRAIN};
+use super::context::{End, Ready, SessionResult, Shared, Slot, CLOSE_GRACE, MIN_DRAIN};
 use crate::config::ConnectorName;
 use crate::health::{ReadyGuard, StreamGauge};
 use crate::stream::{self, Drained, StreamCtx, ToStream};
@@ -57,6 +57,7 @@ struct Entry {
 /// READY.
 pub(super) async fn run(
     shared: Arc<Shared>,
+    slot: Arc<Slot>,
     cancel: CancellationToken,
     retire: CancellationToken,
     ready_tx: mpsc::UnboundedSender<Ready>,
@@ -66,7 +67,7 @@ pub(super) async fn run(
     let progress = Progress::default();
     let dialed = tokio::select! {
         _ = cancel.cancelled() => return (End::Shutdown, None),
-        r = tokio::time::timeout_at(deadline, shared.dialer.connect(&progress)) => r,
+        r = tokio::time::timeout_at(deadline, slot.dialer.connect(&progress)) => r,
     };
     let Dialed { ws, version, token } = match dialed {
         Ok(Ok(x)) => x,
@@ -75,7 +76,7 @@ pub(super) async fn run(
             let what = format!(
                 "after {} ms {}",
                 cfg.limits.handshake_timeout.as_millis(),
-                shared.dialer.describe(progress.get())
+                slot.dialer.describe(progress.get())
             );
             return (End::HandshakeTimeout(what), None);
         }
@@ -83,7 +84,7 @@ pub(super) async fn run(
     progress.set(Step::Hello);
     let tls = ws.get_ref().relay_tls();
     tracing::info!(
-        relay = %shared.dialer.url(),
+        relay = %slot.dialer.url(),
         protocol = version.name(),
         tls = tls.as_deref().unwrap_or("none"),
         "connected; sending HELLO"

@@ -68,6 +68,9 @@ pub(super) struct Handle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum End {
     Shutdown,
+    /// The relay drains (graceful shutdown) and this tunnel carries no stream: closed with
+    /// 1001 Going Away, so the agent moves on at once.
+    GoingAway,
     AdminDisconnect,
     TokenExpired,
     /// The WebSocket ended without a close frame.
@@ -84,7 +87,7 @@ pub(super) enum End {
 impl End {
     pub fn label(self) -> &'static str {
         match self {
-            End::Shutdown => "shutdown",
+            End::Shutdown | End::GoingAway => "shutdown",
             End::AdminDisconnect => "admin_disconnect",
             End::TokenExpired => "token_expired",
             End::Closed => "closed",
@@ -100,7 +103,7 @@ impl End {
     pub fn sent_close(self) -> bool {
         matches!(
             self,
-            End::ProtocolError | End::TokenExpired | End::AdminDisconnect
+            End::ProtocolError | End::TokenExpired | End::AdminDisconnect | End::GoingAway
         )
     }
 }
@@ -156,7 +159,16 @@ impl Session {
         let stall = tokio::time::sleep(FAR);
         tokio::pin!(stall);
         let mut stalled: Option<StreamId> = None;
+        let draining = self.shared.draining.clone();
         loop {
+            // Graceful shutdown: a tunnel without streams (none open, none about to open) is
+            // told to go at once; one with streams once they are done (or, at the end of the
+            // grace period, by the writer's own 1001).
+            if draining.is_cancelled() && self.demux.is_empty() && self.conns.is_empty() {
+                info!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "relay shutting down; closing the idle tunnel (1001)");
+                self.close(CloseCode::Away, "relay shutting down");
+                return End::GoingAway;
+            }
             let full = self.demux.full();
             if full != stalled {
                 stalled = full;
@@ -177,6 +189,7 @@ impl Session {
                         End::WsError
                     };
                 }
+                _ = draining.cancelled(), if !draining.is_cancelled() => {}
                 _ = kick.cancelled() => {
                     info!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent disconnected by an operator");
                     self.close(CloseCode::Policy, "disconnected by operator");
