@@ -310,6 +310,7 @@ async fn prebound_listeners_are_served_and_unknown_names_refused() {
         Prebound {
             tunnel: Some(tunnel),
             listeners: HashMap::from([("ldap".to_owned(), ldap_l)]),
+            ..Prebound::default()
         },
     )
     .await
@@ -328,6 +329,7 @@ async fn prebound_listeners_are_served_and_unknown_names_refused() {
         Prebound {
             tunnel: None,
             listeners: HashMap::from([("nope".to_owned(), net::bind().await)]),
+            ..Prebound::default()
         },
     )
     .await
