@@ -330,7 +330,7 @@ async fn handle(
                 StatusCode::SERVICE_UNAVAILABLE
             };
             // HA shadow/active: a JSON body that says what is degraded (still 200).
-            match crate::cluster::readiness(&shared, ready) {
+            match crate::cluster::run::readiness(&shared, ready) {
                 Some(body) => {
                     let mut r = text_owned(status, body);
                     r.headers_mut().insert(

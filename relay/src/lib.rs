@@ -343,7 +343,7 @@ pub async fn start_with(
         listeners: mut prebound_listeners,
         directory,
     } = prebound;
-    let directory = cluster::directory(&cfg, directory).map_err(StartError::Config)?;
+    let directory = cluster::run::directory(&cfg, directory).map_err(StartError::Config)?;
     if let Some(name) = prebound_listeners
         .keys()
         .find(|n| !cfg.listeners.iter().any(|l| &l.name == *n))
@@ -560,7 +560,7 @@ pub async fn start_with(
     shared
         .tasks
         .spawn(audit::run_ticker(shared.audit.clone(), shared.root.clone()));
-    cluster::start(&shared, directory, tunnel_addr);
+    cluster::run::start(&shared, directory, tunnel_addr);
     let mut names = Vec::with_capacity(bound.len());
     for (listener, addr, ctx) in bound {
         info!(listener = %ctx.name, connector = %ctx.connector, %addr, "listening");

@@ -34,6 +34,13 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 const AGENTS: &str = "nowconnect:agents";
 const RELAYS: &str = "nowconnect:relays";
 
+/// Unix ms: the index scores (for operators reading Redis; nothing compares them).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn epoch_key(agent: &str) -> String {
     format!("nowconnect:agent:{{{agent}}}:epoch")
 }
@@ -271,7 +278,7 @@ impl RedisDirectory {
     async fn index_agent(mut c: Conn, agent: &str) -> redis::RedisResult<()> {
         redis::cmd("ZADD")
             .arg(AGENTS)
-            .arg(crate::unix_ms())
+            .arg(now_ms())
             .arg(agent)
             .query_async::<()>(&mut c)
             .await
@@ -401,7 +408,7 @@ impl Directory for RedisDirectory {
             self.run(|mut c| async move {
                 redis::cmd("ZADD")
                     .arg(RELAYS)
-                    .arg(crate::unix_ms())
+                    .arg(now_ms())
                     .arg(&relay.replica_id)
                     .query_async::<()>(&mut c)
                     .await
