@@ -323,10 +323,24 @@ async fn handle(
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if shared.is_ready() {
-                text(StatusCode::OK, "ready\n")
+            let ready = shared.is_ready();
+            let status = if ready {
+                StatusCode::OK
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            // HA shadow/active: a JSON body that says what is degraded (still 200).
+            match crate::cluster::run::readiness(&shared, ready) {
+                Some(body) => {
+                    let mut r = text_owned(status, body);
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    r
+                }
+                None if ready => text(status, "ready\n"),
+                None => text(status, "not ready\n"),
             }
         }
         (&Method::GET, "/metrics") if routes.metrics => {

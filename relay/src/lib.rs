@@ -15,7 +15,6 @@ pub mod audit;
 mod auth;
 mod authorize;
 mod budget;
-#[allow(dead_code)] // TEMP: wired by the registry and mesh work of issue 16
 mod cluster;
 pub mod config;
 mod conn;
@@ -51,6 +50,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use audit::{Action, AuditFilter, AuditRecord};
+pub use cluster::MemoryDirectory;
 pub use config::{ConfigError, RelayConfig};
 pub use shards::Shards;
 
@@ -110,7 +110,6 @@ pub(crate) struct Shared {
     /// Stream bytes held, relay-wide, per direction (`limits.max_buffered_bytes`).
     pub buffered: budget::Buffers,
     /// The other relays of the service and the agents they hold (empty with HA off).
-    #[allow(dead_code)] // TEMP: wired by the registry and mesh work of issue 16
     pub cluster: Arc<cluster::View>,
 }
 
@@ -183,6 +182,45 @@ impl RelayHandle {
             .into_iter()
             .find(|(c, _)| c == connector)
             .map_or(0, |(_, n)| n)
+    }
+
+    /// `(replica_id, agent_id, epoch)` of the agents on other relays that serve `connector`,
+    /// as this relay last read the registry (empty with HA off).
+    pub fn remote_agents(&self, connector: &str) -> Vec<(String, String, u64)> {
+        self.shared
+            .cluster
+            .snapshot()
+            .owners
+            .get(connector)
+            .into_iter()
+            .flatten()
+            .map(|r| (r.relay_id.to_string(), r.agent_id.to_string(), r.epoch))
+            .collect()
+    }
+
+    /// `(replica_id, mesh URL)` of the other relays this one knows (static and discovered).
+    pub fn mesh_peers(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .shared
+            .cluster
+            .snapshot()
+            .peers
+            .values()
+            .map(|p| (p.replica_id.to_string(), p.url.to_string()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The registry epoch this relay's tunnels of `agent_id` hold (0: not claimed yet).
+    pub fn claim_epoch(&self, agent_id: &str) -> Option<u64> {
+        self.shared
+            .registry
+            .tunnels()
+            .iter()
+            .filter(|t| &*t.agent_id == agent_id)
+            .map(|t| t.epoch.load(Ordering::Acquire))
+            .max()
     }
 
     /// Client connections open now.
@@ -271,6 +309,10 @@ pub struct Prebound {
     /// By listener `name`: used instead of binding that listener's `bind` address. A name that
     /// is not in `listeners` is a configuration error.
     pub listeners: HashMap<String, TcpListener>,
+    /// With `ha.mode` shadow or active: this directory instead of Redis (`ha.redis_url` is
+    /// then not dialed). Relays given clones of one [`MemoryDirectory`] form one service in a
+    /// single process. Ignored with HA off.
+    pub directory: Option<MemoryDirectory>,
 }
 
 /// Binds `/tunnel`, the optional metrics port and every listener, then runs the relay, all on
@@ -301,7 +343,9 @@ pub async fn start_with(
     let Prebound {
         tunnel: prebound_tunnel,
         listeners: mut prebound_listeners,
+        directory,
     } = prebound;
+    let directory = cluster::run::directory(&cfg, directory).map_err(StartError::Config)?;
     if let Some(name) = prebound_listeners
         .keys()
         .find(|n| !cfg.listeners.iter().any(|l| &l.name == *n))
@@ -518,6 +562,7 @@ pub async fn start_with(
     shared
         .tasks
         .spawn(audit::run_ticker(shared.audit.clone(), shared.root.clone()));
+    cluster::run::start(&shared, directory, tunnel_addr);
     let mut names = Vec::with_capacity(bound.len());
     for (listener, addr, ctx) in bound {
         info!(listener = %ctx.name, connector = %ctx.connector, %addr, "listening");

@@ -70,6 +70,14 @@ pub struct JwksRefreshLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryOpLabels {
+    /// claim, refresh, release, announce, load, sweep.
+    pub op: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabel {
     pub version: &'static str,
 }
@@ -141,6 +149,12 @@ pub struct Metrics {
     pub http_preauth: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Streams an agent answered `connect_failed`, by what the retry did (see `replay`).
     pub open_retries: Family<RetryLabels, Counter>,
+    /// HA registry (cluster directory) operations, by op and result.
+    pub registry_ops: Family<RegistryOpLabels, Counter>,
+    /// 1 while the last registry operation succeeded (HA shadow/active only).
+    pub registry_up: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Agents this relay holds a live claim on in the registry.
+    pub registry_claims: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Default for Metrics {
@@ -192,9 +206,27 @@ impl Metrics {
             http_refused: Family::default(),
             http_preauth: Gauge::default(),
             open_retries: Family::default(),
+            registry_ops: Family::default(),
+            registry_up: Gauge::default(),
+            registry_claims: Gauge::default(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder.
+        registry.register(
+            "nowconnect_registry_ops",
+            "HA registry operations (claim, refresh, release, announce, load, sweep), by result (ok, error)",
+            m.registry_ops.clone(),
+        );
+        registry.register(
+            "nowconnect_registry_up",
+            "1 while the HA registry (Redis) answers; 0 while it does not (HA shadow/active only)",
+            m.registry_up.clone(),
+        );
+        registry.register(
+            "nowconnect_registry_claims",
+            "Agents this relay holds a live claim on in the HA registry",
+            m.registry_claims.clone(),
+        );
         registry.register(
             "nowconnect_tcp_connections",
             "Client TCP connections accepted on connector listeners",

@@ -33,7 +33,6 @@ pub(crate) struct TunnelInfo {
     pub kick: CancellationToken,
     /// This relay's claim on the agent in the cluster directory (fencing token); 0 until the
     /// claim is made (with HA off, it stays 0 and nothing is forwarded to this relay).
-    #[allow(dead_code)] // TEMP: wired by the registry and mesh work of issue 16
     pub epoch: AtomicU64,
 }
 

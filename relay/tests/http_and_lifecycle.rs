@@ -343,6 +343,7 @@ async fn prebound_listeners_are_served_and_unknown_names_refused() {
         Prebound {
             tunnel: Some(tunnel),
             listeners: HashMap::from([("ldap".to_owned(), ldap_l)]),
+            ..Prebound::default()
         },
     )
     .await
@@ -361,6 +362,7 @@ async fn prebound_listeners_are_served_and_unknown_names_refused() {
         Prebound {
             tunnel: None,
             listeners: HashMap::from([("nope".to_owned(), net::bind().await)]),
+            ..Prebound::default()
         },
     )
     .await

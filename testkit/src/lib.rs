@@ -46,6 +46,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod redis;
 pub mod slapd;
 pub mod target;
 pub mod temp;

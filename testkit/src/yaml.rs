@@ -90,6 +90,16 @@ pub fn under(yaml: &str, section: &str, lines: &str) -> String {
     format!("{}{lines}{}", &yaml[..split], &yaml[split..])
 }
 
+/// An `ha:` section for the HA tests: `mode` (shadow, active), this relay's `replica_id`, the
+/// registry at `redis_url`, the shortest presence TTL (3 s), a mesh without mTLS (loopback),
+/// and `mesh_lines` (indented by four spaces) added to `mesh:`.
+pub fn ha(mode: &str, replica_id: &str, redis_url: &str, mesh_lines: &str) -> String {
+    format!(
+        "ha:\n  mode: {mode}\n  replica_id: {replica_id}\n  redis_url: \"{redis_url}\"\n  \
+         presence_ttl_sec: 3\n  mesh:\n    require_mtls: false\n{mesh_lines}"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

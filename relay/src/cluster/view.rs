@@ -7,6 +7,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use tokio::sync::Notify;
+
+use super::health::Health;
+
 /// An agent connected to another relay, as the directory names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Remote {
@@ -41,12 +45,27 @@ pub(crate) struct Snapshot {
 pub(crate) struct View {
     snap: Mutex<Arc<Snapshot>>,
     /// Round-robin start among a connector's remote owners.
+    #[allow(dead_code)] // TEMP: read by the failover routing of issue 16
     next: AtomicUsize,
+    /// Registry and mesh link state, for `/readyz`.
+    pub health: Health,
+    /// Woken when a local tunnel registers or ends (the registry task claims or releases).
+    local: Notify,
 }
 
 impl View {
     fn lock(&self) -> MutexGuard<'_, Arc<Snapshot>> {
         self.snap.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A local tunnel registered or ended: the registry task reconciles its claims.
+    pub fn local_changed(&self) {
+        self.local.notify_one();
+    }
+
+    /// Resolves after [`View::local_changed`] (a call before the wait counts too).
+    pub async fn local_change(&self) {
+        self.local.notified().await;
     }
 
     /// Replaces the whole view.
@@ -59,6 +78,7 @@ impl View {
         self.lock().clone()
     }
 
+    #[allow(dead_code)] // TEMP: called by the failover routing of issue 16
     /// A remote owner for a new stream on `connector` (round robin), skipping `except`.
     pub fn pick_remote(&self, connector: &str, except: &[Remote]) -> Option<Remote> {
         let snap = self.snapshot();
@@ -76,6 +96,7 @@ impl View {
         self.snapshot().epochs.get(agent_id).copied()
     }
 
+    #[allow(dead_code)] // TEMP: called by the mesh of issue 16
     /// Where the relay `replica_id` serves `/mesh`, if it is known.
     pub fn peer(&self, replica_id: &str) -> Option<PeerInfo> {
         self.snapshot().peers.get(replica_id).cloned()

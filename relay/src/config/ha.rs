@@ -63,6 +63,10 @@ pub struct MeshTls {
 pub struct MeshConfig {
     /// A listener of its own for `/mesh`; `None`: the tunnel HTTP server serves `/mesh`.
     pub listen: Option<SocketAddr>,
+    /// The `/mesh` URL other relays discover for this one through the registry; `None`: derived
+    /// from `listen` (else the tunnel address) when that is a specific address, not published
+    /// when it is a wildcard (then only other relays' static `peers` reach this one).
+    pub advertise_url: Option<String>,
     /// Static peers; more are discovered through the registry.
     pub peers: Vec<MeshPeer>,
     /// Peers must present a certificate of `tls.ca_bundle` naming their `replica_id`.
@@ -82,7 +86,8 @@ pub struct HaConfig {
     pub mode: HaMode,
     /// This relay's name in the service (certificate SAN, registry entries, metrics).
     pub replica_id: String,
-    /// `redis://`, `rediss://`, or `redis+sentinel://`; `None` only with `mode: off`.
+    /// `redis://`, `rediss://`, `unix://`, `redis+sentinel://h:p,.../<master>` or
+    /// `redis+cluster://h:p,...`; `None` only with `mode: off`. May hold a password: never logged.
     pub redis_url: Option<String>,
     /// How long an entry of this relay lives in Redis without a heartbeat (refreshed at a third).
     pub presence_ttl: Duration,
@@ -99,6 +104,7 @@ impl HaConfig {
             presence_ttl: Duration::from_secs(DEFAULT_PRESENCE_TTL_SEC),
             mesh: MeshConfig {
                 listen: None,
+                advertise_url: None,
                 peers: Vec::new(),
                 require_mtls: true,
                 tls: None,
@@ -178,6 +184,7 @@ pub(super) fn validate_ha(c: &mut Collector, env: &dyn Env, raw: Option<RawHa>) 
                 "redis://",
                 "rediss://",
                 "redis+sentinel://",
+                "redis+cluster://",
                 "redis+unix://",
                 "unix://",
             ]
@@ -186,7 +193,7 @@ pub(super) fn validate_ha(c: &mut Collector, env: &dyn Env, raw: Option<RawHa>) 
         {
             c.bad(
                 key,
-                "must start with redis://, rediss://, redis+sentinel:// or unix://",
+                "must start with redis://, rediss://, redis+sentinel://, redis+cluster:// or unix://",
             )
         }
         Some((_, url)) => ha.redis_url = Some(url),
@@ -212,6 +219,20 @@ fn validate_mesh(c: &mut Collector, raw: RawMesh, on: bool, mut m: MeshConfig) -
         match listen.trim().parse::<SocketAddr>() {
             Ok(a) => m.listen = Some(a),
             Err(_) => c.bad("ha.mesh.listen", format!("{listen:?} is not an ip:port")),
+        }
+    }
+    if let Some(url) = raw.advertise_url.map(|u| u.trim().to_owned()) {
+        let rest = url
+            .strip_prefix("wss://")
+            .or_else(|| url.strip_prefix("ws://"));
+        match rest {
+            Some(r) if !r.is_empty() && !r.starts_with('/') && url.len() <= 512 => {
+                m.advertise_url = Some(url)
+            }
+            _ => c.bad(
+                "ha.mesh.advertise_url",
+                "must be a wss:// (or ws:// without mTLS) URL with a host, e.g. wss://relay-a.internal:8443/mesh",
+            ),
         }
     }
     if raw.peers.len() > MAX_MESH_PEERS {

@@ -48,6 +48,7 @@ pub(super) struct RawHa {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMesh {
     pub(super) listen: Option<String>,
+    pub(super) advertise_url: Option<String>,
     #[serde(default)]
     pub(super) peers: Vec<RawMeshPeer>,
     pub(super) require_mtls: Option<bool>,

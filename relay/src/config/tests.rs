@@ -112,6 +112,16 @@ fn shipped_example_config_loads() {
         .expect("example config is valid");
     assert_eq!(cfg.listeners.len(), 2);
     assert_eq!(cfg.listeners[0].allow_cidrs.len(), 2);
+    // Every `ha` key is shown, with HA off: the shipped relay is a single relay.
+    assert_eq!(cfg.ha.mode, crate::config::HaMode::Off);
+    assert_eq!(cfg.ha.replica_id, "relay-a");
+    assert_eq!(cfg.ha.presence_ttl, std::time::Duration::from_secs(15));
+    assert_eq!(
+        cfg.ha.mesh.advertise_url.as_deref(),
+        Some("wss://relay-a.internal:8443/mesh")
+    );
+    assert_eq!(cfg.ha.mesh.peers.len(), 1);
+    assert!(cfg.ha.mesh.tls.is_some());
     assert_eq!(cfg.tunnel.port, DEFAULT_TUNNEL_PORT);
     assert!(!cfg.security.dev_bypass);
     let j = cfg.security.jwt.as_ref().expect("jwt configured");

@@ -70,6 +70,22 @@ pub struct AgentView {
     pub bytes_c2a: u64,
     /// Agent to client.
     pub bytes_a2c: u64,
+    /// The relay holding this tunnel: this relay's `ha.replica_id` (`relay` with HA off).
+    pub relay: String,
+    /// This relay's claim on the agent in the HA registry (fencing token); 0 with HA off or
+    /// while the registry has not answered.
+    pub epoch: u64,
+}
+
+/// An agent serving a connector from another relay of the service (HA), as this relay last
+/// read the registry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RemoteAgentView {
+    pub agent_id: String,
+    /// The relay holding it (`ha.replica_id`).
+    pub relay: String,
+    /// That relay's claim on the agent (fencing token).
+    pub epoch: u64,
 }
 
 /// A relay listener of a connector.
@@ -85,8 +101,13 @@ pub struct ListenerView {
 pub struct ConnectorView {
     pub name: String,
     pub listeners: Vec<ListenerView>,
-    /// agent_ids serving it now.
+    /// agent_ids serving it now from this relay.
     pub agents: Vec<String>,
+    /// Agents serving it from other relays (HA; empty with HA off).
+    pub remote_agents: Vec<RemoteAgentView>,
+    /// The relay whose view this is (`ha.replica_id`): `agents` and `active_streams` are its own.
+    pub relay: String,
+    /// Live streams on this relay.
     pub active_streams: u64,
 }
 
@@ -239,6 +260,7 @@ pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
         PolicyPatch,
         AgentView,
         ListenerView,
+        RemoteAgentView,
         ConnectorView,
         SessionView,
         AuditEntry,

@@ -158,6 +158,8 @@ pub(crate) fn list_agents(ctx: &Ctx<'_>) -> Reply {
                 active_streams: t.active.load(Ordering::Relaxed) as u64,
                 bytes_c2a: c2a,
                 bytes_a2c: a2c,
+                relay: ctx.shared.cfg.ha.replica_id.clone(),
+                epoch: t.epoch.load(Ordering::Acquire),
             }
         })
         .collect();
@@ -259,6 +261,8 @@ pub(crate) fn list_connectors(ctx: &Ctx<'_>) -> Reply {
                 name: name.to_owned(),
                 listeners: Vec::new(),
                 agents: Vec::new(),
+                remote_agents: Vec::new(),
+                relay: ctx.shared.cfg.ha.replica_id.clone(),
                 active_streams: 0,
             });
     };
@@ -275,6 +279,19 @@ pub(crate) fn list_connectors(ctx: &Ctx<'_>) -> Reply {
         entry(&mut rows, &connector);
         if let Some(c) = rows.get_mut(&connector) {
             c.agents = agents;
+        }
+    }
+    for (connector, remotes) in &ctx.shared.cluster.snapshot().owners {
+        entry(&mut rows, connector);
+        if let Some(c) = rows.get_mut(connector) {
+            c.remote_agents = remotes
+                .iter()
+                .map(|r| RemoteAgentView {
+                    agent_id: r.agent_id.to_string(),
+                    relay: r.relay_id.to_string(),
+                    epoch: r.epoch,
+                })
+                .collect();
         }
     }
     for s in ctx.shared.sessions.snapshot() {

@@ -155,11 +155,14 @@ pub(crate) async fn run<S>(
             return;
         }
     };
+    // The registry task claims the agent in the cluster directory (HA) and sets `info.epoch`.
+    shared.cluster.local_changed();
     let Admission { identity, slot } = admission;
     // HELLO_ACK is queued before the session loop starts, and only that loop writes OPENs
     // (listeners just queue clients on `conns`), so it precedes every OPEN on the wire.
     if queues.ctrl.try_send(Out::Frame(Frame::HelloAck)).is_err() {
         shared.registry.unregister(tunnel_id);
+        shared.cluster.local_changed();
         token.cancel();
         return;
     }
@@ -267,7 +270,9 @@ pub(crate) async fn run<S>(
     let end = session.run(&mut source).await;
 
     // Teardown: no new streams, then every stream of this tunnel closes its client at once.
-    if let Some(next) = shared.registry.unregister(tunnel_id) {
+    let next = shared.registry.unregister(tunnel_id);
+    shared.cluster.local_changed();
+    if let Some(next) = next {
         info!(agent_id = %agent_id, tunnel_id = next, "the agent's new streams go to this tunnel now");
     }
     session.reject_pending();

@@ -66,3 +66,28 @@ fn enabled_false_wins_over_a_mode() {
     assert_eq!(cfg.ha.mode, HaMode::Off);
     assert!(cfg.warnings.iter().any(|w| w.contains("ha.enabled")));
 }
+
+#[test]
+fn advertise_url_and_cluster_urls_are_checked() {
+    let base = "  mode: shadow\n  replica_id: relay-a\n  mesh:\n    require_mtls: false\n";
+    let cfg = RelayConfig::from_yaml_str(&with_ha(&format!(
+        "{base}    advertise_url: ws://10.0.0.5:8443/mesh\n  redis_url: redis+cluster://n1:6379,n2:6379\n"
+    )))
+    .expect("valid");
+    assert_eq!(
+        cfg.ha.mesh.advertise_url.as_deref(),
+        Some("ws://10.0.0.5:8443/mesh")
+    );
+    for bad in ["http://x/mesh", "wss://", "wss:///mesh"] {
+        let err = RelayConfig::from_yaml_str(&with_ha(&format!(
+            "{base}    advertise_url: \"{bad}\"\n  redis_url: redis://r:6379\n"
+        )))
+        .expect_err(bad);
+        assert!(
+            err.problems()
+                .iter()
+                .any(|p| p.key == "ha.mesh.advertise_url"),
+            "{bad}: {err}"
+        );
+    }
+}
