@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::audit::{Action, Event};
-use crate::conn::{reject, ConnGuard, ListenerCtx, NewConn};
+use crate::conn::{reject, reject_client, ClientSock, ConnGuard, ListenerCtx, NewConn};
 use crate::proxy_protocol::{self, ProxyError};
 use crate::Shared;
 
@@ -140,7 +140,7 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
     let guard = guard.with_source(slot);
     ctx.metrics.connections.inc();
     let mut conn = NewConn {
-        sock,
+        sock: ClientSock::Tcp(sock),
         peer,
         listener: ctx.clone(),
         guard,
@@ -158,6 +158,13 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
             }
         }
     }
+    // No local agent: the relay that owns one, over the mesh (`ha.mode: active` only).
+    if let Some(mesh) = &shared.mesh {
+        match mesh.forward(conn) {
+            None => return,
+            Some(back) => conn = back,
+        }
+    }
     let detail = format!("listener={}; no agent serves this connector", ctx.name);
     refuse(
         conn.sock,
@@ -173,7 +180,7 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
 /// label and audit reason. No log line of its own: the audit record is one, and the audit
 /// trail rate-limits refusals per source (a connect/reset loop must not flood the journal).
 fn refuse(
-    sock: TcpStream,
+    sock: impl Into<ClientSock>,
     peer: SocketAddr,
     ctx: &ListenerCtx,
     shared: &Shared,
@@ -189,7 +196,7 @@ fn refuse(
             .source(peer)
             .detail(detail),
     );
-    reject(sock);
+    reject_client(sock.into());
 }
 
 #[cfg(test)]

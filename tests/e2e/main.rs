@@ -12,6 +12,7 @@ mod health;
 mod ldap;
 mod ldap_fixture;
 mod lifecycle;
+mod mesh;
 mod portal;
 mod streams;
 mod transfer;

@@ -15,7 +15,6 @@
 //! the task leaves through one exit that reports it to the session and frees its slots.
 
 use std::io;
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +23,6 @@ use bytes::Bytes;
 use nowconnect_shared::arena::{ReadArena, ARENA_IDLE};
 use nowconnect_shared::queue::WriteQueue;
 use nowconnect_shared::{Frame, Reset, RstCode, SendHalf, StreamId, Version};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +31,7 @@ use tracing::debug;
 use super::writer::Out;
 use crate::authorize::{Authorizer, Request};
 use crate::budget::{Budget, FRAME_COST};
-use crate::conn::{ConnGuard, ListenerCtx};
+use crate::conn::{ClientSock, ConnGuard, ListenerCtx};
 use crate::metrics::{CodeLabel, DirLabel, Metrics};
 use crate::sessions::{SessionInfo, Sessions};
 
@@ -203,7 +201,7 @@ impl Activity {
 pub(super) struct StreamTask {
     pub key: Key,
     pub send: SendHalf,
-    pub sock: Arc<TcpStream>,
+    pub sock: Arc<ClientSock>,
     pub rx: mpsc::UnboundedReceiver<ToStream>,
     pub listener: Arc<ListenerCtx>,
     pub info: Arc<SessionInfo>,
@@ -239,7 +237,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
     // every stream's task for the stream's whole life.
     if !Box::pin(t.authz.decide(req, &t.token)).await {
         release_unread(&t, &mut s.rx);
-        let _ = s.sock.set_zero_linger();
+        s.sock.reset();
         debug!(cid = id, connector = %s.listener.connector, end = End::Denied.label(), "stream closed");
         return;
     }
@@ -271,7 +269,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
     }
     if end != End::Done {
         // Abort, not a clean EOF: the client must not mistake a cut stream for a complete one.
-        let _ = s.sock.set_zero_linger();
+        s.sock.reset();
     }
     if t.version == Version::V1 {
         send_out(&t, Out::Forget(id)).await;
@@ -371,8 +369,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                     }
                 }
                 Some(ToStream::ShutWrite) => {
-                    // tokio's shutdown would need `&mut`; the socket is shared with the session.
-                    if socket2::SockRef::from(&*sock).shutdown(Shutdown::Write).is_err() {
+                    if sock.shutdown_write().is_err() {
                         return End::Local(Reset::new(RstCode::Io, "client shutdown failed"));
                     }
                     s.send.on_write_shut();
