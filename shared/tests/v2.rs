@@ -177,10 +177,7 @@ fn malformed_frames_are_typed_errors() {
         ),
         (vec![0, 0, 0, 0, 1], DecodeError::UnknownType(0)),
         (vec![9, 0, 0, 0, 1], DecodeError::UnknownType(9)),
-        (
-            vec![8, 0, 0, 0, 1],
-            DecodeError::MissingField("connector"),
-        ),
+        (vec![8, 0, 0, 0, 1], DecodeError::MissingField("connector")),
         (vec![0xff, 0, 0, 0, 1], DecodeError::UnknownType(0xff)),
         (
             oversized,

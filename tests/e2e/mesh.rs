@@ -356,3 +356,260 @@ async fn cutting_the_mesh_link_fails_only_cross_relay_flows_and_it_comes_back() 
     wait_for("and comes back", DEADLINE * 2, || b.mesh_links_up() == 1).await;
     nowconnect_testkit::io::echo_through(listener(&b, "db"), b"healed", DEADLINE).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_mode_observes_the_mesh_but_never_forwards() {
+    let echo = target::echo().await;
+    let b_yaml = ha_yaml("relay-b", &["db"], "", PLAIN).replace("mode: active", "mode: shadow");
+    let a = start_relay(&ha_yaml("relay-a", &["db"], "", PLAIN)).await;
+    let b = start_relay(&b_yaml).await;
+    let _agent = agent_on(&a, "premise-01", &[("db", echo.addr)]).await;
+    assert!(a.set_tunnel_epoch_for_test("premise-01", EPOCH));
+    let url = format!("ws://{}/mesh", a.mesh_addr().expect("mesh"));
+    b.set_cluster_view_for_test(
+        &[("db", "relay-a", "premise-01", EPOCH)],
+        &[],
+        &[("relay-a", &url)],
+    );
+    wait_for("the shadow relay links up", DEADLINE, || {
+        b.mesh_links_up() == 1
+    })
+    .await;
+    if let Ok(mut c) = tokio::net::TcpStream::connect(listener(&b, "db")).await {
+        let (got, closed) = read_to_close(&mut c, DEADLINE).await;
+        assert!(
+            closed && got.is_empty(),
+            "shadow: no local agent, the client is closed"
+        );
+    }
+    let page = b.metrics_text();
+    assert_eq!(
+        value(
+            &page,
+            "nowconnect_mesh_frames_total{dir=\"tx\",type=\"forward\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        value(
+            &page,
+            "nowconnect_mesh_links{peer=\"relay-a\",state=\"up\"}"
+        ),
+        1
+    );
+}
+
+mod raw {
+    //! The owner's rules, driven by a raw mesh peer: duplicates, stale epochs, a lying origin.
+    use nowconnect_shared::{Forward, Frame, RstCode};
+    use nowconnect_testkit::mesh_peer::{self, Outcome};
+    use nowconnect_testkit::mock_agent::data;
+
+    use super::*;
+
+    fn forward(id: u32, epoch: u64, origin: &str) -> Frame {
+        Frame::Forward(Box::new(Forward {
+            id,
+            connector: "db".into(),
+            agent_id: "premise-01".into(),
+            epoch,
+            client_addr: "127.0.0.9:4242".into(),
+            origin: origin.into(),
+        }))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn duplicates_are_dropped_and_stale_or_lying_forwards_refused() {
+        let echo = target::echo().await;
+        let a = start_relay(&ha_yaml("relay-a", &["db"], "", PLAIN)).await;
+        let _agent = agent_on(&a, "premise-01", &[("db", echo.addr)]).await;
+        assert!(a.set_tunnel_epoch_for_test("premise-01", EPOCH));
+        let Outcome::Linked(mut peer) =
+            mesh_peer::plain(a.mesh_addr().expect("mesh"), "relay-b").await
+        else {
+            panic!("a plain mesh peer links when require_mtls is off");
+        };
+        peer.send(&forward(1, EPOCH, "relay-b")).await;
+        peer.send(&data(1, b"one")).await;
+        let echoed = |f: Option<Frame>| match f {
+            Some(Frame::Data { id: 1, payload }) => payload.to_vec(),
+            other => panic!("expected DATA on 1, got {other:?}"),
+        };
+        assert_eq!(echoed(peer.recv().await), b"one");
+        // The same stream offered again while live: dropped, the live one unharmed.
+        peer.send(&forward(1, EPOCH, "relay-b")).await;
+        peer.send(&data(1, b"two")).await;
+        assert_eq!(echoed(peer.recv().await), b"two");
+        assert_eq!(
+            value(&a.metrics_text(), "nowconnect_cid_dedup_dropped_total"),
+            1
+        );
+        // A stale claim, and an origin that is not the link's peer: RST each.
+        peer.send(&forward(3, EPOCH - 1, "relay-b")).await;
+        match peer.recv().await {
+            Some(Frame::Rst { id: 3, code, .. }) => assert_eq!(code, RstCode::Denied),
+            other => panic!("expected RST on 3, got {other:?}"),
+        }
+        assert_eq!(
+            value(&a.metrics_text(), "nowconnect_owner_epoch_mismatch_total"),
+            1
+        );
+        peer.send(&forward(5, EPOCH, "relay-x")).await;
+        match peer.recv().await {
+            Some(Frame::Rst { id: 5, code, .. }) => assert_eq!(code, RstCode::Protocol),
+            other => panic!("expected RST on 5, got {other:?}"),
+        }
+    }
+}
+
+mod mtls {
+    //! Mutual TLS between relays: good peers link, bad ones are refused (really sent).
+    use nowconnect_testkit::mesh_peer::{self, Outcome};
+    use nowconnect_testkit::pki::Ca;
+    use nowconnect_testkit::temp::TempDir;
+
+    use super::*;
+
+    struct Pki {
+        ca: Ca,
+        dir: TempDir,
+    }
+
+    impl Pki {
+        fn new() -> Pki {
+            Pki {
+                ca: Ca::new("Mesh CA"),
+                dir: TempDir::new("mesh-pki"),
+            }
+        }
+
+        /// `ha.mesh.tls` lines for a fresh leaf naming `id`.
+        fn tls_lines(&self, id: &str) -> String {
+            let ca = self.ca.write(self.dir.path(), "mesh-ca.pem");
+            let (cert, key) = self.ca.issue(&[id]).write(self.dir.path(), id);
+            format!(
+                "    tls:\n      ca_bundle: {}\n      cert_file: {}\n      key_file: {}\n",
+                ca.display(),
+                cert.display(),
+                key.display()
+            )
+        }
+    }
+
+    /// The three refusals, against a `/mesh` that expects relay-b to be a real relay.
+    async fn refuses_bad_peers(pki: &Pki, addr: SocketAddr) {
+        let no_cert = mesh_peer::tls(addr, "relay-a", pki.ca.client_config(), "relay-b").await;
+        assert!(!no_cert.is_linked(), "no client certificate: {no_cert:?}");
+        let other = Ca::new("Other CA").issue(&["relay-b"]);
+        let foreign = mesh_peer::tls(
+            addr,
+            "relay-a",
+            pki.ca.client_config_with(&other),
+            "relay-b",
+        )
+        .await;
+        assert!(
+            !foreign.is_linked(),
+            "another CA's certificate: {foreign:?}"
+        );
+        let wrong = pki.ca.issue(&["relay-c"]);
+        let mismatch = mesh_peer::tls(
+            addr,
+            "relay-a",
+            pki.ca.client_config_with(&wrong),
+            "relay-b",
+        )
+        .await;
+        assert!(
+            matches!(mismatch, Outcome::Refused(403)),
+            "SAN relay-c claiming relay-b: {mismatch:?}"
+        );
+        // The right certificate, same path: linked (so the refusals were about the certificate).
+        let right = pki.ca.issue(&["relay-b"]);
+        let ok = mesh_peer::tls(
+            addr,
+            "relay-a",
+            pki.ca.client_config_with(&right),
+            "relay-b",
+        )
+        .await;
+        assert!(ok.is_linked(), "a certificate naming relay-b: {ok:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_link_over_mtls_on_their_own_listener_and_refuse_bad_peers() {
+        let pki = Pki::new();
+        let echo = target::echo().await;
+        let mesh = |id: &str| format!("    listen: 127.0.0.1:0\n{}", pki.tls_lines(id));
+        let a = start_relay(&ha_yaml("relay-a", &["db"], "", &mesh("relay-a"))).await;
+        let b = start_relay(&ha_yaml("relay-b", &["db"], "", &mesh("relay-b"))).await;
+        assert_ne!(
+            a.mesh_addr(),
+            Some(a.tunnel_addr()),
+            "a listener of its own"
+        );
+        let _agent = agent_on(&a, "premise-01", &[("db", echo.addr)]).await;
+        assert!(a.set_tunnel_epoch_for_test("premise-01", EPOCH));
+        let url = format!("wss://{}/mesh", a.mesh_addr().expect("mesh"));
+        b.set_cluster_view_for_test(
+            &[("db", "relay-a", "premise-01", EPOCH)],
+            &[],
+            &[("relay-a", &url)],
+        );
+        wait_for("B's mTLS link to A", DEADLINE, || b.mesh_links_up() == 1).await;
+        nowconnect_testkit::io::echo_through(listener(&b, "db"), b"over mtls", DEADLINE).await;
+        refuses_bad_peers(&pki, a.mesh_addr().expect("mesh")).await;
+        assert!(
+            value(
+                &a.metrics_text(),
+                "nowconnect_mesh_link_errors_total{peer=\"unauthenticated\"}"
+            ) >= 1,
+            "the SAN mismatch is counted"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mesh_on_the_tunnel_server_asks_for_a_certificate_and_the_handler_checks_it() {
+        let pki = Pki::new();
+        let (cert, key) = pki
+            .ca
+            .issue(&["relay-a", "127.0.0.1"])
+            .write(pki.dir.path(), "tunnel-a");
+        let tunnel = format!(
+            "  tls:\n    cert_file: {}\n    key_file: {}\n",
+            cert.display(),
+            key.display()
+        );
+        let a = start_relay(&ha_yaml(
+            "relay-a",
+            &["db"],
+            &tunnel,
+            &pki.tls_lines("relay-a"),
+        ))
+        .await;
+        assert_eq!(
+            a.mesh_addr(),
+            Some(a.tunnel_addr()),
+            "/mesh shares the tunnel server"
+        );
+        refuses_bad_peers(&pki, a.tunnel_addr()).await;
+        let no_cert = mesh_peer::tls(
+            a.tunnel_addr(),
+            "relay-a",
+            pki.ca.client_config(),
+            "relay-b",
+        )
+        .await;
+        assert!(
+            matches!(no_cert, Outcome::Refused(403)),
+            "agents have no certificate, so TLS lets it through and /mesh refuses: {no_cert:?}"
+        );
+        let page = a.metrics_text();
+        assert!(
+            value(
+                &page,
+                "nowconnect_mesh_link_errors_total{peer=\"unauthenticated\"}"
+            ) >= 2
+        );
+    }
+}
