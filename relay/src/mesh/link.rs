@@ -408,7 +408,7 @@ fn on_binary(
     None
 }
 
-/// The writer: control frames first, then data, pings on the keepalive interval; several
+/// The writer: pings on the keepalive interval, control frames before data; several
 /// frames per flush when they are ready together.
 async fn write<K>(
     mut sink: K,
@@ -426,12 +426,13 @@ async fn write<K>(
         loop {
             let first = tokio::select! {
                 biased;
-                Some(b) = ctrl.recv() => Message::Binary(b),
-                Some(b) = data.recv() => Message::Binary(b),
+                // First: a busy data queue must not starve the keepalive (ready once a tick).
                 _ = ping.tick() => {
                     let t = started.elapsed().as_nanos() as u64;
                     Message::Ping(Bytes::copy_from_slice(&t.to_be_bytes()))
                 }
+                Some(b) = ctrl.recv() => Message::Binary(b),
+                Some(b) = data.recv() => Message::Binary(b),
                 else => return,
             };
             let mut next = Some(first);
