@@ -3,14 +3,20 @@
 //! A leaf: the listener makes a [`NewConn`], the registry routes it to a tunnel, the tunnel's
 //! stream task owns it (and, when its agent could not connect it, hands it back through
 //! [`Reroute`]); none of them needs to import another for these types.
+//!
+//! A client is a [`ClientSock`]: a TCP socket accepted by a listener, or one end of an
+//! in-process pipe whose other end the relay mesh bridges to a client on another relay. Both
+//! move bytes with the same non-blocking calls, so the tunnel has one data path for both.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::io::{self, IoSlice};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bytes::BufMut;
 use ipnet::IpNet;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::metrics::ConnectorMetrics;
 use crate::replay::Reopen;
@@ -129,10 +135,144 @@ impl Drop for SourceSlot {
     }
 }
 
+/// A client socket: accepted TCP, or an in-process pipe end ([`ClientSock::pipe`]).
+#[derive(Debug)]
+pub(crate) enum ClientSock {
+    Tcp(TcpStream),
+    Pipe(Pipe),
+}
+
+/// One end of a Unix socket pair with an explicit reset: a Unix socket has no RST, so a reset
+/// is a flag the other end reads before it believes an EOF (a cut stream must never look like
+/// a complete one to the client on the far side).
+#[derive(Debug)]
+pub(crate) struct Pipe {
+    sock: UnixStream,
+    /// Set by this end's [`ClientSock::reset`].
+    mine: Arc<AtomicBool>,
+    /// Set by the other end's reset.
+    theirs: Arc<AtomicBool>,
+}
+
+impl Pipe {
+    fn peer_reset(&self) -> io::Result<()> {
+        if self.theirs.load(Ordering::Acquire) {
+            return Err(io::ErrorKind::ConnectionReset.into());
+        }
+        Ok(())
+    }
+}
+
+impl From<TcpStream> for ClientSock {
+    fn from(s: TcpStream) -> ClientSock {
+        ClientSock::Tcp(s)
+    }
+}
+
+impl ClientSock {
+    /// Two connected pipe ends.
+    pub fn pipe() -> io::Result<(ClientSock, ClientSock)> {
+        let (a, b) = UnixStream::pair()?;
+        let (fa, fb) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let end = |sock, mine: &Arc<AtomicBool>, theirs: &Arc<AtomicBool>| {
+            ClientSock::Pipe(Pipe {
+                sock,
+                mine: mine.clone(),
+                theirs: theirs.clone(),
+            })
+        };
+        Ok((end(a, &fa, &fb), end(b, &fb, &fa)))
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            ClientSock::Tcp(s) => s.readable().await,
+            ClientSock::Pipe(p) => p.sock.readable().await,
+        }
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        match self {
+            ClientSock::Tcp(s) => s.writable().await,
+            ClientSock::Pipe(p) => p.sock.writable().await,
+        }
+    }
+
+    /// A pipe whose other end was reset reads an error, never an EOF.
+    pub fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
+        match self {
+            ClientSock::Tcp(s) => s.try_read_buf(buf),
+            ClientSock::Pipe(p) => {
+                p.peer_reset()?;
+                let n = p.sock.try_read_buf(buf)?;
+                if n == 0 {
+                    p.peer_reset()?;
+                }
+                Ok(n)
+            }
+        }
+    }
+
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientSock::Tcp(s) => s.try_write(buf),
+            ClientSock::Pipe(p) => {
+                p.peer_reset()?;
+                p.sock.try_write(buf)
+            }
+        }
+    }
+
+    pub fn try_write_vectored(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            ClientSock::Tcp(s) => s.try_write_vectored(iov),
+            ClientSock::Pipe(p) => {
+                p.peer_reset()?;
+                p.sock.try_write_vectored(iov)
+            }
+        }
+    }
+
+    /// Half-close: no more bytes to the client (a TCP FIN, or EOF on the pipe).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        // tokio's shutdown needs `&mut`; the socket is shared between tasks.
+        match self {
+            ClientSock::Tcp(s) => socket2::SockRef::from(s).shutdown(Shutdown::Write),
+            ClientSock::Pipe(p) => socket2::SockRef::from(&p.sock).shutdown(Shutdown::Write),
+        }
+    }
+
+    /// Makes the close an abort: a TCP RST, or the pipe's reset flag (set before the end is
+    /// dropped, so the other end sees it before it sees the EOF).
+    pub fn reset(&self) {
+        match self {
+            ClientSock::Tcp(s) => {
+                let _ = s.set_zero_linger();
+            }
+            ClientSock::Pipe(p) => p.mine.store(true, Ordering::Release),
+        }
+    }
+
+    /// Registers the socket again with the current runtime (a tunnel on another shard).
+    pub fn rehome(self) -> io::Result<ClientSock> {
+        Ok(match self {
+            ClientSock::Tcp(s) => ClientSock::Tcp(TcpStream::from_std(s.into_std()?)?),
+            ClientSock::Pipe(Pipe { sock, mine, theirs }) => ClientSock::Pipe(Pipe {
+                sock: UnixStream::from_std(sock.into_std()?)?,
+                mine,
+                theirs,
+            }),
+        })
+    }
+}
+
 /// A client a listener accepted and checked, on its way to a tunnel.
 #[derive(Debug)]
 pub(crate) struct NewConn {
-    pub sock: TcpStream,
+    pub sock: ClientSock,
     pub peer: SocketAddr,
     pub listener: Arc<ListenerCtx>,
     /// Held until the stream ends.
@@ -156,9 +296,36 @@ pub(crate) fn reject(sock: TcpStream) {
     drop(sock);
 }
 
+/// [`reject`] for any client socket.
+pub(crate) fn reject_client(sock: ClientSock) {
+    sock.reset();
+    drop(sock);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_reset_pipe_end_reads_as_an_error_not_an_eof() {
+        let (a, b) = ClientSock::pipe().expect("pipe");
+        assert_eq!(a.try_write(b"x").expect("write"), 1);
+        b.readable().await.expect("readable");
+        let mut buf = Vec::with_capacity(8);
+        assert_eq!(b.try_read_buf(&mut buf).expect("read"), 1);
+        // A clean half-close reads as EOF.
+        a.shutdown_write().expect("shutdown");
+        b.readable().await.expect("readable");
+        assert_eq!(b.try_read_buf(&mut buf).expect("eof"), 0);
+        // A reset, then the drop: an error on the other end, also for writes.
+        let (c, d) = ClientSock::pipe().expect("pipe");
+        c.reset();
+        drop(c);
+        d.readable().await.expect("readable");
+        let e = d.try_read_buf(&mut buf).expect_err("reset");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        assert!(d.try_write(b"y").is_err());
+    }
 
     #[test]
     fn conn_guard_caps_and_releases() {

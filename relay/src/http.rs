@@ -66,6 +66,8 @@ type Body = Full<Bytes>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Routes {
     pub tunnel: bool,
+    /// `/mesh`: links from the other relays (`ha`), here or on `ha.mesh.listen`.
+    pub mesh: bool,
     pub portal: bool,
     pub metrics: bool,
 }
@@ -216,7 +218,7 @@ async fn accepted(mut c: Accepted, tls: Option<TlsAcceptor>, shared: Arc<Shared>
         }
     }
     match tls {
-        None => connection(sock, peer, shared, routes, slot, deadline).await,
+        None => connection(sock, peer, shared, routes, slot, deadline, None).await,
         Some(acceptor) => {
             // rustls reads at most 4 KiB per call: buffer the socket so a record
             // costs one `recvfrom`, not four.
@@ -227,7 +229,13 @@ async fn accepted(mut c: Accepted, tls: Option<TlsAcceptor>, shared: Arc<Shared>
                 _ = shared.root.cancelled() => return,
             };
             match stream {
-                Ok(Ok(s)) => connection(s, peer, shared, routes, slot, deadline).await,
+                Ok(Ok(s)) => {
+                    // Only `/mesh` looks at a client certificate (a relay of the service).
+                    let chain = s.get_ref().1.peer_certificates().map(|c| {
+                        Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>())
+                    });
+                    connection(s, peer, shared, routes, slot, deadline, chain).await
+                }
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
                     shared.metrics.http_refused("tls_timeout");
@@ -249,6 +257,7 @@ async fn connection<I>(
     routes: Routes,
     slot: PreauthSlot,
     deadline: Instant,
+    chain: crate::mesh::PeerChain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -261,7 +270,8 @@ async fn connection<I>(
     let svc = service_fn(move |req| {
         served2.notify_one();
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, shared, routes).await) }
+        let chain = chain.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, shared, routes, chain).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -319,6 +329,7 @@ async fn handle(
     peer: SocketAddr,
     shared: Arc<Shared>,
     routes: Routes,
+    chain: crate::mesh::PeerChain,
 ) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -354,6 +365,9 @@ async fn handle(
             r
         }
         (_, "/tunnel") if routes.tunnel => upgrade(req, peer, shared).await,
+        (&Method::GET, "/mesh") if routes.mesh => {
+            crate::mesh::upgrade(req, peer, chain, shared).await
+        }
         (_, p) if routes.portal && (p == "/api/v1" || p.starts_with("/api/v1/")) => {
             crate::portal::handle(req, peer, shared).await
         }

@@ -23,6 +23,7 @@ mod httpc;
 mod jwks;
 mod listener;
 mod liveness;
+mod mesh;
 pub mod metrics;
 mod pdp;
 mod portal;
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     pub buffered: budget::Buffers,
     /// The other relays of the service and the agents they hold (empty with HA off).
     pub cluster: Arc<cluster::View>,
+    /// Links to the other relays; `None` with `ha.mode: off`.
+    pub mesh: Option<Arc<mesh::Core>>,
 }
 
 /// A listener as bound.
@@ -145,6 +148,7 @@ pub struct RelayHandle {
     tunnel_addr: SocketAddr,
     metrics_addr: SocketAddr,
     portal_addr: SocketAddr,
+    mesh_addr: Option<SocketAddr>,
     listeners: Vec<(String, SocketAddr)>,
     supervisor: Option<JoinHandle<()>>,
 }
@@ -246,6 +250,69 @@ impl RelayHandle {
     /// Prometheus text of this relay's metrics (what `/metrics` serves).
     pub fn metrics_text(&self) -> String {
         self.shared.metrics.render()
+    }
+
+    /// Where `/mesh` is served: `ha.mesh.listen`'s address, else `tunnel_addr` (HA on only).
+    pub fn mesh_addr(&self) -> Option<SocketAddr> {
+        self.mesh_addr
+    }
+
+    /// Outgoing mesh links up now.
+    pub fn mesh_links_up(&self) -> usize {
+        self.shared.mesh.as_ref().map_or(0, |m| m.links_up())
+    }
+
+    /// Test hook until the registry fills the cluster view: replaces it with `owners`
+    /// (connector, relay, agent_id, epoch; their epochs count as the directory's), `epochs`
+    /// (newer claims the directory knows) and `peers` (replica_id, mesh URL), and dials new peers.
+    #[doc(hidden)]
+    pub fn set_cluster_view_for_test(
+        &self,
+        owners: &[(&str, &str, &str, u64)],
+        epochs: &[(&str, u64)],
+        peers: &[(&str, &str)],
+    ) {
+        let mut snap = cluster::Snapshot::default();
+        for (connector, relay, agent, epoch) in owners {
+            snap.owners
+                .entry((*connector).to_owned())
+                .or_default()
+                .push(cluster::Remote {
+                    relay_id: (*relay).into(),
+                    agent_id: (*agent).into(),
+                    epoch: *epoch,
+                });
+            snap.epochs.insert((*agent).into(), *epoch);
+        }
+        for (agent, epoch) in epochs {
+            snap.epochs.insert((*agent).into(), *epoch);
+        }
+        for (id, url) in peers {
+            snap.peers.insert(
+                (*id).into(),
+                cluster::PeerInfo {
+                    replica_id: (*id).into(),
+                    url: (*url).into(),
+                },
+            );
+        }
+        self.shared.cluster.set(snap);
+        if let Some(m) = &self.shared.mesh {
+            m.sync_peers(&self.shared.root, &self.shared.tasks);
+        }
+    }
+
+    /// Test hook until the registry claims epochs: sets the claim of the tunnel serving
+    /// `agent_id` here; false when no tunnel serves it.
+    #[doc(hidden)]
+    pub fn set_tunnel_epoch_for_test(&self, agent_id: &str, epoch: u64) -> bool {
+        match self.shared.registry.serving(agent_id) {
+            Some(a) => {
+                a.info.epoch.store(epoch, Ordering::Release);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Graceful stop: stop accepting, let open streams finish for the grace period, then stop.
@@ -354,9 +421,31 @@ pub async fn start_with(
             "a prebound listener is named `{name}`, which is not in listeners"
         )));
     }
+    let ha_on = cfg.ha.mode != config::HaMode::Off;
+    let mesh_crypto = match (&cfg.ha.mesh.tls, ha_on) {
+        (Some(t), true) => Some(mesh::MeshCrypto::load(t).map_err(StartError::Config)?),
+        _ => None,
+    };
+    // `/mesh` on the tunnel server unless it has a listener of its own.
+    let mesh_shares_tunnel = ha_on && cfg.ha.mesh.listen.is_none();
+    if mesh_shares_tunnel && cfg.ha.mesh.require_mtls && cfg.tunnel.tls.is_none() {
+        return Err(StartError::Config(
+            "ha.mesh.require_mtls: /mesh is served on the tunnel server, which has no tunnel.tls; \
+             set tunnel.tls or ha.mesh.listen"
+                .to_owned(),
+        ));
+    }
+    let mesh_roots = mesh_crypto
+        .as_ref()
+        .filter(|_| mesh_shares_tunnel && cfg.ha.mesh.require_mtls)
+        .map(|c| c.roots.clone());
     let tls = match &cfg.tunnel.tls {
-        Some(t) => Some(tls::acceptor(t).map_err(StartError::Config)?),
+        Some(t) => Some(tls::acceptor(t, mesh_roots).map_err(StartError::Config)?),
         None => None,
+    };
+    let mesh_listener = match (cfg.ha.mesh.listen, ha_on) {
+        (Some(addr), true) => Some(bind("mesh (ha.mesh.listen)", &addr.to_string()).await?),
+        _ => None,
     };
 
     let tunnel_listener = match prebound_tunnel {
@@ -524,14 +613,26 @@ pub async fn start_with(
         max_per_jti: cfg.limits.max_tunnels_per_jti,
         duplicates: cfg.security.duplicate_agent,
     };
-    let shared = Arc::new(Shared {
+    let cluster = Arc::new(cluster::View::default());
+    let streams = TaskTracker::new();
+    let shared = Arc::new_cyclic(|weak| Shared {
+        mesh: ha_on.then(|| {
+            Arc::new(mesh::Core::new(
+                weak.clone(),
+                &cfg,
+                metrics.clone(),
+                cluster.clone(),
+                mesh_crypto.clone(),
+                streams.clone(),
+            ))
+        }),
         cfg,
         registry: registry::Registry::new(tunnel_rules),
         metrics,
         root: CancellationToken::new(),
         draining: CancellationToken::new(),
         ready: AtomicBool::new(false),
-        streams: TaskTracker::new(),
+        streams,
         tasks: TaskTracker::new(),
         conns: Arc::new(AtomicUsize::new(0)),
         next_tunnel_id: AtomicU64::new(1),
@@ -546,7 +647,7 @@ pub async fn start_with(
         listeners: bound_info,
         shards,
         buffered,
-        cluster: Default::default(),
+        cluster,
     });
     if let Some(j) = &shared.jwks {
         shared
@@ -588,6 +689,7 @@ pub async fn start_with(
         shared.clone(),
         http::Routes {
             tunnel: true,
+            mesh: mesh_shares_tunnel,
             portal: portal_here,
             metrics: metrics_here,
         },
@@ -599,6 +701,7 @@ pub async fn start_with(
             shared.clone(),
             http::Routes {
                 tunnel: false,
+                mesh: false,
                 portal: false,
                 metrics: true,
             },
@@ -613,10 +716,47 @@ pub async fn start_with(
             shared.clone(),
             http::Routes {
                 tunnel: false,
+                mesh: false,
                 portal: true,
                 metrics: metrics_here,
             },
         ));
+    }
+    let mut mesh_addr = mesh_shares_tunnel.then_some(tunnel_addr);
+    if let Some(l) = mesh_listener {
+        let addr = local_addr(&l, "mesh")?;
+        mesh_addr = Some(addr);
+        let require = shared.cfg.ha.mesh.require_mtls;
+        let acceptor = mesh_crypto
+            .as_ref()
+            .filter(|_| require)
+            .map(|c| c.acceptor.clone());
+        info!(%addr, mtls = acceptor.is_some(), "mesh listening (/mesh)");
+        shared.tasks.spawn(http::serve(
+            l,
+            acceptor,
+            shared.clone(),
+            http::Routes {
+                tunnel: false,
+                mesh: true,
+                portal: false,
+                metrics: false,
+            },
+        ));
+    }
+    if let Some(m) = &shared.mesh {
+        m.sync_peers(&shared.root, &shared.tasks);
+        // Peers the registry discovers later.
+        let (m, root, tasks) = (m.clone(), shared.root.clone(), shared.tasks.clone());
+        shared.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => m.sync_peers(&root, &tasks),
+                    _ = root.cancelled() => break,
+                }
+            }
+        });
     }
     let supervisor = tokio::spawn(supervise(shared.clone()));
     Ok(RelayHandle {
@@ -624,6 +764,7 @@ pub async fn start_with(
         tunnel_addr,
         metrics_addr,
         portal_addr,
+        mesh_addr,
         listeners: names,
         supervisor: Some(supervisor),
     })

@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
 use crate::audit::{Action, Event};
-use crate::conn::{reject, ConnGuard, ListenerCtx, NewConn, Reroute};
+use crate::conn::{reject, reject_client, ClientSock, ConnGuard, ListenerCtx, NewConn, Reroute};
 use crate::proxy_protocol::{self, ProxyError};
 use crate::Shared;
 
@@ -142,7 +142,7 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
     let guard = guard.with_source(slot);
     ctx.metrics.connections.inc();
     let conn = NewConn {
-        sock,
+        sock: ClientSock::Tcp(sock),
         peer,
         listener: ctx.clone(),
         guard,
@@ -150,6 +150,14 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
     };
     let Err(conn) = hand_over(conn, None, shared) else {
         return;
+    };
+    // No local agent: the relay that owns one, over the mesh (`ha.mode: active` only).
+    let conn = match &shared.mesh {
+        Some(mesh) => match mesh.forward(*conn) {
+            None => return,
+            Some(back) => back,
+        },
+        None => *conn,
     };
     let detail = format!("listener={}; no agent serves this connector", ctx.name);
     refuse(
@@ -192,7 +200,7 @@ impl Reroute for Shared {
 /// label and audit reason. No log line of its own: the audit record is one, and the audit
 /// trail rate-limits refusals per source (a connect/reset loop must not flood the journal).
 fn refuse(
-    sock: TcpStream,
+    sock: impl Into<ClientSock>,
     peer: SocketAddr,
     ctx: &ListenerCtx,
     shared: &Shared,
@@ -208,7 +216,7 @@ fn refuse(
             .source(peer)
             .detail(detail),
     );
-    reject(sock);
+    reject_client(sock.into());
 }
 
 #[cfg(test)]

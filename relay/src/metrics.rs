@@ -107,6 +107,112 @@ pub struct PolicyLabel {
     pub policy: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// A configured or discovered peer's `replica_id` (bounded by `MAX_MESH_PEERS`), or
+    /// `unauthenticated` for a `/mesh` caller that was refused.
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkStateLabels {
+    pub peer: String,
+    /// `up`, `connecting` or `down`: exactly one is 1 for each peer.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MeshFrameLabels {
+    /// `tx` or `rx`.
+    pub dir: &'static str,
+    /// The frame type, lower case (`forward`, `data`, `fin`, `rst`, `window`).
+    pub r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerReasonLabels {
+    pub peer: String,
+    pub reason: &'static str,
+}
+
+/// The relay mesh (`ha`): links to the other relays and the streams forwarded over them.
+#[derive(Debug)]
+pub struct MeshMetrics {
+    pub links: Family<LinkStateLabels, Gauge>,
+    pub frames: Family<MeshFrameLabels, Counter>,
+    pub rtt: Family<PeerLabel, Histogram, fn() -> Histogram>,
+    pub backpressure_drops: Family<PeerReasonLabels, Counter>,
+    pub link_reconnects: Family<PeerLabel, Counter>,
+    pub link_errors: Family<PeerLabel, Counter>,
+    pub owner_epoch_mismatch: Counter<u64, AtomicU64>,
+    pub cid_dedup_dropped: Counter<u64, AtomicU64>,
+}
+
+fn rtt_histogram() -> Histogram {
+    // 100 µs .. 2.5 s
+    Histogram::new([
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ])
+}
+
+impl MeshMetrics {
+    fn new() -> MeshMetrics {
+        MeshMetrics {
+            rtt: Family::new_with_constructor(rtt_histogram),
+            links: Family::default(),
+            frames: Family::default(),
+            backpressure_drops: Family::default(),
+            link_reconnects: Family::default(),
+            link_errors: Family::default(),
+            owner_epoch_mismatch: Counter::default(),
+            cid_dedup_dropped: Counter::default(),
+        }
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "nowconnect_mesh_links",
+            "Mesh links to each peer relay by state (up, connecting, down): 1 for the current one",
+            self.links.clone(),
+        );
+        registry.register(
+            "nowconnect_mesh_frames",
+            "Frames on mesh links by direction (tx, rx) and type",
+            self.frames.clone(),
+        );
+        registry.register(
+            "nowconnect_mesh_rtt_seconds",
+            "Round-trip time of mesh link pings, by peer",
+            self.rtt.clone(),
+        );
+        registry.register(
+            "nowconnect_mesh_backpressure_drops",
+            "Frames or streams a mesh link dropped because a bound was reached (queue_full, link_down, table_full)",
+            self.backpressure_drops.clone(),
+        );
+        registry.register(
+            "nowconnect_mesh_link_reconnects",
+            "Mesh links dialed again after they were lost, by peer",
+            self.link_reconnects.clone(),
+        );
+        registry.register(
+            "nowconnect_mesh_link_errors",
+            "Mesh link failures (dial, TLS, refused upgrade, lost link), by peer",
+            self.link_errors.clone(),
+        );
+        registry.register(
+            "nowconnect_owner_epoch_mismatch",
+            "Forwarded streams refused because their epoch is not the owner's current claim",
+            self.owner_epoch_mismatch.clone(),
+        );
+        registry.register(
+            "nowconnect_cid_dedup_dropped",
+            "Forwarded OPENs dropped because their stream id is already live on the link",
+            self.cid_dedup_dropped.clone(),
+        );
+    }
+}
+
 /// Every metric the relay exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -155,6 +261,8 @@ pub struct Metrics {
     pub registry_up: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// Agents this relay holds a live claim on in the registry.
     pub registry_claims: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// The relay mesh (`nowconnect_mesh_*` and the fencing counters).
+    pub mesh: MeshMetrics,
 }
 
 impl Default for Metrics {
@@ -209,6 +317,7 @@ impl Metrics {
             registry_ops: Family::default(),
             registry_up: Gauge::default(),
             registry_claims: Gauge::default(),
+            mesh: MeshMetrics::new(),
             registry: Registry::default(),
         };
         // Counters get `_total` appended by the encoder.
@@ -406,6 +515,7 @@ impl Metrics {
              retry failed too); all but rerouted reset the client",
             m.open_retries.clone(),
         );
+        m.mesh.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -312,6 +312,13 @@ impl Registry {
     }
 
     /// Every registered tunnel, oldest first.
+    /// The tunnel that serves `agent_id` now (the one its new streams go to), if any.
+    pub fn serving(&self, agent_id: &str) -> Option<AgentHandle> {
+        let inner = self.lock();
+        let agent = inner.by_agent.get(agent_id)?;
+        inner.tunnels.get(&agent.serving).map(|h| h.handle.clone())
+    }
+
     pub fn tunnels(&self) -> Vec<Arc<TunnelInfo>> {
         self.rows().into_iter().map(|r| r.info).collect()
     }

@@ -11,7 +11,12 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::TlsConfig;
 
 /// Builds the acceptor. Errors name the config key and file; they are the operator's to fix.
-pub(crate) fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
+/// `mesh_roots`: `/mesh` shares this server, so a client certificate of the mesh CA is asked
+/// for (optional: agents have none; the `/mesh` handler requires it).
+pub(crate) fn acceptor(
+    cfg: &TlsConfig,
+    mesh_roots: Option<Arc<RootCertStore>>,
+) -> Result<TlsAcceptor, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cfg.cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
@@ -36,9 +41,23 @@ pub(crate) fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, String> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("tunnel.tls: {e}"))?;
-    let builder = match &cfg.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(path) => {
+    let builder = match (&cfg.client_ca, mesh_roots) {
+        (None, None) => builder.with_no_client_auth(),
+        (None, Some(roots)) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("ha.mesh.tls.ca_bundle: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        (Some(_), Some(_)) => {
+            return Err(
+                "tunnel.tls.client_ca: with agent client certificates, /mesh needs a \
+                 listener of its own (set ha.mesh.listen)"
+                    .to_owned(),
+            )
+        }
+        (Some(path), None) => {
             let mut roots = RootCertStore::empty();
             let cas = CertificateDer::pem_file_iter(path)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())

@@ -9,6 +9,8 @@
 //! FIN        (5) id>0   dir:u8 (0 = c2a, 1 = a2c)
 //! RST        (6) id>0   code:u8 | reason (UTF-8, rest of the frame)
 //! WINDOW     (7) id>0   increment:u32 BE (1..=2^31-1)
+//! FORWARD    (8) id>0   len:u8 connector | len:u8 agent_id | epoch:u64 BE
+//!                       | len:u8 client_addr | len:u8 origin        (relay mesh only)
 //! ```
 //! Decoding DATA slices the input buffer: no copy, no allocation.
 
@@ -16,7 +18,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::flow::MAX_WINDOW;
-use crate::frame::{check_name, check_text, Dir, Frame, RawHello, RstCode, StreamId};
+use crate::frame::{check_name, check_text, Dir, Forward, Frame, RawHello, RstCode, StreamId};
 use crate::limits::Limits;
 
 /// Bytes before every body: the type byte and the big-endian stream id.
@@ -33,6 +35,7 @@ pub enum FrameType {
     Fin = 5,
     Rst = 6,
     Window = 7,
+    Forward = 8,
 }
 
 impl FrameType {
@@ -45,6 +48,7 @@ impl FrameType {
             5 => FrameType::Fin,
             6 => FrameType::Rst,
             7 => FrameType::Window,
+            8 => FrameType::Forward,
             other => return Err(DecodeError::UnknownType(other)),
         })
     }
@@ -58,6 +62,7 @@ impl FrameType {
             FrameType::Fin => "FIN",
             FrameType::Rst => "RST",
             FrameType::Window => "WINDOW",
+            FrameType::Forward => "FORWARD",
         }
     }
 }
@@ -165,6 +170,37 @@ pub fn decode(buf: &Bytes, limits: &Limits) -> Result<Frame, DecodeError> {
             }
             Ok(Frame::Window { id, credit })
         }
+        FrameType::Forward => {
+            // Every length is a u8 checked against what is left before anything is copied.
+            let (connector, rest) = take_short_str(body, "connector")?;
+            let (agent_id, rest) = take_short_str(rest, "agent_id")?;
+            if rest.len() < 8 {
+                return Err(DecodeError::Truncated {
+                    need: 8,
+                    have: rest.len(),
+                });
+            }
+            let (epoch, rest) = rest.split_at(8);
+            let epoch = u64::from_be_bytes(exact::<8>(epoch, "FORWARD")?);
+            let (client_addr, rest) = take_short_str(rest, "client_addr")?;
+            let (origin, rest) = take_short_str(rest, "origin")?;
+            if !rest.is_empty() {
+                return Err(DecodeError::TrailingBytes {
+                    frame: "FORWARD",
+                    extra: rest.len(),
+                });
+            }
+            let f = Forward {
+                id,
+                connector: connector.to_owned(),
+                agent_id: agent_id.to_owned(),
+                epoch,
+                client_addr: client_addr.to_owned(),
+                origin: origin.to_owned(),
+            };
+            f.validate(limits)?;
+            Ok(Frame::Forward(Box::new(f)))
+        }
     }
 }
 
@@ -228,6 +264,16 @@ pub fn encode(frame: &Frame, limits: &Limits, out: &mut BytesMut) -> Result<(), 
             }
             put_header(out, FrameType::Window, *id);
             out.put_u32(*credit);
+        }
+        Frame::Forward(f) => {
+            stream_id(f.id, "FORWARD")?;
+            f.validate(limits)?;
+            put_header(out, FrameType::Forward, f.id);
+            put_short_str(out, &f.connector, "connector")?;
+            put_short_str(out, &f.agent_id, "agent_id")?;
+            out.put_u64(f.epoch);
+            put_short_str(out, &f.client_addr, "client_addr")?;
+            put_short_str(out, &f.origin, "origin")?;
         }
     }
     Ok(())

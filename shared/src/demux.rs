@@ -197,6 +197,13 @@ impl<H> Demux<H> {
         }
     }
 
+    /// A link with no HELLO exchange of its own (the relay mesh: its peers are identified by
+    /// TLS and the upgrade request): stream frames are taken from the first message on.
+    pub fn without_handshake(mut self) -> Demux<H> {
+        self.handshake_done = true;
+        self
+    }
+
     pub fn version(&self) -> Version {
         self.params.version
     }
@@ -443,6 +450,11 @@ impl<H> Demux<H> {
                     cid,
                 }
             }
+            // Only a relay mesh carries FORWARD, and its driver takes it before the demux.
+            Frame::Forward(_) => self.local_reset(
+                id,
+                Reset::new(RstCode::Protocol, "FORWARD outside the mesh"),
+            ),
             frame => {
                 let kind = frame.kind();
                 let Some(slot) = self.slots.get_mut(&id).filter(|s| s.announced) else {

@@ -37,6 +37,37 @@ pub enum Frame {
     },
     /// The receiver drained `credit` more bytes: the sender may send that many more (v2 only).
     Window { id: StreamId, credit: u32 },
+    /// Relay -> relay over the mesh (v2 only): open a stream to the agent `agent_id` this relay
+    /// owns, for a client that reached the origin relay. Never sent on an agent tunnel.
+    Forward(Box<Forward>),
+}
+
+/// What a stream forwarded between relays needs beyond an OPEN: whose agent, under which
+/// claim (the owner refuses a stale `epoch`), and for whom (the owner authorizes and audits
+/// the real client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub id: StreamId,
+    pub connector: String,
+    /// The agent the origin believes owns the connector on the receiving relay.
+    pub agent_id: String,
+    /// The owner's claim on `agent_id` as the directory showed it (fencing token).
+    pub epoch: u64,
+    /// The client's address (after any PROXY header), for authorization and audit.
+    pub client_addr: String,
+    /// The origin relay's `replica_id`.
+    pub origin: String,
+}
+
+impl Forward {
+    /// Checks every field against `limits`; the v2 codec calls this both ways.
+    pub fn validate(&self, limits: &Limits) -> Result<(), DecodeError> {
+        check_name("connector", &self.connector, limits.max_connector_len)?;
+        check_name("agent_id", &self.agent_id, limits.max_agent_id_len)?;
+        check_text("client_addr", &self.client_addr, limits.max_short_text_len)?;
+        check_name("origin", &self.origin, limits.max_agent_id_len)?;
+        Ok(())
+    }
 }
 
 impl Frame {
@@ -49,6 +80,7 @@ impl Frame {
             | Frame::Fin { id, .. }
             | Frame::Rst { id, .. }
             | Frame::Window { id, .. } => *id,
+            Frame::Forward(f) => f.id,
         }
     }
 
@@ -62,6 +94,7 @@ impl Frame {
             Frame::Fin { .. } => "FIN",
             Frame::Rst { .. } => "RST",
             Frame::Window { .. } => "WINDOW",
+            Frame::Forward(_) => "FORWARD",
         }
     }
 }

@@ -421,6 +421,7 @@ impl V1Encoder {
                 });
             }
             Frame::Window { .. } => return Err(EncodeError::NotInV1("WINDOW")),
+            Frame::Forward(_) => return Err(EncodeError::NotInV1("FORWARD")),
         }
         serde_json::to_string(&out).map_err(|_| EncodeError::Invalid(DecodeError::NotAnObject))
     }

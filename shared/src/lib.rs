@@ -24,7 +24,7 @@ pub mod subprotocol;
 pub use demux::{Demux, Dispatch};
 pub use error::{DecodeError, EncodeError, FlowError};
 pub use flow::{RecvWindow, SendCredit, DEFAULT_WINDOW, MAX_WINDOW};
-pub use frame::{Dir, Frame, Hello, RstCode, StreamId};
+pub use frame::{Dir, Forward, Frame, Hello, RstCode, StreamId};
 pub use json::{V1Decoder, V1Encoder};
 pub use limits::Limits;
 pub use stream::{RecvHalf, Reset, Role, SendHalf, Stream, StreamParams};

@@ -222,7 +222,9 @@ impl RecvHalf {
                 Budget::Window(_) => Ok(Inbound::Window(credit)),
                 Budget::Queue { .. } => Err(Reset::new(RstCode::Protocol, "WINDOW in v1")),
             },
-            Frame::Open { .. } => Err(Reset::new(RstCode::Protocol, "OPEN for a live stream")),
+            Frame::Open { .. } | Frame::Forward(_) => {
+                Err(Reset::new(RstCode::Protocol, "OPEN for a live stream"))
+            }
             Frame::Hello(_) | Frame::HelloAck => Err(Reset::new(
                 RstCode::Protocol,
                 "connection frame on a stream",

@@ -3,7 +3,9 @@
 
 use bytes::Bytes;
 use nowconnect_shared::binary;
-use nowconnect_shared::{Dir, Frame, Hello, Limits, RstCode, V1Decoder, V1Encoder, MAX_WINDOW};
+use nowconnect_shared::{
+    Dir, Forward, Frame, Hello, Limits, RstCode, V1Decoder, V1Encoder, MAX_WINDOW,
+};
 use proptest::prelude::*;
 
 fn name(max: usize) -> impl Strategy<Value = String> {
@@ -167,4 +169,67 @@ proptest! {
             "connector": cid, "agent_id": cid, "connectors": [cid], "err": dir}).to_string();
         let _ = V1Decoder::new(Limits::default()).decode(&text);
     }
+}
+
+fn forward() -> impl Strategy<Value = Frame> {
+    let l = Limits::default();
+    (
+        stream_id(),
+        name(l.max_connector_len),
+        name(l.max_agent_id_len),
+        any::<u64>(),
+        text(l.max_short_text_len),
+        name(l.max_agent_id_len),
+    )
+        .prop_map(|(id, connector, agent_id, epoch, client_addr, origin)| {
+            Frame::Forward(Box::new(Forward {
+                id,
+                connector,
+                agent_id,
+                epoch,
+                client_addr,
+                origin,
+            }))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn forward_round_trips_in_v2_and_is_refused_by_v1(f in forward()) {
+        let l = Limits::default();
+        let wire = binary::encode_to_bytes(&f, &l).expect("valid frames encode");
+        prop_assert_eq!(binary::decode(&wire, &l), Ok(f.clone()));
+        prop_assert_eq!(
+            V1Encoder::new(l).encode(&f),
+            Err(nowconnect_shared::EncodeError::NotInV1("FORWARD"))
+        );
+        // Every strict prefix is refused, never panics, never allocates past the frame.
+        for cut in binary::HEADER_LEN..wire.len() {
+            prop_assert!(binary::decode(&wire.slice(..cut), &l).is_err());
+        }
+    }
+}
+
+#[test]
+fn forward_lengths_are_checked_before_copying() {
+    let l = Limits::default();
+    // FORWARD on stream 1 whose connector claims 200 bytes with 3 present.
+    let wire = Bytes::from_static(&[8, 0, 0, 0, 1, 200, b'a', b'b', b'c']);
+    assert!(matches!(
+        binary::decode(&wire, &l),
+        Err(nowconnect_shared::DecodeError::Truncated { need: 200, have: 3 })
+    ));
+    // An agent_id over the limit is refused by name.
+    let long = "a".repeat(l.max_agent_id_len + 1);
+    let f = Frame::Forward(Box::new(Forward {
+        id: 1,
+        connector: "db".into(),
+        agent_id: long,
+        epoch: 1,
+        client_addr: "127.0.0.1:1".into(),
+        origin: "b".into(),
+    }));
+    assert!(binary::encode_to_bytes(&f, &l).is_err());
 }

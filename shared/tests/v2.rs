@@ -176,7 +176,8 @@ fn malformed_frames_are_typed_errors() {
             DecodeError::Truncated { need: 5, have: 4 },
         ),
         (vec![0, 0, 0, 0, 1], DecodeError::UnknownType(0)),
-        (vec![8, 0, 0, 0, 1], DecodeError::UnknownType(8)),
+        (vec![9, 0, 0, 0, 1], DecodeError::UnknownType(9)),
+        (vec![8, 0, 0, 0, 1], DecodeError::MissingField("connector")),
         (vec![0xff, 0, 0, 0, 1], DecodeError::UnknownType(0xff)),
         (
             oversized,

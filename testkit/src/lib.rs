@@ -21,7 +21,9 @@
 //! - [`idp`]: a test identity provider (keys made at run time, JWKS, minted tokens).
 //! - [`mock_agent`]: a raw-frame agent (WebSocket client, v1 JSON / v2 binary) for relay tests.
 //! - [`mock_relay`]: a raw-frame relay (WebSocket server) for agent tests.
+//! - [`mesh_peer`]: a raw relay-mesh peer on `/mesh` (claimed replica_id, any client cert).
 //! - [`proxy`]: an HTTP CONNECT proxy written for the tests.
+//! - [`chaos`]: a TCP proxy that passes, stalls or cuts traffic on command.
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers written by hand, and connections that send one.
 //! - [`process`]: this process's resident memory and descriptors, and raising RLIMIT_NOFILE.
 //! - [`yaml`]: relay and agent configuration texts for tests.
@@ -31,6 +33,7 @@
 //!   proxy and (PROXY-protocol) load balancer.
 #![forbid(unsafe_code)]
 
+pub mod chaos;
 pub mod frames;
 pub mod haproxy;
 pub mod health;
@@ -38,6 +41,7 @@ pub mod http;
 pub mod idp;
 pub mod io;
 pub mod log;
+pub mod mesh_peer;
 pub mod metrics;
 pub mod mock_agent;
 pub mod mock_relay;

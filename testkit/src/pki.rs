@@ -161,6 +161,17 @@ impl Ca {
             .with_no_client_auth()
     }
 
+    /// A TLS client config trusting only this CA that presents `cert` (another CA's leaf, a
+    /// leaf for another name: whatever the test means to send).
+    pub fn client_config_with(&self, cert: &Leaf) -> ClientConfig {
+        ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(self.roots())
+            .with_client_auth_cert(vec![cert.der.clone()], cert.key())
+            .expect("client certificate and key")
+    }
+
     /// [`client_config`](Ca::client_config) as a connector.
     pub fn connector(&self) -> TlsConnector {
         TlsConnector::from(Arc::new(self.client_config()))

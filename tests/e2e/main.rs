@@ -13,6 +13,7 @@ mod health;
 mod ldap;
 mod ldap_fixture;
 mod lifecycle;
+mod mesh;
 mod portal;
 mod streams;
 mod transfer;

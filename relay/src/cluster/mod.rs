@@ -21,5 +21,4 @@ mod view;
 #[allow(unused_imports)] // the mesh reports link state through it (issue 16)
 pub(crate) use health::Health;
 pub use memory::MemoryDirectory;
-#[allow(unused_imports)] // TEMP: wired by the mesh and failover work of issue 16
 pub(crate) use view::{PeerInfo, Remote, Snapshot, View};

@@ -45,7 +45,6 @@ pub(crate) struct Snapshot {
 pub(crate) struct View {
     snap: Mutex<Arc<Snapshot>>,
     /// Round-robin start among a connector's remote owners.
-    #[allow(dead_code)] // TEMP: read by the failover routing of issue 16
     next: AtomicUsize,
     /// Registry and mesh link state, for `/readyz`.
     pub health: Health,
@@ -78,7 +77,6 @@ impl View {
         self.lock().clone()
     }
 
-    #[allow(dead_code)] // TEMP: called by the failover routing of issue 16
     /// A remote owner for a new stream on `connector` (round robin), skipping `except`.
     pub fn pick_remote(&self, connector: &str, except: &[Remote]) -> Option<Remote> {
         let snap = self.snapshot();
@@ -96,7 +94,6 @@ impl View {
         self.snapshot().epochs.get(agent_id).copied()
     }
 
-    #[allow(dead_code)] // TEMP: called by the mesh of issue 16
     /// Where the relay `replica_id` serves `/mesh`, if it is known.
     pub fn peer(&self, replica_id: &str) -> Option<PeerInfo> {
         self.snapshot().peers.get(replica_id).cloned()

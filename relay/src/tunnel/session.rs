@@ -26,7 +26,6 @@ use futures_util::StreamExt;
 use nowconnect_shared::demux::{Demux, Dispatch, Drained, Ignored};
 use nowconnect_shared::{Frame, Reset, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -40,7 +39,7 @@ use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStrea
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
 use crate::budget::FRAME_COST;
-use crate::conn::{reject, ListenerCtx, NewConn};
+use crate::conn::{reject_client, ClientSock, ListenerCtx, NewConn};
 use crate::liveness::Liveness;
 use crate::metrics::{CodeLabel, DirLabel, OverflowLabels};
 use crate::replay::Replay;
@@ -58,7 +57,7 @@ pub(super) struct Handle {
     serial: u64,
     tx: mpsc::UnboundedSender<ToStream>,
     /// Shared with the stream task, for direct writes.
-    sock: Arc<TcpStream>,
+    sock: Arc<ClientSock>,
     info: Arc<SessionInfo>,
     listener: Arc<ListenerCtx>,
     activity: Arc<Activity>,
@@ -531,7 +530,7 @@ impl Session {
         // Accepted on the listener's runtime: register the socket with this tunnel's shard, so
         // its readiness wakes this thread and the stream task never crosses threads.
         let sock = if self.shared.shards.is_some() {
-            match sock.into_std().and_then(TcpStream::from_std) {
+            match sock.rehome() {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(connector = %listener.connector, client = %peer, error = %e, "cannot move the client socket to the tunnel's shard; client closed");
@@ -567,7 +566,7 @@ impl Session {
         let Ok((id, send)) = made else {
             self.refuse_over_cap(&listener.connector, peer);
             if let Ok(sock) = Arc::try_unwrap(sock) {
-                reject(sock);
+                reject_client(sock);
             }
             drop(guard);
             return;
@@ -602,7 +601,7 @@ impl Session {
     pub fn reject_pending(&mut self) {
         self.conns.close();
         while let Ok(conn) = self.conns.try_recv() {
-            reject(conn.sock);
+            reject_client(conn.sock);
         }
     }
 

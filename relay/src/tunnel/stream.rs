@@ -20,7 +20,6 @@
 //! kept bytes first ([`Reopen`]). Once, and only while that is safe: see `crate::replay`.
 
 use std::io;
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +28,6 @@ use bytes::Bytes;
 use nowconnect_shared::arena::{ReadArena, ARENA_IDLE};
 use nowconnect_shared::queue::WriteQueue;
 use nowconnect_shared::{Frame, Reset, RstCode, SendHalf, StreamId, Version};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +36,7 @@ use tracing::debug;
 use super::writer::Out;
 use crate::authorize::{Authorizer, Request};
 use crate::budget::{Budget, FRAME_COST};
-use crate::conn::{reject, ConnGuard, ListenerCtx, NewConn, Reroute};
+use crate::conn::{reject_client, ClientSock, ConnGuard, ListenerCtx, NewConn, Reroute};
 use crate::metrics::{CodeLabel, DirLabel, Metrics};
 use crate::replay::{Chunk, Reopen, Replay, NOT_REPLAYABLE, NO_AGENT, REROUTED};
 use crate::sessions::{SessionInfo, Sessions};
@@ -211,7 +209,7 @@ impl Activity {
 pub(super) struct StreamTask {
     pub key: Key,
     pub send: SendHalf,
-    pub sock: Arc<TcpStream>,
+    pub sock: Arc<ClientSock>,
     pub rx: mpsc::UnboundedReceiver<ToStream>,
     pub listener: Arc<ListenerCtx>,
     pub info: Arc<SessionInfo>,
@@ -250,7 +248,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
     // every stream's task for the stream's whole life.
     if !Box::pin(t.authz.decide(req, &t.token)).await {
         release_unread(&t, &mut s.rx);
-        let _ = s.sock.set_zero_linger();
+        s.sock.reset();
         debug!(cid = id, connector = %s.listener.connector, end = End::Denied.label(), "stream closed");
         return;
     }
@@ -285,7 +283,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
     }
     if end != End::Done && reopen.is_none() {
         // Abort, not a clean EOF: the client must not mistake a cut stream for a complete one.
-        let _ = s.sock.set_zero_linger();
+        s.sock.reset();
     }
     if t.version == Version::V1 {
         send_out(&t, Out::Forget(id)).await;
@@ -370,7 +368,7 @@ fn hand_off(t: &TunnelCtx, s: StreamTask, reopen: Reopen) {
         Ok(sock) => sock,
         Err(shared) => {
             t.metrics.open_retry(&connector, NOT_REPLAYABLE);
-            let _ = shared.set_zero_linger();
+            shared.reset();
             return;
         }
     };
@@ -388,7 +386,7 @@ fn hand_off(t: &TunnelCtx, s: StreamTask, reopen: Reopen) {
         }
         Err(conn) => {
             t.metrics.open_retry(&connector, NO_AGENT);
-            reject(conn.sock);
+            reject_client(conn.sock);
         }
     }
 }
@@ -476,8 +474,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                 }
                 Some(ToStream::ShutWrite) => {
                     s.replay.confirm();
-                    // tokio's shutdown would need `&mut`; the socket is shared with the session.
-                    if socket2::SockRef::from(&*sock).shutdown(Shutdown::Write).is_err() {
+                    if sock.shutdown_write().is_err() {
                         return End::Local(Reset::new(RstCode::Io, "client shutdown failed"));
                     }
                     s.send.on_write_shut();

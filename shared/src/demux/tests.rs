@@ -432,3 +432,34 @@ fn a_full_v1_queue_stops_the_reader_until_it_drains_or_overflows() {
     assert_eq!(d.full(), None);
     assert!(d.is_empty());
 }
+
+#[test]
+fn forward_outside_the_mesh_resets_and_a_mesh_demux_needs_no_handshake() {
+    use crate::frame::Forward;
+    // A relay mesh link (no HELLO): stream frames from the first message on.
+    let mut d: Demux<()> = Demux::new(
+        Role::Agent,
+        StreamParams::new(Version::V2),
+        Limits::default(),
+        8,
+    )
+    .without_handshake();
+    let f = Frame::Forward(Box::new(Forward {
+        id: 3,
+        connector: "db".into(),
+        agent_id: "premise-01".into(),
+        epoch: 1,
+        client_addr: "127.0.0.1:1".into(),
+        origin: "relay-b".into(),
+    }));
+    // The mesh driver takes FORWARD itself; one reaching the demux (an agent tunnel) is a
+    // protocol error for that stream, never a new stream.
+    match d.on_frame(f) {
+        Dispatch::Reset { id, reason, .. } => {
+            assert_eq!(id, 3);
+            assert_eq!(reason.code, RstCode::Protocol);
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    assert!(d.is_empty());
+}

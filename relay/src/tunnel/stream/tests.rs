@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use nowconnect_shared::{Dir, Role, StreamParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::audit::{Audit, AUDIT_RING};
@@ -127,7 +127,7 @@ async fn rig_with(window: u32, idle: Option<Duration>, accept: bool) -> Rig {
     let task = StreamTask {
         key: Key { id: 7, serial: 1 },
         send: SendHalf::new(7, Role::Relay, &params),
-        sock: Arc::new(sock),
+        sock: Arc::new(crate::conn::ClientSock::Tcp(sock)),
         rx,
         listener,
         info: Arc::new(SessionInfo {
