@@ -198,8 +198,9 @@ async fn interleaved_junk_cannot_pin_read_buffers() {
 async fn non_reading_agent_flooding_unanswerable_frames_is_closed() {
     let relay = relay("").await;
     let mut honest = Honest::start(&relay).await;
-    // This agent never reads: whatever the relay answered would pile up on its side.
-    let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
+    // This agent never reads: whatever the relay answered would pile up on its side. Its own
+    // agent_id: the log is shared with the other tests of this file, which run at the same time.
+    let mut hostile = v2_agent(relay.tunnel_addr(), "flooder", &["addomain"]).await;
     let before = rss_kib();
     let undecodable = Message::Binary(Bytes::from_static(&[0xff; 7]));
     let start = Instant::now();
@@ -256,7 +257,7 @@ async fn non_reading_agent_flooding_unanswerable_frames_is_closed() {
     let log = Capture::global(Format::Text).text();
     let warnings = log
         .lines()
-        .filter(|l| l.contains("WARN") && l.contains("hostile"))
+        .filter(|l| l.contains("WARN") && l.contains("flooder"))
         .count();
     assert!(
         warnings <= 20,

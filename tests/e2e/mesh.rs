@@ -323,6 +323,16 @@ async fn cutting_the_mesh_link_fails_only_cross_relay_flows_and_it_comes_back() 
         ),
         0
     );
+    // `/readyz` names the link: it is needed (the view has an agent on relay-a).
+    let (status, body) = nowconnect_testkit::http::get(b.tunnel_addr(), "/readyz").await;
+    assert_eq!(
+        status, 200,
+        "degraded is still ready for local traffic: {body}"
+    );
+    assert!(
+        body.contains("\"degraded\"") && body.contains("mesh_link_down:relay-a"),
+        "{body}"
+    );
     // A new cross-relay client is closed at once while the link is down.
     // (Reset so early that even the connect may report it.)
     if let Ok(mut refused) = tokio::net::TcpStream::connect(listener(&b, "db")).await {
@@ -350,6 +360,8 @@ async fn cutting_the_mesh_link_fails_only_cross_relay_flows_and_it_comes_back() 
         1
     );
     nowconnect_testkit::io::echo_through(listener(&b, "db"), b"after", DEADLINE).await;
+    let (_, body) = nowconnect_testkit::http::get(b.tunnel_addr(), "/readyz").await;
+    assert!(!body.contains("mesh_link_down"), "{body}");
 
     // A stall: nothing moves but nothing closes; the keepalive finds it, and it heals.
     proxy.set(Mode::Stall);

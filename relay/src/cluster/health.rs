@@ -9,7 +9,8 @@ use std::sync::Mutex;
 pub(crate) struct Health {
     /// The last registry operation succeeded (false until the first one did).
     registry_up: AtomicBool,
-    /// Peers (replica ids) whose link is down while the view names agents on them.
+    /// Peers (replica ids) whose mesh link is not up now; `/readyz` counts those the view names
+    /// agents on ([`Health::needed_links_down`]).
     mesh_down: Mutex<BTreeSet<String>>,
 }
 
@@ -22,8 +23,7 @@ impl Health {
         self.registry_up.load(Ordering::Acquire)
     }
 
-    /// The mesh reports a needed link to `peer` down (`true`) or back (`false`).
-    #[allow(dead_code)] // the mesh (issue 16) calls it
+    /// The mesh reports its link to `peer` down (`true`) or up (`false`).
     pub fn set_mesh_link_down(&self, peer: &str, down: bool) {
         let mut m = self.mesh_down.lock().unwrap_or_else(|p| p.into_inner());
         if down {
@@ -33,9 +33,10 @@ impl Health {
         }
     }
 
-    /// Needed mesh links that are down, by peer.
-    pub fn mesh_links_down(&self) -> Vec<String> {
+    /// Mesh links that are down to a peer for which `needed` is true (it holds agents this
+    /// relay may forward to), by peer.
+    pub fn needed_links_down(&self, needed: impl Fn(&str) -> bool) -> Vec<String> {
         let m = self.mesh_down.lock().unwrap_or_else(|p| p.into_inner());
-        m.iter().cloned().collect()
+        m.iter().filter(|p| needed(p)).cloned().collect()
     }
 }

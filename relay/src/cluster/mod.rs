@@ -18,7 +18,5 @@ mod table;
 mod task;
 mod view;
 
-#[allow(unused_imports)] // the mesh reports link state through it (issue 16)
-pub(crate) use health::Health;
 pub use memory::MemoryDirectory;
 pub(crate) use view::{PeerInfo, Remote, Snapshot, View};

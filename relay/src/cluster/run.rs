@@ -81,7 +81,12 @@ pub(crate) fn readiness(shared: &Shared, ready: bool) -> Option<String> {
     }
     let h = &shared.cluster.health;
     let registry_up = h.registry_up();
-    let links_down = h.mesh_links_down();
+    let snap = shared.cluster.snapshot();
+    let links_down = h.needed_links_down(|peer| {
+        snap.owners
+            .values()
+            .any(|rs| rs.iter().any(|r| &*r.relay_id == peer))
+    });
     let mut reasons = Vec::new();
     if !registry_up {
         reasons.push("registry_unreachable".to_owned());

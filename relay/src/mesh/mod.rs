@@ -169,7 +169,10 @@ impl Core {
         }
     }
 
+    /// Sets `nowconnect_mesh_links{peer,state}` and tells `/readyz` (the view's `health`)
+    /// whether the link is up.
     pub(crate) fn set_state(&self, peer: &str, state: &'static str) {
+        self.view.health.set_mesh_link_down(peer, state != "up");
         for s in ["up", "connecting", "down"] {
             self.metrics
                 .mesh
