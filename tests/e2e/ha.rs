@@ -199,3 +199,177 @@ async fn redis_stopped_cross_relay_opens_use_the_last_owner_or_fail_fast_and_red
     })
     .await;
 }
+
+/// A target for incarnation `tag`: writes `tag` (4 bytes, big endian), then echoes.
+async fn tagged_echo(tag: u32) -> target::Target {
+    target::serve(move |mut s| async move {
+        if s.write_all(&tag.to_be_bytes()).await.is_err() {
+            return;
+        }
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    })
+    .await
+}
+
+/// One stream through `addr` with `payload`: the tag of the incarnation that served it (the
+/// echo byte-exact), `Ok(None)` when refused (closed), `Err` when nothing happened within
+/// `bound`.
+async fn tagged_stream(
+    addr: SocketAddr,
+    payload: &[u8],
+    bound: Duration,
+) -> Result<Option<u32>, ()> {
+    let attempt = async {
+        let Ok(mut c) = tokio::net::TcpStream::connect(addr).await else {
+            return None;
+        };
+        let mut tag = [0u8; 4];
+        c.read_exact(&mut tag).await.ok()?;
+        c.write_all(payload).await.ok()?;
+        let mut back = vec![0u8; payload.len()];
+        c.read_exact(&mut back).await.ok()?;
+        assert!(back == payload, "a stream that succeeds is byte-exact");
+        Some(u32::from_be_bytes(tag))
+    };
+    tokio::time::timeout(bound, attempt).await.map_err(|_| ())
+}
+
+/// Which incarnations of the agent were claimed / started so far (the flapper writes it).
+#[derive(Debug, Default)]
+struct Flaps {
+    /// The newest incarnation whose claim is the directory's newest; older ones are gone.
+    claimed: u32,
+    /// The newest incarnation started.
+    started: u32,
+    /// The newest incarnation that served a stream.
+    served: u32,
+    done: bool,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_flapping_between_two_relays_never_gets_a_stream_on_the_stale_owner() {
+    const FLAPS: u32 = 50;
+    let dir = MemoryDirectory::new();
+    let a = ha_relay(
+        "relay-a",
+        "active",
+        "redis://unused.invalid:6379",
+        Some(&dir),
+    )
+    .await;
+    let b = ha_relay(
+        "relay-b",
+        "active",
+        "redis://unused.invalid:6379",
+        Some(&dir),
+    )
+    .await;
+    let relays = [(&a, "relay-a"), (&b, "relay-b")];
+    let mut targets = Vec::new();
+    for k in 0..=FLAPS {
+        targets.push(tagged_echo(k).await);
+    }
+    let flaps = std::sync::Arc::new(std::sync::Mutex::new(Flaps::default()));
+
+    // Incarnation 0 on A, claimed, before the client loop starts.
+    let mut agent = agent_on(&[a.tunnel_addr(), b.tunnel_addr()], targets[0].addr).await;
+    let mut epochs = vec![wait_claim(&a, "relay-a", &dir, 0).await];
+    sees_owner(&b, &a, "relay-a").await;
+    wait_for("B's link to A up", DEADLINE, || b.mesh_links_up() == 1).await;
+
+    let b_db = listener(&b, "db");
+    let clients = {
+        let flaps = flaps.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            // Bounded: at most 50000 streams, and the test's deadline below.
+            for i in 0..50000u64 {
+                let lo = {
+                    let f = flaps.lock().expect("lock");
+                    if f.done {
+                        break;
+                    }
+                    f.claimed
+                };
+                let payload = nowconnect_testkit::io::random_bytes(i, 8 * 1024);
+                let got = tagged_stream(b_db, &payload, Duration::from_secs(5)).await;
+                let hi = {
+                    let mut f = flaps.lock().expect("lock");
+                    if let Ok(Some(tag)) = got {
+                        f.served = f.served.max(tag);
+                    }
+                    f.started
+                };
+                seen.push((lo, hi, got));
+            }
+            seen
+        })
+    };
+
+    for k in 1..=FLAPS {
+        // Kill the incarnation (as kill -9) and wait until its relay has let it go.
+        let (old, _) = relays[((k - 1) % 2) as usize];
+        drop(agent);
+        wait_for("the old tunnel is gone", DEADLINE, || {
+            old.agents_for("db") == 0
+        })
+        .await;
+        // The next one lists the other relay first.
+        let (new, new_id) = relays[(k % 2) as usize];
+        let (old_addr, new_addr) = (old.tunnel_addr(), new.tunnel_addr());
+        flaps.lock().expect("lock").started = k;
+        agent = agent_on(&[new_addr, old_addr], targets[k as usize].addr).await;
+        let e = wait_claim(new, new_id, &dir, *epochs.last().expect("one")).await;
+        epochs.push(e);
+        flaps.lock().expect("lock").claimed = k;
+        // Each incarnation serves B's clients (over the mesh when it is on A) before it moves.
+        wait_for(
+            &format!("incarnation {k} serves a stream"),
+            DEADLINE,
+            || flaps.lock().expect("lock").served == k,
+        )
+        .await;
+    }
+    flaps.lock().expect("lock").done = true;
+    let seen = within("the client loop ends", DEADLINE * 2, clients)
+        .await
+        .expect("client loop");
+    drop(agent);
+
+    let mut served = [0usize; 2];
+    let mut refused = 0;
+    for (lo, hi, got) in &seen {
+        match got {
+            Err(()) => panic!("a stream opened on B hung (incarnations {lo}..={hi})"),
+            Ok(None) => refused += 1,
+            Ok(Some(tag)) => {
+                assert!(
+                    (*lo..=*hi).contains(tag),
+                    "stream served by incarnation {tag}, but {lo} held the newest claim when \
+                     it was opened (and {hi} was the newest started when it was served)"
+                );
+                served[(*tag % 2) as usize] += 1;
+            }
+        }
+    }
+    assert!(
+        served[0] > 0 && served[1] > 0,
+        "streams served on A over the mesh ({}) and locally on B ({}); {refused} refused",
+        served[0],
+        served[1]
+    );
+}
+
+/// Waits until `relay` (`relay_id`) holds the agent with a claim above `prev` that is the
+/// directory's newest; returns that epoch.
+async fn wait_claim(relay: &RelayHandle, relay_id: &str, dir: &MemoryDirectory, prev: u64) -> u64 {
+    wait_for(&format!("a new claim on {relay_id}"), DEADLINE, || {
+        relay.agents_for("db") == 1
+            && relay.claim_epoch("premise-01").is_some_and(|e| {
+                e > prev && dir.owner_of("premise-01") == Some((relay_id.to_owned(), e))
+            })
+    })
+    .await;
+    relay.claim_epoch("premise-01").expect("claimed")
+}
