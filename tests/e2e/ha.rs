@@ -40,7 +40,14 @@ async fn ha_relay(
 
 /// Agent `premise-01` for `db` = `target` on the relays `urls` (first one first).
 async fn agent_on(urls: &[SocketAddr], target: SocketAddr) -> AgentHandle {
-    let mut y = agent_yaml(urls[0], "v2", &[("db", target)]);
+    agent_as("premise-01", urls, target).await
+}
+
+/// [`agent_on`] with the agent_id `id`.
+async fn agent_as(id: &str, urls: &[SocketAddr], target: SocketAddr) -> AgentHandle {
+    let mut y = agent_yaml(urls[0], "v2", &[("db", target)])
+        .replace("agent_id: premise-01", &format!("agent_id: {id}"));
+    assert!(y.contains(&format!("agent_id: {id}")), "{y}");
     if urls.len() > 1 {
         let first = format!("  url: ws://{}/tunnel\n", urls[0]);
         let rest: Vec<String> = urls[1..]
@@ -372,4 +379,61 @@ async fn wait_claim(relay: &RelayHandle, relay_id: &str, dir: &MemoryDirectory, 
     })
     .await;
     relay.claim_epoch("premise-01").expect("claimed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_on_two_relays_serve_clients_of_both_and_a_killed_one_is_covered_at_once() {
+    let dir = MemoryDirectory::new();
+    let a = ha_relay(
+        "relay-a",
+        "active",
+        "redis://unused.invalid:6379",
+        Some(&dir),
+    )
+    .await;
+    let b = ha_relay(
+        "relay-b",
+        "active",
+        "redis://unused.invalid:6379",
+        Some(&dir),
+    )
+    .await;
+    let (tx, ty) = (tagged_echo(1).await, tagged_echo(2).await);
+    let x = agent_as("premise-x", &[a.tunnel_addr()], tx.addr).await;
+    let _y = agent_as("premise-y", &[b.tunnel_addr()], ty.addr).await;
+    let claimed = |relay: &RelayHandle, agent: &str| relay.claim_epoch(agent).filter(|e| *e > 0);
+    wait_for("A and B each see the other's agent", DEADLINE, || {
+        let (Some(ex), Some(ey)) = (claimed(&a, "premise-x"), claimed(&b, "premise-y")) else {
+            return false;
+        };
+        a.remote_agents("db") == [("relay-b".to_owned(), "premise-y".to_owned(), ey)]
+            && b.remote_agents("db") == [("relay-a".to_owned(), "premise-x".to_owned(), ex)]
+    })
+    .await;
+    wait_for("mesh links up both ways", DEADLINE, || {
+        a.mesh_links_up() == 1 && b.mesh_links_up() == 1
+    })
+    .await;
+    let bound = Duration::from_secs(5);
+    let (a_db, b_db) = (listener(&a, "db"), listener(&b, "db"));
+    for i in 0..10u64 {
+        let payload = nowconnect_testkit::io::random_bytes(i, 4 * 1024);
+        let on_a = tagged_stream(a_db, &payload, bound).await;
+        assert_eq!(on_a, Ok(Some(1)), "a client on A goes to the agent on A");
+        let on_b = tagged_stream(b_db, &payload, bound).await;
+        assert_eq!(on_b, Ok(Some(2)), "a client on B goes to the agent on B");
+    }
+
+    // X dies (as kill -9). Once A has let its tunnel go, every new client on A goes to Y.
+    drop(x);
+    wait_for("A has no local agent", DEADLINE, || a.agents_for("db") == 0).await;
+    for i in 0..20u64 {
+        let payload = nowconnect_testkit::io::random_bytes(100 + i, 64 * 1024);
+        let on_a = tagged_stream(a_db, &payload, bound).await;
+        assert_eq!(
+            on_a,
+            Ok(Some(2)),
+            "client {i} on A after the kill goes to B's agent"
+        );
+    }
 }
