@@ -9,6 +9,7 @@ mod agent_auth;
 mod demo;
 mod edge;
 mod failover;
+mod ha;
 mod health;
 mod ldap;
 mod ldap_fixture;
