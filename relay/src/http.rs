@@ -257,7 +257,7 @@ async fn connection<I>(
     routes: Routes,
     slot: PreauthSlot,
     deadline: Instant,
-    chain: crate::mesh::PeerChain,
+    chain: crate::mesh::accept::PeerChain,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -329,7 +329,7 @@ async fn handle(
     peer: SocketAddr,
     shared: Arc<Shared>,
     routes: Routes,
-    chain: crate::mesh::PeerChain,
+    chain: crate::mesh::accept::PeerChain,
 ) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -366,7 +366,7 @@ async fn handle(
         }
         (_, "/tunnel") if routes.tunnel => upgrade(req, peer, shared).await,
         (&Method::GET, "/mesh") if routes.mesh => {
-            crate::mesh::upgrade(req, peer, chain, shared).await
+            crate::mesh::accept::upgrade(req, peer, chain, shared).await
         }
         (_, p) if routes.portal && (p == "/api/v1" || p.starts_with("/api/v1/")) => {
             crate::portal::handle(req, peer, shared).await

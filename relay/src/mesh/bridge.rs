@@ -18,21 +18,8 @@ use nowconnect_shared::{binary, Limits, Reset, RstCode, SendHalf};
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::link::{Event, Key, LinkCtx};
+use super::ctx::{Event, Key, LinkCtx, ToBridge};
 use crate::conn::{ClientSock, ConnGuard, ListenerCtx};
-
-/// From the link's core to a bridge.
-#[derive(Debug)]
-pub(super) enum ToBridge {
-    /// Peer bytes for the socket (already charged to the receive window).
-    Data(Bytes),
-    /// Send credit (WINDOW).
-    Window(u32),
-    /// Every byte before the peer's FIN is written: shut the socket's write side.
-    ShutWrite,
-    /// The stream is over (peer RST, link lost): close the socket as a reset.
-    Abort,
-}
 
 /// One stream as its bridge starts.
 #[derive(Debug)]

@@ -13,8 +13,9 @@
 //! Only `ha.mode: active` forwards; `shadow` runs the links (observed in metrics) but
 //! listeners use local agents only. Never logs payload bytes.
 
-mod accept;
+pub(crate) mod accept;
 mod bridge;
+mod ctx;
 mod dial;
 mod link;
 mod owner;
@@ -32,7 +33,6 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-pub(crate) use accept::{upgrade, PeerChain};
 pub(crate) use tls::MeshCrypto;
 
 use crate::cluster::{Remote, View};

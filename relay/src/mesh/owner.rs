@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tracing::debug;
 
 use super::bridge::{self, Bridge};
-use super::link::{Handle, Key, LinkCtx};
+use super::ctx::{Handle, Key, LinkCtx};
 use crate::audit::{Action, Event};
 use crate::conn::{ClientSock, ConnGuard, NewConn};
 
