@@ -478,3 +478,26 @@ fn push(pair: &mut BulkPair, p: Side, r: Bulk, cpu: RelayCpu) {
         pair.cross_cpu.add(&cpu);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_gib_counts_a_for_local_and_both_for_cross() {
+        let c = RelayCpu {
+            a_s: 1.0,
+            b_s: 0.5,
+            bytes: 2 << 30,
+        };
+        assert_eq!(c.per_gib(false), 0.5);
+        assert_eq!(c.per_gib(true), 0.75);
+        assert!(RelayCpu::default().per_gib(true).is_nan());
+    }
+
+    #[test]
+    fn only_cross_parses() {
+        let w = super::super::settings::Workloads::parse("cross").expect("parses");
+        assert!(w.cross && !w.tunnel() && !w.restart && !w.failover);
+    }
+}
