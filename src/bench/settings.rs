@@ -49,6 +49,8 @@ pub struct Workloads {
     pub restart: bool,
     /// The agent's relay SIGKILLed: READY on the other relay of its list.
     pub failover: bool,
+    /// Relays A and B with a mesh: local streams on A against cross-relay ones through B.
+    pub cross: bool,
 }
 
 impl Workloads {
@@ -68,6 +70,7 @@ impl Workloads {
             ldap: false,
             restart: false,
             failover: false,
+            cross: false,
         };
         for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item {
@@ -78,9 +81,10 @@ impl Workloads {
                 "ldap" => w.ldap = true,
                 "restart" => w.restart = true,
                 "failover" => w.failover = true,
+                "cross" => w.cross = true,
                 other => anyhow::bail!(
                     "--only {other}: expected a list of memory, pingpong, bulk, bulk1, ldap, \
-                     restart, failover"
+                     restart, failover, cross"
                 ),
             }
         }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use nowconnect::bench::{ldap, proc, restart, run};
+use nowconnect::bench::{cross, ldap, proc, restart, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,8 +78,9 @@ struct Args {
     keep: bool,
     /// Run only these workloads: a comma list of memory, pingpong, bulk, bulk1 (one-stream bulk
     /// only), ldap, restart (relay restarted --restarts times after SIGKILL, then after SIGTERM),
-    /// failover (the agent's relay SIGKILLed, --failovers times). Budgets of workloads left out
-    /// show "–".
+    /// failover (the agent's relay SIGKILLed, --failovers times), cross (relays A and B in HA
+    /// with a redis-server and a mesh: streams on A against streams through B to A's agent).
+    /// Budgets of workloads left out show "–".
     #[arg(long, default_value = "memory,pingpong,bulk,ldap")]
     only: String,
     /// Relay restarts in a row per signal (restart).
@@ -207,7 +208,7 @@ fn main() -> ExitCode {
         let _ = std::fs::remove_dir_all(&s.work_dir);
     }
     match result {
-        Ok((report, restarts)) => {
+        Ok((report, restarts, cross)) => {
             // The tunnel report's keys at the top (as before), the restart measures beside them.
             let mut json = serde_json::Map::new();
             if let Some(report) = report {
@@ -220,6 +221,10 @@ fn main() -> ExitCode {
             if let Some(r) = restarts {
                 println!("{}", r.render());
                 json.insert("restart".into(), r.to_json());
+            }
+            if let Some(c) = cross {
+                println!("{}", c.render());
+                json.insert("cross".into(), c.to_json());
             }
             if let Some(path) = &args.json {
                 let text = serde_json::to_string_pretty(&serde_json::Value::Object(json))
@@ -237,12 +242,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// The tunnel workloads, then the restart and failover measures, as `--only` asks.
+/// The tunnel workloads, then the restart and failover measures, then the cross-relay one, as
+/// `--only` asks.
 fn measure(
     s: &run::Settings,
 ) -> anyhow::Result<(
     Option<nowconnect::bench::report::Report>,
     Option<restart::Restarts>,
+    Option<cross::Cross>,
 )> {
     let report = if s.only.tunnel() {
         Some(run::run(s)?)
@@ -254,5 +261,10 @@ fn measure(
     } else {
         None
     };
-    Ok((report, restarts))
+    let cross = if s.only.cross {
+        Some(cross::run(s)?)
+    } else {
+        None
+    };
+    Ok((report, restarts, cross))
 }
