@@ -287,6 +287,16 @@ fn validate_mesh(c: &mut Collector, raw: RawMesh, on: bool, mut m: MeshConfig) -
     if on && !m.require_mtls {
         c.warn("ha.mesh.require_mtls is false: any client that reaches /mesh can act as a relay");
     }
+    if m.require_mtls
+        && m.advertise_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("ws://"))
+    {
+        c.bad(
+            "ha.mesh.advertise_url",
+            "a ws:// URL cannot be used with require_mtls (peers would refuse to dial it)",
+        );
+    }
     if m.peers.iter().any(|p| p.url.starts_with("ws://")) && m.require_mtls {
         c.bad(
             "ha.mesh.peers",

@@ -18,8 +18,8 @@ pub(super) struct LinkCtx {
     pub peer: Arc<str>,
     /// DATA, FIN, bridge RST (encoded v2 frames), bounded.
     pub data: mpsc::Sender<Bytes>,
-    /// WINDOW, FORWARD, core RST; bounded by construction (module doc).
-    pub ctrl: mpsc::UnboundedSender<Bytes>,
+    /// WINDOW, FORWARD, core RST; bounded (`link::CTRL_QUEUE`): full ends the link.
+    pub ctrl: mpsc::Sender<Bytes>,
     pub events: mpsc::UnboundedSender<Event>,
     /// Stream bytes this relay may have in flight on the link.
     pub inflight: Arc<Semaphore>,
@@ -30,11 +30,16 @@ pub(super) struct LinkCtx {
 }
 
 impl LinkCtx {
-    /// Queues a control frame; a frame that does not encode is our bug and only logged.
+    /// Queues a control frame; a frame that does not encode is our bug and only logged. A
+    /// full control queue means the peer provokes answers faster than it reads them (refused
+    /// FORWARDs answer with RSTs of streams that never enter the table): the link ends.
     pub fn ctrl(&self, f: &Frame) {
         match binary::encode_to_bytes(f, &Limits::default()) {
             Ok(b) => {
-                let _ = self.ctrl.send(b);
+                if let Err(mpsc::error::TrySendError::Full(_)) = self.ctrl.try_send(b) {
+                    warn!(peer = %self.peer, "mesh peer does not read its answers; closing the link");
+                    self.token.cancel();
+                }
             }
             Err(e) => warn!(peer = %self.peer, error = %e, "mesh frame does not encode"),
         }

@@ -95,6 +95,11 @@ async fn dial_and_run(
     } else {
         return Err("mesh URL must be ws:// or wss://".into());
     };
+    // A discovered URL comes from Redis: with mTLS required, a plain one is never dialed (it
+    // would carry clients' streams in clear to a host nobody authenticated).
+    if !tls && core.cfg.require_mtls {
+        return Err("ws:// peer refused: ha.mesh.require_mtls is on".into());
+    }
     let authority = rest.split('/').next().unwrap_or(rest);
     let tcp = tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(authority))
         .await

@@ -11,9 +11,10 @@
 //!
 //! Bounds: DATA, FIN and a bridge's RST go through the data queue (`send_queue_depth` frames;
 //! a full queue makes bridges wait: backpressure). WINDOW, FORWARD and the core's RSTs go
-//! through the control queue, which is not capped by count but by construction: a stream has at
-//! most a FORWARD, an RST and two WINDOWs outstanding (a receive window sends credit at half
-//! drain, and the peer cannot drain more than it was sent), and streams per link are capped.
+//! through the control queue, bounded too ([`CTRL_QUEUE`]): a stream in the table has at most
+//! a FORWARD, an RST and two WINDOWs outstanding, and what refused frames provoke (RSTs for
+//! streams that never enter the table) fills the rest; a peer that fills it is not reading its
+//! answers and the link ends.
 //! Bytes in flight per link are capped by `per_link_max_inflight_bytes` (a semaphore the
 //! bridges charge before they read and credit back when WINDOW comes), and every stream by its
 //! window, so a slow client stalls only its own stream.
@@ -41,6 +42,9 @@ use crate::metrics::{MeshFrameLabels, PeerReasonLabels};
 
 /// Live forwarded streams one link holds at most.
 pub(super) const MAX_STREAMS_PER_LINK: usize = 16 * 1024;
+/// Control frames a link queues: a FORWARD, an RST and two WINDOWs per stream the table can
+/// hold, plus room for answers to refused frames; past it the peer is not reading (link ends).
+const CTRL_QUEUE: usize = 4 * MAX_STREAMS_PER_LINK + 1024;
 /// Frames the writer sends before it flushes, when more are ready.
 const WRITE_BATCH: usize = 64;
 
@@ -109,7 +113,7 @@ where
     let token = parent.child_token();
     let (sink, mut stream) = ws.split();
     let (data_tx, data_rx) = mpsc::channel(cfg.send_queue_depth);
-    let (ctrl_tx, ctrl_rx) = mpsc::unbounded_channel();
+    let (ctrl_tx, ctrl_rx) = mpsc::channel(CTRL_QUEUE);
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
     let ctx = Arc::new(LinkCtx {
         peer: p.peer.clone(),
@@ -357,7 +361,7 @@ fn on_binary(
 /// frames per flush when they are ready together.
 async fn write<K>(
     mut sink: K,
-    mut ctrl: mpsc::UnboundedReceiver<Bytes>,
+    mut ctrl: mpsc::Receiver<Bytes>,
     mut data: mpsc::Receiver<Bytes>,
     token: CancellationToken,
     core: Arc<Core>,

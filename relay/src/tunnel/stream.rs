@@ -349,6 +349,13 @@ fn retry_plan(t: &TunnelCtx, s: &mut StreamTask, end: End) -> Option<Reopen> {
         return None;
     }
     let replay = std::mem::replace(&mut s.replay, Replay::Off);
+    // A stream forwarded by another relay was admitted for one agent and one epoch (the
+    // owner's fence); another local agent was not checked against it: the origin's client is
+    // reset instead.
+    if matches!(*s.sock, ClientSock::Pipe(_)) {
+        t.metrics.open_retry(&s.listener.connector, NOT_REPLAYABLE);
+        return None;
+    }
     let agent_sent = s.info.bytes_a2c.load(Ordering::Relaxed) > 0;
     match replay.verdict(Instant::now(), agent_sent) {
         Ok(reopen) => Some(reopen),

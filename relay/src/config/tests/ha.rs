@@ -91,3 +91,17 @@ fn advertise_url_and_cluster_urls_are_checked() {
         );
     }
 }
+
+#[test]
+fn a_plain_advertise_url_is_refused_with_mtls() {
+    let err = RelayConfig::from_yaml_str(&with_ha(
+        "  mode: active\n  replica_id: relay-a\n  redis_url: redis://r:6379\n  mesh:\n    advertise_url: ws://10.0.0.5:8443/mesh\n    tls: {ca_bundle: /ca.pem, cert_file: /a.pem, key_file: /a.key}\n",
+    ))
+    .expect_err("ws:// with require_mtls");
+    assert!(
+        err.problems()
+            .iter()
+            .any(|p| p.key == "ha.mesh.advertise_url" && p.message.contains("require_mtls")),
+        "{err}"
+    );
+}
