@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwapOption;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Action, Audit, Event};
@@ -20,7 +21,8 @@ pub(crate) struct Authorizer {
     /// Connectors the token grants, checked again on every OPEN; `None` when
     /// `require_connector_scopes` is off (or under the dev bypass).
     pub grants: Option<Arc<Grants>>,
-    pub pdp: Option<Arc<Pdp>>,
+    /// The relay's PDP client as it is now (a reload may replace or remove it).
+    pub pdp: Arc<ArcSwapOption<Pdp>>,
     /// Policies (read per stream: PDP on/off).
     pub state: Arc<State>,
     pub audit: Arc<Audit>,
@@ -55,10 +57,11 @@ impl Authorizer {
                 return false;
             }
         }
-        let Some(pdp) = self.pdp.as_ref().filter(|_| self.state.pdp_enforce()) else {
+        let configured = self.pdp.load_full();
+        let Some(pdp) = configured.as_ref().filter(|_| self.state.pdp_enforce()) else {
             let e = event(true, "none");
             // A configured PDP that an operator switched off (pol-pdp-enforce) is worth saying.
-            self.audit.record(if self.pdp.is_some() {
+            self.audit.record(if configured.is_some() {
                 e.reason("pdp_policy_off")
             } else {
                 e

@@ -94,8 +94,8 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     routes: Routes,
 ) {
-    let preauth = Preauth::new(&shared.cfg.tunnel.preauth, shared.metrics.clone());
-    let proxy = routes.tunnel && shared.cfg.tunnel.proxy_protocol;
+    let preauth = Preauth::new(&shared.cfg().tunnel.preauth, shared.metrics.clone());
+    let proxy = routes.tunnel && shared.cfg().tunnel.proxy_protocol;
     loop {
         let (sock, peer) = tokio::select! {
             _ = shared.root.cancelled() => break,
@@ -115,7 +115,7 @@ pub(crate) async fn serve(
             reject(sock);
             continue;
         };
-        if proxy && !proxy_protocol::is_trusted(peer, &shared.cfg.security.trusted_proxies) {
+        if proxy && !proxy_protocol::is_trusted(peer, &shared.cfg().security.trusted_proxies) {
             shared.metrics.http_refused(ProxyError::Untrusted.reason());
             debug!(%peer, "PROXY protocol connection from an untrusted peer closed");
             reject(sock);
@@ -123,7 +123,7 @@ pub(crate) async fn serve(
         }
         // The tunnel socket carries every stream's bytes: no Nagle delay on it.
         let _ = sock.set_nodelay(true);
-        let deadline = Instant::now() + shared.cfg.tunnel.preauth.head_timeout;
+        let deadline = Instant::now() + shared.cfg().tunnel.preauth.head_timeout;
         let Some(shards) = &shared.shards else {
             let conn = Accepted {
                 sock,
@@ -262,7 +262,7 @@ async fn connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let root = shared.root.clone();
-    let limits = shared.cfg.tunnel.preauth.clone();
+    let limits = shared.cfg().tunnel.preauth.clone();
     let metrics = shared.metrics.clone();
     // Woken by every request that reaches the service: its head is complete.
     let served = Arc::new(Notify::new());
@@ -426,7 +426,7 @@ async fn upgrade(
     if shared.draining.is_cancelled() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "relay is shutting down\n");
     }
-    let allow = &shared.cfg.security.tunnel_allow_cidrs;
+    let allow = &shared.cfg().security.tunnel_allow_cidrs;
     let ip = peer.ip().to_canonical();
     // Behind a shared egress, failures count per (address, unverified subject): one user's bad
     // tokens do not cool down the other agents there.
@@ -508,10 +508,10 @@ async fn upgrade(
         }
     };
 
-    let identity = if shared.cfg.security.dev_bypass {
+    let identity = if shared.cfg().security.dev_bypass {
         None
     } else {
-        let checked = match (&shared.auth, auth::bearer(req.headers())) {
+        let checked = match (shared.checkers.auth.load_full(), auth::bearer(req.headers())) {
             (None, _) => Err(AuthError::NotConfigured),
             (Some(auth), Ok(token)) => auth.authenticate(token).await,
             (Some(_), Err(e)) => Err(e),

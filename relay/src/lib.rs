@@ -15,6 +15,7 @@ pub mod audit;
 mod auth;
 mod authorize;
 mod budget;
+mod checkers;
 mod cluster;
 pub mod config;
 mod conn;
@@ -73,7 +74,8 @@ pub enum StartError {
 /// State every task of one relay shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub cfg: RelayConfig,
+    /// The running configuration; a reload swaps it whole ([`Shared::cfg`] reads it).
+    pub live: arc_swap::ArcSwap<RelayConfig>,
     pub registry: registry::Registry,
     pub metrics: Arc<metrics::Metrics>,
     /// Cancelled to stop everything (end of grace period, or handle dropped).
@@ -93,17 +95,12 @@ pub(crate) struct Shared {
     pub audit: Arc<audit::Audit>,
     /// Per-source limits on `/tunnel` attempts.
     pub gate: Arc<abuse::Gate>,
-    /// Token checks; `None` without `security.jwks_url`.
-    pub auth: Option<auth::Authenticator>,
-    pub jwks: Option<Arc<jwks::Jwks>>,
-    /// Per-stream authorization; `None` without `pdp.url`.
-    pub pdp: Option<Arc<pdp::Pdp>>,
+    /// Token checks (`security.jwks_url`), the portal's keys and the PDP; a reload may swap them.
+    pub checkers: checkers::Running,
     /// Policies and the agent block list (changed through the portal).
     pub state: Arc<state::State>,
     /// Live streams, for the portal.
     pub sessions: Arc<sessions::Sessions>,
-    /// Keys for portal tokens: `portal.jwks_url`'s, else the agents'; `None`: portal refuses (503).
-    pub portal_jwks: Option<Arc<jwks::Jwks>>,
     /// Bound listeners, for the portal's connector view.
     pub listeners: Vec<BoundListener>,
     /// Where HTTP connections (and so tunnels) run; `None`: on the caller's runtime.
@@ -132,12 +129,17 @@ pub(crate) fn unix_ms() -> u64 {
 }
 
 impl Shared {
+    /// The running configuration. Read it again rather than keep it: a reload replaces it.
+    pub fn cfg(&self) -> Arc<RelayConfig> {
+        self.live.load_full()
+    }
+
     /// Listeners are bound, the relay is not draining, and signing keys are cached (when JWT
     /// is configured). An IdP outage after keys were loaded keeps the relay ready.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
             && !self.draining.is_cancelled()
-            && self.jwks.as_ref().is_none_or(|j| j.has_keys())
+            && self.checkers.jwks.load().as_ref().is_none_or(|j| j.has_keys())
     }
 }
 
@@ -501,84 +503,9 @@ pub async fn start_with(
     if cfg.state_dir.is_none() {
         info!("state_dir is not set: policy changes and the block list last until the relay stops");
     }
-    let needs_http = cfg
-        .security
-        .jwt
-        .as_ref()
-        .is_some_and(|j| matches!(j.jwks, config::JwksSource::Url(_)))
-        || matches!(cfg.portal.jwks, Some(config::JwksSource::Url(_)))
-        || cfg.pdp.is_some();
-    let ca_file = cfg
-        .security
-        .jwt
-        .as_ref()
-        .and_then(|j| j.ca_file.clone())
-        .or_else(|| cfg.pdp.as_ref().and_then(|p| p.ca_file.clone()));
-    let http = if needs_http {
-        Some(httpc::HttpClient::new(ca_file.as_deref()).map_err(StartError::Config)?)
-    } else {
-        None
-    };
-    let (auth, jwks, jwks_loaded) = match &cfg.security.jwt {
-        Some(j) => {
-            let jwks = Arc::new(jwks::Jwks::new(
-                j.jwks.clone(),
-                http.clone(),
-                j.refresh,
-                j.min_refresh,
-                metrics.clone(),
-            ));
-            // A local file must be readable at start-up; an IdP may be down for a while.
-            let loaded = matches!(j.jwks, config::JwksSource::File(_));
-            if loaded {
-                jwks.refresh_now(jwks::Trigger::Startup)
-                    .await
-                    .map_err(|e| StartError::Config(format!("security.jwks_url: {e}")))?;
-            }
-            (
-                Some(auth::Authenticator::new(j.clone(), jwks.clone())),
-                Some(jwks),
-                loaded,
-            )
-        }
-        None => (None, None, false),
-    };
-    // Portal tokens: their own JWKS when `portal.jwks_url` is set, else the agents' keys.
-    let (portal_jwks, portal_jwks_loaded) = match (&cfg.portal.jwks, &jwks) {
-        (Some(source), _) => {
-            let (refresh, min_refresh) = cfg
-                .security
-                .jwt
-                .as_ref()
-                .map_or((Duration::from_secs(300), Duration::from_secs(30)), |j| {
-                    (j.refresh, j.min_refresh)
-                });
-            let pj = Arc::new(jwks::Jwks::new(
-                source.clone(),
-                http.clone(),
-                refresh,
-                min_refresh,
-                metrics.clone(),
-            ));
-            let loaded = matches!(source, config::JwksSource::File(_));
-            if loaded {
-                pj.refresh_now(jwks::Trigger::Startup)
-                    .await
-                    .map_err(|e| StartError::Config(format!("portal.jwks_url: {e}")))?;
-            }
-            (Some(pj), Some(loaded))
-        }
-        (None, Some(agent_keys)) => (Some(agent_keys.clone()), None),
-        (None, None) => (None, None),
-    };
-    let pdp = match (&cfg.pdp, &http) {
-        (Some(p), Some(http)) => Some(Arc::new(pdp::Pdp::new(
-            p.clone(),
-            http.clone(),
-            metrics.clone(),
-        ))),
-        _ => None,
-    };
+    let checkers = checkers::Checkers::build(&cfg, &metrics)
+        .await
+        .map_err(StartError::Config)?;
     let mut bound = Vec::with_capacity(cfg.listeners.len());
     let mut bound_info = Vec::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
@@ -626,7 +553,7 @@ pub async fn start_with(
                 streams.clone(),
             ))
         }),
-        cfg,
+        live: arc_swap::ArcSwap::from_pointee(cfg),
         registry: registry::Registry::new(tunnel_rules),
         metrics,
         root: CancellationToken::new(),
@@ -638,27 +565,17 @@ pub async fn start_with(
         next_tunnel_id: AtomicU64::new(1),
         audit: Arc::new(audit),
         gate: Arc::new(abuse::Gate::new(cfg_abuse)),
-        auth,
-        jwks,
-        pdp,
+        checkers: checkers::Running::default(),
         state: Arc::new(state),
         sessions: Arc::new(sessions::Sessions::default()),
-        portal_jwks,
         listeners: bound_info,
         shards,
         buffered,
         cluster,
     });
-    if let Some(j) = &shared.jwks {
-        shared
-            .tasks
-            .spawn(j.clone().run_refresher(jwks_loaded, shared.root.clone()));
-    }
-    if let (Some(pj), Some(loaded)) = (&shared.portal_jwks, portal_jwks_loaded) {
-        shared
-            .tasks
-            .spawn(pj.clone().run_refresher(loaded, shared.root.clone()));
-    }
+    shared
+        .checkers
+        .install(checkers, &shared.tasks, &shared.root);
 
     shared
         .tasks
@@ -726,7 +643,7 @@ pub async fn start_with(
     if let Some(l) = mesh_listener {
         let addr = local_addr(&l, "mesh")?;
         mesh_addr = Some(addr);
-        let require = shared.cfg.ha.mesh.require_mtls;
+        let require = shared.cfg().ha.mesh.require_mtls;
         let acceptor = mesh_crypto
             .as_ref()
             .filter(|_| require)
@@ -777,7 +694,7 @@ async fn supervise(shared: Arc<Shared>) {
         _ = shared.root.cancelled() => {}
     }
     shared.draining.cancel();
-    let grace = shared.cfg.limits.shutdown_grace;
+    let grace = shared.cfg().limits.shutdown_grace;
     let open = shared.streams.len();
     info!(
         open_streams = open,

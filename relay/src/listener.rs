@@ -62,7 +62,7 @@ pub(crate) async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>, shared: Ar
 /// [`PROXY_HEADER_TIMEOUT`], at most `limits.max_conn_total` at once per listener, and routes
 /// the connection under the address the header names.
 fn proxied(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
-    if !proxy_protocol::is_trusted(peer, &shared.cfg.security.trusted_proxies) {
+    if !proxy_protocol::is_trusted(peer, &shared.cfg().security.trusted_proxies) {
         shared
             .metrics
             .rejected(&ctx.connector, ProxyError::Untrusted.reason());
@@ -70,7 +70,7 @@ fn proxied(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &A
         reject(sock);
         return;
     }
-    let max = shared.cfg.limits.max_conn_total;
+    let max = shared.cfg().limits.max_conn_total;
     let Some(pending) = ConnGuard::try_acquire(&ctx.proxy_pending, max) else {
         shared.metrics.rejected(&ctx.connector, "proxy_pending");
         reject(sock);
@@ -98,7 +98,7 @@ fn proxied(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &A
 
 fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
     let _ = sock.set_nodelay(true);
-    let global = &shared.cfg.security.allow_cidrs;
+    let global = &shared.cfg().security.allow_cidrs;
     // pol-cidr-allowlists: an operator may switch the allowlists off (e.g. during an incident).
     let enforce = shared.state.cidr_allowlists();
     let blocked_by = if !enforce {
@@ -127,7 +127,7 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
             detail,
         );
     };
-    let max = shared.cfg.limits.max_conn_total;
+    let max = shared.cfg().limits.max_conn_total;
     let Some(guard) = ConnGuard::try_acquire(&shared.conns, max) else {
         let detail = format!("listener={}; limits.max_conn_total={max}", ctx.name);
         return refuse(

@@ -59,7 +59,7 @@ pub(crate) fn start(
     let Some(dir) = dir else {
         return;
     };
-    let url = mesh_url(&shared.cfg, tunnel_addr);
+    let url = mesh_url(&shared.cfg(), tunnel_addr);
     if url.is_empty() {
         tracing::warn!(
             "ha.mesh.advertise_url is not set and /mesh is served on a wildcard address: other \
@@ -75,7 +75,7 @@ pub(crate) fn start(
 /// local agents keep working) in active mode while the registry or a needed mesh link is down,
 /// else `ready`; `reasons` says why.
 pub(crate) fn readiness(shared: &Shared, ready: bool) -> Option<String> {
-    let ha = &shared.cfg.ha;
+    let ha = &shared.cfg().ha;
     if ha.mode == HaMode::Off {
         return None;
     }

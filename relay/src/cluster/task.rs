@@ -47,9 +47,9 @@ pub(crate) struct Registrar {
 
 impl Registrar {
     pub fn new(shared: Arc<Shared>, dir: Arc<dyn Directory>, mesh_url: String) -> Registrar {
-        let ttl = shared.cfg.ha.presence_ttl;
+        let ttl = shared.cfg().ha.presence_ttl;
         let me = RelayEntry {
-            replica_id: shared.cfg.ha.replica_id.clone(),
+            replica_id: shared.cfg().ha.replica_id.clone(),
             mesh_url,
         };
         Registrar {
@@ -268,7 +268,7 @@ impl Registrar {
             );
         }
         // A static peer is what the operator wrote: it wins over what a peer published.
-        for p in &self.shared.cfg.ha.mesh.peers {
+        for p in &self.shared.cfg().ha.mesh.peers {
             if p.replica_id == self.me.replica_id {
                 continue;
             }
@@ -325,7 +325,7 @@ impl Registrar {
         for t in [&mut heartbeat, &mut load, &mut sweep] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
-        info!(replica_id = %self.me.replica_id, mode = shared.cfg.ha.mode.name(), "registry task started");
+        info!(replica_id = %self.me.replica_id, mode = shared.cfg().ha.mode.name(), "registry task started");
         loop {
             tokio::select! {
                 _ = shared.root.cancelled() => break,

@@ -52,14 +52,14 @@ pub struct MeshPeer {
 }
 
 /// `ha.mesh.tls`: the mesh CA and this relay's certificate (server and client).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshTls {
     pub ca_bundle: PathBuf,
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshConfig {
     /// A listener of its own for `/mesh`; `None`: the tunnel HTTP server serves `/mesh`.
     pub listen: Option<SocketAddr>,
@@ -81,7 +81,7 @@ pub struct MeshConfig {
     pub connect_backoff_max: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HaConfig {
     pub mode: HaMode,
     /// This relay's name in the service (certificate SAN, registry entries, metrics).

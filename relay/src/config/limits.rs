@@ -28,7 +28,7 @@ pub(super) const DEFAULT_MAX_TUNNELS_PER_JTI: usize = 2;
 /// Largest tunnel caps.
 const MAX_TUNNEL_CAP: usize = 1_000;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitsConfig {
     /// `None`: streams never time out for idleness (`idle_timeout_ms: 0`).
     pub idle_timeout: Option<Duration>,

@@ -8,7 +8,7 @@ use super::collector::Collector;
 use super::raw::RawListener;
 
 /// One per-connector TCP listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Operator's name for the listener (`RelayHandle::listener_addr` looks it up).
     pub name: String,

@@ -44,7 +44,7 @@ use collector::Collector;
 use raw::RawConfig;
 
 /// A validated relay configuration: every default filled in, nothing left to unwrap.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RelayConfig {
     pub listeners: Vec<ListenerConfig>,
     pub tunnel: TunnelConfig,

@@ -3,7 +3,7 @@
 use super::collector::Collector;
 use super::raw::RawObservability;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ObservabilityConfig {
     /// Separate port for `/healthz`, `/readyz`, `/metrics` on `tunnel.host`; `None`: same as `/tunnel`.
     pub metrics_port: Option<u16>,

@@ -13,7 +13,7 @@ const DEFAULT_PDP_CACHE_TTL_SEC: u64 = 30;
 const DEFAULT_PDP_TIMEOUT_MS: u64 = 500;
 
 /// OpenID AuthZEN-style policy decision point asked on every OPEN.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PdpConfig {
     /// The access evaluation endpoint (`http://` or `https://`), POSTed to as is.
     pub url: String,

@@ -12,7 +12,7 @@ pub const DEFAULT_PORTAL_AUDIENCE: &str = "nowconnect-portal";
 pub(super) const DEFAULT_ADMIN_ROLE: &str = "admin";
 
 /// The portal API: who may call it and the policies' start values.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortalConfig {
     /// Separate address for `/api/v1` (then not served on the tunnel port).
     pub bind: Option<SocketAddr>,

@@ -21,7 +21,7 @@ const DEFAULT_LEEWAY_SEC: u64 = 30;
 const DEFAULT_JWKS_REFRESH_SEC: u64 = 300;
 const DEFAULT_JWKS_MIN_REFRESH_SEC: u64 = 30;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SecurityConfig {
     /// Accept agents without authentication (local development only; loopback binds only;
     /// refused together with `jwt`).
@@ -82,7 +82,7 @@ impl DuplicatePolicy {
 }
 
 /// How agent tokens are checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JwtConfig {
     pub jwks: JwksSource,
     /// Required `aud` (default `nowconnect`).
@@ -100,7 +100,7 @@ pub struct JwtConfig {
 }
 
 /// Limits on agents that fail to authenticate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AbuseConfig {
     /// `/tunnel` attempts from one source (IPv4 address or IPv6 /64) that may be between the
     /// upgrade request and an accepted HELLO at once; more get 429.

@@ -13,7 +13,7 @@ pub const DEFAULT_TUNNEL_PORT: u16 = 8765;
 pub(super) const DEFAULT_MAX_WS_PAYLOAD: usize = 64 * 1024;
 pub(super) const DEFAULT_PING_SEC: u64 = 20;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TunnelConfig {
     /// Host or IP the HTTP server (`/tunnel`, health, metrics) binds.
     pub host: String,
@@ -31,7 +31,7 @@ pub struct TunnelConfig {
     pub preauth: PreauthConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,

@@ -68,7 +68,7 @@ pub(super) fn serve(demux: &mut Demux<Handle>, ctx: &Arc<LinkCtx>, serial: u64, 
     let Ok(client) = f.client_addr.parse::<SocketAddr>() else {
         return refuse(RstCode::Protocol, "client address is not ip:port");
     };
-    let Some(guard) = ConnGuard::try_acquire(&shared.conns, shared.cfg.limits.max_conn_total)
+    let Some(guard) = ConnGuard::try_acquire(&shared.conns, shared.cfg().limits.max_conn_total)
     else {
         shared.metrics.rejected(&f.connector, "max_conn_total");
         return refuse(RstCode::QueueOverflow, "max_conn_total");

@@ -106,19 +106,19 @@ pub(crate) async fn authenticate(
     shared: &Shared,
     headers: &hyper::HeaderMap,
 ) -> Result<Caller, Refusal> {
-    let Some(jwks) = shared.portal_jwks.as_ref() else {
+    let Some(jwks) = shared.checkers.portal_jwks.load_full() else {
         return Err(Refusal::Unavailable("portal_not_configured"));
     };
     let token = auth::bearer(headers).map_err(Refusal::Token)?;
-    let pc = &shared.cfg.portal;
-    let leeway = shared
-        .cfg
+    let cfg = shared.cfg();
+    let pc = &cfg.portal;
+    let leeway = cfg
         .security
         .jwt
         .as_ref()
         .map_or(std::time::Duration::from_secs(30), |j| j.leeway);
     let claims: PortalClaims = auth::verify(
-        jwks,
+        &jwks,
         token,
         &Expect {
             audience: &pc.audience,

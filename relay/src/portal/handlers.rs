@@ -52,15 +52,15 @@ fn policy_view(ctx: &Ctx<'_>, p: PolicyId) -> PolicyView {
             "Ask the PDP on OPEN",
             "When a PDP is configured, every new stream is allowed only if it says so (AuthZEN access evaluation).",
             "authorization",
-            json!({"pdp_configured": s.cfg.pdp.is_some(), "fail_open": s.cfg.pdp.as_ref().is_some_and(|p| p.fail_open)}),
+            json!({"pdp_configured": s.cfg().pdp.is_some(), "fail_open": s.cfg().pdp.as_ref().is_some_and(|p| p.fail_open)}),
         ),
         PolicyId::CidrAllowlists => (
             "Listener CIDR allowlists",
             "Clients outside `security.allow_cidrs` or their listener's `allow_cidrs` are closed before any OPEN.",
             "network",
             json!({
-                "global": s.cfg.security.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                "listeners": s.cfg.listeners.iter().map(|l| (l.name.clone(), l.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
+                "global": s.cfg().security.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "listeners": s.cfg().listeners.iter().map(|l| (l.name.clone(), l.allow_cidrs.iter().map(ToString::to_string).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
             }),
         ),
     };
@@ -158,7 +158,7 @@ pub(crate) fn list_agents(ctx: &Ctx<'_>) -> Reply {
                 active_streams: t.active.load(Ordering::Relaxed) as u64,
                 bytes_c2a: c2a,
                 bytes_a2c: a2c,
-                relay: ctx.shared.cfg.ha.replica_id.clone(),
+                relay: ctx.shared.cfg().ha.replica_id.clone(),
                 epoch: t.epoch.load(Ordering::Acquire),
             }
         })
@@ -262,7 +262,7 @@ pub(crate) fn list_connectors(ctx: &Ctx<'_>) -> Reply {
                 listeners: Vec::new(),
                 agents: Vec::new(),
                 remote_agents: Vec::new(),
-                relay: ctx.shared.cfg.ha.replica_id.clone(),
+                relay: ctx.shared.cfg().ha.replica_id.clone(),
                 active_streams: 0,
             });
     };

@@ -250,7 +250,7 @@ pub(super) fn register(
 /// One record naming both sides: the agent_id's tunnels elsewhere and the new one, with their
 /// addresses, and what the policy did.
 fn record_duplicate(shared: &Shared, handle: &AgentHandle, reg: &Registration) {
-    let policy = shared.cfg.security.duplicate_agent.as_str();
+    let policy = shared.cfg().security.duplicate_agent.as_str();
     let new = handle.tunnel_id;
     let peer = handle.info.peer;
     let (admitted, verdict) = match reg.outcome {

@@ -50,7 +50,7 @@ const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 /// The budgets every stream of a tunnel speaking `version` starts with.
 fn stream_params(shared: &Shared, version: Version) -> StreamParams {
-    let limits = &shared.cfg.limits;
+    let limits = &shared.cfg().limits;
     StreamParams {
         v1_max_frames: limits.queue_depth_per_cid,
         v1_max_bytes: limits.queue_bytes_per_cid,
@@ -74,20 +74,20 @@ pub(crate) async fn run<S>(
     let token = shared.root.child_token();
     let (sink, mut source) = ws.split();
     let (queues, inputs) = writer::queues();
-    let liveness = Arc::new(Liveness::new(shared.cfg.tunnel.ping_interval));
+    let liveness = Arc::new(Liveness::new(shared.cfg().tunnel.ping_interval));
     let writer = shared.tasks.spawn(writer::run(
         sink,
         inputs,
         version,
         token.clone(),
         writer::Timing {
-            ping_interval: shared.cfg.tunnel.ping_interval,
-            stall_limit: shared.cfg.tunnel.ping_timeout,
+            ping_interval: shared.cfg().tunnel.ping_interval,
+            stall_limit: shared.cfg().tunnel.ping_timeout,
         },
         written,
         liveness.clone(),
     ));
-    let max_streams = shared.cfg.limits.max_streams_per_agent;
+    let max_streams = shared.cfg().limits.max_streams_per_agent;
     let mut demux = Demux::new(
         Role::Relay,
         stream_params(&shared, version),
@@ -222,7 +222,7 @@ pub(crate) async fn run<S>(
         .filter(|_| shared.state.connector_scopes())
         .map(|id| id.grants.clone());
     // A tunnel lives as long as its token (plus leeway); the agent reconnects before `exp`.
-    let expires = match (&identity, &shared.auth) {
+    let expires = match (&identity, &shared.checkers.auth.load_full()) {
         (Some(id), Some(auth)) => Some(id.remaining(auth.leeway()))
             .filter(|d| *d <= FAR)
             .map(|d| Instant::now() + d),
@@ -230,8 +230,8 @@ pub(crate) async fn run<S>(
     };
     let ctx = Arc::new(TunnelCtx {
         version,
-        max_payload: shared.cfg.tunnel.max_ws_payload,
-        idle_timeout: shared.cfg.limits.idle_timeout,
+        max_payload: shared.cfg().tunnel.max_ws_payload,
+        idle_timeout: shared.cfg().limits.idle_timeout,
         data: queues.data.clone(),
         events: events_tx,
         token: token.clone(),
@@ -240,7 +240,7 @@ pub(crate) async fn run<S>(
             agent_id: agent_id.clone(),
             tunnel_id,
             grants,
-            pdp: shared.pdp.clone(),
+            pdp: shared.checkers.pdp.clone(),
             state: shared.state.clone(),
             audit: shared.audit.clone(),
             metrics: shared.metrics.clone(),

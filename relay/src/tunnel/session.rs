@@ -146,7 +146,7 @@ impl Session {
         let kick = self.info.kick.clone();
         // Its own handle on the control queue: waiting for room must not borrow the session.
         let ctrl = self.queues.ctrl.clone();
-        let cfg = &self.shared.cfg.tunnel;
+        let cfg = &self.shared.cfg().tunnel;
         let dead_after = cfg.ping_interval + cfg.ping_timeout;
         let stall_limit = cfg.ping_timeout;
         let mut last_rx = Instant::now();
@@ -512,7 +512,7 @@ impl Session {
         };
         handle.listener.metrics.queue_overflow.inc();
         if let Some(suppressed) = self.warnings.allow(Instant::now()) {
-            warn!(agent_id = %self.info.agent_id, cid = id, max = self.shared.cfg.limits.max_buffered_bytes, suppressed, "limits.max_buffered_bytes reached; resetting stream");
+            warn!(agent_id = %self.info.agent_id, cid = id, max = self.shared.cfg().limits.max_buffered_bytes, suppressed, "limits.max_buffered_bytes reached; resetting stream");
         }
         self.reset_sent(rst, RstCode::QueueOverflow, handle);
     }
@@ -606,7 +606,7 @@ impl Session {
     }
 
     fn refuse_over_cap(&self, connector: &str, peer: SocketAddr) {
-        let cap = self.shared.cfg.limits.max_streams_per_agent;
+        let cap = self.shared.cfg().limits.max_streams_per_agent;
         self.shared
             .metrics
             .rejected(connector, "max_streams_per_agent");

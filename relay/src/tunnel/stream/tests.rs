@@ -83,7 +83,7 @@ async fn rig_with(window: u32, idle: Option<Duration>, accept: bool) -> Rig {
             agent_id: agent_id.clone(),
             tunnel_id: 1,
             grants: None,
-            pdp: None,
+            pdp: Default::default(),
             state,
             audit,
             metrics: metrics.clone(),
