@@ -15,10 +15,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::{self, RelayConfig};
+use crate::httpc;
 use crate::jwks::{self, Jwks};
 use crate::metrics::Metrics;
 use crate::pdp::Pdp;
-use crate::httpc;
 
 /// One set of checkers, as built from one configuration.
 #[derive(Debug, Default)]

@@ -22,6 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::tls::LiveAcceptor;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -35,7 +36,6 @@ use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -90,7 +90,7 @@ struct Accepted {
 /// connections against `tunnel.preauth`.
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<LiveAcceptor>,
     shared: Arc<Shared>,
     routes: Routes,
 ) {
@@ -169,7 +169,7 @@ pub(crate) async fn serve(
 
 /// One accepted connection: the PROXY header when expected, the per-source cap, TLS when
 /// configured, then HTTP.
-async fn accepted(mut c: Accepted, tls: Option<TlsAcceptor>, shared: Arc<Shared>, routes: Routes) {
+async fn accepted(mut c: Accepted, tls: Option<LiveAcceptor>, shared: Arc<Shared>, routes: Routes) {
     let mut peer = c.peer;
     if c.proxy {
         let read = proxy_protocol::read_header(&mut c.sock, peer, c.deadline);
@@ -223,7 +223,7 @@ async fn accepted(mut c: Accepted, tls: Option<TlsAcceptor>, shared: Arc<Shared>
             // rustls reads at most 4 KiB per call: buffer the socket so a record
             // costs one `recvfrom`, not four.
             let sock = BufReader::with_capacity(TLS_READ_BUFFER, sock);
-            let hs = tokio::time::timeout_at(deadline, acceptor.accept(sock));
+            let hs = tokio::time::timeout_at(deadline, acceptor.current().accept(sock));
             let stream = tokio::select! {
                 r = hs => r,
                 _ = shared.root.cancelled() => return,
@@ -511,7 +511,10 @@ async fn upgrade(
     let identity = if shared.cfg().security.dev_bypass {
         None
     } else {
-        let checked = match (shared.checkers.auth.load_full(), auth::bearer(req.headers())) {
+        let checked = match (
+            shared.checkers.auth.load_full(),
+            auth::bearer(req.headers()),
+        ) {
             (None, _) => Err(AuthError::NotConfigured),
             (Some(auth), Ok(token)) => auth.authenticate(token).await,
             (Some(_), Err(e)) => Err(e),

@@ -197,6 +197,8 @@ pub(crate) enum Trigger {
     Startup,
     Periodic,
     UnknownKid,
+    /// A configuration reload re-reads a JWKS file.
+    Reload,
 }
 
 impl Trigger {
@@ -205,6 +207,7 @@ impl Trigger {
             Trigger::Startup => "startup",
             Trigger::Periodic => "periodic",
             Trigger::UnknownKid => "unknown_kid",
+            Trigger::Reload => "reload",
         }
     }
 }
@@ -287,6 +290,15 @@ impl Jwks {
         let mut last = self.fetch.lock().await;
         *last = Some(Instant::now());
         self.load(trigger).await
+    }
+
+    /// A configuration reload: a JWKS file is read again (an error names the file; the cached
+    /// keys stay); an IdP URL is left to its refresher.
+    pub async fn reread_file(&self) -> Result<(), String> {
+        if matches!(self.source, JwksSource::File(_)) {
+            self.refresh_now(Trigger::Reload).await?;
+        }
+        Ok(())
     }
 
     /// Fetches and installs the keys; on failure the cached keys stay.

@@ -23,6 +23,7 @@ mod http;
 mod httpc;
 mod jwks;
 mod listener;
+mod listeners;
 mod liveness;
 mod mesh;
 pub mod metrics;
@@ -31,6 +32,7 @@ mod portal;
 mod preauth;
 mod proxy_protocol;
 mod registry;
+mod reload;
 mod replay;
 mod sessions;
 mod shards;
@@ -54,6 +56,7 @@ use tracing::{info, warn};
 pub use audit::{Action, AuditFilter, AuditRecord};
 pub use cluster::MemoryDirectory;
 pub use config::{ConfigError, RelayConfig};
+pub use reload::report::ReloadReport;
 pub use shards::Shards;
 
 /// Why the relay could not start.
@@ -101,8 +104,8 @@ pub(crate) struct Shared {
     pub state: Arc<state::State>,
     /// Live streams, for the portal.
     pub sessions: Arc<sessions::Sessions>,
-    /// Bound listeners, for the portal's connector view.
-    pub listeners: Vec<BoundListener>,
+    /// The running listeners (a reload adds, removes and changes them).
+    pub listeners: listeners::Listeners,
     /// Where HTTP connections (and so tunnels) run; `None`: on the caller's runtime.
     pub shards: Option<Arc<Shards>>,
     /// Stream bytes held, relay-wide, per direction (`limits.max_buffered_bytes`).
@@ -111,14 +114,10 @@ pub(crate) struct Shared {
     pub cluster: Arc<cluster::View>,
     /// Links to the other relays; `None` with `ha.mode: off`.
     pub mesh: Option<Arc<mesh::Core>>,
-}
-
-/// A listener as bound.
-#[derive(Debug, Clone)]
-pub(crate) struct BoundListener {
-    pub name: String,
-    pub connector: String,
-    pub addr: SocketAddr,
+    /// The tunnel server's TLS (`tunnel.tls`; a reload swaps its certificate and key).
+    pub tls: Option<tls::TunnelTls>,
+    /// One reload at a time.
+    pub reloading: tokio::sync::Mutex<()>,
 }
 
 /// Now as Unix milliseconds.
@@ -139,7 +138,12 @@ impl Shared {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
             && !self.draining.is_cancelled()
-            && self.checkers.jwks.load().as_ref().is_none_or(|j| j.has_keys())
+            && self
+                .checkers
+                .jwks
+                .load()
+                .as_ref()
+                .is_none_or(|j| j.has_keys())
     }
 }
 
@@ -151,7 +155,6 @@ pub struct RelayHandle {
     metrics_addr: SocketAddr,
     portal_addr: SocketAddr,
     mesh_addr: Option<SocketAddr>,
-    listeners: Vec<(String, SocketAddr)>,
     supervisor: Option<JoinHandle<()>>,
 }
 
@@ -174,10 +177,7 @@ impl RelayHandle {
 
     /// The bound address of the listener named `name`.
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.listeners
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, a)| *a)
+        self.shared.listeners.addr(name)
     }
 
     /// How many agent tunnels currently serve `connector`.
@@ -317,6 +317,23 @@ impl RelayHandle {
         }
     }
 
+    /// Re-reads `path` (with `env`'s overrides, as at start-up) and applies what can change
+    /// without dropping a stream (see docs: listeners, TLS pair, allowlists, limits, JWT/JWKS,
+    /// PDP and portal settings). `Err`: the one-line reason; nothing changed. Logged and
+    /// audited either way. The binary calls this on SIGHUP.
+    pub async fn reload(
+        &self,
+        path: &std::path::Path,
+        env: &dyn config::Env,
+    ) -> Result<ReloadReport, String> {
+        reload::reload_file(&self.shared, path, env).await
+    }
+
+    /// As [`RelayHandle::reload`], with a configuration already loaded (tests, embedders).
+    pub async fn reload_config(&self, cfg: RelayConfig) -> Result<ReloadReport, String> {
+        reload::run(&self.shared, "config:api", Ok(cfg)).await
+    }
+
     /// Graceful stop: stop accepting, let open streams finish for the grace period, then stop.
     pub fn shutdown(&self) {
         self.shared.draining.cancel();
@@ -442,7 +459,12 @@ pub async fn start_with(
         .filter(|_| mesh_shares_tunnel && cfg.ha.mesh.require_mtls)
         .map(|c| c.roots.clone());
     let tls = match &cfg.tunnel.tls {
-        Some(t) => Some(tls::acceptor(t, mesh_roots).map_err(StartError::Config)?),
+        Some(t) => Some(tls::TunnelTls {
+            live: tls::LiveAcceptor::new(
+                tls::acceptor(t, mesh_roots.clone()).map_err(StartError::Config)?,
+            ),
+            mesh_roots,
+        }),
         None => None,
     };
     let mesh_listener = match (cfg.ha.mesh.listen, ha_on) {
@@ -507,7 +529,6 @@ pub async fn start_with(
         .await
         .map_err(StartError::Config)?;
     let mut bound = Vec::with_capacity(cfg.listeners.len());
-    let mut bound_info = Vec::with_capacity(cfg.listeners.len());
     for (i, l) in cfg.listeners.iter().enumerate() {
         let what = format!("listeners[{i}] ({})", l.name);
         let listener = match prebound_listeners.remove(&l.name) {
@@ -515,22 +536,7 @@ pub async fn start_with(
             None => bind(&what, &l.bind.to_string()).await?,
         };
         let addr = local_addr(&listener, &what)?;
-        bound_info.push(BoundListener {
-            name: l.name.clone(),
-            connector: l.connector.clone(),
-            addr,
-        });
-        let ctx = Arc::new(conn::ListenerCtx {
-            name: l.name.clone(),
-            connector: l.connector.clone(),
-            allow_cidrs: l.allow_cidrs.clone(),
-            max_conn_per_source: l.max_conn_per_source,
-            sources: Default::default(),
-            metrics: metrics.connector(&l.connector),
-            proxy_protocol: l.proxy_protocol,
-            proxy_pending: Arc::default(),
-        });
-        bound.push((listener, addr, ctx));
+        bound.push((l.clone(), listener, addr));
     }
 
     let cfg_abuse = cfg.security.abuse.clone();
@@ -568,10 +574,12 @@ pub async fn start_with(
         checkers: checkers::Running::default(),
         state: Arc::new(state),
         sessions: Arc::new(sessions::Sessions::default()),
-        listeners: bound_info,
+        listeners: listeners::Listeners::default(),
         shards,
         buffered,
         cluster,
+        tls: tls.clone(),
+        reloading: tokio::sync::Mutex::new(()),
     });
     shared
         .checkers
@@ -581,13 +589,12 @@ pub async fn start_with(
         .tasks
         .spawn(audit::run_ticker(shared.audit.clone(), shared.root.clone()));
     cluster::run::start(&shared, directory, tunnel_addr);
-    let mut names = Vec::with_capacity(bound.len());
-    for (listener, addr, ctx) in bound {
-        info!(listener = %ctx.name, connector = %ctx.connector, %addr, "listening");
-        names.push((ctx.name.clone(), addr));
-        shared
-            .tasks
-            .spawn(listener::run(listener, ctx, shared.clone()));
+    for (l, socket, addr) in bound {
+        info!(listener = %l.name, connector = %l.connector, %addr, "listening");
+        let started = shared
+            .listeners
+            .insert(&l, socket, addr, &shared.metrics, &shared.root);
+        shared.tasks.spawn(listener::run(started, shared.clone()));
     }
     shared.ready.store(true, Ordering::Release);
     info!(
@@ -602,7 +609,7 @@ pub async fn start_with(
     let metrics_here = metrics_listener.is_none();
     shared.tasks.spawn(http::serve(
         tunnel_listener,
-        tls.clone(),
+        tls.as_ref().map(|t| t.live.clone()),
         shared.clone(),
         http::Routes {
             tunnel: true,
@@ -629,7 +636,7 @@ pub async fn start_with(
         // Same TLS as /tunnel when configured: portal tokens never cross the network in clear.
         shared.tasks.spawn(http::serve(
             l,
-            tls,
+            tls.as_ref().map(|t| t.live.clone()),
             shared.clone(),
             http::Routes {
                 tunnel: false,
@@ -647,7 +654,7 @@ pub async fn start_with(
         let acceptor = mesh_crypto
             .as_ref()
             .filter(|_| require)
-            .map(|c| c.acceptor.clone());
+            .map(|c| tls::LiveAcceptor::new(c.acceptor.clone()));
         info!(%addr, mtls = acceptor.is_some(), "mesh listening (/mesh)");
         shared.tasks.spawn(http::serve(
             l,
@@ -682,7 +689,6 @@ pub async fn start_with(
         metrics_addr,
         portal_addr,
         mesh_addr,
-        listeners: names,
         supervisor: Some(supervisor),
     })
 }

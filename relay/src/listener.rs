@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::audit::{Action, Event};
 use crate::conn::{reject, reject_client, ClientSock, ConnGuard, ListenerCtx, NewConn, Reroute};
+use crate::listeners::Started;
 use crate::proxy_protocol::{self, ProxyError};
 use crate::Shared;
 
@@ -32,14 +33,23 @@ fn allowed(cidrs: &[IpNet], ip: IpAddr) -> bool {
     cidrs.is_empty() || cidrs.iter().any(|net| net.contains(&ip))
 }
 
-/// Accepts until the relay starts draining or stops.
-pub(crate) async fn run(listener: TcpListener, ctx: Arc<ListenerCtx>, shared: Arc<Shared>) {
+/// Accepts until the relay starts draining or stops, or a reload removes or re-binds this
+/// listener (`started.stop`). Each client is checked with the settings current when it was
+/// accepted (a reload sends new ones through `started.settings`).
+pub(crate) async fn run(started: Started, shared: Arc<Shared>) {
+    let Started {
+        socket: listener,
+        settings,
+        stop,
+    } = started;
+    let mut ctx = settings.borrow().clone();
     loop {
         let accepted = tokio::select! {
             _ = shared.draining.cancelled() => break,
-            _ = shared.root.cancelled() => break,
+            _ = stop.cancelled() => break,
             r = listener.accept() => r,
         };
+        ctx = settings.borrow().clone();
         match accepted {
             Ok((sock, peer)) if ctx.proxy_protocol => proxied(sock, peer, &ctx, &shared),
             Ok((sock, peer)) => route(sock, peer, &ctx, &shared),

@@ -50,6 +50,38 @@ struct Signals {
     int: Option<tokio::signal::unix::Signal>,
 }
 
+/// SIGHUP (`systemctl reload`), watched from before start-up like [`Signals`]: it never kills
+/// the relay; it reloads the configuration.
+struct Hangups {
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Must run inside the runtime.
+    fn watch() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Hangups {
+                hup: signal(SignalKind::hangup())
+                    .inspect_err(|e| warn!(error = %e, "cannot watch SIGHUP"))
+                    .ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    /// The next SIGHUP (never, where there is none).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        next(&mut self.hup).await;
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
+    }
+}
+
 impl Signals {
     /// Must run inside the runtime.
     fn watch() -> Signals {
@@ -76,14 +108,6 @@ impl Signals {
     async fn recv(&mut self) {
         #[cfg(unix)]
         {
-            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
-                match s {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending().await,
-                }
-            }
             tokio::select! {
                 _ = next(&mut self.term) => {}
                 _ = next(&mut self.int) => {}
@@ -93,6 +117,17 @@ impl Signals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+/// The next signal of `s` (cancel safe); never when it could not be watched.
+#[cfg(unix)]
+async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -133,6 +168,7 @@ fn main() -> ExitCode {
     };
     let code = rt.block_on(async {
         let mut signals = Signals::watch();
+        let mut hangups = Hangups::watch();
         let handle = match start_sharded(cfg, Some(shards.clone())).await {
             Ok(h) => h,
             Err(e @ StartError::Config(_)) => {
@@ -148,7 +184,16 @@ fn main() -> ExitCode {
             shards = shards.len(),
             "tunnels run on one thread each, spread over the shards"
         );
-        signals.recv().await;
+        loop {
+            tokio::select! {
+                _ = signals.recv() => break,
+                _ = hangups.recv() => {
+                    info!(config = %args.config.display(), "SIGHUP: reloading the configuration");
+                    // Logged, audited and counted inside; a refused file leaves everything as is.
+                    let _ = handle.reload(&args.config, &ProcessEnv).await;
+                }
+            }
+        }
         info!("signal received: graceful shutdown (a second signal stops at once)");
         handle.shutdown();
         tokio::select! {

@@ -160,6 +160,8 @@ pub struct Metrics {
     pub registry_claims: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// The relay mesh (`nowconnect_mesh_*` and the fencing counters).
     pub mesh: MeshMetrics,
+    /// Configuration reloads (SIGHUP), by result (`applied`, `refused`).
+    pub config_reloads: Family<ResultLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -215,8 +217,14 @@ impl Metrics {
             registry_up: Gauge::default(),
             registry_claims: Gauge::default(),
             mesh: MeshMetrics::new(),
+            config_reloads: Family::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "nowconnect_config_reloads",
+            "Configuration reloads (SIGHUP), by result (applied, refused: the running configuration stayed)",
+            m.config_reloads.clone(),
+        );
         // Counters get `_total` appended by the encoder.
         registry.register(
             "nowconnect_registry_ops",

@@ -80,3 +80,37 @@ pub(crate) fn acceptor(
         .map_err(|e| format!("tunnel.tls: certificate and key do not match: {e}"))?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// A server's TLS as it is now: a reload swaps in an acceptor with the new certificate and key;
+/// handshakes after the swap use it, connections already up keep theirs. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct LiveAcceptor(Arc<arc_swap::ArcSwap<TlsAcceptor>>);
+
+impl std::fmt::Debug for LiveAcceptor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveAcceptor")
+    }
+}
+
+impl LiveAcceptor {
+    pub fn new(acceptor: TlsAcceptor) -> LiveAcceptor {
+        LiveAcceptor(Arc::new(arc_swap::ArcSwap::from_pointee(acceptor)))
+    }
+
+    /// The acceptor for the next handshake.
+    pub fn current(&self) -> TlsAcceptor {
+        TlsAcceptor::clone(&self.0.load())
+    }
+
+    pub fn replace(&self, acceptor: TlsAcceptor) {
+        self.0.store(Arc::new(acceptor));
+    }
+}
+
+/// The tunnel server's TLS and what rebuilding it needs.
+#[derive(Debug, Clone)]
+pub(crate) struct TunnelTls {
+    pub live: LiveAcceptor,
+    /// The mesh CA when `/mesh` shares the tunnel server (asked of clients, see [`acceptor`]).
+    pub mesh_roots: Option<Arc<RootCertStore>>,
+}

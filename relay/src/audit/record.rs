@@ -36,6 +36,8 @@ pub enum Action {
     PolicyToggled,
     /// A portal API request was refused (bad token, missing role, MFA policy).
     PortalAuth,
+    /// The configuration was reloaded (SIGHUP), or a reload was refused (`reason`, `detail`).
+    ConfigReload,
 }
 
 impl Action {
@@ -52,6 +54,7 @@ impl Action {
         Action::SessionTerminated,
         Action::PolicyToggled,
         Action::PortalAuth,
+        Action::ConfigReload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +70,7 @@ impl Action {
             Action::SessionTerminated => "session_terminated",
             Action::PolicyToggled => "policy_toggled",
             Action::PortalAuth => "portal_auth",
+            Action::ConfigReload => "config_reload",
         }
     }
 

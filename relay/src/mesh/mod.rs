@@ -274,7 +274,8 @@ impl Core {
         }
         let name = shared
             .listeners
-            .iter()
+            .bound()
+            .into_iter()
             .find(|l| l.connector == connector)
             .map_or_else(|| "mesh".to_owned(), |l| l.name.clone());
         let ctx = Arc::new(ListenerCtx {

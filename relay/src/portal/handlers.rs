@@ -266,7 +266,7 @@ pub(crate) fn list_connectors(ctx: &Ctx<'_>) -> Reply {
                 active_streams: 0,
             });
     };
-    for l in &ctx.shared.listeners {
+    for l in ctx.shared.listeners.bound() {
         entry(&mut rows, &l.connector);
         if let Some(c) = rows.get_mut(&l.connector) {
             c.listeners.push(ListenerView {

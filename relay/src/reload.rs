@@ -1,0 +1,239 @@
+//! Configuration reload (SIGHUP, `systemctl reload`): applies a new `cloud.yaml` to the running
+//! relay without dropping a stream, or refuses it whole.
+//!
+//! Owns the order of a reload: everything that can fail (reading the new TLS pair, a JWKS file,
+//! binding new listeners) happens first, while the running configuration still serves; only
+//! then is anything swapped. So a refused reload changes nothing. What it applies:
+//! - listeners added, removed, re-bound or changed ([`crate::listeners`]);
+//! - the tunnel server's TLS certificate and key, re-read from their files on every reload
+//!   (new handshakes use them; connections already up keep theirs);
+//! - the agents' JWT settings, the portal's JWKS and the PDP (new checkers when their settings
+//!   changed; a JWKS file is read again either way);
+//! - everything read per connection or stream: allowlists, limits, trusted proxies, portal
+//!   audience and admin role, ping settings and payload size for new tunnels.
+//!
+//! Keys bound at start-up (listening sockets of the relay's own servers, HA, the audit file,
+//! the state directory, the relay-wide buffer budget, the abuse gate, the dev bypass) keep their
+//! running value; the reload says each one `needs a restart`. Never logs a secret: the summary
+//! names keys and listeners, not values.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::{error, info, warn};
+
+use crate::audit::{Action, Event};
+use crate::checkers::{self, Checkers};
+use crate::config::{Env, RelayConfig};
+use crate::listeners;
+use crate::metrics::ResultLabel;
+use crate::{bind, listener, local_addr, tls, Shared};
+
+pub(crate) mod report;
+pub use report::ReloadReport;
+
+/// Keys a running relay cannot change: where `new` differs from `old`, `new` gets the running
+/// value back and the key is named in the result.
+pub(crate) fn keep_fixed(old: &RelayConfig, new: &mut RelayConfig) -> Vec<String> {
+    let mut kept = Vec::new();
+    macro_rules! fixed {
+        ($key:literal, $($field:tt)+) => {
+            if old.$($field)+ != new.$($field)+ {
+                new.$($field)+ = old.$($field)+.clone();
+                kept.push($key.to_owned());
+            }
+        };
+    }
+    fixed!("tunnel.host", tunnel.host);
+    fixed!("tunnel.port", tunnel.port);
+    fixed!("tunnel.proxy_protocol", tunnel.proxy_protocol);
+    fixed!("tunnel.preauth", tunnel.preauth);
+    if old.tunnel.tls.is_some() != new.tunnel.tls.is_some() {
+        new.tunnel.tls = old.tunnel.tls.clone();
+        kept.push("tunnel.tls (on/off)".to_owned());
+    }
+    fixed!("observability", observability);
+    fixed!("portal.bind", portal.bind);
+    fixed!("portal.defaults", portal.defaults);
+    fixed!("audit", audit_file);
+    fixed!("audit limits", audit_limits);
+    fixed!("state_dir", state_dir);
+    fixed!("ha", ha);
+    fixed!("limits.max_buffered_bytes", limits.max_buffered_bytes);
+    fixed!("limits.max_tunnels_per_agent", limits.max_tunnels_per_agent);
+    fixed!("limits.max_tunnels_per_jti", limits.max_tunnels_per_jti);
+    fixed!("security.duplicate_agent", security.duplicate_agent);
+    fixed!("security.abuse", security.abuse);
+    // Turning the bypass on must go through start-up's loopback check.
+    fixed!("security.dev_bypass", security.dev_bypass);
+    kept
+}
+
+/// Reads `path` (with `env`'s overrides, as at start-up) and applies it, as [`run`].
+pub(crate) async fn reload_file(
+    shared: &Arc<Shared>,
+    path: &Path,
+    env: &dyn Env,
+) -> Result<ReloadReport, String> {
+    let loaded = RelayConfig::load(path, env).map_err(|e| e.to_string());
+    run(shared, &format!("config:{}", path.display()), loaded).await
+}
+
+/// Applies `loaded` (or refuses it, or the error that loading it gave); logs, audits and
+/// counts the outcome. `what` names the source in the audit record. `Err`: the one-line
+/// reason; the running configuration stays.
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    what: &str,
+    loaded: Result<RelayConfig, String>,
+) -> Result<ReloadReport, String> {
+    let result = match loaded {
+        Ok(cfg) => apply(shared, cfg).await,
+        Err(e) => Err(e),
+    };
+    let label = |result| ResultLabel { result };
+    match &result {
+        Ok(report) => {
+            info!(source = %what, "reload applied: {}", report.summary());
+            for key in &report.needs_restart {
+                warn!("reload: {key} changed; it needs a restart (the running value stays)");
+            }
+            shared
+                .metrics
+                .config_reloads
+                .get_or_create(&label("applied"))
+                .inc();
+            shared.audit.record(
+                Event::new(Action::ConfigReload, true)
+                    .resource(what.to_owned())
+                    .detail(report.summary()),
+            );
+        }
+        Err(e) => {
+            error!(source = %what, "reload refused: {e}; the running configuration stays");
+            shared
+                .metrics
+                .config_reloads
+                .get_or_create(&label("refused"))
+                .inc();
+            shared.audit.record(
+                Event::new(Action::ConfigReload, false)
+                    .resource(what.to_owned())
+                    .reason("invalid_config")
+                    .detail(e.clone()),
+            );
+        }
+    }
+    result
+}
+
+/// Applies `new` (already validated) to the running relay, or changes nothing.
+pub(crate) async fn apply(
+    shared: &Arc<Shared>,
+    mut new: RelayConfig,
+) -> Result<ReloadReport, String> {
+    let _one_at_a_time = shared.reloading.lock().await;
+    if shared.draining.is_cancelled() {
+        return Err("the relay is shutting down".to_owned());
+    }
+    let old = shared.cfg();
+    let mut report = ReloadReport {
+        needs_restart: keep_fixed(&old, &mut new),
+        ..ReloadReport::default()
+    };
+    for w in &new.warnings {
+        warn!("config: {w}");
+    }
+
+    // 1. Everything that can fail, while nothing has changed yet.
+    let acceptor = match (&new.tunnel.tls, &shared.tls) {
+        (Some(t), Some(running)) => Some(tls::acceptor(t, running.mesh_roots.clone())?),
+        _ => None,
+    };
+    let fresh_checkers = if checkers::same_settings(&old, &new) {
+        // Same settings: the running set stays (cached keys, PDP decisions); a JWKS file is
+        // read again, so a rotated key file takes effect on reload.
+        for keys in [
+            shared.checkers.jwks.load_full(),
+            shared.checkers.portal_jwks.load_full(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            keys.reread_file()
+                .await
+                .map_err(|e| format!("JWKS file: {e}"))?;
+        }
+        None
+    } else {
+        Some(Checkers::build(&new, &shared.metrics).await?)
+    };
+    let running = shared.listeners.configs();
+    let diff = listeners::diff(&running, &new.listeners);
+    let mut bound = Vec::new();
+    for (i, l) in new.listeners.iter().enumerate() {
+        if diff.added.contains(&l.name) || diff.rebound.contains(&l.name) {
+            let what = format!("listeners[{i}] ({})", l.name);
+            let socket = bind(&what, &l.bind.to_string())
+                .await
+                .map_err(|e| e.to_string())?;
+            let addr = local_addr(&socket, &what).map_err(|e| e.to_string())?;
+            bound.push((l.clone(), socket, addr));
+        }
+    }
+
+    // 2. Nothing below fails: swap.
+    if let (Some(a), Some(running)) = (acceptor, &shared.tls) {
+        running.live.replace(a);
+        report
+            .applied
+            .push("tls certificate and key re-read".to_owned());
+    }
+    if let Some(set) = fresh_checkers {
+        shared.checkers.install(set, &shared.tasks, &shared.root);
+        report.applied.push("token checks and pdp".to_owned());
+    }
+    let names: Vec<&str> = new.listeners.iter().map(|l| l.name.as_str()).collect();
+    shared.live.store(Arc::new(new.clone()));
+    for name in &diff.removed {
+        info!(listener = %name, "listener removed: stops accepting; its open streams run on");
+        shared.listeners.remove(name);
+    }
+    for (l, socket, addr) in bound {
+        info!(listener = %l.name, connector = %l.connector, %addr, "listening");
+        let started = shared
+            .listeners
+            .insert(&l, socket, addr, &shared.metrics, &shared.root);
+        shared.tasks.spawn(listener::run(started, shared.clone()));
+    }
+    for name in &diff.changed {
+        if let Some(l) = new.listeners.iter().find(|l| &l.name == name) {
+            shared.listeners.update(l, &shared.metrics);
+        }
+    }
+    shared.listeners.order(&names);
+    if let Some(s) = diff.summary() {
+        report.applied.push(s);
+    }
+    if old.limits != new.limits {
+        report.applied.push("limits".to_owned());
+    }
+    if old.security.allow_cidrs != new.security.allow_cidrs
+        || old.security.tunnel_allow_cidrs != new.security.tunnel_allow_cidrs
+        || old.security.trusted_proxies != new.security.trusted_proxies
+    {
+        report.applied.push("security allowlists".to_owned());
+    }
+    if old.portal != new.portal {
+        report.applied.push("portal".to_owned());
+    }
+    if old.tunnel.ping_interval != new.tunnel.ping_interval
+        || old.tunnel.ping_timeout != new.tunnel.ping_timeout
+        || old.tunnel.max_ws_payload != new.tunnel.max_ws_payload
+    {
+        report
+            .applied
+            .push("tunnel settings (new tunnels)".to_owned());
+    }
+    Ok(report)
+}
