@@ -54,7 +54,12 @@ pub(crate) fn keep_fixed(old: &RelayConfig, new: &mut RelayConfig) -> Vec<String
     }
     fixed!("observability", observability);
     fixed!("portal.bind", portal.bind);
-    fixed!("portal.defaults", portal.defaults);
+    // Policies live in the portal's state once the relay runs: toggled there, not here.
+    fixed!(
+        "policy defaults (security.require_connector_scopes, portal.mfa_required, \
+         portal.pdp_enforce, portal.cidr_allowlists: toggle the policy in the portal instead)",
+        portal.defaults
+    );
     fixed!("audit", audit_file);
     fixed!("audit limits", audit_limits);
     fixed!("state_dir", state_dir);
