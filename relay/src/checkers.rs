@@ -119,6 +119,27 @@ impl Checkers {
         Ok(out)
     }
 
+    /// Fetches the keys of every JWKS this set reads from an IdP URL (a reload does this before
+    /// it swaps: a mistyped URL is refused instead of turning `/readyz` red). Errors name the
+    /// key.
+    pub async fn fetch_remote(&mut self) -> Result<(), String> {
+        if let (Some(j), false) = (&self.jwks, self.jwks_loaded) {
+            j.refresh_now(jwks::Trigger::Reload)
+                .await
+                .map_err(|e| format!("security.jwks_url: {e}"))?;
+            self.jwks_loaded = true;
+        }
+        if let Some(false) = self.portal_own {
+            if let Some(pj) = &self.portal_jwks {
+                pj.refresh_now(jwks::Trigger::Reload)
+                    .await
+                    .map_err(|e| format!("portal.jwks_url: {e}"))?;
+                self.portal_own = Some(true);
+            }
+        }
+        Ok(())
+    }
+
     /// Starts the JWKS refreshers of this set; they stop when `stop` is cancelled.
     pub fn spawn_refreshers(&self, tasks: &TaskTracker, stop: &CancellationToken) {
         if let Some(j) = &self.jwks {

@@ -171,7 +171,9 @@ pub(crate) async fn apply(
         }
         None
     } else {
-        Some(Checkers::build(&new, &shared.metrics).await?)
+        let mut set = Checkers::build(&new, &shared.metrics).await?;
+        set.fetch_remote().await?;
+        Some(set)
     };
     let running = shared.listeners.configs();
     let diff = listeners::diff(&running, &new.listeners);

@@ -362,3 +362,55 @@ fn binary_reloads_on_sighup_and_refuses_a_broken_file() {
     };
     assert_eq!(code, Some(0));
 }
+
+/// A rotated JWKS file takes effect on reload (same path, new key); a new `jwks_url` that gives
+/// no keys refuses the reload and the running keys stay.
+#[tokio::test]
+async fn a_rotated_jwks_file_is_read_on_reload_and_an_unreachable_new_url_refused() {
+    use nowconnect_testkit::idp::{claims, ed_key, jwks, mint, ISSUER};
+    let dir = TempDir::new("reload-jwks");
+    let (old_key, new_key) = (ed_key("old-1"), ed_key("new-1"));
+    let keys = dir.write("jwks.json", &jwks(&[&old_key]));
+    let security = |url: &str| {
+        yaml::relay(
+            &[("ldap", "addomain")],
+            &format!(
+                "security:\n  jwks_url: {url}\n  issuer: {ISSUER}\n  auth_failure_limit: 100000\n"
+            ),
+        )
+    };
+    let file_url = format!("file://{}", keys.display());
+    let (relay, path) = relay_from(&dir, &security(&file_url)).await;
+    let accepted = |token: String| {
+        let addr = relay.tunnel_addr();
+        async move { mock_agent::upgrade(addr, Some(&token), None).await.is_ok() }
+    };
+    let new_token = mint(&new_key, &claims("premise-01"));
+    assert!(accepted(mint(&old_key, &claims("premise-01"))).await);
+    assert!(
+        !accepted(new_token.clone()).await,
+        "the new key is not known yet"
+    );
+
+    temp::replace(&keys, &jwks(&[&new_key]));
+    let summary = reload(&relay, &path, &security(&file_url))
+        .await
+        .expect("applied");
+    assert!(!summary.contains("needs a restart"), "{summary}");
+    assert!(
+        accepted(new_token.clone()).await,
+        "the rotated file was read on reload"
+    );
+
+    // A new URL nobody answers on: refused, the file's keys stay in use.
+    let dead = net::bind().await;
+    let dead_url = format!("http://{}/jwks.json", net::addr(&dead));
+    drop(dead);
+    let insecure =
+        security(&dead_url).replace("security:\n", "security:\n  allow_insecure_http: true\n");
+    let e = reload(&relay, &path, &insecure)
+        .await
+        .expect_err("no keys at the new URL");
+    assert!(e.starts_with("security.jwks_url:"), "{e}");
+    assert!(accepted(new_token).await);
+}
