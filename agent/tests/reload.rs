@@ -212,3 +212,69 @@ async fn sighup_reloads_targets_and_connectors_and_refuses_an_invalid_file() {
         .expect("wait");
     assert_eq!(status.code(), Some(0), "{}", log.all());
 }
+
+/// In-process: removing a connector announces the smaller set on a new tunnel; on the old one
+/// (still draining its stream) an OPEN for the removed connector is refused and one for a kept
+/// connector goes to its new target; READY never drops.
+#[tokio::test]
+async fn a_removed_connector_is_refused_and_readiness_holds() {
+    let relay = MockRelay::bind().await;
+    let (a_old, a_new, b) = (
+        target::tagged_echo(b"ao:").await,
+        target::tagged_echo(b"an:").await,
+        target::tagged_echo(b"bb:").await,
+    );
+    let yaml = |targets: &[(&str, SocketAddr)]| yaml::agent(&relay.url(), "v2", targets);
+    let cfg =
+        nowconnect_agent::AgentConfig::from_yaml_str(&yaml(&[("a", a_old.addr), ("b", b.addr)]))
+            .expect("valid");
+    let agent = nowconnect_agent::start(cfg).await.expect("start");
+    let mut first = relay.accept(Select::Negotiate).await;
+    assert_eq!(hello(&mut first).await, ["a", "b"]);
+    first.send(Frame::HelloAck).await;
+    wait_health(agent.health_addr(), "READY\n", DEADLINE).await;
+    assert_eq!(open(&mut first, 1, "b", 3).await, b"bb:");
+
+    let changes = agent
+        .reload(nowconnect_agent::AgentConfig::from_yaml_str(&yaml(&[(
+            "a", a_new.addr,
+        )])))
+        .expect("applied");
+    assert_eq!(changes.to_string(), "targets -b ~a, connectors -b");
+    let mut second = relay.accept(Select::Negotiate).await;
+    assert_eq!(hello(&mut second).await, ["a"]);
+    second.send(Frame::HelloAck).await;
+    wait_some("the second tunnel counted", DEADLINE, || {
+        (agent.connects() == 2).then_some(())
+    })
+    .await;
+
+    // The old tunnel drains stream 1 (to b, removed) and takes no new b stream.
+    first
+        .send(Frame::Open {
+            id: 3,
+            connector: "b".into(),
+            client_addr: None,
+        })
+        .await;
+    match first.recv().await {
+        Frame::Rst { id: 3, code, .. } => {
+            assert_eq!(code, nowconnect_shared::RstCode::UnknownConnector)
+        }
+        other => panic!("expected RST for stream 3, got {other:?}"),
+    }
+    assert_eq!(open(&mut first, 5, "a", 3).await, b"an:");
+    first
+        .echo_roundtrip(1, b"the removed connector's open stream")
+        .await;
+    assert_eq!(open(&mut second, 1, "a", 3).await, b"an:");
+    assert_eq!(agent.ready_lost(), 0);
+    assert!(agent.is_ready());
+    // Refused: nothing changes.
+    assert!(agent
+        .reload(nowconnect_agent::AgentConfig::from_yaml_str("tunnel: {}\n"))
+        .is_none());
+    assert_eq!(agent.config().connectors().collect::<Vec<_>>(), ["a"]);
+    agent.shutdown();
+    agent.wait().await;
+}
