@@ -8,7 +8,7 @@
 //! Modules: [`config`] (flags > env > YAML > defaults), [`cli`] (the flags), [`transport`] (dial:
 //! TCP, proxy CONNECT, TLS, WebSocket), [`proxy`] and [`no_proxy`] (the HTTP proxy and its
 //! bypass list), [`tls`] (roots, client certificate), `x509` (issuer names for error lines),
-//! [`token`] (token file, `exp`), `tunnel` (sessions, reconnects, token refresh), `stream` (one
+//! [`token`] (token file, `exp`), [`reload`] (SIGHUP: what changed, what applies), `tunnel` (sessions, reconnects, token refresh), `stream` (one
 //! target connection), `writer` (the tunnel's batching writer), [`health`], [`notify`]
 //! (systemd's `sd_notify`), [`backoff`].
 #![forbid(unsafe_code)]
@@ -20,6 +20,7 @@ pub mod health;
 pub mod no_proxy;
 pub mod notify;
 pub mod proxy;
+pub mod reload;
 mod stream;
 pub mod tls;
 pub mod token;
@@ -36,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, ConfigError};
 pub use health::HealthState;
 pub use notify::Notifier;
 
@@ -68,6 +69,8 @@ pub struct AgentHandle {
     health_addr: SocketAddr,
     health: HealthState,
     cancel: CancellationToken,
+    /// The running configuration, which [`reload`](AgentHandle::reload) replaces.
+    shared: Arc<tunnel::Shared>,
     /// Health server and tunnel supervisor; each owns its children, so aborting them (on drop)
     /// aborts every stream and the writer too.
     tasks: JoinSet<()>,
@@ -104,6 +107,44 @@ impl AgentHandle {
     /// however short; a token refresh that keeps READY throughout adds none).
     pub fn ready_lost(&self) -> u64 {
         self.health.ready_lost()
+    }
+
+    /// The running configuration (after the reloads applied so far).
+    pub fn config(&self) -> Arc<AgentConfig> {
+        self.shared.cfg()
+    }
+
+    /// Reloads the configuration with `loaded`, read exactly as at start-up (SIGHUP). An error
+    /// is logged (`reload refused: ...`) and changes nothing (`None`). Otherwise the new target
+    /// table applies to new streams, a changed exported set is announced on a new tunnel opened
+    /// before the old one is retired, and keys that need a restart are logged and keep their
+    /// running value; see [`reload`]. Logs what changed, never a value.
+    pub fn reload(&self, loaded: Result<AgentConfig, ConfigError>) -> Option<reload::Changes> {
+        let new = match loaded {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!("reload refused: {e}; the running configuration stays");
+                return None;
+            }
+        };
+        let old = self.shared.cfg();
+        let changes = reload::diff(&old, &new);
+        for key in &changes.needs_restart {
+            tracing::warn!(
+                key,
+                "reload: {key} changed and needs a restart; the running value stays"
+            );
+        }
+        if !changes.is_empty() {
+            self.shared
+                .config
+                .send_replace(Arc::new(reload::apply(&old, new)));
+        }
+        tracing::info!(
+            reannounce = changes.reannounce(),
+            "reload applied: {changes}"
+        );
+        Some(changes)
     }
 
     /// Starts a graceful stop; [`wait`](AgentHandle::wait) for it to finish.
@@ -157,18 +198,15 @@ pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandl
         proxy = %dialer.route().map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
         "agent starting"
     );
-    let shared = Arc::new(tunnel::Shared {
-        cfg,
-        health: health.clone(),
-        notify,
-    });
+    let shared = Arc::new(tunnel::Shared::new(cfg, health.clone(), notify));
     let mut tasks = JoinSet::new();
     tasks.spawn(health::serve(listener, health.clone(), cancel.clone()));
-    tasks.spawn(tunnel::supervise(shared, dialer, cancel.clone()));
+    tasks.spawn(tunnel::supervise(shared.clone(), dialer, cancel.clone()));
     Ok(AgentHandle {
         health_addr,
         health,
         cancel,
+        shared,
         tasks,
     })
 }

@@ -1,4 +1,6 @@
 //! `nowconnect-agent`: configuration, logging, runtime and signals around [`nowconnect_agent::start`].
+//! SIGTERM / SIGINT stop it gracefully; SIGHUP reloads the configuration from the same sources
+//! (see [`nowconnect_agent::AgentHandle::reload`]).
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
@@ -62,7 +64,7 @@ fn main() -> ExitCode {
             .build()
     };
     match runtime {
-        Ok(rt) => rt.block_on(run(cfg)),
+        Ok(rt) => rt.block_on(run(&cli, cfg)),
         Err(e) => {
             eprintln!("nowconnect-agent: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -70,7 +72,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cfg: AgentConfig) -> ExitCode {
+async fn run(cli: &Cli, cfg: AgentConfig) -> ExitCode {
     // systemd (Type=notify) sets NOTIFY_SOCKET and, with WatchdogSec=, WATCHDOG_USEC.
     let notify = Notifier::from_env(&ProcessEnv);
     let mut stop = StopSignals::register();
@@ -82,7 +84,10 @@ async fn run(cfg: AgentConfig) -> ExitCode {
             return ExitCode::from(if e.is_config() { 2 } else { 1 });
         }
     };
-    stop.first().await;
+    while stop.next().await == Event::Reload {
+        tracing::info!("SIGHUP: reloading the configuration");
+        handle.reload(cli.load(&ProcessEnv));
+    }
     tracing::info!("stopping");
     handle.shutdown();
     if tokio::time::timeout(STOP_GRACE, handle.wait())
@@ -94,11 +99,20 @@ async fn run(cfg: AgentConfig) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// SIGTERM and SIGINT, registered before the agent starts: a stop that arrives while it connects
-/// (systemd's stop right after start, say) is graceful, never death by the signal's default action.
+/// What a signal asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    Stop,
+    Reload,
+}
+
+/// SIGTERM, SIGINT and SIGHUP, registered before the agent starts: a stop that arrives while it
+/// connects (systemd's stop right after start, say) is graceful and a SIGHUP then is a reload
+/// once it runs, never death by the signal's default action.
 struct StopSignals {
     term: Option<Signal>,
     int: Option<Signal>,
+    hup: Option<Signal>,
 }
 
 impl StopSignals {
@@ -112,10 +126,11 @@ impl StopSignals {
         StopSignals {
             term: one(SignalKind::terminate(), "SIGTERM"),
             int: one(SignalKind::interrupt(), "SIGINT"),
+            hup: one(SignalKind::hangup(), "SIGHUP"),
         }
     }
 
-    async fn first(&mut self) {
+    async fn next(&mut self) -> Event {
         async fn of(s: Option<&mut Signal>) {
             if let Some(s) = s {
                 s.recv().await;
@@ -124,8 +139,9 @@ impl StopSignals {
             }
         }
         tokio::select! {
-            _ = of(self.term.as_mut()) => {}
-            _ = of(self.int.as_mut()) => {}
+            _ = of(self.term.as_mut()) => Event::Stop,
+            _ = of(self.int.as_mut()) => Event::Stop,
+            _ = of(self.hup.as_mut()) => Event::Reload,
         }
     }
 }

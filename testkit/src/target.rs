@@ -1,4 +1,4 @@
-//! TCP targets on 127.0.0.1:0 for the streams under test: an echo server, a port that refuses,
+//! TCP targets on 127.0.0.1:0 for the streams under test: an echo server (tagged or not), a port that refuses,
 //! one that accepts and resets, one that accepts and stays silent (never reads), a firehose, one
 //! that hands its sockets to the test, and any handler of the test's own.
 //!
@@ -69,6 +69,20 @@ pub async fn echo() -> Target {
 /// [`echo`] on another loopback address (e.g. `[::1]:0`).
 pub async fn echo_on(bind: &str) -> Target {
     serve_on(bind, |mut s| async move {
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}
+
+/// Writes `tag` first, then echoes as [`echo`]: a test sees which of several targets a stream
+/// reached (a reloaded target table, say).
+pub async fn tagged_echo(tag: &'static [u8]) -> Target {
+    serve(move |mut s| async move {
+        if s.write_all(tag).await.is_err() {
+            return;
+        }
         let (mut r, mut w) = s.split();
         let _ = tokio::io::copy(&mut r, &mut w).await;
         let _ = w.shutdown().await;

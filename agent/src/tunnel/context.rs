@@ -3,7 +3,10 @@
 //! READY report.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use tokio::task::Id as TaskId;
 use tokio_util::sync::CancellationToken;
@@ -21,10 +24,28 @@ pub(super) const MIN_DRAIN: Duration = Duration::from_secs(5);
 /// What the supervisors and their sessions share.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub cfg: AgentConfig,
+    /// The running configuration: replaced by a reload (only its target table changes, see
+    /// [`crate::reload`]); each supervisor watches it for a changed exported set.
+    pub config: watch::Sender<Arc<AgentConfig>>,
     pub health: HealthState,
     /// systemd notifications (no-op without NOTIFY_SOCKET); sent by slot 0's supervisor only.
     pub notify: Notifier,
+}
+
+impl Shared {
+    pub fn new(cfg: AgentConfig, health: HealthState, notify: Notifier) -> Shared {
+        Shared {
+            config: watch::Sender::new(Arc::new(cfg)),
+            health,
+            notify,
+        }
+    }
+
+    /// The running configuration now (a session keeps the one it announced in HELLO; a new
+    /// stream looks its target up in the current one).
+    pub fn cfg(&self) -> Arc<AgentConfig> {
+        self.config.borrow().clone()
+    }
 }
 
 /// One of the `tunnel.connections` tunnels the agent keeps: its own supervisor, backoff and

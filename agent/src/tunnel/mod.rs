@@ -18,6 +18,11 @@
 //! the newest tunnel of an agent) the old one is retired: it closes when its last stream ends,
 //! or at its token's expiry. Health therefore stays READY across a refresh.
 //!
+//! Reload: when the running configuration's exported connectors differ from those the READY
+//! tunnel announced, the supervisor opens a new tunnel (a new HELLO) the same way, and retires
+//! the old one once the new one is READY; the old one's streams run to their end (without a
+//! token `exp` it has no deadline). See [`crate::reload`].
+//!
 //! systemd: the supervisor alone speaks to it (see [`crate::notify`]): READY=1 with the first
 //! HELLO_ACK, a STATUS line per state change (connecting, READY with the stream count,
 //! reconnecting with the delay and the cause), WATCHDOG=1 from its loop, STOPPING=1 at the end.
@@ -38,7 +43,9 @@ pub(crate) use context::Shared;
 use context::{End, Ready, SessionResult, Slot};
 
 use crate::backoff::Backoff;
+use crate::config::AgentConfig;
 use crate::notify::{Notifier, StatusLine};
+use crate::reload::same_connectors;
 use crate::token::{self, Token};
 use crate::transport::Dialer;
 
@@ -55,6 +62,8 @@ const STATUS_REFRESH: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 struct Tracked {
     id: TaskId,
+    /// The configuration it was started with (its HELLO's connectors).
+    cfg: Arc<AgentConfig>,
     retire: CancellationToken,
     /// The token it connected with (set at READY).
     token: Option<Token>,
@@ -63,7 +72,7 @@ struct Tracked {
 /// Keeps `tunnel.connections` tunnels up until `cancel`, one supervisor per slot; `dialer` is
 /// slot 0's.
 pub(crate) async fn supervise(shared: Arc<Shared>, dialer: Dialer, cancel: CancellationToken) {
-    let n = shared.cfg.connections.max(1);
+    let n = shared.cfg().connections.max(1);
     if n == 1 {
         let slot = Arc::new(Slot { index: 0, dialer });
         return supervise_slot(shared, slot, cancel).await;
@@ -88,10 +97,13 @@ pub(crate) async fn supervise(shared: Arc<Shared>, dialer: Dialer, cancel: Cance
 /// Keeps one tunnel up until `cancel`: dial, READY, reconnect with backoff after a failure, and
 /// refresh ahead of the token's expiry. See the module docs for the refresh overlap.
 async fn supervise_slot(shared: Arc<Shared>, slot: Arc<Slot>, cancel: CancellationToken) {
-    let limits = &shared.cfg.limits;
+    // What a reload cannot change (see `crate::reload`): read once.
+    let start_cfg = shared.cfg();
+    let limits = &start_cfg.limits;
     // Several slots: the others may be READY while this one is down.
-    let several = shared.cfg.connections > 1;
-    let margin = shared.cfg.token_refresh_before;
+    let several = start_cfg.connections > 1;
+    let margin = start_cfg.token_refresh_before;
+    let mut reloads = shared.config.subscribe();
     // While the file still holds the expiring token, look again this often.
     let recheck = (margin / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
     let mut backoff = Backoff::new(limits.reconnect_initial, limits.reconnect_max);
@@ -126,6 +138,26 @@ async fn supervise_slot(shared: Arc<Shared>, slot: Arc<Slot>, cancel: Cancellati
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
+        // A reload changed the exported set: a new HELLO on a new tunnel (make before break,
+        // as the token refresh); a replacement already on its way is not doubled, and one
+        // started from an older configuration is followed by another once it is READY.
+        if let Some(cur) = current
+            .as_ref()
+            .filter(|_| pending.is_none() && retry_at.is_none())
+        {
+            if !same_connectors(&cur.cfg, &shared.cfg()) {
+                tracing::info!(
+                    "exported connectors changed; opening a new tunnel to announce them"
+                );
+                pending = Some(spawn_session(
+                    &mut sessions,
+                    &shared,
+                    &slot,
+                    &cancel,
+                    &ready_tx,
+                ));
+            }
+        }
         if status.notifier().is_enabled() {
             let ready = current.is_some();
             let text = if ready {
@@ -142,6 +174,8 @@ async fn supervise_slot(shared: Arc<Shared>, slot: Arc<Slot>, cancel: Cancellati
             _ = cancel.cancelled() => break,
             _ = watchdog.tick(), if ping_every.is_some() => status.notifier().watchdog(),
             _ = refresh.tick(), if (current.is_some() || several) && status.notifier().is_enabled() => {}
+            // Wakes the loop; the check at its top acts on it. Cancel safe.
+            Ok(()) = reloads.changed() => {}
             Some(ready) = ready_rx.recv() => {
                 let Some(mut p) = pending.take_if(|p| p.id == ready.id) else { continue };
                 refresh_at = refresh_deadline(ready.token.as_ref(), margin);
@@ -298,10 +332,12 @@ fn spawn_session(
     ready_tx: &mpsc::UnboundedSender<Ready>,
 ) -> Tracked {
     let retire = CancellationToken::new();
+    let cfg = shared.cfg();
     // In the slot's span (several tunnels: the logs say which).
     let handle = sessions.spawn(
         session::run(
             shared.clone(),
+            cfg.clone(),
             slot.clone(),
             cancel.clone(),
             retire.clone(),
@@ -311,6 +347,7 @@ fn spawn_session(
     );
     Tracked {
         id: handle.id(),
+        cfg,
         retire,
         token: None,
     }

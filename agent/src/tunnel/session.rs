@@ -27,7 +27,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::context::{End, Ready, SessionResult, Shared, Slot, CLOSE_GRACE, MIN_DRAIN};
-use crate::config::ConnectorName;
+use crate::config::{AgentConfig, ConnectorName};
 use crate::health::{ReadyGuard, StreamGauge};
 use crate::stream::{self, Drained, StreamCtx, ToStream};
 use crate::token::Token;
@@ -57,12 +57,12 @@ struct Entry {
 /// READY.
 pub(super) async fn run(
     shared: Arc<Shared>,
+    cfg: Arc<AgentConfig>,
     slot: Arc<Slot>,
     cancel: CancellationToken,
     retire: CancellationToken,
     ready_tx: mpsc::UnboundedSender<Ready>,
 ) -> SessionResult {
-    let cfg = &shared.cfg;
     let deadline = Instant::now() + cfg.limits.handshake_timeout;
     let progress = Progress::default();
     let dialed = tokio::select! {
@@ -114,6 +114,7 @@ pub(super) async fn run(
     };
     let mut t = Session {
         shared: &shared,
+        cfg: &cfg,
         demux: Demux::new(Role::Agent, params, Limits::default(), MAX_STREAMS),
         ctrl: ctrl_tx,
         data: data_tx,
@@ -150,6 +151,8 @@ pub(super) async fn run(
 
 struct Session<'a> {
     shared: &'a Shared,
+    /// The configuration this tunnel announced in HELLO (targets: see `on_open`).
+    cfg: &'a AgentConfig,
     demux: Demux<Entry>,
     ctrl: mpsc::UnboundedSender<Outgoing>,
     data: mpsc::Sender<Outgoing>,
@@ -180,7 +183,7 @@ impl Session<'_> {
         retire: &CancellationToken,
         hello_deadline: Instant,
     ) -> End {
-        let ka = self.shared.cfg.keepalive;
+        let ka = self.cfg.keepalive;
         let mut last_seen = Instant::now();
         // `Some(t)`: a ping went out at `t` and nothing has been checked since.
         let mut ping_sent: Option<Instant> = None;
@@ -306,7 +309,8 @@ impl Session<'_> {
     }
 
     /// The latest close of a retired tunnel: its token's expiry, but never less than
-    /// [`MIN_DRAIN`] from now.
+    /// [`MIN_DRAIN`] from now. A token without `exp` (only a reload retires such a tunnel: a
+    /// refresh needs `exp`) sets no deadline: the streams run to their end.
     fn drain_deadline(&self) -> Instant {
         let min = Instant::now() + MIN_DRAIN;
         match self
@@ -319,7 +323,8 @@ impl Session<'_> {
                 .checked_add(left)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365))
                 .max(min),
-            _ => min,
+            Some(Err(_)) => min,
+            None => Instant::now() + Duration::from_secs(86_400 * 365),
         }
     }
 
@@ -348,8 +353,8 @@ impl Session<'_> {
                     token: self.token.clone(),
                 });
                 tracing::info!(
-                    agent_id = %self.shared.cfg.agent_id,
-                    connectors = self.shared.cfg.targets.len(),
+                    agent_id = %self.cfg.agent_id,
+                    connectors = self.cfg.targets.len(),
                     "HELLO_ACK received; READY"
                 );
             }
@@ -461,11 +466,13 @@ impl Session<'_> {
             // v1: our frames for this stream carry the relay's own cid.
             let _ = self.ctrl.send(Outgoing::Bind(id, cid));
         }
-        let cfg = &self.shared.cfg;
+        // The running table, not the one of this tunnel's HELLO: after a reload new streams go
+        // to the new target (and a removed connector is refused) on every tunnel.
+        let current = self.shared.cfg();
         // A name too long for the table cannot be one we export.
         let found = ConnectorName::try_from(connector.as_str())
             .ok()
-            .and_then(|name| cfg.targets.get(&name));
+            .and_then(|name| current.targets.get(&name).cloned());
         let Some(target) = found else {
             tracing::info!(id, connector = %printable(&connector, 64), "OPEN for a connector this agent does not export");
             let reset = Reset::new(
@@ -500,10 +507,10 @@ impl Session<'_> {
         let ctx = StreamCtx {
             serial: self.next_serial,
             connector,
-            target: target.clone(),
-            connect_timeout: cfg.limits.connect_timeout,
+            target,
+            connect_timeout: self.cfg.limits.connect_timeout,
             version: self.demux.version(),
-            max_payload: cfg.limits.protocol.max_payload,
+            max_payload: self.cfg.limits.protocol.max_payload,
             send,
             out: self.data.clone(),
             drained: self.drained_tx.clone(),
