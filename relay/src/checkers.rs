@@ -34,12 +34,11 @@ pub(crate) struct Checkers {
     jwks_loaded: bool,
     /// `Some(loaded)`: `portal_jwks` is the portal's own and needs a refresher of its own.
     portal_own: Option<bool>,
-}
-
-/// Whether `a` and `b` build the same checkers (a reload that changes none keeps the running
-/// set, with its cached keys and decisions).
-pub(crate) fn same_settings(a: &RelayConfig, b: &RelayConfig) -> bool {
-    a.security.jwt == b.security.jwt && a.portal.jwks == b.portal.jwks && a.pdp == b.pdp
+    /// `jwks` / `portal_jwks` were made by this build (not kept from the running set).
+    fresh_jwks: bool,
+    fresh_portal: bool,
+    /// What differs from the running set this one reused from.
+    changed: Vec<&'static str>,
 }
 
 impl Checkers {
@@ -47,13 +46,29 @@ impl Checkers {
     /// valid; an IdP URL may be down for a while (its refresher keeps trying). Errors name the
     /// key.
     pub async fn build(cfg: &RelayConfig, metrics: &Arc<Metrics>) -> Result<Checkers, String> {
-        let needs_http = cfg
-            .security
-            .jwt
-            .as_ref()
-            .is_some_and(|j| matches!(j.jwks, config::JwksSource::Url(_)))
-            || matches!(cfg.portal.jwks, Some(config::JwksSource::Url(_)))
-            || cfg.pdp.is_some();
+        Self::build_reusing(cfg, metrics, None).await
+    }
+
+    /// As [`Checkers::build`], keeping each running checker whose settings in `reuse`'s
+    /// configuration equal `cfg`'s (its cached keys or decisions stay). A reload builds this way.
+    pub async fn build_reusing(
+        cfg: &RelayConfig,
+        metrics: &Arc<Metrics>,
+        reuse: Option<(&RelayConfig, &Running)>,
+    ) -> Result<Checkers, String> {
+        let same_jwt = reuse.filter(|(old, _)| old.security.jwt == cfg.security.jwt);
+        let same_portal = reuse
+            .filter(|(old, _)| old.portal.jwks == cfg.portal.jwks && cfg.portal.jwks.is_some());
+        let same_pdp = reuse.filter(|(old, _)| old.pdp == cfg.pdp);
+        let needs_http = (same_jwt.is_none()
+            && cfg
+                .security
+                .jwt
+                .as_ref()
+                .is_some_and(|j| matches!(j.jwks, config::JwksSource::Url(_))))
+            || (same_portal.is_none()
+                && matches!(cfg.portal.jwks, Some(config::JwksSource::Url(_))))
+            || (same_pdp.is_none() && cfg.pdp.is_some());
         let ca_file = cfg
             .security
             .jwt
@@ -66,27 +81,44 @@ impl Checkers {
             None
         };
         let mut out = Checkers::default();
-        if let Some(j) = &cfg.security.jwt {
-            let keys = Arc::new(Jwks::new(
-                j.jwks.clone(),
-                http.clone(),
-                j.refresh,
-                j.min_refresh,
-                metrics.clone(),
-            ));
-            // A local file must be readable now; an IdP may be down for a while.
-            out.jwks_loaded = matches!(j.jwks, config::JwksSource::File(_));
-            if out.jwks_loaded {
-                keys.refresh_now(jwks::Trigger::Startup)
-                    .await
-                    .map_err(|e| format!("security.jwks_url: {e}"))?;
+        match (same_jwt, &cfg.security.jwt) {
+            (Some((_, running)), _) => {
+                out.auth = running.auth.load_full();
+                out.jwks = running.jwks.load_full();
+                out.jwks_loaded = out.jwks.as_ref().is_some_and(|j| j.has_keys());
             }
-            out.auth = Some(Arc::new(Authenticator::new(j.clone(), keys.clone())));
-            out.jwks = Some(keys);
+            (None, Some(j)) => {
+                let keys = Arc::new(Jwks::new(
+                    j.jwks.clone(),
+                    http.clone(),
+                    j.refresh,
+                    j.min_refresh,
+                    metrics.clone(),
+                ));
+                // A local file must be readable now; an IdP may be down for a while.
+                out.jwks_loaded = matches!(j.jwks, config::JwksSource::File(_));
+                if out.jwks_loaded {
+                    keys.refresh_now(jwks::Trigger::Startup)
+                        .await
+                        .map_err(|e| format!("security.jwks_url: {e}"))?;
+                }
+                out.auth = Some(Arc::new(Authenticator::new(j.clone(), keys.clone())));
+                out.jwks = Some(keys);
+                out.changed.push("security.jwks_url and token checks");
+            }
+            (None, None) => {
+                if reuse.is_some_and(|(old, _)| old.security.jwt.is_some()) {
+                    out.changed.push("security.jwks_url and token checks");
+                }
+            }
         }
         // Portal tokens: their own JWKS when `portal.jwks_url` is set, else the agents' keys.
-        match (&cfg.portal.jwks, &out.jwks) {
-            (Some(source), _) => {
+        match (same_portal, &cfg.portal.jwks, &out.jwks) {
+            (Some((_, running)), _, _) => {
+                out.portal_jwks = running.portal_jwks.load_full();
+                out.portal_own = Some(out.portal_jwks.as_ref().is_some_and(|j| j.has_keys()));
+            }
+            (None, Some(source), _) => {
                 let (refresh, min_refresh) = cfg
                     .security
                     .jwt
@@ -109,27 +141,48 @@ impl Checkers {
                 }
                 out.portal_jwks = Some(keys);
                 out.portal_own = Some(loaded);
+                out.fresh_portal = true;
+                out.changed.push("portal.jwks_url");
             }
-            (None, Some(agent_keys)) => out.portal_jwks = Some(agent_keys.clone()),
-            (None, None) => {}
+            (None, None, Some(agent_keys)) => out.portal_jwks = Some(agent_keys.clone()),
+            (None, None, None) => {}
         }
-        if let (Some(p), Some(http)) = (&cfg.pdp, &http) {
-            out.pdp = Some(Arc::new(Pdp::new(p.clone(), http.clone(), metrics.clone())));
+        if reuse.is_some_and(|(old, _)| old.portal.jwks.is_some() && cfg.portal.jwks.is_none()) {
+            out.changed.push("portal.jwks_url");
         }
+        match (same_pdp, &cfg.pdp, &http) {
+            (Some((_, running)), _, _) => out.pdp = running.pdp.load_full(),
+            (None, Some(p), Some(http)) => {
+                out.pdp = Some(Arc::new(Pdp::new(p.clone(), http.clone(), metrics.clone())));
+                out.changed.push("pdp");
+            }
+            _ => {
+                if reuse.is_some_and(|(old, _)| old.pdp.is_some()) {
+                    out.changed.push("pdp");
+                }
+            }
+        }
+        out.fresh_jwks = same_jwt.is_none();
         Ok(out)
+    }
+
+    /// What this set changed against the configuration it reused from (empty at start-up and
+    /// when nothing changed).
+    pub fn changed(&self) -> &[&'static str] {
+        &self.changed
     }
 
     /// Fetches the keys of every JWKS this set reads from an IdP URL (a reload does this before
     /// it swaps: a mistyped URL is refused instead of turning `/readyz` red). Errors name the
     /// key.
     pub async fn fetch_remote(&mut self) -> Result<(), String> {
-        if let (Some(j), false) = (&self.jwks, self.jwks_loaded) {
+        if let (Some(j), false, true) = (&self.jwks, self.jwks_loaded, self.fresh_jwks) {
             j.refresh_now(jwks::Trigger::Reload)
                 .await
                 .map_err(|e| format!("security.jwks_url: {e}"))?;
             self.jwks_loaded = true;
         }
-        if let Some(false) = self.portal_own {
+        if let (Some(false), true) = (self.portal_own, self.fresh_portal) {
             if let Some(pj) = &self.portal_jwks {
                 pj.refresh_now(jwks::Trigger::Reload)
                     .await
@@ -138,6 +191,19 @@ impl Checkers {
             }
         }
         Ok(())
+    }
+
+    /// The JWKS caches this set kept from the running one (a reload re-reads their files).
+    pub fn kept_keys(&self) -> Vec<Arc<Jwks>> {
+        let mut v = Vec::new();
+        if let (Some(j), false) = (&self.jwks, self.fresh_jwks) {
+            v.push(j.clone());
+        }
+        if let (Some(pj), Some(_), false) = (&self.portal_jwks, self.portal_own, self.fresh_portal)
+        {
+            v.push(pj.clone());
+        }
+        v
     }
 
     /// Starts the JWKS refreshers of this set; they stop when `stop` is cancelled.

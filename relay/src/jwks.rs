@@ -191,6 +191,10 @@ fn base64_len(b64: &str) -> Result<usize, String> {
     Ok(bytes.iter().skip_while(|b| **b == 0).count())
 }
 
+/// Keys read and checked, not in use yet (see [`Jwks::stage_file`]).
+#[derive(Debug)]
+pub(crate) struct Staged(KeySet);
+
 /// What a fetch was for (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Trigger {
@@ -292,13 +296,45 @@ impl Jwks {
         self.load(trigger).await
     }
 
-    /// A configuration reload: a JWKS file is read again (an error names the file; the cached
-    /// keys stay); an IdP URL is left to its refresher.
-    pub async fn reread_file(&self) -> Result<(), String> {
-        if matches!(self.source, JwksSource::File(_)) {
-            self.refresh_now(Trigger::Reload).await?;
+    /// A configuration reload reads a JWKS file again without using it yet: `Some` keys to
+    /// [`Jwks::install`] once the whole reload can be applied; `None` for an IdP URL (its
+    /// refresher keeps it current). An error leaves the cached keys in use.
+    pub async fn stage_file(&self) -> Result<Option<Staged>, String> {
+        if !matches!(self.source, JwksSource::File(_)) {
+            return Ok(None);
         }
-        Ok(())
+        let result = match self.read_source().await {
+            Ok(bytes) => parse_jwks(&bytes),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((set, notes)) => {
+                for n in &notes {
+                    warn!(source = %self.describe(), "JWKS: {n}");
+                }
+                Ok(Some(Staged(set)))
+            }
+            Err(e) => {
+                let label = JwksRefreshLabels {
+                    trigger: Trigger::Reload.as_str(),
+                    result: "error",
+                };
+                self.metrics.jwks_refreshes.get_or_create(&label).inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// Puts keys [`Jwks::stage_file`] read in place of the cached ones.
+    pub fn install(&self, staged: Staged) {
+        let n = staged.0.len();
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(staged.0);
+        self.metrics.jwks_keys.set(n as i64);
+        let label = JwksRefreshLabels {
+            trigger: Trigger::Reload.as_str(),
+            result: "ok",
+        };
+        self.metrics.jwks_refreshes.get_or_create(&label).inc();
     }
 
     /// Fetches and installs the keys; on failure the cached keys stay.

@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use ipnet::IpNet;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
@@ -51,8 +52,7 @@ pub(crate) async fn run(started: Started, shared: Arc<Shared>) {
         };
         ctx = settings.borrow().clone();
         match accepted {
-            Ok((sock, peer)) if ctx.proxy_protocol => proxied(sock, peer, &ctx, &shared),
-            Ok((sock, peer)) => route(sock, peer, &ctx, &shared),
+            Ok((sock, peer)) => serve(sock, peer, &ctx, &shared),
             Err(e) => {
                 ctx.metrics.accept_errors.inc();
                 warn!(listener = %ctx.name, connector = %ctx.connector, error = %e, "accept failed");
@@ -64,7 +64,22 @@ pub(crate) async fn run(started: Started, shared: Arc<Shared>) {
             }
         }
     }
+    if stop.is_cancelled() && !shared.draining.is_cancelled() {
+        // Removed or re-bound by a reload: clients whose handshake completed before the socket
+        // closes are served, not reset with the backlog.
+        while let Some(Ok((sock, peer))) = listener.accept().now_or_never() {
+            serve(sock, peer, &ctx, &shared);
+        }
+    }
     info!(listener = %ctx.name, connector = %ctx.connector, "listener stopped accepting");
+}
+
+fn serve(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
+    if ctx.proxy_protocol {
+        proxied(sock, peer, ctx, shared);
+    } else {
+        route(sock, peer, ctx, shared);
+    }
 }
 
 /// A listener with `proxy_protocol`: refuses an untrusted peer at once, else reads the PROXY

@@ -190,7 +190,12 @@ fn main() -> ExitCode {
                 _ = hangups.recv() => {
                     info!(config = %args.config.display(), "SIGHUP: reloading the configuration");
                     // Logged, audited and counted inside; a refused file leaves everything as is.
-                    let _ = handle.reload(&args.config, &ProcessEnv).await;
+                    // A stop signal during a reload (which may wait on an IdP) wins: a reload
+                    // swaps nothing before its last step, so dropping it changes nothing.
+                    tokio::select! {
+                        _ = handle.reload(&args.config, &ProcessEnv) => {}
+                        _ = signals.recv() => break,
+                    }
                 }
             }
         }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tracing::{error, info, warn};
 
 use crate::audit::{Action, Event};
-use crate::checkers::{self, Checkers};
+use crate::checkers::Checkers;
 use crate::config::{Env, RelayConfig};
 use crate::listeners;
 use crate::metrics::ResultLabel;
@@ -64,13 +64,19 @@ pub(crate) fn keep_fixed(old: &RelayConfig, new: &mut RelayConfig) -> Vec<String
     fixed!("audit limits", audit_limits);
     fixed!("state_dir", state_dir);
     fixed!("ha", ha);
+    if old.ha.mode != crate::config::HaMode::Off
+        && (old.tunnel.ping_interval != new.tunnel.ping_interval
+            || old.tunnel.ping_timeout != new.tunnel.ping_timeout
+            || old.tunnel.max_ws_payload != new.tunnel.max_ws_payload)
+    {
+        // Agent tunnels that connect later take them; mesh links keep their start-up values.
+        kept.push("tunnel ping/payload settings for mesh links".to_owned());
+    }
     fixed!("limits.max_buffered_bytes", limits.max_buffered_bytes);
     fixed!("limits.max_tunnels_per_agent", limits.max_tunnels_per_agent);
     fixed!("limits.max_tunnels_per_jti", limits.max_tunnels_per_jti);
     fixed!("security.duplicate_agent", security.duplicate_agent);
     fixed!("security.abuse", security.abuse);
-    // Turning the bypass on must go through start-up's loopback check.
-    fixed!("security.dev_bypass", security.dev_bypass);
     kept
 }
 
@@ -142,6 +148,13 @@ pub(crate) async fn apply(
         return Err("the relay is shutting down".to_owned());
     }
     let old = shared.cfg();
+    // Turning the bypass off applies (it only tightens); turning it on must pass start-up's
+    // check that `/tunnel` is on loopback.
+    if new.security.dev_bypass && !old.security.dev_bypass {
+        return Err(
+            "security.dev_bypass: cannot be turned on by a reload; restart the relay".to_owned(),
+        );
+    }
     let mut report = ReloadReport {
         needs_restart: keep_fixed(&old, &mut new),
         ..ReloadReport::default()
@@ -154,26 +167,6 @@ pub(crate) async fn apply(
     let acceptor = match (&new.tunnel.tls, &shared.tls) {
         (Some(t), Some(running)) => Some(tls::acceptor(t, running.mesh_roots.clone())?),
         _ => None,
-    };
-    let fresh_checkers = if checkers::same_settings(&old, &new) {
-        // Same settings: the running set stays (cached keys, PDP decisions); a JWKS file is
-        // read again, so a rotated key file takes effect on reload.
-        for keys in [
-            shared.checkers.jwks.load_full(),
-            shared.checkers.portal_jwks.load_full(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            keys.reread_file()
-                .await
-                .map_err(|e| format!("JWKS file: {e}"))?;
-        }
-        None
-    } else {
-        let mut set = Checkers::build(&new, &shared.metrics).await?;
-        set.fetch_remote().await?;
-        Some(set)
     };
     let running = shared.listeners.configs();
     let diff = listeners::diff(&running, &new.listeners);
@@ -189,16 +182,48 @@ pub(crate) async fn apply(
         }
     }
 
+    // Last, the checkers: a JWKS URL is fetched only when nothing else can refuse the reload.
+    // Checkers whose settings did not change are kept (cached keys, PDP decisions); their JWKS
+    // files are read again but not used until the swap.
+    let mut set =
+        Checkers::build_reusing(&new, &shared.metrics, Some((&old, &shared.checkers))).await?;
+    set.fetch_remote().await?;
+    let mut staged = Vec::new();
+    for keys in set.kept_keys() {
+        if let Some(s) = keys
+            .stage_file()
+            .await
+            .map_err(|e| format!("JWKS file: {e}"))?
+        {
+            staged.push((keys, s));
+        }
+    }
+
     // 2. Nothing below fails: swap.
     if let (Some(a), Some(running)) = (acceptor, &shared.tls) {
         running.live.replace(a);
         report
             .applied
             .push("tls certificate and key re-read".to_owned());
+        let ca = |c: &RelayConfig| c.tunnel.tls.as_ref().and_then(|t| t.client_ca.clone());
+        if ca(&old) != ca(&new) {
+            report
+                .applied
+                .push("tunnel.tls.client_ca (agent certificates)".to_owned());
+        }
     }
-    if let Some(set) = fresh_checkers {
+    if old.security.dev_bypass && !new.security.dev_bypass {
+        report.applied.push("security.dev_bypass off".to_owned());
+    }
+    let reread = !staged.is_empty();
+    for (keys, s) in staged {
+        keys.install(s);
+    }
+    if !set.changed().is_empty() {
+        report.applied.push(set.changed().join(", "));
         shared.checkers.install(set, &shared.tasks, &shared.root);
-        report.applied.push("token checks and pdp".to_owned());
+    } else if reread {
+        report.applied.push("JWKS file re-read".to_owned());
     }
     let names: Vec<&str> = new.listeners.iter().map(|l| l.name.as_str()).collect();
     shared.live.store(Arc::new(new.clone()));
@@ -219,6 +244,10 @@ pub(crate) async fn apply(
         }
     }
     shared.listeners.order(&names);
+    if let Some(m) = &shared.mesh {
+        // Forwarded streams take the listener name of their connector afresh.
+        m.forget_listeners();
+    }
     if let Some(s) = diff.summary() {
         report.applied.push(s);
     }

@@ -392,7 +392,23 @@ async fn a_rotated_jwks_file_is_read_on_reload_and_an_unreachable_new_url_refuse
         "the new key is not known yet"
     );
 
+    // Rotated together with a listener on a taken port: refused whole, the new key unused.
     temp::replace(&keys, &jwks(&[&new_key]));
+    let taken = net::bind().await;
+    let busy = security(&file_url).replace(
+        "tunnel:\n",
+        &format!(
+            "  - name: busy\n    bind: {}\n    connector: db\ntunnel:\n",
+            net::addr(&taken)
+        ),
+    );
+    reload(&relay, &path, &busy).await.expect_err("port in use");
+    assert!(
+        !accepted(new_token.clone()).await,
+        "a refused reload installed the new key"
+    );
+    assert!(accepted(mint(&old_key, &claims("premise-01"))).await);
+
     let summary = reload(&relay, &path, &security(&file_url))
         .await
         .expect("applied");
@@ -413,4 +429,45 @@ async fn a_rotated_jwks_file_is_read_on_reload_and_an_unreachable_new_url_refuse
         .expect_err("no keys at the new URL");
     assert!(e.starts_with("security.jwks_url:"), "{e}");
     assert!(accepted(new_token).await);
+}
+
+/// The dev bypass can be turned off by a reload (tokens are required from then on), never on.
+#[tokio::test]
+async fn a_reload_turns_the_dev_bypass_off_but_never_on() {
+    use nowconnect_testkit::idp::{claims, ed_key, jwks, mint, ISSUER};
+    let dir = TempDir::new("reload-bypass");
+    let key = ed_key("k-1");
+    let keys = dir.write("jwks.json", &jwks(&[&key]));
+    let dev = yaml::relay(&[("ldap", "addomain")], DEV);
+    let (relay, path) = relay_from(&dir, &dev).await;
+    let addr = relay.tunnel_addr();
+    assert!(
+        mock_agent::upgrade(addr, None, None).await.is_ok(),
+        "bypass on at start"
+    );
+
+    let jwt = yaml::relay(
+        &[("ldap", "addomain")],
+        &format!(
+            "security:\n  jwks_url: file://{}\n  issuer: {ISSUER}\n  auth_failure_limit: 100000\n",
+            keys.display()
+        ),
+    );
+    let summary = reload(&relay, &path, &jwt).await.expect("applied");
+    assert!(summary.contains("security.dev_bypass off"), "{summary}");
+    assert!(
+        mock_agent::upgrade(addr, None, None).await.is_err(),
+        "no token, no tunnel"
+    );
+    let token = mint(&key, &claims("premise-01"));
+    assert!(mock_agent::upgrade(addr, Some(&token), None).await.is_ok());
+
+    let e = reload(&relay, &path, &dev)
+        .await
+        .expect_err("bypass on by reload");
+    assert!(e.starts_with("security.dev_bypass:"), "{e}");
+    assert!(
+        mock_agent::upgrade(addr, None, None).await.is_err(),
+        "still off"
+    );
 }

@@ -265,6 +265,11 @@ impl Core {
             .count()
     }
 
+    /// Drops the listener settings remembered per connector (a reload changed the listeners).
+    pub fn forget_listeners(&self) {
+        lock(&self.listeners).clear();
+    }
+
     /// What a forwarded stream's tunnel sees as its listener: this relay's listener for the
     /// connector when it has one (its name for grants and audit), else `mesh`.
     fn listener_for(&self, shared: &Shared, connector: &str) -> Arc<ListenerCtx> {

@@ -36,6 +36,7 @@ pub(crate) use progress::{Counted, Written};
 
 use crate::audit::{Action, Event};
 use crate::authorize::Authorizer;
+use crate::config::RelayConfig;
 use crate::liveness::Liveness;
 use crate::metrics::{ReasonLabel, VersionLabel};
 use crate::registry::{AgentHandle, Placed};
@@ -49,8 +50,8 @@ use writer::{close_frame, Out};
 const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 /// The budgets every stream of a tunnel speaking `version` starts with.
-fn stream_params(shared: &Shared, version: Version) -> StreamParams {
-    let limits = &shared.cfg().limits;
+fn stream_params(cfg: &RelayConfig, version: Version) -> StreamParams {
+    let limits = &cfg.limits;
     StreamParams {
         v1_max_frames: limits.queue_depth_per_cid,
         v1_max_bytes: limits.queue_bytes_per_cid,
@@ -70,27 +71,30 @@ pub(crate) async fn run<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // One configuration for the tunnel's whole life: a reload while it runs (even during its
+    // HELLO) must not give its writer and its reader different ping settings.
+    let cfg = shared.cfg();
     let tunnel_id = shared.next_tunnel_id.fetch_add(1, Ordering::Relaxed);
     let token = shared.root.child_token();
     let (sink, mut source) = ws.split();
     let (queues, inputs) = writer::queues();
-    let liveness = Arc::new(Liveness::new(shared.cfg().tunnel.ping_interval));
+    let liveness = Arc::new(Liveness::new(cfg.tunnel.ping_interval));
     let writer = shared.tasks.spawn(writer::run(
         sink,
         inputs,
         version,
         token.clone(),
         writer::Timing {
-            ping_interval: shared.cfg().tunnel.ping_interval,
-            stall_limit: shared.cfg().tunnel.ping_timeout,
+            ping_interval: cfg.tunnel.ping_interval,
+            stall_limit: cfg.tunnel.ping_timeout,
         },
         written,
         liveness.clone(),
     ));
-    let max_streams = shared.cfg().limits.max_streams_per_agent;
+    let max_streams = cfg.limits.max_streams_per_agent;
     let mut demux = Demux::new(
         Role::Relay,
-        stream_params(&shared, version),
+        stream_params(&cfg, version),
         Limits::default(),
         max_streams,
     );
@@ -230,8 +234,8 @@ pub(crate) async fn run<S>(
     };
     let ctx = Arc::new(TunnelCtx {
         version,
-        max_payload: shared.cfg().tunnel.max_ws_payload,
-        idle_timeout: shared.cfg().limits.idle_timeout,
+        max_payload: cfg.tunnel.max_ws_payload,
+        idle_timeout: cfg.limits.idle_timeout,
         data: queues.data.clone(),
         events: events_tx,
         token: token.clone(),
@@ -254,6 +258,7 @@ pub(crate) async fn run<S>(
     let (ignored, warnings) = quota::for_tunnel();
     let mut session = Session {
         shared: shared.clone(),
+        cfg,
         ctx,
         info,
         demux,

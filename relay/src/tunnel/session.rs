@@ -39,6 +39,7 @@ use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStrea
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
 use crate::budget::FRAME_COST;
+use crate::config::RelayConfig;
 use crate::conn::{reject_client, ClientSock, ListenerCtx, NewConn};
 use crate::liveness::Liveness;
 use crate::metrics::{CodeLabel, DirLabel, OverflowLabels};
@@ -110,6 +111,8 @@ impl End {
 /// The session's state.
 pub(super) struct Session {
     pub shared: Arc<Shared>,
+    /// The configuration as it was when the tunnel started (see `tunnel::run`).
+    pub cfg: Arc<RelayConfig>,
     pub ctx: Arc<TunnelCtx>,
     pub info: Arc<TunnelInfo>,
     pub demux: Demux<Handle>,
@@ -146,7 +149,7 @@ impl Session {
         let kick = self.info.kick.clone();
         // Its own handle on the control queue: waiting for room must not borrow the session.
         let ctrl = self.queues.ctrl.clone();
-        let cfg = &self.shared.cfg().tunnel;
+        let cfg = &self.cfg.tunnel;
         let dead_after = cfg.ping_interval + cfg.ping_timeout;
         let stall_limit = cfg.ping_timeout;
         let mut last_rx = Instant::now();
@@ -606,7 +609,7 @@ impl Session {
     }
 
     fn refuse_over_cap(&self, connector: &str, peer: SocketAddr) {
-        let cap = self.shared.cfg().limits.max_streams_per_agent;
+        let cap = self.cfg.limits.max_streams_per_agent;
         self.shared
             .metrics
             .rejected(connector, "max_streams_per_agent");
