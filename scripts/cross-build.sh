@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Static release builds of the agent for ARM (and x86-64 musl) without Docker.
-# Usage: scripts/cross-build.sh [TARGET...]   default: aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf
+# Usage: scripts/cross-build.sh [--package nowconnect-relay] [TARGET...]
+#   default package nowconnect-agent; default targets aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf
+#   (the relay: scripts/cross-build.sh --package nowconnect-relay x86_64-unknown-linux-musl, for FROM scratch)
 # Installs the rustup targets and Debian cross compilers when missing. Prints each binary's path and size.
+# Honours CARGO_TARGET_DIR and cargo's CARGO_PROFILE_RELEASE_* overrides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+package=nowconnect-agent
+if [ "${1:-}" = "--package" ]; then package=${2:?--package needs a name}; shift 2; fi
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf)
 
@@ -26,9 +31,9 @@ for t in "${targets[@]}"; do
 done
 
 for t in "${targets[@]}"; do
-  echo "==> building nowconnect-agent for $t"
-  cargo build --release -p nowconnect-agent --target "$t"
-  bin="target/$t/release/nowconnect-agent"
+  echo "==> building $package for $t"
+  cargo build --release -p "$package" --target "$t"
+  bin="${CARGO_TARGET_DIR:-target}/$t/release/$package"
   if file "$bin" | grep -qE "dynamically linked|interpreter"; then
     echo "$bin is not static:" >&2; file "$bin" >&2; exit 1
   fi

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds the static ARM agents and runs each under qemu-user against the x86-64 relay on loopback:
-# READY on the health port and a byte-exact transfer through the tunnel.
+# Builds the static ARM agents and runs each under qemu-user against the x86-64 relay on loopback,
+# over wss:// with a private CA made at run time (so ring's TLS runs on both ARM targets): READY on
+# the health port and a byte-exact transfer through the tunnel; then the same binary trusting
+# another CA must refuse the relay's certificate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || {
@@ -10,5 +12,6 @@ command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || {
 }
 scripts/cross-build.sh aarch64-unknown-linux-musl armv7-unknown-linux-gnueabihf
 cargo build -q --bin nowconnect-smoke
-target/debug/nowconnect-smoke -- qemu-aarch64 target/aarch64-unknown-linux-musl/release/nowconnect-agent
-target/debug/nowconnect-smoke -- qemu-arm target/armv7-unknown-linux-gnueabihf/release/nowconnect-agent
+t=${CARGO_TARGET_DIR:-target}
+"$t/debug/nowconnect-smoke" -- qemu-aarch64 "$t/aarch64-unknown-linux-musl/release/nowconnect-agent"
+"$t/debug/nowconnect-smoke" -- qemu-arm "$t/armv7-unknown-linux-gnueabihf/release/nowconnect-agent"

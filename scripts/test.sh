@@ -34,7 +34,10 @@ fi
 step "systemd units: verify and security score"
 scripts/systemd-check.sh
 
-step "ARM agents under qemu-user against the x86-64 relay"
+step "Kubernetes manifests (schemas, offline) and the static relay"
+scripts/k8s-check.sh
+
+step "ARM agents under qemu-user against the x86-64 relay (wss://, private CA)"
 scripts/qemu-smoke.sh
 
 step "agent footprint"

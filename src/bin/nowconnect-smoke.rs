@@ -1,19 +1,24 @@
 //! Smoke test of an agent *binary* (any architecture, e.g. under qemu-user) against the in-process
-//! x86-64 relay on loopback: the agent must report READY on its health port and carry 4 MiB each
-//! way byte-exact. Used by `scripts/qemu-smoke.sh`; exits non-zero on any failure.
+//! x86-64 relay on loopback: the agent dials `wss://` with a private CA made at run time (its only
+//! root, `NC_CA_BUNDLE_ONLY`), must report READY on its health port and carry 4 MiB each way
+//! byte-exact. Then a second agent that trusts another CA must refuse the relay's certificate
+//! (`certificate not trusted` in its log, never READY), so the TLS check on that architecture is
+//! real. Used by `scripts/qemu-smoke.sh` and `scripts/footprint.sh`; exits non-zero on any failure.
 //!
 //! `nowconnect-smoke -- qemu-aarch64 target/aarch64-unknown-linux-musl/release/nowconnect-agent`
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use nowconnect::bench::pki;
 use nowconnect_relay::RelayConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -27,6 +32,9 @@ struct Args {
     /// How long the agent may take to become READY (emulation is slow).
     #[arg(long, default_value_t = 60)]
     ready_timeout_sec: u64,
+    /// Plain `ws://` instead of `wss://` (and no unknown-CA check).
+    #[arg(long)]
+    insecure_ws: bool,
     /// The agent command line (runner first, e.g. qemu-aarch64 PATH).
     #[arg(required = true, last = true)]
     agent: Vec<String>,
@@ -36,30 +44,26 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let (echo, _echo_task) = nowconnect::demo::echo_target().await?;
-    let yaml = "tunnel:\n  host: 127.0.0.1\n  port: 0\nsecurity:\n  dev_bypass: true\n\
-                listeners:\n  - name: echo\n    bind: 127.0.0.1:0\n    connector: echo\n";
-    let relay = nowconnect_relay::start(RelayConfig::from_yaml_str(yaml)?).await?;
-    let health = free_port().await?;
-    let (program, rest) = args.agent.split_first().context("no agent command")?;
-    let mut agent = Command::new(program)
-        .args(rest)
-        .env_clear()
-        .env(
-            "NC_AGENT_URL",
-            format!("ws://{}/tunnel", relay.tunnel_addr()),
+    let dir = WorkDir::new()?;
+    let good = pki::write(&dir.sub("relay-ca")?)?;
+    let tls = if args.insecure_ws {
+        String::new()
+    } else {
+        format!(
+            "  tls:\n    cert_file: {}\n    key_file: {}\n",
+            good.cert.display(),
+            good.key.display()
         )
-        .env("NC_ALLOW_INSECURE_WS", "true")
-        .env("NC_AGENT_ID", "smoke")
-        .env("NC_CONNECTORS", "echo")
-        .env("NC_TARGET_echo_HOST", "127.0.0.1")
-        .env("NC_TARGET_echo_PORT", echo.port().to_string())
-        .env("NC_HEALTH_HOST", "127.0.0.1")
-        .env("NC_HEALTH_PORT", health.port().to_string())
-        .env("NC_LOG_LEVEL", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", args.agent.join(" ")))?;
+    };
+    let yaml = format!(
+        "tunnel:\n  host: 127.0.0.1\n  port: 0\n{tls}security:\n  dev_bypass: true\n\
+         listeners:\n  - name: echo\n    bind: 127.0.0.1:0\n    connector: echo\n"
+    );
+    let relay = nowconnect_relay::start(RelayConfig::from_yaml_str(&yaml)?).await?;
+    let scheme = if args.insecure_ws { "ws" } else { "wss" };
+    let url = format!("{scheme}://{}/tunnel", relay.tunnel_addr());
+    let health = free_port().await?;
+    let mut agent = spawn_agent(&args.agent, &url, &good.ca, echo, health, Stdio::inherit())?;
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.ready_timeout_sec);
@@ -106,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!(
-        "smoke OK: `{}` READY after {} ms, {} bytes each way byte-exact",
+        "smoke OK: `{}` READY over {scheme}:// after {} ms, {} bytes each way byte-exact",
         args.agent.join(" "),
         ready_after.as_millis(),
         sent.len()
@@ -117,7 +121,137 @@ async fn main() -> anyhow::Result<()> {
         footprint(pid, client, n, &relay).await?;
     }
     agent.kill().await.ok();
+    if !args.insecure_ws {
+        let other = other_ca(&dir.sub("other-ca")?)?;
+        unknown_ca_refused(&args, &url, &other, echo).await?;
+    }
     Ok(())
+}
+
+/// Starts the agent binary dialing `url`, trusting only `ca` (ignored for `ws://`).
+fn spawn_agent(
+    cmd: &[String],
+    url: &str,
+    ca: &Path,
+    echo: SocketAddr,
+    health: SocketAddr,
+    stderr: Stdio,
+) -> anyhow::Result<Child> {
+    let (program, rest) = cmd.split_first().context("no agent command")?;
+    let mut c = Command::new(program);
+    c.args(rest)
+        .env_clear()
+        .env("NC_AGENT_URL", url)
+        .env("NC_AGENT_ID", "smoke")
+        .env("NC_CONNECTORS", "echo")
+        .env("NC_TARGET_echo_HOST", "127.0.0.1")
+        .env("NC_TARGET_echo_PORT", echo.port().to_string())
+        .env("NC_HEALTH_HOST", "127.0.0.1")
+        .env("NC_HEALTH_PORT", health.port().to_string())
+        .env("NC_LOG_LEVEL", "warn")
+        .stdin(Stdio::null())
+        .stderr(stderr)
+        .kill_on_drop(true);
+    if url.starts_with("ws://") {
+        c.env("NC_ALLOW_INSECURE_WS", "true");
+    } else {
+        c.env("NC_CA_BUNDLE", ca).env("NC_CA_BUNDLE_ONLY", "true");
+    }
+    c.spawn()
+        .with_context(|| format!("starting {}", cmd.join(" ")))
+}
+
+/// An agent that trusts only `other_ca` must refuse the relay's certificate: its log names the
+/// untrusted issuer within the READY timeout, and its health port never says READY.
+async fn unknown_ca_refused(
+    args: &Args,
+    url: &str,
+    other_ca: &Path,
+    echo: SocketAddr,
+) -> anyhow::Result<()> {
+    let health = free_port().await?;
+    let mut agent = spawn_agent(&args.agent, url, other_ca, echo, health, Stdio::piped())?;
+    let stderr = agent.stderr.take().context("agent stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let limit = Duration::from_secs(args.ready_timeout_sec);
+    // The last few lines the agent logged, for the failure message (bounded).
+    let mut seen: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let refused = tokio::time::timeout(limit, async {
+        // Bounded by the timeout; each line is the agent's own log line.
+        while let Some(line) = lines.next_line().await? {
+            if line.contains("certificate not trusted") {
+                return Ok::<_, std::io::Error>(Some(line));
+            }
+            if seen.len() == 4 {
+                seen.pop_front();
+            }
+            seen.push_back(line);
+        }
+        Ok(None)
+    })
+    .await;
+    let seen = Vec::from(seen).join("\n  ");
+    let line = match refused {
+        Ok(Ok(Some(line))) => line,
+        Ok(Ok(None)) => bail!(
+            "the agent trusting another CA exited without refusing the relay's certificate; it logged:\n  {seen}"
+        ),
+        Ok(Err(e)) => bail!("reading the agent's log: {e}"),
+        Err(_) => bail!(
+            "the agent trusting another CA logged no `certificate not trusted` within {} s; it logged:\n  {seen}",
+            args.ready_timeout_sec
+        ),
+    };
+    if read_health(health).await.as_deref() == Some("READY\n") {
+        bail!("the agent trusting another CA is READY: the relay's certificate was not checked");
+    }
+    agent.kill().await.ok();
+    let why = line
+        .find("TLS to relay")
+        .map_or(line.as_str(), |i| &line[i..]);
+    println!(
+        "smoke OK: `{}` refused a relay certificate from an unknown CA: {why}",
+        args.agent.join(" ")
+    );
+    Ok(())
+}
+
+/// A CA certificate with a name of its own (a CA of the same name would make the check fail on
+/// the signature, not on the issuer), written to `dir/other-ca.pem`.
+fn other_ca(dir: &Path) -> anyhow::Result<PathBuf> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().context("CA key")?;
+    let mut p = CertificateParams::new(Vec::<String>::new()).context("CA params")?;
+    p.distinguished_name
+        .push(DnType::CommonName, "nowconnect-smoke unknown CA");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = p.self_signed(&key).context("CA certificate")?;
+    let path = dir.join("other-ca.pem");
+    std::fs::write(&path, cert.pem()).context("writing other-ca.pem")?;
+    Ok(path)
+}
+
+/// A private directory for the run's PEM files, removed on drop.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> anyhow::Result<WorkDir> {
+        let p = std::env::temp_dir().join(format!("nowconnect-smoke-{}", std::process::id()));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(WorkDir(p))
+    }
+
+    fn sub(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let p = self.0.join(name);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(p)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Prints the agent's RSS idle (READY, no streams), with `n` open idle streams, and its threads.

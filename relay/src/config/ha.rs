@@ -124,7 +124,8 @@ fn valid_replica_id(s: &str) -> bool {
         && !s.starts_with(['-', '.'])
 }
 
-/// `NOWCONNECT_HA_MODE`, `NOWCONNECT_HA_REPLICA_ID`, `NOWCONNECT_HA_REDIS_URL` override the YAML.
+/// `NOWCONNECT_HA_MODE`, `NOWCONNECT_HA_REPLICA_ID`, `NOWCONNECT_HA_REDIS_URL` and
+/// `NOWCONNECT_HA_MESH_ADVERTISE_URL` override the YAML.
 pub(super) fn validate_ha(c: &mut Collector, env: &dyn Env, raw: Option<RawHa>) -> HaConfig {
     let mut ha = HaConfig::off();
     let raw = raw.unwrap_or_default();
@@ -210,7 +211,12 @@ pub(super) fn validate_ha(c: &mut Collector, env: &dyn Env, raw: Option<RawHa>) 
             ha.presence_ttl = Duration::from_secs(ttl);
         }
     }
-    ha.mesh = validate_mesh(c, raw.mesh.unwrap_or_default(), on, ha.mesh);
+    let mut mesh = raw.mesh.unwrap_or_default();
+    // Per pod on Kubernetes (`wss://$(POD_IP):9443/mesh`), where one ConfigMap serves every relay.
+    if let Some(url) = env_str(env, "NOWCONNECT_HA_MESH_ADVERTISE_URL") {
+        mesh.advertise_url = Some(url);
+    }
+    ha.mesh = validate_mesh(c, mesh, on, ha.mesh);
     ha
 }
 

@@ -105,3 +105,28 @@ fn a_plain_advertise_url_is_refused_with_mtls() {
         "{err}"
     );
 }
+
+#[test]
+fn advertise_url_env_wins_over_the_yaml_and_is_checked() {
+    let yaml = with_ha(
+        "  mode: active\n  replica_id: relay-a\n  redis_url: redis://r:6379\n  mesh:\n    advertise_url: wss://relay-a.internal:9443/mesh\n    tls: {ca_bundle: /ca.pem, cert_file: /a.pem, key_file: /a.key}\n",
+    );
+    let pod = |k: &str| {
+        (k == "NOWCONNECT_HA_MESH_ADVERTISE_URL").then(|| "wss://10.42.0.17:9443/mesh".to_owned())
+    };
+    let cfg = RelayConfig::from_yaml_str_with_env(&yaml, &pod).expect("valid");
+    assert_eq!(
+        cfg.ha.mesh.advertise_url.as_deref(),
+        Some("wss://10.42.0.17:9443/mesh")
+    );
+    let plain = |k: &str| {
+        (k == "NOWCONNECT_HA_MESH_ADVERTISE_URL").then(|| "ws://10.42.0.17/mesh".to_owned())
+    };
+    let err = RelayConfig::from_yaml_str_with_env(&yaml, &plain).expect_err("ws:// with mTLS");
+    assert!(
+        err.problems()
+            .iter()
+            .any(|p| p.key == "ha.mesh.advertise_url"),
+        "{err}"
+    );
+}
