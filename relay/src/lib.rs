@@ -590,11 +590,7 @@ pub async fn start_with(
         .spawn(audit::run_ticker(shared.audit.clone(), shared.root.clone()));
     cluster::run::start(&shared, directory, tunnel_addr);
     for (l, socket, addr) in bound {
-        info!(listener = %l.name, connector = %l.connector, %addr, "listening");
-        let started = shared
-            .listeners
-            .insert(&l, socket, addr, &shared.metrics, &shared.root);
-        shared.tasks.spawn(listener::run(started, shared.clone()));
+        start_listener(&shared, &l, socket, addr);
     }
     shared.ready.store(true, Ordering::Release);
     info!(
@@ -691,6 +687,20 @@ pub async fn start_with(
         mesh_addr,
         supervisor: Some(supervisor),
     })
+}
+
+/// Records `socket` (bound for `l`) among the running listeners and starts its accept loop.
+fn start_listener(
+    shared: &Arc<Shared>,
+    l: &config::ListenerConfig,
+    socket: TcpListener,
+    addr: SocketAddr,
+) {
+    info!(listener = %l.name, connector = %l.connector, %addr, "listening");
+    let started = shared
+        .listeners
+        .insert(l, socket, addr, &shared.metrics, &shared.root);
+    shared.tasks.spawn(listener::run(started, shared.clone()));
 }
 
 /// Waits for shutdown, runs the grace period, then stops everything.

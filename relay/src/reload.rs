@@ -27,7 +27,7 @@ use crate::checkers::Checkers;
 use crate::config::{Env, RelayConfig};
 use crate::listeners;
 use crate::metrics::ResultLabel;
-use crate::{bind, listener, local_addr, tls, Shared};
+use crate::{bind, local_addr, start_listener, tls, Shared};
 
 pub(crate) mod report;
 pub use report::ReloadReport;
@@ -232,11 +232,7 @@ pub(crate) async fn apply(
         shared.listeners.remove(name);
     }
     for (l, socket, addr) in bound {
-        info!(listener = %l.name, connector = %l.connector, %addr, "listening");
-        let started = shared
-            .listeners
-            .insert(&l, socket, addr, &shared.metrics, &shared.root);
-        shared.tasks.spawn(listener::run(started, shared.clone()));
+        start_listener(shared, &l, socket, addr);
     }
     for name in &diff.changed {
         if let Some(l) = new.listeners.iter().find(|l| &l.name == name) {

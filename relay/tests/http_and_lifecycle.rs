@@ -15,6 +15,7 @@ use nowconnect_testkit::log;
 use nowconnect_testkit::mock_agent::{self, data, v2_agent, MockAgent, OFFER_BOTH};
 use nowconnect_testkit::net;
 use nowconnect_testkit::pki::{self, Ca};
+use nowconnect_testkit::process;
 use nowconnect_testkit::temp::TempDir;
 use nowconnect_testkit::wait::{wait_for, within, Ticker, DEADLINE};
 use nowconnect_testkit::yaml::{self, DEV};
@@ -438,20 +439,11 @@ fn binary_exits_0_on_sigterm() {
             break;
         }
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("poll the relay") {
-            break s.code();
-        }
-        assert!(std::time::Instant::now() < deadline, "relay did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code, Some(0));
+    process::signal(child.id(), "-TERM");
+    assert_eq!(
+        process::wait_exit(&mut child, Duration::from_secs(10)),
+        Some(0)
+    );
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use nowconnect_testkit::metrics::value;
 use nowconnect_testkit::mock_agent::{self, data, v2_agent, MockAgent, OFFER_BOTH};
 use nowconnect_testkit::net;
 use nowconnect_testkit::pki::{self, Ca};
+use nowconnect_testkit::process;
 use nowconnect_testkit::temp::{self, TempDir};
 use nowconnect_testkit::wait::{wait_for_async, within, DEADLINE};
 use nowconnect_testkit::yaml::{self, DEV};
@@ -318,15 +319,8 @@ fn binary_reloads_on_sighup_and_refuses_a_broken_file() {
             }
         }
     };
-    let pid = child.id().to_string();
-    let kill = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("run kill")
-            .success();
-        assert!(ok, "kill {sig}");
-    };
+    let pid = child.id();
+    let kill = |sig: &str| process::signal(pid, sig);
     line_with("relay HTTP server listening");
 
     temp::replace(
@@ -352,15 +346,10 @@ fn binary_reloads_on_sighup_and_refuses_a_broken_file() {
     );
 
     kill("-TERM");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let code = loop {
-        if let Some(s) = child.try_wait().expect("poll the relay") {
-            break s.code();
-        }
-        assert!(std::time::Instant::now() < deadline, "relay did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(
+        process::wait_exit(&mut child, Duration::from_secs(10)),
+        Some(0)
+    );
 }
 
 /// A rotated JWKS file takes effect on reload (same path, new key); a new `jwks_url` that gives

@@ -29,6 +29,33 @@ pub fn raise_nofile(n: u64) {
     );
 }
 
+/// Sends `sig` (`-HUP`, `-TERM`, ...) to process `pid` with kill(1); panics when it fails.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("run kill")
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// Waits up to `timeout` for `child` to exit; returns its exit code (`None`: ended by a
+/// signal). Panics, naming the child, when it is still running at the deadline.
+pub fn wait_exit(child: &mut std::process::Child, timeout: std::time::Duration) -> Option<i32> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().expect("poll the child") {
+            return s.code();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {} did not exit within {timeout:?}",
+            child.id()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
