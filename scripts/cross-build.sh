@@ -28,7 +28,7 @@ done
 for t in "${targets[@]}"; do
   echo "==> building nowconnect-agent for $t"
   cargo build --release -p nowconnect-agent --target "$t"
-  bin="target/$t/release/nowconnect-agent"
+  bin="${CARGO_TARGET_DIR:-target}/$t/release/nowconnect-agent"
   if file "$bin" | grep -qE "dynamically linked|interpreter"; then
     echo "$bin is not static:" >&2; file "$bin" >&2; exit 1
   fi
