@@ -26,7 +26,7 @@ fail() {
   echo "systemd-container-test: FAILED: $*" >&2
   if [ -n "${cpid:-}" ] && [ -d "/proc/$cpid" ]; then
     echo "---- journal of the container (last 80 lines) ----" >&2
-    inside journalctl --no-pager -n 80 -u nowconnect-relay -u nowconnect-agent >&2 || true
+    inside journalctl --no-pager -n 80 >&2 || true
   fi
   exit 1
 }
@@ -90,6 +90,12 @@ cleanup() {
     for _ in $(seq 1 300); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$nspawn_pid" 2>/dev/null && kill -KILL "$nspawn_pid"
     wait "$nspawn_pid" 2>/dev/null
+  fi
+  # Without a host systemd nothing else reaps a container whose nspawn died: end its PID 1
+  # (that ends its whole PID namespace).
+  if [ -n "$cpid" ] && [ -d "/proc/$cpid" ]; then
+    kill -KILL "$cpid"
+    for _ in $(seq 1 50); do [ -d "/proc/$cpid" ] || break; sleep 0.1; done
   fi
   [ -n "$slapd_pid" ] && kill "$slapd_pid" 2>/dev/null
   for p in "${py_pids[@]}"; do kill "$p" 2>/dev/null; done
@@ -197,10 +203,6 @@ mint() { # mint JTI EXP: an EdDSA JWT for agent premise-01 and its two connector
   sig=$(openssl pkeyutl -sign -inkey "$pki/idp.key" -rawin -in "$pki/signing-input" | b64url)
   printf '%s.%s.%s' "$head" "$body" "$sig"
 }
-# Token A expires soon: the agent reconnects 50 s before (refresh_before_exp_sec) with what the
-# file holds then, which will be token B. The relay allows no clock leeway here.
-exp_a=$(( $(date +%s) + 80 ))
-mint tok-a "$exp_a" >"$share/token-a.jwt"
 mint tok-b $(( $(date +%s) + 3600 )) >"$share/token-b.jwt"
 
 cat >"$share/cloud.yaml" <<EOF
@@ -249,15 +251,26 @@ EOF
 
 # ---- boot -------------------------------------------------------------------------------------
 step "booting the container"
+# nspawn without a host systemd puts every container in the same payload/supervisor cgroups:
+# empty ones left by an earlier run go; busy ones mean another container runs here.
+for base in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified /sys/fs/cgroup; do
+  for d in payload supervisor; do
+    [ -d "$base/$d" ] || continue
+    find "$base/$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    [ -d "$base/$d" ] && fail "$base/$d is busy: another systemd-nspawn container runs on this machine"
+  done
+done
 t_boot=$(date +%s)
 systemd-nspawn -D "$root" --boot --register=no --keep-unit --console=pipe --volatile=overlay \
   --bind-ro="$debs:/debs" --bind="$share:/share" >"$work/console.log" 2>&1 </dev/null &
 nspawn_pid=$!
 mypidns=$(readlink /proc/self/ns/pid)
-for _ in $(seq 1 200); do
+for _ in $(seq 1 200); do  # ~20 s
   for child in $(cat /proc/"$nspawn_pid"/task/*/children 2>/dev/null); do
     for g in $(cat /proc/"$child"/task/*/children 2>/dev/null) "$child"; do
-      if [ "$(cat /proc/"$g"/comm 2>/dev/null)" = systemd ] && [ "$(readlink /proc/"$g"/ns/pid)" != "$mypidns" ]; then
+      # PID 1 of its own namespace (NSpid ends in 1), not a fork of it that has not exec'd yet.
+      if [ "$(cat /proc/"$g"/comm 2>/dev/null)" = systemd ] && [ "$(readlink /proc/"$g"/ns/pid)" != "$mypidns" ] \
+          && [ "$(awk '/^NSpid:/{print $NF}' /proc/"$g"/status 2>/dev/null)" = 1 ]; then
         cpid=$g
       fi
     done
@@ -266,10 +279,14 @@ for _ in $(seq 1 200); do
   kill -0 "$nspawn_pid" 2>/dev/null || { cat "$work/console.log" >&2; fail "systemd-nspawn exited"; }
   sleep 0.1
 done
+echo "container PID 1: $cpid ($(grep NSpid /proc/$cpid/status))"
 [ -n "$cpid" ] || fail "no systemd (PID 1 of its own PID namespace) under systemd-nspawn $nspawn_pid"
 [ "$(readlink /proc/"$cpid"/ns/pid)" != "$mypidns" ] || fail "PID $cpid shares our PID namespace"
 inside() { nsenter -t "$cpid" -a env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 "$@"; }
-state=$(inside timeout 60 systemctl is-system-running --wait 2>/dev/null || true)
+# systemctl needs the manager's socket, which PID 1 makes a moment after it starts.
+for _ in $(seq 1 300); do inside test -S /run/systemd/private 2>/dev/null && break; sleep 0.1; done
+state=$(inside timeout 60 systemctl is-system-running --wait 2>"$work/state.err" || true)
+[ -s "$work/state.err" ] && cat "$work/state.err" >&2
 case "$state" in
   running) ;;
   degraded) echo "container degraded:"; inside systemctl --failed --no-pager ;;
@@ -300,6 +317,10 @@ echo "installed: units enabled, agent skipped until it has a token, token file r
 
 # ---- configure (what an operator does) --------------------------------------------------------
 step "configuring /etc/nowconnect (cloud.yaml, premise.yaml, TLS, JWKS, token)"
+# Token A expires soon: the agent reconnects 50 s before (refresh_before_exp_sec) with what the
+# file holds then, which will be token B. The relay allows no clock leeway here.
+exp_a=$(( $(date +%s) + 62 ))
+mint tok-a "$exp_a" >"$share/token-a.jwt"
 inside sh -ec '
   install -m 0640 -o root -g nowconnect-relay /share/cloud.yaml /etc/nowconnect/cloud.yaml
   install -m 0640 -o root -g nowconnect-agent /share/premise.yaml /etc/nowconnect/premise.yaml
