@@ -40,6 +40,12 @@ scripts/k8s-check.sh
 step "ARM agents under qemu-user against the x86-64 relay (wss://, private CA)"
 scripts/qemu-smoke.sh
 
+step "Debian packages (agent amd64/arm64/armhf, relay amd64)"
+scripts/build-debs.sh
+
+step "the packages under a booted systemd (systemd-nspawn)"
+scripts/systemd-container-test.sh
+
 step "agent footprint"
 scripts/footprint.sh
 

@@ -8,7 +8,26 @@ use crate::config::{split_list, AgentConfig, ConfigError, Env, Layer, PartialTar
 
 /// NowConnect premise agent: one outbound tunnel to the relay, TCP streams to local targets.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "nowconnect-agent", version)]
+#[command(
+    name = "nowconnect-agent",
+    version,
+    about = "NowConnect premise agent: one outbound tunnel to the relay, TCP streams to local targets",
+    long_about = "nowconnect-agent keeps one outbound wss:// tunnel to a NowConnect relay and opens a \
+TCP connection to a local target (LDAP/AD, a database, SSH...) for every stream the relay sends \
+for one of its exported connectors. It never listens on a data-plane port; its only listener is \
+the health port, which answers OK, then READY once the relay has acknowledged the agent.\n\n\
+Settings come from flags, then the environment (NC_*), then the YAML file, then defaults.",
+    after_long_help = "FILES:\n  \
+/etc/nowconnect/premise.yaml  configuration (the package's unit passes it with --config)\n  \
+/etc/nowconnect/token         bearer token (a JWT), re-read at every connect: replace it to rotate\n  \
+/etc/nowconnect/agent.env     environment for the systemd unit (optional)\n\n\
+SIGNALS:\n  \
+SIGTERM, SIGINT  stop: close the tunnel, let open streams end (at most 5 s)\n\n\
+EXIT STATUS:\n  \
+0 clean stop or --check passed; 2 the configuration is invalid; 1 any other failure.\n\n\
+SEE ALSO:\n  \
+systemctl status nowconnect-agent, journalctl -u nowconnect-agent, README.md"
+)]
 pub struct Cli {
     /// YAML configuration file (premise.yaml).
     #[arg(long, short = 'c', value_name = "FILE")]

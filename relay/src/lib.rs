@@ -27,6 +27,7 @@ mod listeners;
 mod liveness;
 mod mesh;
 pub mod metrics;
+pub mod notify;
 mod pdp;
 mod portal;
 mod preauth;
@@ -227,6 +228,11 @@ impl RelayHandle {
             .filter(|t| &*t.agent_id == agent_id)
             .map(|t| t.epoch.load(Ordering::Acquire))
             .max()
+    }
+
+    /// Agent tunnels up now (what the `nowconnect_agents_connected` gauge shows).
+    pub fn agents_connected(&self) -> usize {
+        usize::try_from(self.shared.metrics.agents_connected.get()).unwrap_or(0)
     }
 
     /// Client connections open now.

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use nowconnect_relay::config::ProcessEnv;
+use nowconnect_relay::notify::{self, Notifier};
 use nowconnect_relay::{start_sharded, RelayConfig, Shards, StartError};
 use tracing::{info, warn};
 
@@ -16,12 +17,32 @@ use tracing::{info, warn};
 #[command(
     name = "nowconnect-relay",
     version,
-    about = "NowConnect relay (cloud hub)"
+    about = "NowConnect relay (cloud hub): agent tunnels on /tunnel, one TCP listener per connector",
+    long_about = "nowconnect-relay accepts the tunnels of NowConnect agents on /tunnel (JWT from \
+the IdP's JWKS), binds one TCP listener per connector and relays every client connection on a \
+listener through the tunnel of an agent that exported that connector. It also serves /healthz, \
+/readyz, /metrics and the portal API (/api/v1).",
+    after_long_help = "FILES:\n  \
+/etc/nowconnect/cloud.yaml   configuration (the package's unit passes it with --config)\n  \
+/etc/nowconnect/relay.env    environment overrides for the systemd unit (NOWCONNECT_*)\n  \
+/var/lib/nowconnect          state_dir: portal state (StateDirectory= of the unit)\n  \
+/var/log/nowconnect          audit trail, audit.jsonl (LogsDirectory= of the unit)\n\n\
+SIGNALS:\n  \
+SIGTERM, SIGINT  stop accepting, let open streams finish (limits.shutdown_grace_ms), exit 0\n\n\
+SYSTEMD:\n  \
+Type=notify: READY=1 once every listener is bound and /tunnel serves; WATCHDOG=1; STATUS=.\n\n\
+EXIT STATUS:\n  \
+0 clean stop or --check passed; 2 the configuration cannot work; 1 any other failure.\n\n\
+SEE ALSO:\n  \
+systemctl status nowconnect-relay, journalctl -u nowconnect-relay, README.md"
 )]
 struct Args {
     /// Relay configuration (YAML).
     #[arg(long, env = "NC_CONFIG", default_value = "config/cloud.yaml")]
     config: PathBuf,
+    /// Validate the configuration and exit (0: valid).
+    #[arg(long)]
+    check: bool,
 }
 
 fn init_logging(default_level: &str) {
@@ -140,6 +161,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        println!("configuration OK: {}", args.config.display());
+        return ExitCode::SUCCESS;
+    }
     init_logging(&cfg.observability.log_level);
     // tokio reads the same variable and panics on a bad value: refuse it here, in one line.
     let threads = match thread_count() {
@@ -169,6 +194,8 @@ fn main() -> ExitCode {
     let code = rt.block_on(async {
         let mut signals = Signals::watch();
         let mut hangups = Hangups::watch();
+        // Type=notify: systemd sets NOTIFY_SOCKET (and WATCHDOG_USEC with WatchdogSec=).
+        let notify = Notifier::from_env(&ProcessEnv);
         let handle = match start_sharded(cfg, Some(shards.clone())).await {
             Ok(h) => h,
             Err(e @ StartError::Config(_)) => {
@@ -184,26 +211,37 @@ fn main() -> ExitCode {
             shards = shards.len(),
             "tunnels run on one thread each, spread over the shards"
         );
-        loop {
-            tokio::select! {
-                _ = signals.recv() => break,
-                _ = hangups.recv() => {
-                    info!(config = %args.config.display(), "SIGHUP: reloading the configuration");
-                    // Logged, audited and counted inside; a refused file leaves everything as is.
-                    // A stop signal during a reload (which may wait on an IdP) wins: a reload
-                    // swaps nothing before its last step, so dropping it changes nothing.
-                    tokio::select! {
-                        _ = handle.reload(&args.config, &ProcessEnv) => {}
-                        _ = signals.recv() => break,
+        {
+            // Every listener is bound and the tunnel HTTP server serves.
+            let status = || notify::status_line(handle.agents_connected(), handle.open_connections());
+            notify.ready(&status());
+            let keep_alive = notify.keep_alive(status);
+            tokio::pin!(keep_alive);
+            loop {
+                tokio::select! {
+                    _ = signals.recv() => break,
+                    _ = &mut keep_alive => {}
+                    _ = hangups.recv() => {
+                        info!(config = %args.config.display(), "SIGHUP: reloading the configuration");
+                        // Logged, audited and counted inside; a refused file leaves everything as is.
+                        // A stop signal during a reload (which may wait on an IdP) wins: a reload
+                        // swaps nothing before its last step, so dropping it changes nothing.
+                        tokio::select! {
+                            _ = handle.reload(&args.config, &ProcessEnv) => {}
+                            _ = &mut keep_alive => {}
+                            _ = signals.recv() => break,
+                        }
                     }
                 }
             }
         }
         info!("signal received: graceful shutdown (a second signal stops at once)");
+        notify.stopping("stopping: open streams may finish (limits.shutdown_grace_ms)");
         handle.shutdown();
         tokio::select! {
             _ = handle.wait() => {}
             _ = signals.recv() => warn!("second signal: stopping now"),
+            _ = notify.keep_alive(|| "stopping".to_string()) => {}
         }
         ExitCode::SUCCESS
     });
