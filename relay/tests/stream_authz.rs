@@ -333,3 +333,34 @@ async fn streams_per_agent_are_capped() {
     agent.ping_pong(&mut d, d_id).await;
     agent.ping_pong(&mut b, b_id).await;
 }
+
+/// A PDP added by a reload decides the next OPEN on a tunnel that was up before the reload;
+/// removed again, OPENs go through without asking it.
+#[tokio::test]
+async fn a_pdp_added_by_reload_decides_on_tunnels_already_up() {
+    use nowconnect_relay::config::ProcessEnv;
+    use nowconnect_testkit::temp::{self, TempDir};
+    log::init();
+    let pdp = Pdp::start(false).await;
+    let dir = TempDir::new("authz-reload");
+    let path = dir.write("cloud.yaml", &yaml(DEV));
+    let cfg = RelayConfig::load(&path, &ProcessEnv).expect("valid relay config");
+    let relay = nowconnect_relay::start(cfg).await.expect("relay starts");
+    let mut agent = v2_agent(relay.tunnel_addr(), "pdp-agent", &["addomain"]).await;
+    let _first = net::connect(ldap(&relay)).await;
+    agent.expect_open("addomain").await;
+
+    temp::replace(&path, &yaml(&pdp.yaml("")));
+    let report = relay.reload(&path, &ProcessEnv).await.expect("applied");
+    assert!(report.summary().contains("pdp"), "{}", report.summary());
+    let mut second = net::connect(ldap(&relay)).await;
+    denied(&mut agent, &mut second).await;
+    assert_eq!(decisions(&relay, "deny"), 1);
+    assert_eq!(pdp.server.hits(), 1);
+
+    temp::replace(&path, &yaml(DEV));
+    relay.reload(&path, &ProcessEnv).await.expect("applied");
+    let _third = net::connect(ldap(&relay)).await;
+    agent.next_open("addomain").await;
+    assert_eq!(pdp.server.hits(), 1, "a removed PDP is not asked");
+}
