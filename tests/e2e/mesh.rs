@@ -272,6 +272,37 @@ async fn a_stream_with_a_stale_epoch_is_refused_by_the_owner_and_counted() {
     nowconnect_testkit::io::echo_through(listener(&p.b, "db"), b"fenced and fine", DEADLINE).await;
 }
 
+/// A registry entry whose fields cannot go into a FORWARD frame (an agent_id over 255 bytes):
+/// the client is reset at once, not left waiting for a stream that never opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_that_does_not_encode_resets_the_client_at_once() {
+    let echo = target::echo().await;
+    let p = pair(echo.addr).await;
+    let url = format!("ws://{}/mesh", p.a.mesh_addr().expect("A serves /mesh"));
+    let long = "x".repeat(300);
+    p.b.set_cluster_view_for_test(
+        &[("db", "relay-a", &long, EPOCH)],
+        &[],
+        &[("relay-a", &url)],
+    );
+    closed_without_data(listener(&p.b, "db")).await;
+    assert_eq!(
+        value(
+            &p.b.metrics_text(),
+            "nowconnect_mesh_backpressure_drops_total{peer=\"relay-a\",reason=\"bad_forward\"}"
+        ),
+        1
+    );
+    // The link still serves a well-formed entry.
+    p.b.set_cluster_view_for_test(
+        &[("db", "relay-a", "premise-01", EPOCH)],
+        &[],
+        &[("relay-a", &url)],
+    );
+    nowconnect_testkit::io::echo_through(listener(&p.b, "db"), b"after a bad entry", DEADLINE)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutting_the_mesh_link_fails_only_cross_relay_flows_and_it_comes_back() {
     let echo = target::echo().await;

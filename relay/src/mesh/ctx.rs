@@ -34,14 +34,23 @@ impl LinkCtx {
     /// full control queue means the peer provokes answers faster than it reads them (refused
     /// FORWARDs answer with RSTs of streams that never enter the table): the link ends.
     pub fn ctrl(&self, f: &Frame) {
+        let _ = self.try_ctrl(f);
+    }
+
+    /// As [`LinkCtx::ctrl`]; false when `f` does not encode (nothing was queued).
+    pub fn try_ctrl(&self, f: &Frame) -> bool {
         match binary::encode_to_bytes(f, &Limits::default()) {
             Ok(b) => {
                 if let Err(mpsc::error::TrySendError::Full(_)) = self.ctrl.try_send(b) {
                     warn!(peer = %self.peer, "mesh peer does not read its answers; closing the link");
                     self.token.cancel();
                 }
+                true
             }
-            Err(e) => warn!(peer = %self.peer, error = %e, "mesh frame does not encode"),
+            Err(e) => {
+                warn!(peer = %self.peer, error = %e, "mesh frame does not encode");
+                false
+            }
         }
     }
 }

@@ -70,9 +70,19 @@ pub(super) async fn run(
             core.drop_stream(&peer, "link_down");
             req.refuse();
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = root.cancelled() => return,
+        // A client handed over just as the link went down is refused at once, not after the
+        // backoff.
+        let pause = tokio::time::sleep(backoff);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                _ = root.cancelled() => return,
+                Some(req) = opens.recv() => {
+                    core.drop_stream(&peer, "link_down");
+                    req.refuse();
+                }
+            }
         }
         backoff = (backoff * 2).min(core.cfg.connect_backoff_max);
     }

@@ -235,7 +235,14 @@ fn open(demux: &mut Demux<Handle>, ctx: &Arc<LinkCtx>, serial: &mut u64, req: Op
     let forward = req.forward(id, &ctx.core.replica_id);
     // Queued before the bridge exists, so it precedes every DATA of the stream: the writer
     // always empties the control queue before it takes from the data queue.
-    ctx.ctrl(&forward);
+    if !ctx.try_ctrl(&forward) {
+        // A registry entry with fields over the frame's limits (an over-long agent_id, say):
+        // the client is reset now instead of waiting for a stream that never opens.
+        demux.remove(id);
+        ctx.core.drop_stream(&ctx.peer, "bad_forward");
+        req.refuse();
+        return;
+    }
     demux.announce(id);
     let b = Bridge {
         key: Key { id, serial: s },
