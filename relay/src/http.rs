@@ -45,7 +45,6 @@ use crate::abuse::{Refusal, SourceKey};
 use crate::audit::{Action, Event};
 use crate::auth::{self, AuthError};
 use crate::conn::reject;
-use crate::metrics::ReasonLabel;
 use crate::preauth::{Preauth, PreauthSlot};
 use crate::proxy_protocol::{self, ProxyError};
 use crate::Shared;
@@ -371,6 +370,9 @@ async fn handle(
         (_, p) if routes.portal && (p == "/api/v1" || p.starts_with("/api/v1/")) => {
             crate::portal::handle(req, peer, shared).await
         }
+        (_, p) if routes.portal && (p == "/ui" || p.starts_with("/ui/")) => {
+            crate::ui::handle(req, peer, shared).await
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -385,11 +387,7 @@ fn refuse(
     reason: &'static str,
     message: &str,
 ) -> Response<Body> {
-    shared
-        .metrics
-        .agent_auth_failures
-        .get_or_create(&ReasonLabel { reason })
-        .inc();
+    shared.metrics.agent_auth_failed(reason);
     shared.audit.record(
         Event::new(Action::TunnelAuth, false)
             .reason(reason)
@@ -449,13 +447,7 @@ async fn upgrade(
         Ok(slot) => slot,
         Err(refusal) => {
             // Not audited one by one: a source in cool-down may knock thousands of times.
-            shared
-                .metrics
-                .agent_auth_failures
-                .get_or_create(&ReasonLabel {
-                    reason: refusal.reason(),
-                })
-                .inc();
+            shared.metrics.agent_auth_failed(refusal.reason());
             debug!(%peer, reason = refusal.reason(), "tunnel attempt refused");
             let mut r = match refusal {
                 Refusal::Cooldown(_) => text(
@@ -536,13 +528,7 @@ async fn upgrade(
     if let Some(id) = &identity {
         if shared.state.is_blocked(&id.agent_id) {
             // Not a credential failure: does not count toward the source's cool-down.
-            shared
-                .metrics
-                .agent_auth_failures
-                .get_or_create(&ReasonLabel {
-                    reason: "agent_blocked",
-                })
-                .inc();
+            shared.metrics.agent_auth_failed("agent_blocked");
             shared.audit.record(
                 Event::new(Action::TunnelAuth, false)
                     .reason("agent_blocked")

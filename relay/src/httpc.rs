@@ -20,6 +20,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+const JSON: &str = "application/json";
+const FORM: &str = "application/x-www-form-urlencoded";
+
 /// Why a request failed. The variant names double as log reasons.
 #[derive(Debug, Error)]
 pub(crate) enum HttpError {
@@ -98,6 +101,7 @@ impl HttpClient {
     ) -> Result<Bytes, HttpError> {
         self.request(Method::GET, url, None, max_body, timeout)
             .await
+            .map(|(_, b)| b)
     }
 
     /// POST a JSON body; the body of a 2xx answer, at most `max_body` bytes.
@@ -108,7 +112,21 @@ impl HttpClient {
         max_body: usize,
         timeout: Duration,
     ) -> Result<Bytes, HttpError> {
-        self.request(Method::POST, url, Some(body), max_body, timeout)
+        self.request(Method::POST, url, Some((JSON, body)), max_body, timeout)
+            .await
+            .map(|(_, b)| b)
+    }
+
+    /// POST an `application/x-www-form-urlencoded` body (an OAuth token request); the status
+    /// and body of any answer (an IdP explains a refusal in a 400's JSON body).
+    pub async fn post_form(
+        &self,
+        url: &str,
+        body: Bytes,
+        max_body: usize,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        self.request(Method::POST, url, Some((FORM, body)), max_body, timeout)
             .await
     }
 
@@ -116,10 +134,12 @@ impl HttpClient {
         &self,
         method: Method,
         url: &str,
-        body: Option<Bytes>,
+        body: Option<(&'static str, Bytes)>,
         max_body: usize,
         timeout: Duration,
-    ) -> Result<Bytes, HttpError> {
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        // Only a form post wants to read a refusal's body.
+        let any_status = matches!(body, Some((FORM, _)));
         let uri: Uri = url.parse().map_err(|_| HttpError::Url(url.to_owned()))?;
         let https = match uri.scheme_str() {
             Some("https") => true,
@@ -144,11 +164,15 @@ impl HttpClient {
             .header(header::ACCEPT, "application/json")
             .header(header::USER_AGENT, "nowconnect-relay")
             .header(header::CONNECTION, "close");
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
+        let body = match body {
+            Some((kind, b)) => {
+                req = req.header(header::CONTENT_TYPE, kind);
+                b
+            }
+            None => Bytes::new(),
+        };
         let req = req
-            .body(Full::new(body.unwrap_or_default()))
+            .body(Full::new(body))
             .map_err(|_| HttpError::Url(url.to_owned()))?;
 
         let work = async {
@@ -160,9 +184,9 @@ impl HttpClient {
                 let name = ServerName::try_from(host.clone())
                     .map_err(|_| HttpError::Url(url.to_owned()))?;
                 let tls = self.tls.connect(name, tcp).await.map_err(HttpError::Tls)?;
-                exchange(tls, req, max_body).await
+                exchange(tls, req, max_body, any_status).await
             } else {
-                exchange(tcp, req, max_body).await
+                exchange(tcp, req, max_body, any_status).await
             }
         };
         tokio::time::timeout(timeout, work)
@@ -172,7 +196,12 @@ impl HttpClient {
 }
 
 /// Sends `req` on a fresh connection and reads the answer, driving the connection meanwhile.
-async fn exchange<I>(io: I, req: Request<Full<Bytes>>, max_body: usize) -> Result<Bytes, HttpError>
+async fn exchange<I>(
+    io: I,
+    req: Request<Full<Bytes>>,
+    max_body: usize,
+    any_status: bool,
+) -> Result<(StatusCode, Bytes), HttpError>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -180,7 +209,7 @@ where
     let call = async move {
         let resp = sender.send_request(req).await?;
         let status = resp.status();
-        if !status.is_success() {
+        if !status.is_success() && !any_status {
             return Err(HttpError::Status(status));
         }
         if resp
@@ -196,7 +225,7 @@ where
             .collect()
             .await
             .map_err(|_| HttpError::Body)?;
-        Ok(body.to_bytes())
+        Ok((status, body.to_bytes()))
     };
     tokio::pin!(conn);
     tokio::pin!(call);

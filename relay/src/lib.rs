@@ -19,6 +19,7 @@ mod checkers;
 mod cluster;
 pub mod config;
 mod conn;
+mod history;
 mod http;
 mod httpc;
 mod jwks;
@@ -40,6 +41,7 @@ mod shards;
 pub mod state;
 mod tls;
 mod tunnel;
+mod ui;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -119,6 +121,12 @@ pub(crate) struct Shared {
     pub tls: Option<tls::TunnelTls>,
     /// One reload at a time.
     pub reloading: tokio::sync::Mutex<()>,
+    /// Per-minute traffic of the last hour, for the dashboard.
+    pub history: history::History,
+    /// The dashboard's IdP (discovery cache).
+    pub oidc: ui::oidc::Oidc,
+    /// When this relay started, Unix ms.
+    pub started_ms: u64,
 }
 
 /// Now as Unix milliseconds.
@@ -586,6 +594,9 @@ pub async fn start_with(
         cluster,
         tls: tls.clone(),
         reloading: tokio::sync::Mutex::new(()),
+        history: history::History::default(),
+        oidc: ui::oidc::Oidc::default(),
+        started_ms: unix_ms(),
     });
     shared
         .checkers
@@ -594,6 +605,7 @@ pub async fn start_with(
     shared
         .tasks
         .spawn(audit::run_ticker(shared.audit.clone(), shared.root.clone()));
+    shared.tasks.spawn(portal::history::run(shared.clone()));
     cluster::run::start(&shared, directory, tunnel_addr);
     for (l, socket, addr) in bound {
         start_listener(&shared, &l, socket, addr);

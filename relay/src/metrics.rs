@@ -162,6 +162,11 @@ pub struct Metrics {
     pub mesh: MeshMetrics,
     /// Configuration reloads (SIGHUP), by result (`applied`, `refused`).
     pub config_reloads: Family<ResultLabel, Counter>,
+    /// Refused authentications of agents and portal callers together, for the dashboard's
+    /// history (not exported: the two families above are).
+    pub auth_refusals: Counter,
+    /// CSP violation reports the dashboard's browsers sent (`nowconnect_ui_csp_reports_total`).
+    pub ui_csp_reports: Counter,
 }
 
 impl Default for Metrics {
@@ -218,8 +223,15 @@ impl Metrics {
             registry_claims: Gauge::default(),
             mesh: MeshMetrics::new(),
             config_reloads: Family::default(),
+            auth_refusals: Counter::default(),
+            ui_csp_reports: Counter::default(),
             registry: Registry::default(),
         };
+        registry.register(
+            "nowconnect_ui_csp_reports",
+            "Content-Security-Policy violation reports sent by browsers showing the dashboard (/ui/)",
+            m.ui_csp_reports.clone(),
+        );
         registry.register(
             "nowconnect_config_reloads",
             "Configuration reloads (SIGHUP), by result (applied, refused: the running configuration stayed)",
@@ -430,6 +442,22 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts a refused agent authentication (`/tunnel` or HELLO).
+    pub fn agent_auth_failed(&self, reason: &'static str) {
+        self.agent_auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        self.auth_refusals.inc();
+    }
+
+    /// Counts a refused portal request.
+    pub fn portal_auth_failed(&self, reason: &'static str) {
+        self.portal_auth_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        self.auth_refusals.inc();
     }
 
     /// Per-connector handles for the data path.

@@ -35,7 +35,7 @@ pub use limits::LimitsConfig;
 pub use listeners::ListenerConfig;
 pub use observability::ObservabilityConfig;
 pub use pdp::PdpConfig;
-pub use portal::{PolicyDefaults, PortalConfig, DEFAULT_PORTAL_AUDIENCE};
+pub use portal::{OidcConfig, PolicyDefaults, PortalConfig, DEFAULT_PORTAL_AUDIENCE};
 pub use preauth::PreauthConfig;
 pub use security::{AbuseConfig, DuplicatePolicy, JwtConfig, SecurityConfig, DEFAULT_AUDIENCE};
 pub use tunnel::{TlsConfig, TunnelConfig, DEFAULT_TUNNEL_PORT};
@@ -153,6 +153,7 @@ impl RelayConfig {
                 issuer: None,
                 admin_role: portal::DEFAULT_ADMIN_ROLE.to_owned(),
                 defaults: PolicyDefaults::new(false),
+                oidc: None,
             },
             audit_file: None,
             audit_limits: crate::audit::RefusalLimits::default(),

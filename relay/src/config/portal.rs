@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 
+use super::check::check_http_url;
 use super::collector::Collector;
 use super::jwks::{jwks_source, JwksSource};
-use super::raw::RawPortal;
+use super::raw::{RawOidc, RawPortal, RawScopes};
 use super::security::SecurityConfig;
 
 /// The portal tokens' default audience.
@@ -26,6 +27,20 @@ pub struct PortalConfig {
     pub admin_role: String,
     /// Policy values used until an operator changes them (then the state file wins).
     pub defaults: PolicyDefaults,
+    /// The dashboard's OpenID Connect sign-in; `None`: paste-a-token only.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// `portal.oidc`: the IdP the dashboard signs operators in with (authorization code + PKCE).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OidcConfig {
+    /// The IdP's issuer URL, without a trailing `/`; the discovery document is
+    /// `<issuer>/.well-known/openid-configuration` and must name this issuer.
+    pub issuer: String,
+    /// The dashboard's client (a public client: no secret).
+    pub client_id: String,
+    /// Requested scopes, `openid` first.
+    pub scopes: Vec<String>,
 }
 
 /// Start values of the four policies.
@@ -107,6 +122,9 @@ pub(super) fn validate_portal(
     if !defaults.mfa_required {
         c.warn("portal.mfa_required is off: portal tokens need no second factor");
     }
+    let oidc = pt
+        .oidc
+        .and_then(|o| validate_oidc(c, o, security.allow_insecure_http));
     PortalConfig {
         bind,
         jwks,
@@ -114,5 +132,66 @@ pub(super) fn validate_portal(
         issuer,
         admin_role,
         defaults,
+        oidc,
     }
+}
+
+/// Longest client id and scope list accepted (they travel in a URL).
+const MAX_OIDC_FIELD: usize = 256;
+const MAX_SCOPES: usize = 16;
+
+fn validate_oidc(c: &mut Collector, o: RawOidc, allow_insecure: bool) -> Option<OidcConfig> {
+    let issuer = o
+        .issuer
+        .map(|i| i.trim().trim_end_matches('/').to_owned())
+        .unwrap_or_default();
+    let client_id = o.client_id.map(|i| i.trim().to_owned()).unwrap_or_default();
+    let mut ok = true;
+    if issuer.is_empty() {
+        c.bad(
+            "portal.oidc.issuer",
+            "is required (the IdP's issuer URL, e.g. https://login.example.com/realms/ops)",
+        );
+        ok = false;
+    } else if !check_http_url(c, "portal.oidc.issuer", &issuer, allow_insecure) {
+        ok = false;
+    }
+    let token_char = |ch: char| ch.is_ascii_graphic() && ch != '"' && ch != '\\';
+    if client_id.is_empty() {
+        c.bad(
+            "portal.oidc.client_id",
+            "is required (the dashboard's client id at the IdP)",
+        );
+        ok = false;
+    } else if client_id.len() > MAX_OIDC_FIELD || !client_id.chars().all(token_char) {
+        c.bad(
+            "portal.oidc.client_id",
+            "must be 1 to 256 printable ASCII characters without spaces or quotes",
+        );
+        ok = false;
+    }
+    let mut scopes: Vec<String> = match o.scopes {
+        None => vec!["openid".to_owned()],
+        Some(RawScopes::Line(l)) => l.split_whitespace().map(str::to_owned).collect(),
+        Some(RawScopes::List(v)) => v.into_iter().map(|s| s.trim().to_owned()).collect(),
+    };
+    if scopes.len() > MAX_SCOPES
+        || scopes
+            .iter()
+            .any(|s| s.is_empty() || s.len() > MAX_OIDC_FIELD || !s.chars().all(token_char))
+    {
+        c.bad(
+            "portal.oidc.scopes",
+            "takes at most 16 scopes, each printable ASCII without spaces or quotes",
+        );
+        ok = false;
+    }
+    if !scopes.iter().any(|s| s == "openid") {
+        scopes.insert(0, "openid".to_owned());
+    }
+    ok.then_some(OidcConfig {
+        issuer,
+        client_id,
+        scopes,
+    })
 }

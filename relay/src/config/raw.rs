@@ -179,6 +179,24 @@ pub(super) struct RawPortal {
     pub(super) mfa_required: Option<bool>,
     pub(super) pdp_enforce: Option<bool>,
     pub(super) cidr_allowlists: Option<bool>,
+    pub(super) oidc: Option<RawOidc>,
+}
+
+/// `portal.oidc`: the dashboard's sign-in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOidc {
+    pub(super) issuer: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) scopes: Option<RawScopes>,
+}
+
+/// Scopes as a list or one space-separated string.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawScopes {
+    List(Vec<String>),
+    Line(String),
 }
 
 #[derive(Debug, Default, Deserialize)]

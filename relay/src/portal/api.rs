@@ -94,6 +94,8 @@ pub struct ListenerView {
     pub name: String,
     /// The bound address.
     pub bind: String,
+    /// Client networks this listener admits (empty: any, within `security.allow_cidrs`).
+    pub allow_cidrs: Vec<String>,
 }
 
 /// A connector: its listeners and the agents serving it.
@@ -229,6 +231,76 @@ pub struct DisconnectQuery {
     pub block: Option<bool>,
 }
 
+/// Who the bearer token names (the dashboard asks this first).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MeView {
+    /// The token's `sub`.
+    pub subject: String,
+    /// Holds `portal.admin_role`: sees and changes everything.
+    pub admin: bool,
+    /// For an agent-scoped token, the one agent it sees.
+    pub agent_id: Option<String>,
+}
+
+/// A connector and how many agents serve it (here and on other relays).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConnectorState {
+    pub name: String,
+    /// 0: clients of this connector are refused.
+    pub agents: u64,
+}
+
+/// A policy's id and whether it is on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyState {
+    pub id: String,
+    pub enabled: bool,
+}
+
+/// The relay at a glance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusView {
+    pub version: String,
+    /// `ha.replica_id`.
+    pub relay: String,
+    #[schema(format = DateTime)]
+    pub started: String,
+    pub uptime_sec: u64,
+    /// Distinct agent_ids with a tunnel to this relay.
+    pub agents_connected: u64,
+    pub connectors: Vec<ConnectorState>,
+    pub active_sessions: u64,
+    /// Refused agent and portal authentications in the last 60 minutes.
+    pub auth_failures_last_hour: u64,
+    pub policies: Vec<PolicyState>,
+}
+
+/// One minute of traffic.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MinuteView {
+    /// Start of the minute, Unix ms.
+    pub t: u64,
+    /// Payload bytes client to agent in that minute.
+    pub bytes_c2a: u64,
+    /// Payload bytes agent to client in that minute.
+    pub bytes_a2c: u64,
+    /// Client connections accepted in that minute.
+    pub streams: u64,
+    /// Refused authentications in that minute (relay-wide buckets only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_failures: Option<u64>,
+}
+
+/// Per-minute traffic of the last hour, relay-wide and per connector (oldest first; the last
+/// minute is the current one, partial: divide by `now_ms - t` for a rate).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryView {
+    pub interval_sec: u64,
+    pub now_ms: u64,
+    pub buckets: Vec<MinuteView>,
+    pub connectors: std::collections::BTreeMap<String, Vec<MinuteView>>,
+}
+
 /// Most audit records one request returns.
 pub const MAX_AUDIT_LIMIT: u32 = 1000;
 pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
@@ -253,6 +325,9 @@ pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
         super::handlers::list_sessions,
         super::handlers::terminate_session,
         super::handlers::query_audit,
+        super::dashboard::me,
+        super::dashboard::status,
+        super::dashboard::history,
     ),
     components(schemas(
         ErrorBody,
@@ -267,6 +342,12 @@ pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
         DisconnectResult,
         UnblockResult,
         TerminateResult,
+        MeView,
+        ConnectorState,
+        PolicyState,
+        StatusView,
+        MinuteView,
+        HistoryView,
         Action
     )),
     modifiers(&Common),

@@ -19,7 +19,7 @@ use crate::state::{PolicyId, StateError};
 /// A successful answer: status and JSON body.
 pub(crate) type Reply = Result<(StatusCode, Vec<u8>), ApiError>;
 
-fn ok<T: Serialize>(value: &T) -> Reply {
+pub(super) fn ok<T: Serialize>(value: &T) -> Reply {
     serde_json::to_vec(value)
         .map(|b| (StatusCode::OK, b))
         .map_err(|_| ApiError::internal("cannot encode the answer"))
@@ -266,12 +266,19 @@ pub(crate) fn list_connectors(ctx: &Ctx<'_>) -> Reply {
                 active_streams: 0,
             });
     };
+    let configs = ctx.shared.listeners.configs();
     for l in ctx.shared.listeners.bound() {
         entry(&mut rows, &l.connector);
+        let allow_cidrs = configs
+            .iter()
+            .find(|c| c.name == l.name)
+            .map(|c| c.allow_cidrs.iter().map(ToString::to_string).collect())
+            .unwrap_or_default();
         if let Some(c) = rows.get_mut(&l.connector) {
             c.listeners.push(ListenerView {
                 name: l.name.clone(),
                 bind: l.addr.to_string(),
+                allow_cidrs,
             });
         }
     }

@@ -10,7 +10,9 @@
 
 pub(crate) mod api;
 mod auth;
+mod dashboard;
 mod handlers;
+pub(crate) mod history;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -25,7 +27,7 @@ use time::format_description::well_known::Rfc3339;
 use tracing::debug;
 
 use crate::audit::{Action, Event};
-use crate::metrics::{PortalLabels, ReasonLabel};
+use crate::metrics::PortalLabels;
 use crate::Shared;
 use auth::{Refusal, Scope};
 
@@ -169,6 +171,9 @@ enum Route {
     Sessions,
     Session(String),
     Audit,
+    Me,
+    Status,
+    History,
 }
 
 impl Route {
@@ -186,6 +191,9 @@ impl Route {
             ["sessions"] => Route::Sessions,
             ["sessions", c] => Route::Session(id(c)?),
             ["audit"] => Route::Audit,
+            ["me"] => Route::Me,
+            ["status"] => Route::Status,
+            ["history"] => Route::History,
             _ => return None,
         })
     }
@@ -201,6 +209,9 @@ impl Route {
             Route::Sessions => "/api/v1/sessions",
             Route::Session(_) => "/api/v1/sessions/{cid}",
             Route::Audit => "/api/v1/audit",
+            Route::Me => "/api/v1/me",
+            Route::Status => "/api/v1/status",
+            Route::History => "/api/v1/history",
         }
     }
 
@@ -215,7 +226,10 @@ impl Route {
 
     /// Operations an agent-scoped token may call (read-only, filtered to its agent).
     fn scoped_ok(&self) -> bool {
-        matches!(self, Route::Agents | Route::Sessions | Route::Audit)
+        matches!(
+            self,
+            Route::Agents | Route::Sessions | Route::Audit | Route::Me
+        )
     }
 }
 
@@ -321,11 +335,7 @@ fn refuse(
     actor: Option<&str>,
 ) -> Response<Body> {
     let reason = refusal.reason();
-    shared
-        .metrics
-        .portal_auth_failures
-        .get_or_create(&ReasonLabel { reason })
-        .inc();
+    shared.metrics.portal_auth_failed(reason);
     let mut event = Event::new(Action::PortalAuth, false)
         .reason(reason)
         .resource(format!("portal:{template}"))
@@ -390,7 +400,7 @@ async fn dispatch(
             let refusal = Refusal::Forbidden {
                 reason: "read_only_scope",
                 message:
-                    "an agent-scoped token may only list its agent, sessions and audit records"
+                    "an agent-scoped token may only list its agent, sessions and audit records (and /me)"
                         .to_owned(),
             };
             return refuse(shared, peer, template, &refusal, Some(&caller.actor()));
@@ -432,6 +442,9 @@ async fn dispatch(
         Route::Sessions => handlers::list_sessions(&ctx),
         Route::Session(cid) => handlers::terminate_session(&ctx, cid),
         Route::Audit => handlers::query_audit(&ctx),
+        Route::Me => dashboard::me(&ctx),
+        Route::Status => dashboard::status(&ctx),
+        Route::History => dashboard::history(&ctx),
     };
     match result {
         Ok((status, body)) => json_response(status, body),
@@ -488,7 +501,7 @@ mod tests {
     fn openapi_document_lists_every_operation() {
         let doc: serde_json::Value = serde_json::from_str(&api::openapi_json()).expect("json");
         let paths = doc["paths"].as_object().expect("paths");
-        assert_eq!(paths.len(), 9, "{:?}", paths.keys());
+        assert_eq!(paths.len(), 12, "{:?}", paths.keys());
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

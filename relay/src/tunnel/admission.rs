@@ -21,7 +21,6 @@ use tokio_tungstenite::WebSocketStream;
 use crate::abuse::PendingSlot;
 use crate::audit::{Action, Event};
 use crate::auth::Identity;
-use crate::metrics::ReasonLabel;
 use crate::registry::{AgentHandle, Placed, Refused, Registration};
 use crate::Shared;
 
@@ -201,11 +200,7 @@ pub(super) fn record_refusal(
 ) {
     let reason = refusal.label();
     tracing::warn!(event = "hello_refused", %peer, agent_id = hello_agent_id.unwrap_or(""), reason, "agent tunnel refused: {refusal}");
-    shared
-        .metrics
-        .agent_auth_failures
-        .get_or_create(&ReasonLabel { reason })
-        .inc();
+    shared.metrics.agent_auth_failed(reason);
     let agent = admission
         .identity
         .as_ref()

@@ -124,3 +124,55 @@ fn portal_and_agent_audiences_must_differ() {
     )
     .is_ok());
 }
+
+#[test]
+fn portal_oidc_sign_in() {
+    let cfg = RelayConfig::from_yaml_str(MINIMAL).expect("valid");
+    assert_eq!(cfg.portal.oidc, None, "no sign-in unless configured");
+    let yaml = MINIMAL.to_owned()
+        + "portal:\n  oidc:\n    issuer: https://login.example.com/realms/ops/\n    client_id: nc-dashboard\n    scopes: profile email\n";
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid");
+    let o = cfg.portal.oidc.expect("oidc");
+    assert_eq!(
+        o.issuer, "https://login.example.com/realms/ops",
+        "trailing / dropped"
+    );
+    assert_eq!(o.client_id, "nc-dashboard");
+    assert_eq!(
+        o.scopes,
+        ["openid", "profile", "email"],
+        "openid is always asked for"
+    );
+    let yaml = MINIMAL.to_owned()
+        + "portal:\n  oidc:\n    issuer: http://127.0.0.1:9/\n    client_id: a\n    scopes: [openid, groups]\n";
+    let o = RelayConfig::from_yaml_str(&yaml)
+        .expect("loopback http is fine")
+        .portal
+        .oidc
+        .expect("oidc");
+    assert_eq!(o.scopes, ["openid", "groups"]);
+    let bad = MINIMAL.to_owned()
+        + "portal:\n  oidc:\n    issuer: http://idp.example.com\n    client_id: 'a b'\n    scopes: ['x\"y']\n";
+    let err = RelayConfig::from_yaml_str(&bad)
+        .expect_err("invalid")
+        .to_string();
+    for key in [
+        "portal.oidc.issuer",
+        "portal.oidc.client_id",
+        "portal.oidc.scopes",
+    ] {
+        assert!(err.contains(key), "{key} named in: {err}");
+    }
+    let err = RelayConfig::from_yaml_str(&(MINIMAL.to_owned() + "portal:\n  oidc: {}\n"))
+        .expect_err("empty")
+        .to_string();
+    assert!(
+        err.contains("portal.oidc.issuer") && err.contains("portal.oidc.client_id"),
+        "{err}"
+    );
+    let err =
+        RelayConfig::from_yaml_str(&(MINIMAL.to_owned() + "portal:\n  oidc:\n    secret: x\n"))
+            .expect_err("unknown key")
+            .to_string();
+    assert!(err.contains("secret"), "{err}");
+}
