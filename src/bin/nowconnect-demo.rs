@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let demo = nowconnect::demo::start(args.port).await?;
     let rtt = demo.self_check(b"hello through the tunnel\n").await?;
+    demo.dashboard_check().await?;
     let tunnel = demo.relay.tunnel_addr();
     println!(
         "NowConnect demo is running on loopback (self-check round trip: {} us)\n",
@@ -39,7 +40,9 @@ async fn main() -> anyhow::Result<()> {
         "  agent health port          {}   (answers READY)",
         demo.agent.health_addr()
     );
-    println!("  relay health and metrics   http://{tunnel}/healthz  http://{tunnel}/metrics\n");
+    println!("  relay health and metrics   http://{tunnel}/healthz  http://{tunnel}/metrics");
+    println!("  dashboard (signed in as the demo's admin; demo only, the token is minted here):");
+    println!("    {}\n", demo.dashboard_url);
     println!("Try it:");
     println!(
         "  nc {} {}                  # type a line: it comes back through the tunnel",

@@ -6,4 +6,12 @@ async fn demo_starts_and_echoes_through_the_tunnel() {
     demo.self_check(b"demo round trip")
         .await
         .expect("echo through the tunnel");
+    demo.dashboard_check()
+        .await
+        .expect("the dashboard answers and the printed token signs the admin in");
+    assert!(
+        demo.dashboard_url.contains("/ui/#token="),
+        "{}",
+        demo.dashboard_url
+    );
 }
