@@ -51,6 +51,7 @@ pub(crate) fn status(ctx: &Ctx<'_>) -> Reply {
         .iter()
         .map(|t| t.agent_id.to_string())
         .collect();
+    s.history.record(now, super::history::snapshot(s));
     let auth_failures_last_hour = s
         .history
         .view(now)
