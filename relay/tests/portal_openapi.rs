@@ -65,9 +65,12 @@ async fn openapi_document_validates_and_matches_the_routes() {
             "GET /api/v1/agents",
             "GET /api/v1/audit",
             "GET /api/v1/connectors",
+            "GET /api/v1/history",
+            "GET /api/v1/me",
             "GET /api/v1/policies",
             "GET /api/v1/policies/{id}",
             "GET /api/v1/sessions",
+            "GET /api/v1/status",
             "PATCH /api/v1/policies/{id}",
             "POST /api/v1/agents/{id}/unblock",
         ]
