@@ -273,6 +273,8 @@ pub struct StatusView {
     /// Refused agent and portal authentications in the last 60 minutes.
     pub auth_failures_last_hour: u64,
     pub policies: Vec<PolicyState>,
+    /// agent_ids on the block list (their tunnels are refused until unblocked).
+    pub blocked_agents: Vec<String>,
 }
 
 /// One minute of traffic.

@@ -81,6 +81,7 @@ pub(crate) fn status(ctx: &Ctx<'_>) -> Reply {
                 enabled: s.state.enabled(*p),
             })
             .collect(),
+        blocked_agents: s.state.blocked(),
     })
 }
 
