@@ -77,9 +77,11 @@ async fn assets_are_embedded_and_served_with_a_strict_policy() {
         assert_eq!(r.header("referrer-policy"), Some("no-referrer"), "{path}");
         assert!(r.text.contains(needle), "{path} holds `{needle}`");
         // No third-party request: nothing is loaded from another origin.
+        // (The SVG namespace name in app.js is an identifier, never fetched.)
         if path != "/ui/favicon.svg" {
+            let text = r.text.replace("'http://www.w3.org/2000/svg'", "");
             for foreign in ["http://", "https://", "//cdn", "@import"] {
-                assert!(!r.text.contains(foreign), "{path} refers to {foreign}");
+                assert!(!text.contains(foreign), "{path} refers to {foreign}");
             }
         }
     }
