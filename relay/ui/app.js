@@ -113,7 +113,8 @@
     let i = 0;
     let x = v;
     while (x >= 1024 && i < units.length - 1) { x /= 1024; i += 1; }
-    return (i === 0 ? String(x) : x.toFixed(x < 10 ? 1 : 0)) + ' ' + units[i];
+    const shown = i === 0 && (x >= 10 || Number.isInteger(x)) ? Math.round(x) : x.toFixed(x < 10 ? 1 : 0);
+    return shown + ' ' + units[i];
   }
 
   const rate = (n) => bytes(n) + '/s';
@@ -382,8 +383,8 @@
   }
 
   function chart(id, history) {
-    const W = 720;
-    const H = 180;
+    const W = 1200;
+    const H = 200;
     const pad = { l: 70, r: 10, t: 10, b: 22 };
     const s = svg('svg', { id, class: 'chart', viewBox: '0 0 ' + W + ' ' + H, role: 'img', 'aria-label': 'Bytes per second, last hour' });
     const nowMs = history.now_ms;
