@@ -46,6 +46,7 @@ pub mod metrics;
 pub mod mock_agent;
 pub mod mock_relay;
 pub mod net;
+pub mod oidc;
 pub mod pki;
 pub mod process;
 pub mod proxy;
