@@ -287,7 +287,7 @@ impl Inner {
         let grant = st.codes.remove(get("code"));
         let refused = if get("grant_type") != "authorization_code" {
             Some("grant_type must be authorization_code")
-        } else if !f.get("client_id").is_none_or(|c| *c == self.client_id) {
+        } else if f.get("client_id").is_some_and(|c| *c != self.client_id) {
             Some("the code was issued to another client")
         } else {
             match &grant {

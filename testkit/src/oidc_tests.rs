@@ -73,10 +73,20 @@ async fn the_discovery_document_names_the_endpoints_and_the_jwks_has_the_key() {
     let (key, p) = provider().await;
     let iss = p.issuer();
     assert!(iss.starts_with("http://127.0.0.1:") && !iss.ends_with('/'));
-    let d = request(p.server.addr, "GET", "/.well-known/openid-configuration", None, None).await;
+    let d = request(
+        p.server.addr,
+        "GET",
+        "/.well-known/openid-configuration",
+        None,
+        None,
+    )
+    .await;
     assert_eq!(d.status, 200);
     assert_eq!(d.body["issuer"], json!(iss));
-    assert_eq!(d.body["authorization_endpoint"], json!(format!("{iss}/authorize")));
+    assert_eq!(
+        d.body["authorization_endpoint"],
+        json!(format!("{iss}/authorize"))
+    );
     assert_eq!(d.body["token_endpoint"], json!(format!("{iss}/token")));
     assert_eq!(d.body["jwks_uri"], json!(p.jwks_url()));
     assert_eq!(d.body["code_challenge_methods_supported"], json!(["S256"]));
@@ -94,11 +104,17 @@ async fn a_code_with_its_verifier_is_exchanged_once() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["token_type"], "Bearer");
     assert_eq!(r.body["expires_in"], 3600);
-    let claims = verify(&key, &p, r.body["access_token"].as_str().expect("access_token"));
+    let claims = verify(
+        &key,
+        &p,
+        r.body["access_token"].as_str().expect("access_token"),
+    );
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["amr"], json!(["pwd", "otp"]));
     assert_eq!(claims["roles"], json!(["viewer", "admin"]));
-    assert!(r.body["id_token"].as_str().is_some_and(|t| t.split('.').count() == 3));
+    assert!(r.body["id_token"]
+        .as_str()
+        .is_some_and(|t| t.split('.').count() == 3));
     assert_eq!((p.exchanges(), p.failed_exchanges()), (1, 0));
 
     let again = exchange(&p, &c, VERIFIER).await;
@@ -144,7 +160,11 @@ async fn bad_authorization_requests_go_back_with_an_error_or_stop_at_the_idp() {
         authorize_path(CLIENT, "", "S256"),
     ] {
         let q = redirected(&request(p.server.addr, "GET", &path, None, None).await);
-        assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"), "{path}");
+        assert_eq!(
+            q.get("error").map(String::as_str),
+            Some("invalid_request"),
+            "{path}"
+        );
         assert_eq!(q.get("state").map(String::as_str), Some("st/8+="));
         assert!(!q.contains_key("code"));
     }
