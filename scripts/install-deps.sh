@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs, only when missing: Debian packages for the real servers the
 # end-to-end tests start on loopback (slapd, tinyproxy as the agent's forward proxy, haproxy as a
-# PROXY-protocol ingress in front of the relay,
-# redis-server as the HA registry), rustup components, cargo tools, and schemathesis
+# PROXY-protocol ingress in front of the relay, redis-server as the HA registry, Chromium and
+# chromedriver for the dashboard's browser test), rustup components, cargo tools, and schemathesis
 # (PyPI) for the portal API fuzz test. Idempotent.
 set -euo pipefail
 need_apt=()
 for pair in slapd:slapd ldapsearch:ldap-utils tinyproxy:tinyproxy openssl:openssl file:file bc:bc \
     qemu-aarch64:qemu-user systemd-analyze:systemd haproxy:haproxy \
-    redis-server:redis-server; do
+    redis-server:redis-server chromium:chromium chromedriver:chromium-driver; do
   cmd=${pair%%:*} pkg=${pair#*:}
   command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || need_apt+=("$pkg")
 done

@@ -120,6 +120,9 @@ pub struct Reply {
     pub body: String,
     /// Waited before answering (a slow server).
     pub delay: Duration,
+    /// Response headers besides Content-Length and Connection; a `Content-Type` here replaces
+    /// the default `application/json`.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Reply {
@@ -129,22 +132,38 @@ impl Reply {
             status: 200,
             body: body.into(),
             delay: Duration::ZERO,
+            headers: Vec::new(),
         }
     }
 
     pub fn status(status: u16) -> Reply {
         Reply {
             status,
-            body: String::new(),
-            delay: Duration::ZERO,
+            ..Reply::ok("")
         }
+    }
+
+    /// 200 with an HTML page.
+    pub fn html(body: impl Into<String>) -> Reply {
+        Reply::ok(body).header("Content-Type", "text/html; charset=utf-8")
+    }
+
+    /// 302 to `location`.
+    pub fn redirect(location: impl Into<String>) -> Reply {
+        Reply::status(302).header("Location", location)
+    }
+
+    /// This reply with one more header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 }
 
 type Handler = Arc<dyn Fn(&str, &str, &[u8]) -> Reply + Send + Sync>;
 
 /// An HTTP/1.1 server on 127.0.0.1:0 answering one request per connection with
-/// `handler(method, path, body)`; counts requests and keeps their bodies. Dropped or
+/// `handler(method, path, body)` (`path` with its query string); counts requests and keeps their bodies. Dropped or
 /// [`stop`](TestServer::stop)ped, it accepts no more (connects are refused or never answered).
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -265,12 +284,22 @@ async fn serve_one(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
-    let resp = format!(
-        "HTTP/1.1 {} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-        reply.status,
+    let mut resp = format!("HTTP/1.1 {} X\r\n", reply.status);
+    if !reply
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        resp.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in &reply.headers {
+        resp.push_str(&format!("{k}: {v}\r\n"));
+    }
+    resp.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{}",
         reply.body.len(),
         reply.body
-    );
+    ));
     sock.write_all(resp.as_bytes()).await?;
     sock.shutdown().await
 }
@@ -296,5 +325,20 @@ mod tests {
         assert_eq!(server.body(0), b"{}");
         let (status, _) = get(server.addr, "/").await;
         assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn replies_carry_their_headers() {
+        let server = TestServer::start(|_, path, _| match path {
+            "/page" => Reply::html("<p>hi</p>"),
+            _ => Reply::redirect("/page?x=1"),
+        })
+        .await;
+        let r = request(server.addr, "GET", "/page", None, None).await;
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+        assert_eq!(r.text, "<p>hi</p>");
+        let r = request(server.addr, "GET", "/elsewhere", None, None).await;
+        assert_eq!(r.status, 302);
+        assert_eq!(r.header("location"), Some("/page?x=1"));
     }
 }

@@ -19,6 +19,8 @@
 //! - [`temp`]: per-test temporary directories and the files in them.
 //! - [`pki`]: an rcgen PKI (CAs, server and client certificates, TLS acceptors and connectors).
 //! - [`idp`]: a test identity provider (keys made at run time, JWKS, minted tokens).
+//! - [`oidc`]: a test OpenID Connect provider (discovery, authorization code + PKCE, tokens).
+//! - [`browser`]: headless Chromium over WebDriver (console log, screenshots), loopback only.
 //! - [`mock_agent`]: a raw-frame agent (WebSocket client, v1 JSON / v2 binary) for relay tests.
 //! - [`mock_relay`]: a raw-frame relay (WebSocket server) for agent tests.
 //! - [`mesh_peer`]: a raw relay-mesh peer on `/mesh` (claimed replica_id, any client cert).
@@ -33,6 +35,7 @@
 //!   proxy and (PROXY-protocol) load balancer.
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod chaos;
 pub mod frames;
 pub mod haproxy;
@@ -46,6 +49,7 @@ pub mod metrics;
 pub mod mock_agent;
 pub mod mock_relay;
 pub mod net;
+pub mod oidc;
 pub mod pki;
 pub mod process;
 pub mod proxy;
