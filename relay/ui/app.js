@@ -507,7 +507,7 @@
             el('td', { text: a.remote_addr }),
             el('td', { title: when(a.connected_since), text: since(a.connected_since) + ' ago' }),
             el('td', { text: a.agent_version || '' }),
-            el('td', { text: 'v' + a.protocol_version }),
+            el('td', { text: plain(a.protocol_version) }),
             el('td', { class: 'num', text: a.active_streams }),
             el('td', { class: 'num', text: bytes(a.bytes_c2a) + ' / ' + bytes(a.bytes_a2c) }),
             el('td', { text: state.join(', ') }));

@@ -123,7 +123,9 @@ async fn severe(c: &Client) -> Vec<String> {
 }
 
 async fn csp_reports(relay: &RelayHandle) -> u64 {
-    let page = api(relay.tunnel_addr(), "GET", "/metrics", None, None).await.text;
+    let page = api(relay.tunnel_addr(), "GET", "/metrics", None, None)
+        .await
+        .text;
     metrics::value(&page, "nowconnect_ui_csp_reports_total")
 }
 
@@ -145,9 +147,11 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     let dir = TempDir::new("dashboard");
     let relay = start_relay(&portal_yaml(&idp, dir.path())).await;
     let echo = target::echo().await;
-    let _agent = ready_agent(&relay, "v2", &[("echo", echo.addr())]).await;
+    let _agent = ready_agent(&relay, "v2", &[("echo", echo.addr)]).await;
     // A second agent the scoped operator must not see, serving `bulk`.
-    let ws = upgrade(relay.tunnel_addr(), None, None).await.expect("upgrade");
+    let ws = upgrade(relay.tunnel_addr(), None, None)
+        .await
+        .expect("upgrade");
     let mut other = MockAgent::v2(ws);
     other.hello("other-agent", &["bulk"]).await;
     let mut client = echo_client(&relay).await;
@@ -159,10 +163,17 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     let c = browser.session().await;
     sign_in(&c, &relay).await;
     wait_css(&c, "#page[data-loaded=\"overview\"]").await;
-    assert_eq!(idp.exchanges(), 1, "the code was exchanged once, with its verifier");
+    assert_eq!(
+        idp.exchanges(),
+        1,
+        "the code was exchanged once, with its verifier"
+    );
     assert!(text(&c, "#whoami").await.contains("alice"));
     let url = c.current_url().await.expect("url");
-    assert!(!url.as_str().contains("code="), "the code left the address bar: {url}");
+    assert!(
+        !url.as_str().contains("code="),
+        "the code left the address bar: {url}"
+    );
     wait_text(&c, "#ov-agents", "2").await;
     wait_text(&c, "#ov-sessions", "1").await;
     assert_eq!(count(&c, "#ov-chart").await, 1, "the traffic chart");
@@ -171,7 +182,11 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     open(&c, "agents").await;
     wait_css(&c, "tr[data-agent=\"premise-01\"]").await;
     assert_eq!(
-        count(&c, "tr[data-agent=\"premise-01\"] button[data-action=\"disconnect\"]").await,
+        count(
+            &c,
+            "tr[data-agent=\"premise-01\"] button[data-action=\"disconnect\"]"
+        )
+        .await,
         1
     );
     browser::screenshot(&c, "agents").await;
@@ -186,7 +201,12 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     click(&c, "tr[data-cid] button[data-action=\"terminate\"]").await;
     confirm(&c).await;
     let mut buf = [0u8; 16];
-    let closed = within("the client's socket to close", DEADLINE, client.read(&mut buf)).await;
+    let closed = within(
+        "the client's socket to close",
+        DEADLINE,
+        client.read(&mut buf),
+    )
+    .await;
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     wait_count(&c, "tr[data-cid]", 0).await;
 
@@ -210,7 +230,8 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     assert_eq!(toggles.len(), 2, "{rows:#?}");
     assert!(toggles.iter().all(|r| r[1].contains("alice")), "{rows:#?}");
     assert!(
-        rows.iter().any(|r| r[0] == "session_terminated" && r[1].contains("alice")),
+        rows.iter()
+            .any(|r| r[0] == "session_terminated" && r[1].contains("alice")),
         "{rows:#?}"
     );
     // Filtered: failures only.
@@ -224,7 +245,10 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     click(&c, "#audit-failures").await;
     click(&c, "#audit-apply").await;
     wait_for_async("every record listed again", UI, || async {
-        audit_rows(&c).await.iter().any(|r| r[0] == "policy_toggled")
+        audit_rows(&c)
+            .await
+            .iter()
+            .any(|r| r[0] == "policy_toggled")
     })
     .await;
     browser::screenshot(&c, "audit").await;
@@ -242,7 +266,14 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     });
     let admin = idp.mint(&User::admin("alice", &["otp"]));
     wait_for_async("1,000 live sessions", DEADLINE, || async {
-        let r = api(relay.portal_addr(), "GET", "/api/v1/sessions?connector=bulk", Some(&admin), None).await;
+        let r = api(
+            relay.portal_addr(),
+            "GET",
+            "/api/v1/sessions?connector=bulk",
+            Some(&admin),
+            None,
+        )
+        .await;
         r.status == 200 && r.array().len() >= MANY
     })
     .await;
@@ -260,7 +291,10 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     drain.abort();
 
     let errors = severe(&c).await;
-    assert!(errors.is_empty(), "console errors in the admin session: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "console errors in the admin session: {errors:#?}"
+    );
     click(&c, "#signout").await;
     wait_css(&c, "#signin-oidc").await;
     c.close().await.expect("close");
@@ -280,11 +314,18 @@ async fn operators_sign_in_see_and_steer_the_relay_in_a_browser() {
     wait_css(&c, "#page[data-loaded=\"agents\"]").await;
     wait_css(&c, "tr[data-agent=\"premise-01\"]").await;
     assert_eq!(count(&c, "tr[data-agent=\"other-agent\"]").await, 0);
-    assert_eq!(count(&c, "button[data-action]").await, 0, "no admin buttons");
+    assert_eq!(
+        count(&c, "button[data-action]").await,
+        0,
+        "no admin buttons"
+    );
     assert_eq!(count(&c, "a[data-nav=\"policies\"]").await, 0);
     browser::screenshot(&c, "scoped-agents").await;
     let errors = severe(&c).await;
-    assert!(errors.is_empty(), "console errors in the scoped session: {errors:#?}");
+    assert!(
+        errors.is_empty(),
+        "console errors in the scoped session: {errors:#?}"
+    );
     c.close().await.expect("close");
 
     assert_eq!(csp_reports(&relay).await, 0, "no CSP violation reported");

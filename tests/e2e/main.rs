@@ -7,6 +7,7 @@
 
 mod agent_auth;
 mod agent_reload;
+mod dashboard;
 mod demo;
 mod edge;
 mod failover;
