@@ -1,52 +1,27 @@
 //! The portal API (`/api/v1`) against a relay with JWT agents: keys made here, the JWKS served
 //! from 127.0.0.1:0, portal and agent tokens minted here, raw v2 agents, state in a temp dir.
 
-use std::path::Path;
 use std::time::Duration;
 
-use nowconnect_relay::{RelayConfig, RelayHandle};
+use nowconnect_relay::RelayHandle;
 use nowconnect_shared::{Frame, RstCode};
 use nowconnect_testkit::http::{request as api, Response};
 use nowconnect_testkit::idp::{
-    admin_token, agent_token, claims, ec_key, mint, now, portal_claims, Idp, Key,
+    admin_token, agent_token, claims, ec_key, mint, now, portal_claims, Idp,
 };
 use nowconnect_testkit::io::read_to_close;
-use nowconnect_testkit::log;
 use nowconnect_testkit::mock_agent::{refusal, upgrade, MockAgent};
 use nowconnect_testkit::net;
 use nowconnect_testkit::temp::TempDir;
 use nowconnect_testkit::wait::{wait_for, DEADLINE};
-use nowconnect_testkit::yaml;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 
+#[path = "support/portal.rs"]
+mod support;
+use support::{agent, portal_relay};
+
 const T: Duration = Duration::from_secs(5);
-
-/// A relay with JWT agents from `idp`, listeners `ldap` and `pg`, state in `state_dir`; ready
-/// (keys loaded).
-async fn portal_relay(idp: &Idp, state_dir: &Path, extra: &str) -> RelayHandle {
-    log::init();
-    let yaml = yaml::portal_relay(&idp.url(), state_dir, extra);
-    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid relay config");
-    let r = nowconnect_relay::start(cfg).await.expect("relay starts");
-    wait_for("JWKS loaded (/readyz)", DEADLINE, || r.is_ready()).await;
-    r
-}
-
-/// An agent with a valid token for `agent_id`, serving `connectors`.
-async fn agent(
-    relay: &RelayHandle,
-    key: &Key,
-    agent_id: &str,
-    connectors: &[&str],
-) -> MockAgent<TcpStream> {
-    let ws = upgrade(relay.tunnel_addr(), Some(&agent_token(key, agent_id)), None)
-        .await
-        .expect("upgrade accepted");
-    let mut a = MockAgent::v2(ws);
-    a.hello(agent_id, connectors).await;
-    a
-}
 
 /// A client on `listener` relayed to `agent`, one round trip done; returns (client, stream id).
 async fn session(

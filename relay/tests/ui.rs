@@ -3,56 +3,31 @@
 //! operations the page adds (`/api/v1/me`, `/status`, `/history`). The browser flow itself is
 //! tests/e2e/dashboard.rs.
 
-use std::path::Path;
 use std::time::Duration;
 
-use nowconnect_relay::{RelayConfig, RelayHandle};
+use nowconnect_relay::RelayHandle;
 use nowconnect_testkit::http::{request as api, Reply, TestServer};
-use nowconnect_testkit::idp::{admin_token, agent_token, ec_key, mint, portal_claims, Idp, Key};
-use nowconnect_testkit::log;
+use nowconnect_testkit::idp::{admin_token, ec_key, mint, portal_claims, Idp};
 use nowconnect_testkit::metrics;
-use nowconnect_testkit::mock_agent::{upgrade, MockAgent};
 use nowconnect_testkit::net;
 use nowconnect_testkit::temp::TempDir;
-use nowconnect_testkit::wait::{wait_for, DEADLINE};
-use nowconnect_testkit::yaml;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+#[path = "support/portal.rs"]
+mod support;
+use support::{agent, portal_relay};
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
                    connect-src 'self'; base-uri 'none'; form-action 'none'; \
                    frame-ancestors 'none'; report-uri /ui/csp-report";
-
-async fn relay(idp: &Idp, dir: &Path, extra: &str) -> RelayHandle {
-    log::init();
-    let yaml = yaml::portal_relay(&idp.url(), dir, extra);
-    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid relay config");
-    let r = nowconnect_relay::start(cfg).await.expect("relay starts");
-    wait_for("JWKS loaded (/readyz)", DEADLINE, || r.is_ready()).await;
-    r
-}
-
-async fn agent(
-    relay: &RelayHandle,
-    key: &Key,
-    id: &str,
-    connectors: &[&str],
-) -> MockAgent<TcpStream> {
-    let ws = upgrade(relay.tunnel_addr(), Some(&agent_token(key, id)), None)
-        .await
-        .expect("upgrade accepted");
-    let mut a = MockAgent::v2(ws);
-    a.hello(id, connectors).await;
-    a
-}
 
 #[tokio::test]
 async fn assets_are_embedded_and_served_with_a_strict_policy() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("ui-assets");
-    let relay = relay(&idp, dir.path(), "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let addr = relay.portal_addr();
 
     let moved = api(addr, "GET", "/ui", None, None).await;
@@ -140,7 +115,7 @@ async fn me_status_and_history_show_the_relay_to_admins_only() {
     let key = ec_key("k1");
     let idp = Idp::start(&[&key]).await;
     let dir = TempDir::new("ui-status");
-    let relay = relay(&idp, dir.path(), "").await;
+    let relay = portal_relay(&idp, dir.path(), "").await;
     let addr = relay.portal_addr();
     let admin = admin_token(&key, &["pwd", "otp"]);
     let scoped = mint(
@@ -260,7 +235,7 @@ async fn sign_in_endpoints_refuse_bad_input_and_a_foreign_discovery_document() {
         "portal:\n  oidc:\n    issuer: {}\n    client_id: nc-dashboard\n",
         fake.url("")
     );
-    let relay = relay(&idp, dir.path(), &extra).await;
+    let relay = portal_relay(&idp, dir.path(), &extra).await;
     let addr = relay.portal_addr();
     let cfg = api(addr, "GET", "/ui/config.json", None, None).await;
     assert_eq!(cfg.body["oidc"], json!(null), "{}", cfg.body);
