@@ -141,6 +141,7 @@ impl AgentHandle {
                 .send_replace(Arc::new(reload::apply(&old, new)));
         }
         tracing::info!(
+            event = "config_reloaded",
             reannounce = changes.reannounce(),
             "reload applied: {changes}"
         );
@@ -189,6 +190,8 @@ pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandl
     let cancel = CancellationToken::new();
     let dialer = transport::Dialer::new(&cfg, tls);
     tracing::info!(
+        event = "agent_started",
+        version = env!("CARGO_PKG_VERSION"),
         agent_id = %cfg.agent_id,
         relay = %cfg.url,
         relays = cfg.urls.len(),

@@ -88,7 +88,7 @@ async fn run(cli: &Cli, cfg: AgentConfig) -> ExitCode {
         tracing::info!("SIGHUP: reloading the configuration");
         handle.reload(cli.load(&ProcessEnv));
     }
-    tracing::info!("stopping");
+    tracing::info!(event = "agent_stopping", "stopping");
     handle.shutdown();
     if tokio::time::timeout(STOP_GRACE, handle.wait())
         .await
@@ -153,7 +153,12 @@ fn init_logging(cfg: &AgentConfig) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = match cfg.log_format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
         LogFormat::Plain => builder
             .with_ansi(std::io::stderr().is_terminal())
             .try_init(),

@@ -184,11 +184,11 @@ impl Stream {
                 Ok(sock)
             }
             Ok(Err(e)) => {
-                tracing::info!(id, %connector, error = %e, "target connect failed");
+                tracing::info!(event = "target_connect_failed", id, %connector, error = %e, "target connect failed");
                 Err(Abort::Reset(RstCode::ConnectFailed, short(&e.to_string())))
             }
             Err(_) => {
-                tracing::info!(id, %connector, timeout_ms, "target connect timed out");
+                tracing::info!(event = "target_connect_failed", id, %connector, timeout_ms, "target connect timed out");
                 Err(Abort::Reset(
                     RstCode::ConnectFailed,
                     format!("timeout after {timeout_ms} ms"),

@@ -36,9 +36,8 @@ impl Log {
         let log = self.clone();
         tokio::spawn(async move {
             while let Ok(Some(l)) = lines.next_line().await {
-                let v = serde_json::from_str(&l).unwrap_or_else(
-                    |_| serde_json::json!({"level": "RAW", "fields": {"message": l}}),
-                );
+                let v = serde_json::from_str(&l)
+                    .unwrap_or_else(|_| serde_json::json!({"level": "RAW", "message": l}));
                 log.0.lock().expect("log").push(v);
             }
         });
@@ -52,7 +51,7 @@ impl Log {
             .expect("log")
             .iter()
             .filter_map(|r| {
-                let msg = text(&r["fields"]["message"]);
+                let msg = text(&r["message"]);
                 msg.contains(part).then(|| (text(&r["level"]), msg))
             })
             .collect()
@@ -60,8 +59,8 @@ impl Log {
 
     fn field(&self, message: &str, field: &str) -> Option<String> {
         self.0.lock().expect("log").iter().find_map(|r| {
-            (r["fields"]["message"] == message)
-                .then(|| r["fields"][field].as_str().map(str::to_owned))
+            (r["message"] == message)
+                .then(|| r[field].as_str().map(str::to_owned))
                 .flatten()
         })
     }

@@ -432,7 +432,7 @@ impl Jwks {
             ok = match self.refresh_now(trigger).await {
                 Ok(n) => {
                     if trigger == Trigger::Startup {
-                        info!(source = %self.describe(), keys = n, "JWKS loaded");
+                        info!(event = "jwks_loaded", source = %self.describe(), keys = n, "JWKS loaded");
                     }
                     true
                 }

@@ -612,6 +612,8 @@ pub async fn start_with(
     }
     shared.ready.store(true, Ordering::Release);
     info!(
+        event = "relay_started",
+        version = env!("CARGO_PKG_VERSION"),
         %tunnel_addr,
         tls = tls.is_some(),
         %metrics_addr,
@@ -646,7 +648,7 @@ pub async fn start_with(
         ));
     }
     if let Some(l) = portal_listener {
-        info!(%portal_addr, "portal API listening (/api/v1)");
+        info!(event = "portal_started", %portal_addr, "portal API listening (/api/v1)");
         // Same TLS as /tunnel when configured: portal tokens never cross the network in clear.
         shared.tasks.spawn(http::serve(
             l,
@@ -669,7 +671,7 @@ pub async fn start_with(
             .as_ref()
             .filter(|_| require)
             .map(|c| tls::LiveAcceptor::new(c.acceptor.clone()));
-        info!(%addr, mtls = acceptor.is_some(), "mesh listening (/mesh)");
+        info!(event = "mesh_started", %addr, mtls = acceptor.is_some(), "mesh listening (/mesh)");
         shared.tasks.spawn(http::serve(
             l,
             acceptor,
@@ -714,7 +716,7 @@ fn start_listener(
     socket: TcpListener,
     addr: SocketAddr,
 ) {
-    info!(listener = %l.name, connector = %l.connector, %addr, "listening");
+    info!(event = "listener_started", listener = %l.name, connector = %l.connector, %addr, "listening");
     let started = shared
         .listeners
         .insert(l, socket, addr, &shared.metrics, &shared.root);
@@ -755,5 +757,5 @@ async fn supervise(shared: Arc<Shared>) {
         warn!("some tasks did not stop within 5 s");
     }
     shared.audit.close();
-    info!("relay stopped");
+    info!(event = "relay_stopped", "relay stopped");
 }

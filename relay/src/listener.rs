@@ -71,7 +71,7 @@ pub(crate) async fn run(started: Started, shared: Arc<Shared>) {
             serve(sock, peer, &ctx, &shared);
         }
     }
-    info!(listener = %ctx.name, connector = %ctx.connector, "listener stopped accepting");
+    info!(event = "listener_stopped", listener = %ctx.name, connector = %ctx.connector, "listener stopped accepting");
 }
 
 fn serve(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {

@@ -56,7 +56,12 @@ fn init_logging(default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {
-        builder.json().init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }
@@ -235,7 +240,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        info!("signal received: graceful shutdown (a second signal stops at once)");
+        info!(event = "shutdown_requested", "signal received: graceful shutdown (a second signal stops at once)");
         notify.stopping("stopping: open streams may finish (limits.shutdown_grace_ms)");
         handle.shutdown();
         tokio::select! {

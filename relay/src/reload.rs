@@ -105,7 +105,7 @@ pub(crate) async fn run(
     let label = |result| ResultLabel { result };
     match &result {
         Ok(report) => {
-            info!(source = %what, "reload applied: {}", report.summary());
+            info!(event = "config_reloaded", source = %what, "reload applied: {}", report.summary());
             for key in &report.needs_restart {
                 warn!("reload: {key} changed; it needs a restart (the running value stays)");
             }
@@ -228,7 +228,7 @@ pub(crate) async fn apply(
     let names: Vec<&str> = new.listeners.iter().map(|l| l.name.as_str()).collect();
     shared.live.store(Arc::new(new.clone()));
     for name in &diff.removed {
-        info!(listener = %name, "listener removed: stops accepting; its open streams run on");
+        info!(event = "listener_removed", listener = %name, "listener removed: stops accepting; its open streams run on");
         shared.listeners.remove(name);
     }
     for (l, socket, addr) in bound {

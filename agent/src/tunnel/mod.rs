@@ -210,7 +210,7 @@ async fn supervise_slot(shared: Arc<Shared>, slot: Arc<Slot>, cancel: Cancellati
                         tracing::warn!(relay = %failed, next = %slot.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot open the replacement tunnel; the current one stays up; retrying");
                     } else {
                         down_status = format!("reconnecting in {}: {end}", seconds(delay));
-                        tracing::warn!(relay = %failed, next = %slot.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
+                        tracing::warn!(event = "tunnel_connect_failed", relay = %failed, next = %slot.dialer.url(), reason = end.reason(), error = %end, delay_ms, "cannot connect to the relay; retrying");
                     }
                 } else if current.as_ref().is_some_and(|c| c.id == id) {
                     current = None;
@@ -242,7 +242,7 @@ async fn supervise_slot(shared: Arc<Shared>, slot: Arc<Slot>, cancel: Cancellati
                         retry_at = Some(Instant::now() + delay);
                         down_status = format!("reconnecting in {}: {end}", seconds(delay));
                         let delay_ms = delay.as_millis() as u64;
-                        tracing::warn!(relay = %slot.dialer.url(), reason = end.reason(), error = %end, delay_ms, "tunnel down; reconnecting");
+                        tracing::warn!(event = "tunnel_disconnected", relay = %slot.dialer.url(), reason = end.reason(), error = %end, delay_ms, "tunnel down; reconnecting");
                     } else {
                         down_status = format!("connecting to {} (tunnel down: {end})", relay());
                         tracing::warn!(relay = %slot.dialer.url(), reason = end.reason(), error = %end, "tunnel down while its replacement is being opened");

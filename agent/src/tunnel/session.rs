@@ -353,6 +353,7 @@ impl Session<'_> {
                     token: self.token.clone(),
                 });
                 tracing::info!(
+                    event = "tunnel_connected",
                     agent_id = %self.cfg.agent_id,
                     connectors = self.cfg.targets.len(),
                     "HELLO_ACK received; READY"

@@ -396,6 +396,7 @@ fn log(r: &AuditRecord) {
         ($level:ident) => {
             $level!(
                 target: "nowconnect::audit",
+                event = r.action.as_str(),
                 audit = true,
                 seq = r.seq,
                 ts_ms = r.ts_ms,

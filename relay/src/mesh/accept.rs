@@ -125,7 +125,7 @@ pub(crate) async fn upgrade(
         )
         .await;
         let peer_id: Arc<str> = claimed.into();
-        info!(%peer, replica_id = %peer_id, "mesh peer linked");
+        info!(event = "mesh_link_up", %peer, replica_id = %peer_id, "mesh peer linked");
         let p = Params {
             side: Side::Owner,
             peer: peer_id.clone(),
@@ -140,7 +140,7 @@ pub(crate) async fn upgrade(
                 .get_or_create(&core.peer_label(&peer_id))
                 .inc();
         }
-        info!(replica_id = %peer_id, end = ?end, "mesh peer link ended");
+        info!(event = "mesh_link_down", replica_id = %peer_id, end = ?end, "mesh peer link ended");
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -164,7 +164,7 @@ where
             .inc();
     }
     core.set_state(peer, "up");
-    info!(peer = %peer, "mesh link up");
+    info!(event = "mesh_link_up", peer = %peer, "mesh link up");
     let started = Instant::now();
     let p = Params {
         side: Side::Origin,
