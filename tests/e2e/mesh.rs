@@ -245,7 +245,7 @@ async fn a_slow_client_on_b_stalls_only_its_own_stream() {
     assert!(n > 0 && buf[..n].iter().all(|b| *b == 0x5a));
     let page = p.b.metrics_text();
     assert_eq!(
-        value(&page, "nowconnect_rst_sent_total{code=\"flow_control\"}"),
+        value(&page, "nowconnect_rst_sent{code=\"flow_control\"}"),
         0
     );
 }
