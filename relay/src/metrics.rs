@@ -1,6 +1,8 @@
 //! Prometheus metrics of the relay, with the reference system's names.
 //!
 //! Labels stay low-cardinality: connector, direction, code, reason; never a cid or an address.
+//! The one `agent` label lives in [`tunnels`], bounded. docs/metrics.md lists every family, and
+//! `relay/tests/metrics_catalog.rs` checks that list against a scrape.
 //! Hot-path counters are resolved once per listener ([`ConnectorMetrics`]) so moving bytes
 //! never hashes a label set.
 
@@ -19,8 +21,15 @@ pub struct ConnectorLabel {
     pub connector: String,
 }
 
+/// `nowconnect_tcp_bytes_total{direction}` for client to agent bytes (the frames' c2a; the
+/// catalog's "client to proxy").
+pub const C2P: &str = "c2p";
+/// `nowconnect_tcp_bytes_total{direction}` for agent to client bytes (the frames' a2c).
+pub const P2C: &str = "p2c";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BytesLabels {
+    /// [`C2P`] or [`P2C`].
     pub direction: &'static str,
     pub connector: String,
 }
@@ -108,7 +117,11 @@ pub struct PolicyLabel {
 }
 
 mod mesh;
+mod plain;
+mod tunnels;
 pub use mesh::{LinkStateLabels, MeshFrameLabels, MeshMetrics, PeerLabel, PeerReasonLabels};
+pub use plain::PlainCounter;
+pub use tunnels::{AgentTunnels, DEPARTED_RETENTION, MAX_AGENTS, OVERLAP};
 
 /// Every metric the relay exports.
 #[derive(Debug)]
@@ -118,10 +131,12 @@ pub struct Metrics {
     pub tcp_active: Family<ConnectorLabel, Gauge>,
     pub tcp_bytes: Family<BytesLabels, Counter>,
     pub connection_duration: Histogram,
-    pub fin_sent: Family<DirLabel, Counter>,
-    pub fin_received: Family<DirLabel, Counter>,
-    pub rst_sent: Family<CodeLabel, Counter>,
-    pub rst_received: Family<CodeLabel, Counter>,
+    /// FIN frames sent to agents (the catalog's name, no `_total`: see [`PlainCounter`]).
+    pub fin_sent: PlainCounter,
+    /// FIN frames received from agents.
+    pub fin_recv: PlainCounter,
+    pub rst_sent: Family<CodeLabel, PlainCounter>,
+    pub rst_recv: Family<CodeLabel, PlainCounter>,
     pub queue_overflow: Family<OverflowLabels, Counter>,
     pub accept_errors: Family<ConnectorLabel, Counter>,
     pub connections_rejected: Family<RejectLabels, Counter>,
@@ -131,7 +146,18 @@ pub struct Metrics {
     pub agent_auth_failures: Family<ReasonLabel, Counter>,
     pub agent_auth_successes: Counter<u64, AtomicU64>,
     pub agent_duplicates: Counter<u64, AtomicU64>,
-    pub pdp_decisions: Family<ResultLabel, Counter>,
+    /// PDP decisions that allowed a stream (fresh or from the cache).
+    pub pdp_allow: Counter,
+    /// PDP decisions that denied a stream.
+    pub pdp_deny: Counter,
+    /// PDP requests that failed or timed out (the stream follows `pdp.fail_open`).
+    pub pdp_errors: Counter,
+    /// Allow decisions answered from the cache (part of `pdp_allow`).
+    pub pdp_cache_hits: Counter,
+    /// PDP requests that timed out (part of `pdp_errors`).
+    pub pdp_timeouts: Counter,
+    /// `nowconnect_tunnel_reconnects_total{agent,reason}`, `nowconnect_tunnel_uptime_seconds{agent}`.
+    pub tunnels: AgentTunnels,
     pub jwks_refreshes: Family<JwksRefreshLabels, Counter>,
     pub jwks_keys: Gauge<i64, std::sync::atomic::AtomicI64>,
     pub protocol_errors: Counter<u64, AtomicU64>,
@@ -187,10 +213,10 @@ impl Metrics {
                 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
                 3600.0,
             ]),
-            fin_sent: Family::default(),
-            fin_received: Family::default(),
+            fin_sent: PlainCounter::default(),
+            fin_recv: PlainCounter::default(),
             rst_sent: Family::default(),
-            rst_received: Family::default(),
+            rst_recv: Family::default(),
             queue_overflow: Family::default(),
             accept_errors: Family::default(),
             connections_rejected: Family::default(),
@@ -200,7 +226,12 @@ impl Metrics {
             agent_auth_failures: Family::default(),
             agent_auth_successes: Counter::default(),
             agent_duplicates: Counter::default(),
-            pdp_decisions: Family::default(),
+            pdp_allow: Counter::default(),
+            pdp_deny: Counter::default(),
+            pdp_errors: Counter::default(),
+            pdp_cache_hits: Counter::default(),
+            pdp_timeouts: Counter::default(),
+            tunnels: AgentTunnels::default(),
             jwks_refreshes: Family::default(),
             jwks_keys: Gauge::default(),
             protocol_errors: Counter::default(),
@@ -265,7 +296,7 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_tcp_bytes",
-            "Payload bytes relayed (c2a: client to agent, a2c: agent to client)",
+            "Payload bytes relayed (direction c2p: client to agent, the frames' c2a; p2c: agent to client, a2c)",
             m.tcp_bytes.clone(),
         );
         registry.register(
@@ -273,22 +304,37 @@ impl Metrics {
             "Lifetime of client connections",
             m.connection_duration.clone(),
         );
-        registry.register("nowconnect_fin_sent", "FIN frames sent", m.fin_sent.clone());
+        // The catalog's FIN/RST counters carry no `_total` (see `PlainCounter`).
         registry.register(
-            "nowconnect_fin_received",
-            "FIN frames received",
-            m.fin_received.clone(),
+            "nowconnect_fin_sent",
+            "FIN frames sent to agents (a client finished sending)",
+            m.fin_sent.clone(),
+        );
+        registry.register(
+            "nowconnect_fin_recv",
+            "FIN frames received from agents (a target finished sending)",
+            m.fin_recv.clone(),
         );
         registry.register(
             "nowconnect_rst_sent",
-            "RST frames sent, by code",
+            "RST frames sent to agents, by code",
             m.rst_sent.clone(),
         );
         registry.register(
-            "nowconnect_rst_received",
-            "RST frames received, by code",
-            m.rst_received.clone(),
+            "nowconnect_rst_recv",
+            "RST frames received from agents, by code",
+            m.rst_recv.clone(),
         );
+        registry.register_collector(m.tunnels.collector());
+        // Every RST code at 0 from the start: the families show their un-suffixed samples (and
+        // boards their zeros) before the first reset.
+        for code in nowconnect_shared::RstCode::ALL {
+            let label = CodeLabel {
+                code: code.as_str(),
+            };
+            let _ = m.rst_sent.get_or_create(&label);
+            let _ = m.rst_recv.get_or_create(&label);
+        }
         registry.register(
             "nowconnect_queue_overflow",
             "Streams reset because a per-stream queue overflowed (side: relay, or agent when its RST says queue_overflow)",
@@ -347,9 +393,29 @@ impl Metrics {
             m.agent_duplicates.clone(),
         );
         registry.register(
-            "nowconnect_pdp_decisions",
-            "Per-stream PDP decisions (allow, deny, cache_hit, error, timeout)",
-            m.pdp_decisions.clone(),
+            "nowconnect_pdp_allow",
+            "Streams the PDP allowed (fresh answers and cache hits)",
+            m.pdp_allow.clone(),
+        );
+        registry.register(
+            "nowconnect_pdp_deny",
+            "Streams the PDP denied",
+            m.pdp_deny.clone(),
+        );
+        registry.register(
+            "nowconnect_pdp_errors",
+            "PDP requests that failed or timed out (the stream then follows pdp.fail_open)",
+            m.pdp_errors.clone(),
+        );
+        registry.register(
+            "nowconnect_pdp_cache_hits",
+            "Allow decisions answered from the PDP cache (counted in nowconnect_pdp_allow_total too)",
+            m.pdp_cache_hits.clone(),
+        );
+        registry.register(
+            "nowconnect_pdp_timeouts",
+            "PDP requests that timed out (counted in nowconnect_pdp_errors_total too)",
+            m.pdp_timeouts.clone(),
         );
         registry.register(
             "nowconnect_jwks_refreshes",
@@ -473,8 +539,8 @@ impl Metrics {
         // the same family within one statement would wait on it for the write lock (deadlock).
         let connections = self.tcp_connections.get_or_create(&label).clone();
         let active = self.tcp_active.get_or_create(&label).clone();
-        let bytes_c2a = self.tcp_bytes.get_or_create(&bytes("c2a")).clone();
-        let bytes_a2c = self.tcp_bytes.get_or_create(&bytes("a2c")).clone();
+        let bytes_c2a = self.tcp_bytes.get_or_create(&bytes(C2P)).clone();
+        let bytes_a2c = self.tcp_bytes.get_or_create(&bytes(P2C)).clone();
         let overflow = OverflowLabels {
             side: "relay",
             connector: connector.to_owned(),
@@ -539,8 +605,8 @@ mod tests {
         let c = m.connector("addomain");
         c.connections.inc();
         c.bytes_c2a.inc_by(5);
-        m.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
-        m.rst_received
+        m.fin_sent.inc();
+        m.rst_recv
             .get_or_create(&CodeLabel {
                 code: "connect_failed",
             })
@@ -549,10 +615,14 @@ mod tests {
         for needle in [
             "nowconnect_tcp_connections_total{connector=\"addomain\"} 1",
             "nowconnect_tcp_active_connections{connector=\"addomain\"} 0",
-            "nowconnect_tcp_bytes_total{direction=\"c2a\",connector=\"addomain\"} 5",
+            "nowconnect_tcp_bytes_total{direction=\"c2p\",connector=\"addomain\"} 5",
+            "nowconnect_tcp_bytes_total{direction=\"p2c\",connector=\"addomain\"} 0",
             "nowconnect_connection_duration_seconds_bucket",
-            "nowconnect_fin_sent_total{dir=\"c2a\"} 1",
-            "nowconnect_rst_received_total{code=\"connect_failed\"} 1",
+            "# TYPE nowconnect_fin_sent counter\nnowconnect_fin_sent 1\n",
+            "# TYPE nowconnect_fin_recv counter\nnowconnect_fin_recv 0\n",
+            "nowconnect_rst_recv{code=\"connect_failed\"} 1",
+            "# TYPE nowconnect_tunnel_reconnects counter",
+            "# TYPE nowconnect_tunnel_uptime_seconds gauge",
             "nowconnect_agents_connected 0",
             "nowconnect_queue_overflow_total{side=\"relay\",connector=\"addomain\"} 0",
         ] {

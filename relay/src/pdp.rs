@@ -22,7 +22,7 @@ use tracing::warn;
 
 use crate::config::PdpConfig;
 use crate::httpc::HttpClient;
-use crate::metrics::{Metrics, ResultLabel};
+use crate::metrics::Metrics;
 
 /// Allow decisions remembered at once; past this, expired ones are dropped (or all of them).
 const MAX_CACHE: usize = 10_000;
@@ -42,7 +42,7 @@ enum Outcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Decision {
     pub allowed: bool,
-    /// `allow`, `deny`, `cache_hit`, `error`, `timeout` (also the metric's `result`).
+    /// `allow`, `deny`, `cache_hit`, `error`, `timeout` (the audit reason).
     pub result: &'static str,
 }
 
@@ -94,10 +94,12 @@ impl Pdp {
             cache.get(&key).is_some_and(|until| *until > now)
         };
         if hit {
-            return self.count(Decision {
+            self.metrics.pdp_allow.inc();
+            self.metrics.pdp_cache_hits.inc();
+            return Decision {
                 allowed: true,
                 result: "cache_hit",
-            });
+            };
         }
         let cell = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -127,7 +129,8 @@ impl Pdp {
             }
             cache.insert(key, Instant::now() + self.cfg.cache_ttl);
         }
-        self.count(match outcome {
+        self.count(outcome);
+        match outcome {
             Outcome::Allow => Decision {
                 allowed: true,
                 result: "allow",
@@ -144,15 +147,21 @@ impl Pdp {
                 allowed: self.cfg.fail_open,
                 result: "timeout",
             },
-        })
+        }
     }
 
-    fn count(&self, d: Decision) -> Decision {
-        self.metrics
-            .pdp_decisions
-            .get_or_create(&ResultLabel { result: d.result })
-            .inc();
-        d
+    /// The catalog's three counters, plus our timeout count (a subset of the errors).
+    fn count(&self, outcome: Outcome) {
+        let m = &self.metrics;
+        match outcome {
+            Outcome::Allow => m.pdp_allow.inc(),
+            Outcome::Deny => m.pdp_deny.inc(),
+            Outcome::Error => m.pdp_errors.inc(),
+            Outcome::Timeout => {
+                m.pdp_errors.inc();
+                m.pdp_timeouts.inc()
+            }
+        };
     }
 
     /// One request to the PDP.

@@ -304,7 +304,7 @@ async fn non_reading_agent_beyond_credit_is_reset_and_then_closed_as_stalled() {
     // DATA on the stuck stream without waiting for credit: the kernel takes little, the
     // window the rest, and then the relay must refuse.
     let chunk = data(stuck, &[9; 64 * 1024]);
-    let flow_control = "nowconnect_rst_sent_total{code=\"flow_control\"}";
+    let flow_control = "nowconnect_rst_sent{code=\"flow_control\"}";
     for i in 0..128 {
         hostile.try_feed(&chunk, SEND).await.expect("data");
         if i % 8 == 7 {
@@ -407,7 +407,7 @@ async fn one_agent_holds_only_its_share_of_the_relay_wide_budget() {
         reset += fill_or_reset(&mut hostile, *id).await;
     }
     assert_eq!(
-        metric(&relay, "nowconnect_rst_sent_total{code=\"queue_overflow\"}"),
+        metric(&relay, "nowconnect_rst_sent{code=\"queue_overflow\"}"),
         reset as u64
     );
     assert!((1..STREAMS).contains(&reset), "{reset} of {STREAMS} reset");

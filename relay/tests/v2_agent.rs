@@ -83,10 +83,10 @@ async fn open_data_echo_and_half_close() {
     assert_eq!(status, 200);
     for needle in [
         "nowconnect_tcp_connections_total{connector=\"addomain\"} 1",
-        "nowconnect_tcp_bytes_total{direction=\"c2a\",connector=\"addomain\"} 11",
-        "nowconnect_tcp_bytes_total{direction=\"a2c\",connector=\"addomain\"} 23",
-        "nowconnect_fin_sent_total{dir=\"c2a\"} 1",
-        "nowconnect_fin_received_total{dir=\"a2c\"} 1",
+        "nowconnect_tcp_bytes_total{direction=\"c2p\",connector=\"addomain\"} 11",
+        "nowconnect_tcp_bytes_total{direction=\"p2c\",connector=\"addomain\"} 23",
+        "\nnowconnect_fin_sent 1\n",
+        "\nnowconnect_fin_recv 1\n",
         "nowconnect_agents_connected 1",
         "nowconnect_agent_connects_total{version=\"nowconnect.v2\"} 1",
         "nowconnect_tcp_active_connections{connector=\"addomain\"} 0",
@@ -121,7 +121,7 @@ async fn rst_connect_failed_closes_client_quickly() {
     wait_for("stream gone", DEADLINE, || relay.open_connections() == 0).await;
     assert!(relay
         .metrics_text()
-        .contains("nowconnect_rst_received_total{code=\"connect_failed\"} 1"));
+        .contains("nowconnect_rst_recv{code=\"connect_failed\"} 1"));
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Reading an OpenMetrics page (what a relay's `/metrics` renders) in tests.
 
 /// The value of the first sample whose line starts with `series` (a name, or a name with its
-/// labels as rendered, e.g. `nowconnect_rst_sent_total{code="flow_control"}`); 0 when absent.
+/// labels as rendered, e.g. `nowconnect_rst_sent{code="flow_control"}`); 0 when absent.
 /// Gauges and counters alike, rounded down.
 pub fn value(page: &str, series: &str) -> u64 {
     page.lines()

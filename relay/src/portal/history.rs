@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::history::{Counts, Snapshot, SAMPLE_EVERY};
-use crate::metrics::{BytesLabels, ConnectorLabel};
+use crate::metrics::{BytesLabels, ConnectorLabel, C2P, P2C};
 use crate::Shared;
 
 /// The counters now.
@@ -30,8 +30,8 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
                     .get()
             };
             let counts = Counts {
-                bytes_c2a: bytes("c2a"),
-                bytes_a2c: bytes("a2c"),
+                bytes_c2a: bytes(C2P),
+                bytes_a2c: bytes(P2C),
                 streams: m
                     .tcp_connections
                     .get_or_create(&ConnectorLabel {

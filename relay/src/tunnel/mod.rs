@@ -204,6 +204,8 @@ pub(crate) async fn run<S>(
         })
         .inc();
     m.agents_connected.inc();
+    m.tunnels
+        .opened(&agent_id, tunnel_id, std::time::Instant::now());
     info!(
         event = "agent_connected",
         agent_id = %agent_id,
@@ -289,6 +291,8 @@ pub(crate) async fn run<S>(
     drop(session);
     let reason = end.label();
     m.agents_connected.dec();
+    m.tunnels
+        .closed(&agent_id, tunnel_id, reason, std::time::Instant::now());
     m.agent_disconnects
         .get_or_create(&ReasonLabel { reason })
         .inc();

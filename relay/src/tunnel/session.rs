@@ -42,7 +42,7 @@ use crate::budget::FRAME_COST;
 use crate::config::RelayConfig;
 use crate::conn::{reject_client, ClientSock, ListenerCtx, NewConn};
 use crate::liveness::Liveness;
-use crate::metrics::{CodeLabel, DirLabel, OverflowLabels};
+use crate::metrics::{CodeLabel, OverflowLabels};
 use crate::replay::Replay;
 use crate::sessions::{SessionInfo, TunnelInfo};
 use crate::Shared;
@@ -360,7 +360,7 @@ impl Session {
                 direct,
             } => self.deliver(id, payload, direct),
             Dispatch::Fin { id, shutdown } => {
-                m.fin_received.get_or_create(&DirLabel { dir: "a2c" }).inc();
+                m.fin_recv.inc();
                 if shutdown {
                     if let Some(slot) = self.demux.get(id) {
                         let _ = slot.handle.tx.send(ToStream::ShutWrite);
@@ -373,7 +373,7 @@ impl Session {
                 }
             }
             Dispatch::PeerReset { code, handle, .. } => {
-                m.rst_received
+                m.rst_recv
                     .get_or_create(&CodeLabel {
                         code: code.as_str(),
                     })

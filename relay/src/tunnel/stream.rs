@@ -37,7 +37,7 @@ use super::writer::Out;
 use crate::authorize::{Authorizer, Request};
 use crate::budget::{Budget, FRAME_COST};
 use crate::conn::{reject_client, ClientSock, ConnGuard, ListenerCtx, NewConn, Reroute};
-use crate::metrics::{CodeLabel, DirLabel, Metrics};
+use crate::metrics::{CodeLabel, Metrics};
 use crate::replay::{Chunk, Reopen, Replay, NOT_REPLAYABLE, NO_AGENT, REROUTED};
 use crate::sessions::{SessionInfo, Sessions};
 
@@ -330,10 +330,7 @@ async fn resend(t: &TunnelCtx, s: &mut StreamTask) -> Result<(), End> {
     }
     if eof {
         if let Some(fin) = s.send.on_eof() {
-            t.metrics
-                .fin_sent
-                .get_or_create(&DirLabel { dir: "c2a" })
-                .inc();
+            t.metrics.fin_sent.inc();
             if !send_out(t, Out::Frame(fin)).await {
                 return Err(End::TunnelGone);
             }
@@ -532,7 +529,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                     Ok(None) => {
                         s.replay.on_eof();
                         if let Some(fin) = s.send.on_eof() {
-                            t.metrics.fin_sent.get_or_create(&DirLabel { dir: "c2a" }).inc();
+                            t.metrics.fin_sent.inc();
                             outbox = Some(Out::Frame(fin));
                         }
                     }
