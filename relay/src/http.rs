@@ -354,7 +354,7 @@ async fn handle(
             }
         }
         (&Method::GET, "/metrics") if routes.metrics => {
-            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            let mut r = Response::new(Full::new(Bytes::from(crate::scrape::render(&shared))));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(

@@ -36,6 +36,7 @@ mod proxy_protocol;
 mod registry;
 mod reload;
 mod replay;
+mod scrape;
 mod sessions;
 mod shards;
 pub mod state;
@@ -265,7 +266,7 @@ impl RelayHandle {
 
     /// Prometheus text of this relay's metrics (what `/metrics` serves).
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        scrape::render(&self.shared)
     }
 
     /// Where `/mesh` is served: `ha.mesh.listen`'s address, else `tunnel_addr` (HA on only).

@@ -143,6 +143,11 @@ pub struct Metrics {
     pub agent_connects: Family<VersionLabel, Counter>,
     pub agent_disconnects: Family<ReasonLabel, Counter>,
     pub agents_connected: Gauge<i64, std::sync::atomic::AtomicI64>,
+    /// Agent tunnels serving each configured connector, sampled at each scrape (0: its clients
+    /// are refused).
+    pub connector_agents: Family<ConnectorLabel, Gauge>,
+    /// 1 while `/readyz` answers 200, sampled at each scrape.
+    pub relay_ready: Gauge,
     pub agent_auth_failures: Family<ReasonLabel, Counter>,
     pub agent_auth_successes: Counter<u64, AtomicU64>,
     pub agent_duplicates: Counter<u64, AtomicU64>,
@@ -223,6 +228,8 @@ impl Metrics {
             agent_connects: Family::default(),
             agent_disconnects: Family::default(),
             agents_connected: Gauge::default(),
+            connector_agents: Family::default(),
+            relay_ready: Gauge::default(),
             agent_auth_failures: Family::default(),
             agent_auth_successes: Counter::default(),
             agent_duplicates: Counter::default(),
@@ -371,6 +378,16 @@ impl Metrics {
             "nowconnect_agent_disconnects",
             "Agent tunnels ended, by reason",
             m.agent_disconnects.clone(),
+        );
+        registry.register(
+            "nowconnect_connector_agents",
+            "Agent tunnels serving each configured connector now (0: its clients are refused)",
+            m.connector_agents.clone(),
+        );
+        registry.register(
+            "nowconnect_relay_ready",
+            "1 while /readyz answers 200 (listeners bound, keys loaded, not draining), else 0",
+            m.relay_ready.clone(),
         );
         registry.register(
             "nowconnect_agents_connected",

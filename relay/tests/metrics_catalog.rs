@@ -273,6 +273,9 @@ async fn every_catalog_metric_is_exported_and_the_page_lists_exactly_the_familie
         value("nowconnect_listener_accept_errors_total", &[addomain]),
         0.0
     );
+    // Sampled at the scrape: ready, and the agent still serving addomain.
+    assert_eq!(value("nowconnect_relay_ready", &[]), 1.0);
+    assert_eq!(value("nowconnect_connector_agents", &[addomain]), 1.0);
     assert_eq!(value("nowconnect_fin_sent", &[]), 1.0);
     assert_eq!(value("nowconnect_fin_recv", &[]), 1.0);
     assert_eq!(
