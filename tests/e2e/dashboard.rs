@@ -47,12 +47,32 @@ async fn wait_css(c: &Client, css: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("`{css}` did not appear within {UI:?}: {e}"))
 }
 
+/// Clicks `css` once it is shown and enabled. A page redraws its tables every 5 s, so an
+/// element found just before a redraw may be stale by the click: then it is found again.
 async fn click(c: &Client, css: &str) {
-    wait_css(c, css)
-        .await
-        .click()
-        .await
-        .unwrap_or_else(|e| panic!("click `{css}`: {e}"));
+    let end = tokio::time::Instant::now() + UI;
+    loop {
+        let last = match c.find(Locator::Css(css)).await {
+            Ok(e) => {
+                let ready = e.is_displayed().await.unwrap_or(false)
+                    && e.is_enabled().await.unwrap_or(false);
+                if ready {
+                    match e.click().await {
+                        Ok(()) => return,
+                        Err(err) => err.to_string(),
+                    }
+                } else {
+                    "hidden or disabled".to_owned()
+                }
+            }
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            tokio::time::Instant::now() < end,
+            "could not click `{css}` within {UI:?}: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn text(c: &Client, css: &str) -> String {
