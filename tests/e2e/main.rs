@@ -17,6 +17,7 @@ mod ldap;
 mod ldap_fixture;
 mod lifecycle;
 mod mesh;
+mod monitoring;
 mod portal;
 mod streams;
 mod transfer;
