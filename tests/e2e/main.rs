@@ -17,7 +17,6 @@ mod ldap;
 mod ldap_fixture;
 mod lifecycle;
 mod mesh;
-mod monitoring;
 mod portal;
 mod streams;
 mod transfer;
