@@ -6,6 +6,7 @@
 //! here, at the root of this binary.
 
 mod agent_auth;
+mod agent_metrics;
 mod agent_reload;
 mod dashboard;
 mod demo;

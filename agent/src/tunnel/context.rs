@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::health::HealthState;
+use crate::metrics::{AgentMetrics, ReconnectReason};
 use crate::notify::Notifier;
 use crate::token::Token;
 use crate::transport::{DialError, Dialer};
@@ -28,15 +29,23 @@ pub(crate) struct Shared {
     /// [`crate::reload`]); each supervisor watches it for a changed exported set.
     pub config: watch::Sender<Arc<AgentConfig>>,
     pub health: HealthState,
+    /// Counters for the metrics endpoint (bumped whether or not it is enabled: a few atomics).
+    pub metrics: AgentMetrics,
     /// systemd notifications (no-op without NOTIFY_SOCKET); sent by slot 0's supervisor only.
     pub notify: Notifier,
 }
 
 impl Shared {
-    pub fn new(cfg: AgentConfig, health: HealthState, notify: Notifier) -> Shared {
+    pub fn new(
+        cfg: AgentConfig,
+        health: HealthState,
+        metrics: AgentMetrics,
+        notify: Notifier,
+    ) -> Shared {
         Shared {
             config: watch::Sender::new(Arc::new(cfg)),
             health,
+            metrics,
             notify,
         }
     }
@@ -90,6 +99,38 @@ impl End {
             End::Protocol(_) => "protocol",
             End::Retired => "retired",
         }
+    }
+}
+
+impl End {
+    /// The `reason` label of `nowconnect_agent_reconnects_total` when this end is followed by
+    /// another dial; `None` for a shutdown or a retired tunnel (nothing is redialled).
+    pub fn reconnect_reason(&self) -> Option<ReconnectReason> {
+        Some(match self {
+            End::Shutdown | End::Retired => return None,
+            End::Dial(e) => match e {
+                DialError::Token(_) => ReconnectReason::Token,
+                DialError::Resolve { .. }
+                | DialError::Connect { .. }
+                | DialError::Proxy(_)
+                | DialError::Handshake(_) => ReconnectReason::ConnectFailed,
+                DialError::TlsUntrusted { .. }
+                | DialError::TlsName { .. }
+                | DialError::ClientCert { .. }
+                | DialError::Tls { .. } => ReconnectReason::Tls,
+                DialError::Refused {
+                    status: 401 | 403, ..
+                } => ReconnectReason::AuthRefused,
+                DialError::Refused { .. }
+                | DialError::NoSubprotocol
+                | DialError::Subprotocol(_) => ReconnectReason::Refused,
+            },
+            End::HandshakeTimeout(_) | End::HelloTimeout => ReconnectReason::Timeout,
+            End::RelayClosed { .. } => ReconnectReason::ClosedByRelay,
+            End::KeepaliveTimeout => ReconnectReason::PingTimeout,
+            End::Protocol(_) => ReconnectReason::Protocol,
+            End::Broken(_) => ReconnectReason::Error,
+        })
     }
 }
 
