@@ -176,3 +176,49 @@ impl End {
         matches!(self, End::RelayClosed { code: 1001, .. })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_reasons_follow_the_cause() {
+        let refused = |status| {
+            End::Dial(DialError::Refused {
+                status,
+                reason: String::new(),
+            })
+        };
+        let cases = [
+            (refused(401), Some(ReconnectReason::AuthRefused)),
+            (refused(403), Some(ReconnectReason::AuthRefused)),
+            (refused(503), Some(ReconnectReason::Refused)),
+            (
+                End::Dial(DialError::Handshake("eof".into())),
+                Some(ReconnectReason::ConnectFailed),
+            ),
+            (
+                End::Dial(DialError::ClientCert {
+                    host: "r".into(),
+                    message: "m".into(),
+                }),
+                Some(ReconnectReason::Tls),
+            ),
+            (End::HelloTimeout, Some(ReconnectReason::Timeout)),
+            (
+                End::RelayClosed {
+                    code: 1001,
+                    reason: String::new(),
+                },
+                Some(ReconnectReason::ClosedByRelay),
+            ),
+            (End::KeepaliveTimeout, Some(ReconnectReason::PingTimeout)),
+            (End::Broken("reset".into()), Some(ReconnectReason::Error)),
+            (End::Retired, None),
+            (End::Shutdown, None),
+        ];
+        for (end, want) in cases {
+            assert_eq!(end.reconnect_reason(), want, "{end}");
+        }
+    }
+}
