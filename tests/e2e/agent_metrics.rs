@@ -113,9 +113,12 @@ async fn the_agent_endpoint_shows_every_metric_after_real_traffic() {
     connect_and_wait_closed(listener(&relay, "down"), DEADLINE).await;
 
     let failures = "nowconnect_agent_target_connect_failures_total{connector=\"down\"}";
-    let page = scrape_until(metrics, "the refused target counted", |p| {
-        value(p, failures) >= 1
-    })
+    // The refused stream's task may still be ending when the client sees its close.
+    let page = scrape_until(
+        metrics,
+        "the refused target counted, its stream gone",
+        |p| value(p, failures) >= 1 && p.contains("\nnowconnect_agent_streams_active 1\n"),
+    )
     .await;
     for name in [
         "nowconnect_agent_info",
