@@ -75,6 +75,12 @@ pub struct Cli {
     /// Health listener port (NC_HEALTH_PORT, default 8090; 0 = any).
     #[arg(long, value_name = "PORT")]
     pub health_port: Option<u16>,
+    /// Prometheus endpoint address (NC_METRICS_HOST, default 127.0.0.1).
+    #[arg(long, value_name = "IP")]
+    pub metrics_host: Option<String>,
+    /// Prometheus endpoint port, GET /metrics (NC_METRICS_PORT; default off; 0 = any).
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
     /// Tunnel protocol: auto, v1 or v2 (NC_PROTOCOL).
     #[arg(long, value_name = "auto|v1|v2")]
     pub protocol: Option<String>,
@@ -118,6 +124,8 @@ impl Cli {
             connect_timeout_ms: self.connect_timeout_ms,
             health_host: self.health_host.clone(),
             health_port: self.health_port,
+            metrics_host: self.metrics_host.clone(),
+            metrics_port: self.metrics_port,
             log_level: self.log_level.clone(),
             log_format: self.log_format.clone(),
             ..Layer::default()

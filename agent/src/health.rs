@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -17,8 +17,12 @@ pub struct HealthState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
+    /// What `ready_since_ms` counts from.
+    born: Instant,
+    /// Milliseconds from `born` to the latest time `ready` rose from 0 (READY began).
+    ready_since_ms: AtomicU64,
     /// Tunnels between HELLO_ACK and their end; one [`ReadyGuard`] each.
     ready: AtomicUsize,
     /// HELLO_ACKs received since start.
@@ -30,6 +34,20 @@ struct Inner {
     streams: AtomicUsize,
     /// One line: why the last attempt failed (cleared by the next HELLO_ACK).
     last_error: Mutex<Option<String>>,
+}
+
+impl Default for Inner {
+    fn default() -> Inner {
+        Inner {
+            born: Instant::now(),
+            ready_since_ms: AtomicU64::new(0),
+            ready: AtomicUsize::new(0),
+            connects: AtomicU64::new(0),
+            ready_lost: AtomicU64::new(0),
+            streams: AtomicUsize::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
 }
 
 /// Held by a tunnel from HELLO_ACK to its end; dropping it takes its READY back.
@@ -77,7 +95,10 @@ impl Drop for StreamGauge {
 impl HealthState {
     /// A tunnel got its HELLO_ACK: READY until the guard is dropped; clears the last error.
     pub fn ready_guard(&self) -> ReadyGuard {
-        self.inner.ready.fetch_add(1, Ordering::AcqRel);
+        if self.inner.ready.fetch_add(1, Ordering::AcqRel) == 0 {
+            let ms = self.inner.born.elapsed().as_millis() as u64;
+            self.inner.ready_since_ms.store(ms, Ordering::Release);
+        }
         self.inner.connects.fetch_add(1, Ordering::Relaxed);
         *self.lock_error() = None;
         ReadyGuard(self.inner.clone())
@@ -85,6 +106,16 @@ impl HealthState {
 
     pub fn is_ready(&self) -> bool {
         self.inner.ready.load(Ordering::Acquire) > 0
+    }
+
+    /// How long the agent has been READY without a break (an overlapping refresh is no
+    /// break); `None` while not READY.
+    pub fn ready_for(&self) -> Option<Duration> {
+        if !self.is_ready() {
+            return None;
+        }
+        let since = Duration::from_millis(self.inner.ready_since_ms.load(Ordering::Acquire));
+        Some(self.inner.born.elapsed().saturating_sub(since))
     }
 
     /// Tunnels established (HELLO_ACK) since start.
@@ -201,7 +232,10 @@ mod tests {
         drop(new);
         assert!(!h.is_ready());
         assert_eq!(h.ready_lost(), 1);
-        drop(h.ready_guard());
+        assert_eq!(h.ready_for(), None);
+        let g = h.ready_guard();
+        assert!(h.ready_for().is_some_and(|d| d < Duration::from_secs(60)));
+        drop(g);
         assert_eq!((h.ready_lost(), h.connects()), (2, 3));
     }
 

@@ -2,21 +2,22 @@
 //!
 //! One outbound WebSocket tunnel to the relay (`wss://`, or `ws://` when explicitly allowed for
 //! development) carries every stream; each stream is one TCP connection from the agent to an
-//! on-premise target. The agent never listens on a data-plane port: its only listener is the
-//! health port (`OK` / `READY`).
+//! on-premise target. The agent never listens on a data-plane port: its listeners are the
+//! health port (`OK` / `READY`) and, when configured, the Prometheus endpoint ([`metrics`]).
 //!
 //! Modules: [`config`] (flags > env > YAML > defaults), [`cli`] (the flags), [`transport`] (dial:
 //! TCP, proxy CONNECT, TLS, WebSocket), [`proxy`] and [`no_proxy`] (the HTTP proxy and its
 //! bypass list), [`tls`] (roots, client certificate), `x509` (issuer names for error lines),
 //! [`token`] (token file, `exp`), [`reload`] (SIGHUP: what changed, what applies), `tunnel` (sessions, reconnects, token refresh), `stream` (one
 //! target connection), `writer` (the tunnel's batching writer), [`health`], [`notify`]
-//! (systemd's `sd_notify`), [`backoff`].
+//! (systemd's `sd_notify`), [`metrics`] (the optional `GET /metrics`), [`backoff`].
 #![forbid(unsafe_code)]
 
 pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod no_proxy;
 pub mod notify;
 pub mod proxy;
@@ -52,6 +53,11 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on metrics address {addr} (metrics.host / metrics.port): {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 impl StartError {
@@ -67,6 +73,8 @@ impl StartError {
 #[derive(Debug)]
 pub struct AgentHandle {
     health_addr: SocketAddr,
+    /// The bound metrics address; `None` when the endpoint is off.
+    metrics_addr: Option<SocketAddr>,
     health: HealthState,
     cancel: CancellationToken,
     /// The running configuration, which [`reload`](AgentHandle::reload) replaces.
@@ -80,6 +88,11 @@ impl AgentHandle {
     /// The bound health address (useful with port 0).
     pub fn health_addr(&self) -> SocketAddr {
         self.health_addr
+    }
+
+    /// The bound metrics address (useful with port 0); `None` when `metrics.port` is unset.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// True between HELLO_ACK and the loss of the tunnel (what the health port says).
@@ -159,8 +172,9 @@ impl AgentHandle {
     }
 }
 
-/// Starts the agent: health port, then the tunnel (which keeps reconnecting until shutdown).
-/// Fails only on what retrying cannot fix: an unusable CA bundle or health address.
+/// Starts the agent: health port, metrics endpoint (if configured), then the tunnel (which
+/// keeps reconnecting until shutdown). Fails only on what retrying cannot fix: an unusable CA
+/// bundle, health or metrics address.
 /// Sends no systemd notifications; see [`start_with`].
 pub async fn start(cfg: AgentConfig) -> Result<AgentHandle, StartError> {
     start_with(cfg, Notifier::default()).await
@@ -186,7 +200,19 @@ pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandl
     let health_addr = listener
         .local_addr()
         .map_err(|source| StartError::HealthBind { addr, source })?;
+    let metrics_listener = match cfg.metrics_addr {
+        None => None,
+        Some(addr) => {
+            let bound = TcpListener::bind(addr)
+                .await
+                .and_then(|l| Ok((l.local_addr()?, l)))
+                .map_err(|source| StartError::MetricsBind { addr, source })?;
+            Some(bound)
+        }
+    };
+    let metrics_addr = metrics_listener.as_ref().map(|(a, _)| *a);
     let health = HealthState::default();
+    let metrics = metrics::AgentMetrics::default();
     let cancel = CancellationToken::new();
     let dialer = transport::Dialer::new(&cfg, tls);
     tracing::info!(
@@ -198,18 +224,54 @@ pub async fn start_with(cfg: AgentConfig, notify: Notifier) -> Result<AgentHandl
         connections = cfg.connections,
         connectors = ?cfg.connectors().collect::<Vec<_>>(),
         health = %health_addr,
+        metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         proxy = %dialer.route().map(|p| p.to_string()).unwrap_or_else(|| "none".into()),
         "agent starting"
     );
-    let shared = Arc::new(tunnel::Shared::new(cfg, health.clone(), notify));
+    let shared = Arc::new(tunnel::Shared::new(
+        cfg,
+        health.clone(),
+        metrics.clone(),
+        notify,
+    ));
     let mut tasks = JoinSet::new();
     tasks.spawn(health::serve(listener, health.clone(), cancel.clone()));
+    if let Some((_, listener)) = metrics_listener {
+        let shared = shared.clone();
+        let page = move || scrape(&shared);
+        tasks.spawn(metrics::serve(listener, page, cancel.clone()));
+    }
     tasks.spawn(tunnel::supervise(shared.clone(), dialer, cancel.clone()));
     Ok(AgentHandle {
         health_addr,
+        metrics_addr,
         health,
         cancel,
         shared,
         tasks,
+    })
+}
+
+/// One metrics page: the health state, the counters and the running connector set, read now.
+fn scrape(shared: &tunnel::Shared) -> String {
+    let (health, counters) = (&shared.health, &shared.metrics);
+    let reconnects = counters.reconnects();
+    // Every exported connector shows, at 0 until its first failure (so `increase()` works
+    // from the first one); a connector a reload removed keeps its count.
+    let mut failures = counters.connect_failures();
+    for name in shared.cfg().connectors() {
+        if !failures.contains_key(name) {
+            failures.insert(name.to_owned(), 0);
+        }
+    }
+    metrics::render(&metrics::Sample {
+        version: env!("CARGO_PKG_VERSION"),
+        tunnel_up: health.is_ready(),
+        uptime: health.ready_for().unwrap_or_default(),
+        streams: health.streams(),
+        reconnects: &reconnects,
+        bytes: counters.bytes(),
+        connect_failures: &failures,
+        token_expiry: counters.token_expiry(std::time::SystemTime::now()),
     })
 }

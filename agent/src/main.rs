@@ -41,7 +41,7 @@ fn main() -> ExitCode {
             .collect::<Vec<_>>()
             .join(",");
         println!(
-            "configuration OK: agent_id={} relay={} connectors={} health={} proxy={proxy}",
+            "configuration OK: agent_id={} relay={} connectors={} health={} metrics={} proxy={proxy}",
             cfg.agent_id,
             if relays.is_empty() {
                 cfg.url.to_string()
@@ -49,7 +49,9 @@ fn main() -> ExitCode {
                 relays
             },
             cfg.connectors().collect::<Vec<_>>().join(","),
-            cfg.health_addr()
+            cfg.health_addr(),
+            cfg.metrics_addr
+                .map_or_else(|| "off".to_string(), |a| a.to_string())
         );
         return ExitCode::SUCCESS;
     }

@@ -9,9 +9,9 @@
 //! look their target up in the new table; streams already open keep their socket. A change of the
 //! exported set is announced by the tunnel supervisor with a new HELLO on a new tunnel, opened
 //! before the old one is retired (the token refresh's make-before-break). Everything else (relay
-//! URLs, proxy, TLS, token file, health address, limits, keepalive, logging) is fixed at start:
-//! a change is reported as needing a restart, by key, and the running value stays, so nothing is
-//! half-applied.
+//! URLs, proxy, TLS, token file, health and metrics addresses, limits, keepalive, logging) is
+//! fixed at start: a change is reported as needing a restart, by key, and the running value
+//! stays, so nothing is half-applied.
 
 use std::fmt;
 
@@ -138,7 +138,7 @@ pub(crate) fn same_connectors(a: &AgentConfig, b: &AgentConfig) -> bool {
 fn fixed_keys(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
     let (o, n) = (old, new);
     let (ol, nl) = (&o.limits, &n.limits);
-    let checks: [(bool, &'static str); 24] = [
+    let checks: [(bool, &'static str); 26] = [
         (o.urls != n.urls || o.url != n.url, "tunnel.url"),
         (o.connections != n.connections, "tunnel.connections"),
         (o.agent_id != n.agent_id, "tunnel.agent_id"),
@@ -173,6 +173,14 @@ fn fixed_keys(old: &AgentConfig, new: &AgentConfig) -> Vec<&'static str> {
         ),
         (o.health_host != n.health_host, "health.host"),
         (o.health_port != n.health_port, "health.port"),
+        (
+            o.metrics_addr.map(|a| a.ip()) != n.metrics_addr.map(|a| a.ip()),
+            "metrics.host",
+        ),
+        (
+            o.metrics_addr.map(|a| a.port()) != n.metrics_addr.map(|a| a.port()),
+            "metrics.port",
+        ),
         (
             ol.connect_timeout != nl.connect_timeout,
             "limits.connect_timeout_ms",

@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Target;
+use crate::metrics::AgentMetrics;
 use crate::writer::Outgoing;
 
 /// What the session forwards to a stream.
@@ -75,6 +76,9 @@ pub(crate) struct StreamCtx {
     /// The target socket, once connected: shared with the session, which writes DATA into it
     /// directly while nothing of this stream is queued.
     pub sock: Arc<OnceLock<Arc<TcpStream>>>,
+    /// Bytes written to and read from the target, and failed dials, are counted here (the
+    /// session counts what it writes into the socket itself).
+    pub metrics: AgentMetrics,
 }
 
 /// Runs the stream to its end; returns its id and serial for the session's bookkeeping.
@@ -184,10 +188,12 @@ impl Stream {
                 Ok(sock)
             }
             Ok(Err(e)) => {
+                self.ctx.metrics.target_connect_failed(connector);
                 tracing::info!(event = "target_connect_failed", id, %connector, error = %e, "target connect failed");
                 Err(Abort::Reset(RstCode::ConnectFailed, short(&e.to_string())))
             }
             Err(_) => {
+                self.ctx.metrics.target_connect_failed(connector);
                 tracing::info!(event = "target_connect_failed", id, %connector, timeout_ms, "target connect timed out");
                 Err(Abort::Reset(
                     RstCode::ConnectFailed,
@@ -286,6 +292,7 @@ impl Stream {
     fn write_some(&mut self, sock: &TcpStream) -> io::Result<()> {
         let p = self.queue.write_with(|iov| sock.try_write_vectored(iov))?;
         if p.bytes > 0 {
+            self.ctx.metrics.wrote_to_target(p.bytes);
             let _ = self.ctx.drained.send(Drained {
                 id: self.id(),
                 serial: self.ctx.serial,
@@ -311,6 +318,7 @@ impl Stream {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
             Err(e) => return Err(Abort::Reset(RstCode::Io, short(&e.to_string()))),
         };
+        self.ctx.metrics.read_from_target(n);
         self.ctx
             .send
             .on_read(n)

@@ -6,6 +6,7 @@
 //! here, at the root of this binary.
 
 mod agent_auth;
+mod agent_metrics;
 mod agent_reload;
 mod dashboard;
 mod demo;
@@ -16,6 +17,7 @@ mod health;
 mod ldap;
 mod ldap_fixture;
 mod lifecycle;
+mod monitoring;
 mod mesh;
 mod portal;
 mod streams;

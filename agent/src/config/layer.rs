@@ -45,6 +45,8 @@ pub struct Layer {
     pub reconnect_max_ms: Option<u64>,
     pub health_host: Option<String>,
     pub health_port: Option<u16>,
+    pub metrics_host: Option<String>,
+    pub metrics_port: Option<u16>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
 }
@@ -59,6 +61,7 @@ impl Layer {
             limits,
             proxy,
             health,
+            metrics,
             logging,
         } = file;
         // `url` and `urls` form one list, `url` first; the layer keeps it comma-separated like
@@ -108,6 +111,8 @@ impl Layer {
             reconnect_max_ms: limits.reconnect_max_ms,
             health_host: health.host,
             health_port: health.port,
+            metrics_host: metrics.host,
+            metrics_port: metrics.port,
             log_level: logging.level,
             log_format: logging.format,
         })
@@ -141,6 +146,8 @@ impl Layer {
             connect_timeout_ms: env_parse(env, "NC_CONNECT_TIMEOUT_MS", parse_num, &mut c),
             health_host: env_str(env, "NC_HEALTH_HOST"),
             health_port: env_parse(env, "NC_HEALTH_PORT", parse_num, &mut c),
+            metrics_host: env_str(env, "NC_METRICS_HOST"),
+            metrics_port: env_parse(env, "NC_METRICS_PORT", parse_num, &mut c),
             log_level: env_str(env, "NC_LOG_LEVEL"),
             log_format: env_str(env, "NC_LOG_FORMAT"),
             ..Layer::default()
@@ -202,6 +209,8 @@ impl Layer {
             reconnect_max_ms: self.reconnect_max_ms.or(lower.reconnect_max_ms),
             health_host: self.health_host.or(lower.health_host),
             health_port: self.health_port.or(lower.health_port),
+            metrics_host: self.metrics_host.or(lower.metrics_host),
+            metrics_port: self.metrics_port.or(lower.metrics_port),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
         }

@@ -16,6 +16,7 @@ mod health;
 mod layer;
 mod limits;
 mod logging;
+mod metrics;
 mod proxy;
 mod targets;
 mod tunnel;
@@ -34,6 +35,7 @@ pub use health::{DEFAULT_HEALTH_HOST, DEFAULT_HEALTH_PORT};
 pub use layer::{Layer, PartialTarget};
 pub use limits::AgentLimits;
 pub use logging::LogFormat;
+pub use metrics::DEFAULT_METRICS_HOST;
 pub use targets::{ConnectorName, Target, Targets, MAX_CONNECTORS, MAX_CONNECTOR_LEN};
 pub use tunnel::{AgentId, Keepalive, ProtocolChoice, MAX_AGENT_ID_LEN, MAX_CONNECTIONS};
 
@@ -77,6 +79,10 @@ pub struct AgentConfig {
     /// `health.host` / `health.port` (port 0: any free port).
     pub health_host: IpAddr,
     pub health_port: u16,
+    /// `metrics.host` / `metrics.port` (`NC_METRICS_HOST`, `NC_METRICS_PORT`): the Prometheus
+    /// endpoint, `None` (the default) when no port is set; host 127.0.0.1 by default, port 0:
+    /// any free port.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub limits: AgentLimits,
     pub keepalive: Keepalive,
     /// `logging.level`: a tracing filter (`info`, `debug`, `nowconnect_agent=trace`, ...).

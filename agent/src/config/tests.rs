@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::*;
 
 mod capacity;
+mod metrics;
 mod precedence;
 mod proxy;
 

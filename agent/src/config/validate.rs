@@ -8,6 +8,7 @@ use super::health::validate_health;
 use super::layer::Layer;
 use super::limits::validate_limits;
 use super::logging::validate_logging;
+use super::metrics::validate_metrics;
 use super::proxy::validate_proxy;
 use super::tunnel::validate_tunnel;
 use super::AgentConfig;
@@ -27,6 +28,7 @@ fn agent_config(c: &mut Collector, l: &Layer) -> Option<AgentConfig> {
     let tunnel = validate_tunnel(c, l);
     let limits = validate_limits(c, l);
     let (health_host, health_port) = validate_health(c, l);
+    let metrics_addr = validate_metrics(c, l, (health_host, health_port));
     let proxy = validate_proxy(c, l);
     let auth = validate_auth(c, l);
     let (log_level, log_format) = validate_logging(c, l);
@@ -50,6 +52,7 @@ fn agent_config(c: &mut Collector, l: &Layer) -> Option<AgentConfig> {
         protocol: tunnel.protocol,
         health_host,
         health_port,
+        metrics_addr,
         limits,
         keepalive: tunnel.keepalive,
         log_level,

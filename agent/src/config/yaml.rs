@@ -16,6 +16,7 @@ pub(super) struct YamlFile {
     pub(super) limits: YamlLimits,
     pub(super) proxy: YamlProxy,
     pub(super) health: YamlHealth,
+    pub(super) metrics: YamlMetrics,
     pub(super) logging: YamlLogging,
 }
 
@@ -76,6 +77,14 @@ pub(super) struct YamlProxy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct YamlHealth {
+    pub(super) host: Option<String>,
+    pub(super) port: Option<u16>,
+}
+
+/// The Prometheus endpoint; same shape as `health`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct YamlMetrics {
     pub(super) host: Option<String>,
     pub(super) port: Option<u16>,
 }

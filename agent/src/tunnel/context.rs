@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
 use crate::health::HealthState;
+use crate::metrics::{AgentMetrics, ReconnectReason};
 use crate::notify::Notifier;
 use crate::token::Token;
 use crate::transport::{DialError, Dialer};
@@ -28,15 +29,23 @@ pub(crate) struct Shared {
     /// [`crate::reload`]); each supervisor watches it for a changed exported set.
     pub config: watch::Sender<Arc<AgentConfig>>,
     pub health: HealthState,
+    /// Counters for the metrics endpoint (bumped whether or not it is enabled: a few atomics).
+    pub metrics: AgentMetrics,
     /// systemd notifications (no-op without NOTIFY_SOCKET); sent by slot 0's supervisor only.
     pub notify: Notifier,
 }
 
 impl Shared {
-    pub fn new(cfg: AgentConfig, health: HealthState, notify: Notifier) -> Shared {
+    pub fn new(
+        cfg: AgentConfig,
+        health: HealthState,
+        metrics: AgentMetrics,
+        notify: Notifier,
+    ) -> Shared {
         Shared {
             config: watch::Sender::new(Arc::new(cfg)),
             health,
+            metrics,
             notify,
         }
     }
@@ -93,6 +102,38 @@ impl End {
     }
 }
 
+impl End {
+    /// The `reason` label of `nowconnect_agent_reconnects_total` when this end is followed by
+    /// another dial; `None` for a shutdown or a retired tunnel (nothing is redialled).
+    pub fn reconnect_reason(&self) -> Option<ReconnectReason> {
+        Some(match self {
+            End::Shutdown | End::Retired => return None,
+            End::Dial(e) => match e {
+                DialError::Token(_) => ReconnectReason::Token,
+                DialError::Resolve { .. }
+                | DialError::Connect { .. }
+                | DialError::Proxy(_)
+                | DialError::Handshake(_) => ReconnectReason::ConnectFailed,
+                DialError::TlsUntrusted { .. }
+                | DialError::TlsName { .. }
+                | DialError::ClientCert { .. }
+                | DialError::Tls { .. } => ReconnectReason::Tls,
+                DialError::Refused {
+                    status: 401 | 403, ..
+                } => ReconnectReason::AuthRefused,
+                DialError::Refused { .. }
+                | DialError::NoSubprotocol
+                | DialError::Subprotocol(_) => ReconnectReason::Refused,
+            },
+            End::HandshakeTimeout(_) | End::HelloTimeout => ReconnectReason::Timeout,
+            End::RelayClosed { .. } => ReconnectReason::ClosedByRelay,
+            End::KeepaliveTimeout => ReconnectReason::PingTimeout,
+            End::Protocol(_) => ReconnectReason::Protocol,
+            End::Broken(_) => ReconnectReason::Error,
+        })
+    }
+}
+
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -133,5 +174,51 @@ impl End {
     /// its side); another relay, or the same one restarted, can take the agent at once.
     pub fn is_going_away(&self) -> bool {
         matches!(self, End::RelayClosed { code: 1001, .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_reasons_follow_the_cause() {
+        let refused = |status| {
+            End::Dial(DialError::Refused {
+                status,
+                reason: String::new(),
+            })
+        };
+        let cases = [
+            (refused(401), Some(ReconnectReason::AuthRefused)),
+            (refused(403), Some(ReconnectReason::AuthRefused)),
+            (refused(503), Some(ReconnectReason::Refused)),
+            (
+                End::Dial(DialError::Handshake("eof".into())),
+                Some(ReconnectReason::ConnectFailed),
+            ),
+            (
+                End::Dial(DialError::ClientCert {
+                    host: "r".into(),
+                    message: "m".into(),
+                }),
+                Some(ReconnectReason::Tls),
+            ),
+            (End::HelloTimeout, Some(ReconnectReason::Timeout)),
+            (
+                End::RelayClosed {
+                    code: 1001,
+                    reason: String::new(),
+                },
+                Some(ReconnectReason::ClosedByRelay),
+            ),
+            (End::KeepaliveTimeout, Some(ReconnectReason::PingTimeout)),
+            (End::Broken("reset".into()), Some(ReconnectReason::Error)),
+            (End::Retired, None),
+            (End::Shutdown, None),
+        ];
+        for (end, want) in cases {
+            assert_eq!(end.reconnect_reason(), want, "{end}");
+        }
     }
 }

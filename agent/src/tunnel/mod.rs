@@ -195,6 +195,11 @@ async fn supervise_slot(shared: Arc<Shared>, slot: Arc<Slot>, cancel: Cancellati
                 if end.is_shutdown_or(&cancel) {
                     continue;
                 }
+                let redial = pending.as_ref().is_some_and(|p| p.id == id)
+                    || current.as_ref().is_some_and(|c| c.id == id);
+                if let Some(reason) = end.reconnect_reason().filter(|_| redial) {
+                    shared.metrics.reconnect(reason);
+                }
                 if pending.as_ref().is_some_and(|p| p.id == id) {
                     pending = None;
                     let failed = slot.dialer.url().to_string();

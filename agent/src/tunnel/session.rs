@@ -348,6 +348,8 @@ impl Session<'_> {
             Dispatch::HelloAck => {
                 self.ready_at = Some(Instant::now());
                 self.ready_guard = Some(self.shared.health.ready_guard());
+                let exp = self.token.as_ref().and_then(|t| t.expires_at());
+                self.shared.metrics.token_in_use(exp);
                 let _ = self.ready_tx.send(Ready {
                     id: tokio::task::id(),
                     token: self.token.clone(),
@@ -451,6 +453,7 @@ impl Session<'_> {
                 // Would block, or an error the stream task will meet on its own write: queue.
                 let n = sock.try_write(&rest).unwrap_or(0);
                 if n > 0 {
+                    self.shared.metrics.wrote_to_target(n);
                     let whole = usize::from(n == rest.len());
                     rest = rest.slice(n..);
                     self.on_written(id, n, whole);
@@ -516,6 +519,7 @@ impl Session<'_> {
             out: self.data.clone(),
             drained: self.drained_tx.clone(),
             sock,
+            metrics: self.shared.metrics.clone(),
         };
         let task = self.tasks.spawn(stream::run(ctx, rx));
         self.task_streams.insert(task.id(), (id, self.next_serial));
