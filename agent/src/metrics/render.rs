@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::ReconnectReason;
+use super::reason::ReconnectReason;
 
 /// Everything one scrape shows, read at one moment.
 #[derive(Debug, Clone)]
