@@ -174,36 +174,15 @@ const LINGER: Duration = Duration::from_secs(1);
 
 /// Serves the health port until `cancel`.
 pub async fn serve(listener: TcpListener, state: HealthState, cancel: CancellationToken) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
-    // Owns the answering tasks: dropping `serve` aborts them with it.
-    let mut answering = tokio::task::JoinSet::new();
-    loop {
-        while answering.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (sock, _) = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "health accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let answer = state.answer();
-        answering.spawn(async move {
-            let _ = tokio::time::timeout(LINGER, respond(sock, answer)).await;
-            drop(permit);
-        });
-    }
+    crate::accept::serve_bounded(
+        listener,
+        MAX_CONCURRENT,
+        LINGER,
+        "health",
+        cancel,
+        move |sock| respond(sock, state.answer()),
+    )
+    .await;
 }
 
 async fn respond(mut sock: TcpStream, answer: &[u8]) -> std::io::Result<()> {

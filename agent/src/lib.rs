@@ -13,6 +13,7 @@
 //! (systemd's `sd_notify`), [`metrics`] (the optional `GET /metrics`), [`backoff`].
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod backoff;
 pub mod cli;
 pub mod config;

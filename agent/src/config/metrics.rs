@@ -4,7 +4,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::check::printable;
 use super::collector::Collector;
 use super::layer::Layer;
 
@@ -19,23 +18,12 @@ pub(super) fn validate_metrics(
     health: (IpAddr, u16),
 ) -> Option<SocketAddr> {
     let loopback = IpAddr::from([127, 0, 0, 1]);
-    let host = match l.metrics_host.as_deref().map(str::trim) {
-        None => loopback,
-        Some(h) => match h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-        {
-            Ok(ip) => ip,
-            Err(_) => {
-                c.bad(
-                    "metrics.host (NC_METRICS_HOST, --metrics-host)",
-                    format!("`{}` is not an IP address", printable(h)),
-                );
-                loopback
-            }
-        },
-    };
+    let host = super::health::parse_host(
+        c,
+        "metrics.host (NC_METRICS_HOST, --metrics-host)",
+        l.metrics_host.as_deref(),
+        loopback,
+    );
     let port = l.metrics_port?;
     let (health_host, health_port) = health;
     let overlaps = host == health_host || host.is_unspecified() || health_host.is_unspecified();

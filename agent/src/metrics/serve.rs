@@ -25,36 +25,18 @@ where
     F: Fn() -> String + Send + Sync + 'static,
 {
     let page = Arc::new(page);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
-    // Owns the answering tasks: dropping `serve` aborts them with it.
-    let mut answering = tokio::task::JoinSet::new();
-    loop {
-        while answering.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = slots.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let sock = tokio::select! {
-            _ = cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok((sock, _)) => sock,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let page = page.clone();
-        answering.spawn(async move {
-            let _ = tokio::time::timeout(DEADLINE, exchange(sock, &*page)).await;
-            drop(permit);
-        });
-    }
+    crate::accept::serve_bounded(
+        listener,
+        MAX_CONCURRENT,
+        DEADLINE,
+        "metrics",
+        cancel,
+        move |sock| {
+            let page = page.clone();
+            async move { exchange(sock, &*page).await }
+        },
+    )
+    .await;
 }
 
 async fn exchange(
