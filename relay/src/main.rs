@@ -13,6 +13,8 @@ use nowconnect_relay::notify::{self, Notifier};
 use nowconnect_relay::{start_sharded, RelayConfig, Shards, StartError};
 use tracing::{info, warn};
 
+mod alloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "nowconnect-relay",
@@ -158,6 +160,7 @@ async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
 }
 
 fn main() -> ExitCode {
+    let alloc_refused = alloc::configure();
     let args = Args::parse();
     let cfg = match RelayConfig::load(&args.config, &ProcessEnv) {
         Ok(cfg) => cfg,
@@ -171,6 +174,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&cfg.observability.log_level);
+    info!(allocator = alloc::NAME, "allocator");
+    for r in alloc_refused {
+        warn!(allocator = alloc::NAME, setting = %r, "allocator setting refused; its default stays");
+    }
     // tokio reads the same variable and panics on a bad value: refuse it here, in one line.
     let threads = match thread_count() {
         Ok(n) => n,

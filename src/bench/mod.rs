@@ -9,6 +9,7 @@
 //! What this module must never do: touch a fixed port (everything binds 127.0.0.1:0 or picks a
 //! free port), or leave a child process behind (see [`proc`]).
 
+pub mod burst;
 pub mod cross;
 pub mod ldap;
 pub mod load;

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::burst::BurstSettings;
 use super::ldap;
 
 /// Everything the run needs to know; see the `nowconnect-bench` flags.
@@ -33,6 +34,8 @@ pub struct Settings {
     pub restarts: usize,
     /// Failovers (`failover`).
     pub failovers: usize,
+    /// Bursts of short connections (`burst`).
+    pub burst: BurstSettings,
 }
 
 /// The workloads `--only` can pick.
@@ -51,6 +54,8 @@ pub struct Workloads {
     pub failover: bool,
     /// Relays A and B with a mesh: local streams on A against cross-relay ones through B.
     pub cross: bool,
+    /// Bursts of short connections: relay RSS before, right after and each second after.
+    pub burst: bool,
 }
 
 impl Workloads {
@@ -59,7 +64,7 @@ impl Workloads {
         self.memory || self.pingpong || self.bulk1 || self.bulk_n || self.ldap
     }
 
-    /// Parses `memory,pingpong,bulk,bulk1,ldap,restart,failover` (bulk = bulk1 + the
+    /// Parses `memory,pingpong,bulk,bulk1,ldap,restart,failover,cross,burst` (bulk = bulk1 + the
     /// multi-stream cases).
     pub fn parse(list: &str) -> anyhow::Result<Workloads> {
         let mut w = Workloads {
@@ -71,6 +76,7 @@ impl Workloads {
             restart: false,
             failover: false,
             cross: false,
+            burst: false,
         };
         for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item {
@@ -82,9 +88,10 @@ impl Workloads {
                 "restart" => w.restart = true,
                 "failover" => w.failover = true,
                 "cross" => w.cross = true,
+                "burst" => w.burst = true,
                 other => anyhow::bail!(
                     "--only {other}: expected a list of memory, pingpong, bulk, bulk1, ldap, \
-                     restart, failover, cross"
+                     restart, failover, cross, burst"
                 ),
             }
         }

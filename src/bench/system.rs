@@ -48,6 +48,8 @@ pub struct Tunnel {
     pub agent: Child,
     /// Relay listener for each connector (the addresses clients connect to).
     pub listeners: BTreeMap<String, SocketAddr>,
+    /// The relay's plain-HTTP admin port (`/metrics`, `/readyz`).
+    pub admin: SocketAddr,
 }
 
 impl Tunnel {
@@ -141,6 +143,7 @@ fn start_once(
         relay,
         agent,
         listeners,
+        admin,
     })
 }
 

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use nowconnect::bench::{cross, ldap, proc, restart, run};
+use nowconnect::bench::{burst, cross, ldap, proc, restart, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,7 +79,8 @@ struct Args {
     /// Run only these workloads: a comma list of memory, pingpong, bulk, bulk1 (one-stream bulk
     /// only), ldap, restart (relay restarted --restarts times after SIGKILL, then after SIGTERM),
     /// failover (the agent's relay SIGKILLed, --failovers times), cross (relays A and B in HA
-    /// with a redis-server and a mesh: streams on A against streams through B to A's agent).
+    /// with a redis-server and a mesh: streams on A against streams through B to A's agent),
+    /// burst (--bursts x --burst-conns short connections; relay RSS each second after).
     /// Budgets of workloads left out show "–".
     #[arg(long, default_value = "memory,pingpong,bulk,ldap")]
     only: String,
@@ -89,6 +90,21 @@ struct Args {
     /// Relay losses (failover).
     #[arg(long, default_value_t = 10)]
     failovers: usize,
+    /// Bursts in a row (burst).
+    #[arg(long, default_value_t = 2)]
+    bursts: usize,
+    /// Short connections per burst (burst).
+    #[arg(long, default_value_t = 20_000)]
+    burst_conns: usize,
+    /// Client threads sharing a burst's connections (burst).
+    #[arg(long, default_value_t = 1)]
+    burst_clients: usize,
+    /// Bytes each burst connection sends before it closes (burst).
+    #[arg(long, default_value_t = 20_000)]
+    burst_bytes: usize,
+    /// Seconds of RSS sampling after each burst (burst).
+    #[arg(long, default_value_t = 10)]
+    burst_watch_secs: u64,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -148,6 +164,23 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         (1..=20_000).contains(&a.idle_streams),
         "--idle-streams must be 1..=20000"
     );
+    anyhow::ensure!((1..=10).contains(&a.bursts), "--bursts must be 1..=10");
+    anyhow::ensure!(
+        (1..=100_000).contains(&a.burst_conns),
+        "--burst-conns must be 1..=100000"
+    );
+    anyhow::ensure!(
+        (1..=64).contains(&a.burst_clients),
+        "--burst-clients must be 1..=64"
+    );
+    anyhow::ensure!(
+        (1..=1 << 20).contains(&a.burst_bytes),
+        "--burst-bytes must be 1..=1048576"
+    );
+    anyhow::ensure!(
+        (1..=120).contains(&a.burst_watch_secs),
+        "--burst-watch-secs must be 1..=120"
+    );
     let ldap = if a.ldap == "off" {
         None
     } else {
@@ -187,6 +220,13 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         ldap,
         restarts: a.restarts,
         failovers: a.failovers,
+        burst: burst::BurstSettings {
+            bursts: a.bursts,
+            conns: a.burst_conns,
+            clients: a.burst_clients,
+            bytes: a.burst_bytes,
+            watch_secs: a.burst_watch_secs,
+        },
     })
 }
 
@@ -208,7 +248,7 @@ fn main() -> ExitCode {
         let _ = std::fs::remove_dir_all(&s.work_dir);
     }
     match result {
-        Ok((report, restarts, cross)) => {
+        Ok((report, restarts, cross, burst)) => {
             // The tunnel report's keys at the top (as before), the restart measures beside them.
             let mut json = serde_json::Map::new();
             if let Some(report) = report {
@@ -226,6 +266,10 @@ fn main() -> ExitCode {
                 println!("{}", c.render());
                 json.insert("cross".into(), c.to_json());
             }
+            if let Some(b) = burst {
+                println!("{}", b.render());
+                json.insert("burst".into(), b.to_json());
+            }
             if let Some(path) = &args.json {
                 let text = serde_json::to_string_pretty(&serde_json::Value::Object(json))
                     .unwrap_or_default();
@@ -242,15 +286,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// The tunnel workloads, then the restart and failover measures, then the cross-relay one, as
-/// `--only` asks.
-fn measure(
-    s: &run::Settings,
-) -> anyhow::Result<(
+/// What each kind of measure produced (None: not asked for by `--only`).
+type Measured = (
     Option<nowconnect::bench::report::Report>,
     Option<restart::Restarts>,
     Option<cross::Cross>,
-)> {
+    Option<burst::Burst>,
+);
+
+/// The tunnel workloads, then the restart and failover measures, then the cross-relay one, then
+/// the bursts, as `--only` asks.
+fn measure(s: &run::Settings) -> anyhow::Result<Measured> {
     let report = if s.only.tunnel() {
         Some(run::run(s)?)
     } else {
@@ -266,5 +312,10 @@ fn measure(
     } else {
         None
     };
-    Ok((report, restarts, cross))
+    let burst = if s.only.burst {
+        Some(burst::run(s, &s.burst)?)
+    } else {
+        None
+    };
+    Ok((report, restarts, cross, burst))
 }
