@@ -17,6 +17,7 @@
 //! - [`http`]: a tiny HTTP/1.1 client and a counting test server.
 //! - [`health`]: probing the agent's health port.
 //! - [`temp`]: per-test temporary directories and the files in them.
+//! - [`hosts`]: a private hosts file for the commands a test starts (mount namespace).
 //! - [`pki`]: an rcgen PKI (CAs, server and client certificates, TLS acceptors and connectors).
 //! - [`idp`]: a test identity provider (keys made at run time, JWKS, minted tokens).
 //! - [`oidc`]: a test OpenID Connect provider (discovery, authorization code + PKCE, tokens).
@@ -40,6 +41,7 @@ pub mod chaos;
 pub mod frames;
 pub mod haproxy;
 pub mod health;
+pub mod hosts;
 pub mod http;
 pub mod idp;
 pub mod io;

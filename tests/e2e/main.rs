@@ -16,6 +16,7 @@ mod ha;
 mod health;
 mod ldap;
 mod ldap_fixture;
+mod ldaps;
 mod lifecycle;
 mod mesh;
 mod monitoring;

@@ -23,10 +23,21 @@
 //!   description value, so one LDAP message alone is larger than a loopback TCP segment.
 //!   A full search of the people returns roughly 250 KiB of LDIF.
 //! - `ou=groups`: `cn=staff` (groupOfNames, all people) and `cn=admins` (first three).
+//!
+//! [`Slapd::start_with`] takes [`Options`]: another loopback address (several servers on one
+//! port, as domain controllers behind one connector), a fixed port, LDAPS with a certificate from
+//! the test PKI. [`Slapd::stop`] and [`Slapd::start_again`] take a server down and bring it back on
+//! the same address. [`Client`] runs ldapsearch against any URL, optionally trusting only a test CA
+//! and resolving names through a private hosts file ([`crate::hosts`]).
+
+mod client;
+mod data;
+
+pub use client::Client;
+pub use data::{count_entries, directory_ldif, normalize_ldif, person_uid};
 
 use std::fmt::Write as _;
 use std::fs::File;
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -81,11 +92,32 @@ const MODULE_DIRS: &[&str] = &[
     "/usr/local/libexec/openldap",
 ];
 
+/// How [`Slapd::start_with`] runs the server.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Loopback address to listen on (default 127.0.0.1); 127.0.0.2, ... let several servers
+    /// share one port.
+    pub ip: Option<Ipv4Addr>,
+    /// Port to listen on (default: a free one). Fixed: one attempt, no retry on a taken port.
+    pub port: Option<u16>,
+    /// Serve LDAPS (`ldaps://`) with this certificate instead of plain LDAP.
+    pub tls: Option<Tls>,
+}
+
+/// The server certificate of an LDAPS slapd (PEM files, e.g. from [`crate::pki::Leaf::write`]).
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
 /// A running private slapd. Killed (and its directory removed) on drop.
 #[derive(Debug)]
 pub struct Slapd {
-    /// `127.0.0.1:<port>` slapd listens on.
+    /// `<ip>:<port>` slapd listens on.
     pub addr: SocketAddr,
+    /// Whether it speaks LDAPS.
+    pub tls: bool,
     /// Always [`BASE_DN`].
     pub base_dn: String,
     /// Always [`ADMIN_DN`].
@@ -94,6 +126,8 @@ pub struct Slapd {
     pub admin_pw: String,
     child: Child,
     log_path: PathBuf,
+    slapd_bin: PathBuf,
+    conf_path: PathBuf,
     // Declared last: removed after the child is gone.
     dir: TempDir,
 }
@@ -111,6 +145,11 @@ impl Slapd {
     /// starts `slapd -d none` in the foreground on a free 127.0.0.1 port (up to 3 ports if the
     /// chosen one is taken meanwhile). Returns once slapd answers an authenticated search.
     pub fn start() -> Result<Slapd, String> {
+        Self::start_with(&Options::default())
+    }
+
+    /// [`Slapd::start`] with `options` (address, port, LDAPS).
+    pub fn start_with(options: &Options) -> Result<Slapd, String> {
         let slapd_bin = find_binary("slapd").ok_or("slapd not found in PATH or /usr/sbin")?;
         let slapadd_bin = find_binary("slapadd").ok_or("slapadd not found in PATH or /usr/sbin")?;
         if find_binary("ldapsearch").is_none() {
@@ -124,7 +163,18 @@ impl Slapd {
         std::fs::create_dir(&db_dir)
             .map_err(|e| format!("cannot create {}: {e}", db_dir.display()))?;
         let conf_path = dir.path().join("slapd.conf");
-        let conf = slapd_conf(dir.path(), &db_dir, &schema_dir, module_dir.as_deref());
+        let mut conf = slapd_conf(dir.path(), &db_dir, &schema_dir, module_dir.as_deref());
+        if let Some(tls) = &options.tls {
+            // Global directives: they must come before the first `database` line.
+            let at = conf.find("database ").unwrap_or(conf.len());
+            let q = |p: &Path| format!("\"{}\"", p.display());
+            let tls_conf = format!(
+                "TLSCertificateFile {}\nTLSCertificateKeyFile {}\n",
+                q(&tls.cert_file),
+                q(&tls.key_file)
+            );
+            conf.insert_str(at, &tls_conf);
+        }
         std::fs::write(&conf_path, conf)
             .map_err(|e| format!("cannot write {}: {e}", conf_path.display()))?;
         let ldif_path = dir.path().join("data.ldif");
@@ -150,41 +200,34 @@ impl Slapd {
             ));
         }
 
+        let ip = options.ip.unwrap_or(Ipv4Addr::LOCALHOST);
+        let attempts = if options.port.is_some() {
+            1
+        } else {
+            BIND_ATTEMPTS
+        };
         let mut last_error = String::new();
-        for attempt in 1..=BIND_ATTEMPTS {
-            let port = free_port()?;
-            let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        for attempt in 1..=attempts {
+            let port = match options.port {
+                Some(p) => p,
+                None => free_port(ip)?,
+            };
+            let addr = SocketAddr::from((ip, port));
+            let tls = options.tls.is_some();
             let log_path = dir.path().join(format!("slapd-{attempt}.log"));
-            let log = File::create(&log_path)
-                .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-            let log_err = log
-                .try_clone()
-                .map_err(|e| format!("cannot clone log file handle: {e}"))?;
-            // `-d` keeps slapd in the foreground (no fork), so `child` owns the server process.
-            // Level "none" only logs messages logged at any level, e.g. "bind(..) failed errno=98".
-            // No -u/-g: slapd keeps our uid, which owns the data directory (root or not).
-            let mut child = Command::new(&slapd_bin)
-                .arg("-h")
-                .arg(format!("ldap://{addr}/"))
-                .arg("-f")
-                .arg(&conf_path)
-                .arg("-d")
-                .arg("none")
-                .env("LDAPNOINIT", "1")
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err)
-                .spawn()
-                .map_err(|e| format!("cannot run {}: {e}", slapd_bin.display()))?;
-            match wait_ready(&mut child, addr, &log_path) {
+            let mut child = spawn(&slapd_bin, &conf_path, addr, tls, &log_path)?;
+            match wait_ready(&mut child, addr, tls, &log_path) {
                 Ok(()) => {
                     return Ok(Slapd {
                         addr,
+                        tls,
                         base_dn: BASE_DN.to_string(),
                         admin_dn: ADMIN_DN.to_string(),
                         admin_pw: ADMIN_PW.to_string(),
                         child,
                         log_path,
+                        slapd_bin,
+                        conf_path,
                         dir,
                     });
                 }
@@ -199,15 +242,52 @@ impl Slapd {
             }
         }
         Err(format!(
-            "slapd could not bind a free port in {BIND_ATTEMPTS} attempts; last log:\n{last_error}"
+            "slapd could not bind a port in {attempts} attempt(s); last log:\n{last_error}"
         ))
+    }
+
+    /// Kills the server (its address then refuses connections); [`Slapd::start_again`] brings
+    /// it back.
+    pub fn stop(&mut self) {
+        reap(&mut self.child);
+    }
+
+    /// Starts the stopped server again on the same address, with the same configuration and
+    /// data; returns once it answers a search.
+    pub fn start_again(&mut self) -> Result<(), String> {
+        reap(&mut self.child);
+        let log_path = self.dir.path().join("slapd-again.log");
+        let mut child = spawn(
+            &self.slapd_bin,
+            &self.conf_path,
+            self.addr,
+            self.tls,
+            &log_path,
+        )?;
+        match wait_ready(&mut child, self.addr, self.tls, &log_path) {
+            Ok(()) => {
+                self.child = child;
+                self.log_path = log_path;
+                Ok(())
+            }
+            Err(Failure::PortInUse(log) | Failure::Fatal(log)) => {
+                reap(&mut child);
+                Err(format!("slapd did not start again on {}: {log}", self.addr))
+            }
+        }
+    }
+
+    /// The URL clients use: `ldap://<addr>` or `ldaps://<addr>`.
+    pub fn url(&self) -> String {
+        url(self.addr, self.tls)
     }
 
     /// `ldapsearch -x -LLL -o ldif-wrap=no -H ldap://ADDR -b BASE -D ADMIN -w PW
     /// [-E pr=N/noprompt] FILTER ATTRS...`; returns stdout, or an error (with stderr) on a
     /// non-zero exit or after [`LDAPSEARCH_TIMEOUT`]. Entries are separated by blank lines; with
     /// paging the output also holds `# pagedresults: cookie=...` comment lines, which
-    /// [`normalize_ldif`] drops. Config files are ignored (`LDAPNOINIT=1`).
+    /// [`normalize_ldif`] drops. Config files are ignored (`LDAPNOINIT=1`). See [`Client`] for
+    /// LDAPS and private name resolution.
     pub fn ldapsearch(
         addr: SocketAddr,
         base_dn: &str,
@@ -217,29 +297,7 @@ impl Slapd {
         attrs: &[&str],
         page_size: Option<u32>,
     ) -> Result<Vec<u8>, String> {
-        let mut args: Vec<String> = vec![
-            "-x".into(),
-            "-LLL".into(),
-            "-o".into(),
-            "ldif-wrap=no".into(),
-            "-o".into(),
-            "nettimeout=10".into(),
-            "-H".into(),
-            format!("ldap://{addr}"),
-            "-b".into(),
-            base_dn.into(),
-            "-D".into(),
-            admin_dn.into(),
-            "-w".into(),
-            pw.into(),
-        ];
-        if let Some(n) = page_size {
-            args.push("-E".into());
-            args.push(format!("pr={n}/noprompt"));
-        }
-        args.push(filter.into());
-        args.extend(attrs.iter().map(|a| a.to_string()));
-        run_ldapsearch(&args, LDAPSEARCH_TIMEOUT)
+        Client::new(url(addr, false)).search_as(base_dn, admin_dn, pw, filter, attrs, page_size)
     }
 
     /// [`Slapd::ldapsearch`] against this server with its base and credentials.
@@ -249,15 +307,10 @@ impl Slapd {
         attrs: &[&str],
         page_size: Option<u32>,
     ) -> Result<Vec<u8>, String> {
-        Self::ldapsearch(
-            self.addr,
-            &self.base_dn,
-            &self.admin_dn,
-            &self.admin_pw,
-            filter,
-            attrs,
-            page_size,
-        )
+        // Straight to its address: an LDAPS server's certificate is not checked here.
+        Client::new(self.url())
+            .insecure()
+            .search(filter, attrs, page_size)
     }
 
     /// slapd's log so far (stdout + stderr at debug level "none": startup banner and errors).
@@ -278,140 +331,40 @@ impl Drop for Slapd {
     }
 }
 
-/// Splits LDIF (ldapsearch output) into entries, drops `#` comment lines (e.g. paged-results
-/// cookies) and blank lines, and sorts the entries, so outputs of the same search compare equal
-/// regardless of entry order and paging. Attribute order inside an entry is kept as is.
-pub fn normalize_ldif(ldif: &[u8]) -> Vec<String> {
-    let text = String::from_utf8_lossy(ldif);
-    let mut entries = Vec::new();
-    let mut current = String::new();
-    for line in text.lines() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.starts_with('#') {
-            continue;
-        }
-        let boundary = line.trim().is_empty() || line.starts_with("dn:");
-        if boundary && !current.is_empty() {
-            entries.push(std::mem::take(&mut current));
-        }
-        if !line.trim().is_empty() {
-            current.push_str(line);
-            current.push('\n');
-        }
-    }
-    if !current.is_empty() {
-        entries.push(current);
-    }
-    entries.sort();
-    entries
+/// `ldap://<addr>` or `ldaps://<addr>`.
+fn url(addr: SocketAddr, tls: bool) -> String {
+    format!("{}://{addr}", if tls { "ldaps" } else { "ldap" })
 }
 
-/// Number of entries (`dn:` / `dn::` lines) in LDIF output.
-pub fn count_entries(ldif: &[u8]) -> usize {
-    String::from_utf8_lossy(ldif)
-        .lines()
-        .filter(|l| l.starts_with("dn:"))
-        .count()
-}
-
-/// The LDIF loaded into every instance (base, OUs, people, groups), for tests that want to
-/// compare against the source data.
-pub fn directory_ldif() -> String {
-    let mut out = String::new();
-    entry(
-        &mut out,
-        BASE_DN,
-        &[
-            ("objectClass", "top"),
-            ("objectClass", "dcObject"),
-            ("objectClass", "organization"),
-            ("dc", "example"),
-            ("o", "Example Organisation — Überprüfung"),
-        ],
-    );
-    entry(
-        &mut out,
-        PEOPLE_BASE,
-        &[
-            ("objectClass", "top"),
-            ("objectClass", "organizationalUnit"),
-            ("ou", "people"),
-        ],
-    );
-    entry(
-        &mut out,
-        GROUPS_BASE,
-        &[
-            ("objectClass", "top"),
-            ("objectClass", "organizationalUnit"),
-            ("ou", "groups"),
-        ],
-    );
-    const GIVEN: &[&str] = &[
-        "Zoë", "Jürgen", "Ægir", "Søren", "José", "Chloé", "Ana", "Lukas",
-    ];
-    const SURNAMES: &[&str] = &[
-        "Müller",
-        "Ångström",
-        "Nuñez",
-        "Dvořák",
-        "Smith",
-        "Øberg",
-        "Łukasiewicz",
-        "Ivanov",
-    ];
-    for i in 0..PEOPLE_COUNT {
-        let uid = person_uid(i);
-        let dn = format!("uid={uid},{PEOPLE_BASE}");
-        let given = GIVEN[i % GIVEN.len()];
-        let sn = SURNAMES[(i / GIVEN.len() + i) % SURNAMES.len()];
-        let cn = format!("{given} {sn} {i:03}");
-        let mail = format!("{uid}@example.org");
-        let number = i.to_string();
-        let description = long_text(i, 512 + i * 64);
-        let big = (uid == BIG_ENTRY_UID).then(|| long_text(i + 7, 96 * 1024));
-        let mut attrs = vec![
-            ("objectClass", "top"),
-            ("objectClass", "person"),
-            ("objectClass", "organizationalPerson"),
-            ("objectClass", "inetOrgPerson"),
-            ("uid", uid.as_str()),
-            ("cn", cn.as_str()),
-            ("sn", sn),
-            ("givenName", given),
-            ("mail", mail.as_str()),
-            ("employeeNumber", number.as_str()),
-            ("description", description.as_str()),
-        ];
-        if let Some(big) = &big {
-            attrs.push(("description", big.as_str()));
-        }
-        entry(&mut out, &dn, &attrs);
-    }
-    let staff: Vec<String> = (0..PEOPLE_COUNT)
-        .map(|i| format!("uid={},{PEOPLE_BASE}", person_uid(i)))
-        .collect();
-    let mut attrs = vec![
-        ("objectClass", "top"),
-        ("objectClass", "groupOfNames"),
-        ("cn", "staff"),
-        ("description", "Alle Mitarbeiter — tous les employés — 全员"),
-    ];
-    attrs.extend(staff.iter().map(|m| ("member", m.as_str())));
-    entry(&mut out, &format!("cn=staff,{GROUPS_BASE}"), &attrs);
-    let mut attrs = vec![
-        ("objectClass", "top"),
-        ("objectClass", "groupOfNames"),
-        ("cn", "admins"),
-    ];
-    attrs.extend(staff.iter().take(3).map(|m| ("member", m.as_str())));
-    entry(&mut out, &format!("cn=admins,{GROUPS_BASE}"), &attrs);
-    out
-}
-
-/// `user000`, `user001`, ...
-pub fn person_uid(i: usize) -> String {
-    format!("user{i:03}")
+/// Starts `slapd -d none` in the foreground on `addr`, logging into `log_path`.
+fn spawn(
+    slapd_bin: &Path,
+    conf_path: &Path,
+    addr: SocketAddr,
+    tls: bool,
+    log_path: &Path,
+) -> Result<Child, String> {
+    let log =
+        File::create(log_path).map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("cannot clone log file handle: {e}"))?;
+    // `-d` keeps slapd in the foreground (no fork), so the child is the server process.
+    // Level "none" only logs messages logged at any level, e.g. "bind(..) failed errno=98".
+    // No -u/-g: slapd keeps our uid, which owns the data directory (root or not).
+    Command::new(slapd_bin)
+        .arg("-h")
+        .arg(format!("{}/", url(addr, tls)))
+        .arg("-f")
+        .arg(conf_path)
+        .arg("-d")
+        .arg("none")
+        .env("LDAPNOINIT", "1")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", slapd_bin.display()))
 }
 
 enum Failure {
@@ -421,7 +374,12 @@ enum Failure {
 }
 
 /// Polls until slapd answers a search, exits, or [`START_DEADLINE`] passes.
-fn wait_ready(child: &mut Child, addr: SocketAddr, log_path: &Path) -> Result<(), Failure> {
+fn wait_ready(
+    child: &mut Child,
+    addr: SocketAddr,
+    tls: bool,
+    log_path: &Path,
+) -> Result<(), Failure> {
     let spawned = Instant::now();
     let deadline = spawned + START_DEADLINE;
     loop {
@@ -450,13 +408,16 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, log_path: &Path) -> Result<()
         } else {
             match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 Ok(_) => {
+                    let probe = Client::new(url(addr, tls))
+                        .insecure()
+                        .timeout(Duration::from_secs(1));
                     let args = [
                         "-x",
                         "-LLL",
                         "-o",
                         "nettimeout=2",
                         "-H",
-                        &format!("ldap://{addr}"),
+                        &url(addr, tls),
                         "-s",
                         "base",
                         "-b",
@@ -469,7 +430,7 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, log_path: &Path) -> Result<()
                         "dn",
                     ]
                     .map(String::from);
-                    match run_ldapsearch(&args, Duration::from_secs(1)) {
+                    match probe.run(&args) {
                         Ok(_) => return Ok(()),
                         Err(e) => e,
                     }
@@ -488,58 +449,7 @@ fn wait_ready(child: &mut Child, addr: SocketAddr, log_path: &Path) -> Result<()
     }
 }
 
-/// Runs ldapsearch with `args`, reading stdout/stderr on threads (no pipe deadlock) and killing
-/// it after `timeout`.
-fn run_ldapsearch(args: &[String], timeout: Duration) -> Result<Vec<u8>, String> {
-    let bin = find_binary("ldapsearch").ok_or("ldapsearch not found in PATH")?;
-    let mut child = Command::new(&bin)
-        .args(args)
-        .env("LDAPNOINIT", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
-    let stdout = child.stdout.take().map(drain);
-    let stderr = child.stderr.take().map(drain);
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Ok(status),
-            Ok(None) if Instant::now() >= deadline => {
-                reap(&mut child);
-                break Err(format!("ldapsearch timed out after {timeout:?}"));
-            }
-            Ok(None) => thread::sleep(Duration::from_millis(2)),
-            Err(e) => {
-                reap(&mut child);
-                break Err(format!("cannot wait for ldapsearch: {e}"));
-            }
-        }
-    };
-    let out = stdout
-        .map(|h| h.join().unwrap_or_default())
-        .unwrap_or_default();
-    let err = stderr
-        .map(|h| h.join().unwrap_or_default())
-        .unwrap_or_default();
-    let err = String::from_utf8_lossy(&err);
-    match status {
-        Ok(status) if status.success() => Ok(out),
-        Ok(status) => Err(format!("ldapsearch {args:?} failed ({status}): {err}")),
-        Err(e) => Err(format!("{e}: {err}")),
-    }
-}
-
-fn drain<R: Read + Send + 'static>(mut r: R) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        buf
-    })
-}
-
-fn reap(child: &mut Child) {
+pub(crate) fn reap(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -561,18 +471,17 @@ fn permission_hint(log: &str) -> &'static str {
     }
 }
 
-/// A port that was free a moment ago (the listener is dropped before slapd binds it; `start`
+/// A port on `ip` that was free a moment ago (the listener is dropped before slapd binds it; `start`
 /// retries on the rare race).
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|e| format!("cannot bind 127.0.0.1:0: {e}"))?;
+fn free_port(ip: Ipv4Addr) -> Result<u16, String> {
+    let listener = TcpListener::bind((ip, 0)).map_err(|e| format!("cannot bind {ip}:0: {e}"))?;
     listener
         .local_addr()
         .map(|a| a.port())
         .map_err(|e| format!("cannot read local address: {e}"))
 }
 
-fn find_binary(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_binary(name: &str) -> Option<PathBuf> {
     let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
@@ -625,71 +534,4 @@ fn slapd_conf(dir: &Path, db_dir: &Path, schema_dir: &Path, module_dir: Option<&
     let _ = writeln!(conf, "index objectClass eq");
     let _ = writeln!(conf, "index uid eq");
     conf
-}
-
-/// Appends one LDIF entry; values that are not LDIF SAFE-STRINGs (non-ASCII etc.) are base64.
-fn entry(out: &mut String, dn: &str, attrs: &[(&str, &str)]) {
-    ldif_line(out, "dn", dn);
-    for (name, value) in attrs {
-        ldif_line(out, name, value);
-    }
-    out.push('\n');
-}
-
-fn ldif_line(out: &mut String, name: &str, value: &str) {
-    let safe = value
-        .bytes()
-        .all(|b| b.is_ascii() && b != b'\n' && b != b'\r' && b != 0)
-        && !value.starts_with([' ', ':', '<'])
-        && !value.ends_with(' ');
-    if safe {
-        let _ = writeln!(out, "{name}: {value}");
-    } else {
-        let _ = writeln!(out, "{name}:: {}", base64(value.as_bytes()));
-    }
-}
-
-/// Deterministic text of about `len` bytes (cut at a char boundary), mixing ASCII with 2-, 3- and
-/// 4-byte UTF-8 sequences.
-fn long_text(seed: usize, len: usize) -> String {
-    const PHRASES: &[&str] = &[
-        "Grüße aus Köln",
-        "plain ASCII filler so that not everything is exotic",
-        "Ærøskøbing Fähre",
-        "Ελληνικά γράμματα",
-        "Привет, мир",
-        "日本語のテキスト",
-        "naïve café crème brûlée",
-        "rocket 🚀 and globe 🌍",
-        "Zażółć gęślą jaźń",
-    ];
-    let mut s = format!("Entry {seed:03}: ");
-    let mut i = seed;
-    while s.len() < len {
-        s.push_str(PHRASES[i % PHRASES.len()]);
-        s.push_str(" — ");
-        i += 1;
-    }
-    let mut cut = len.min(s.len());
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    s.truncate(cut);
-    s.trim_end().to_string()
-}
-
-fn base64(data: &[u8]) -> String {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b1 = chunk.get(1).copied().unwrap_or(0);
-        let b2 = chunk.get(2).copied().unwrap_or(0);
-        let n = (u32::from(chunk[0]) << 16) | (u32::from(b1) << 8) | u32::from(b2);
-        let sextet = |shift: u32| char::from(TABLE[((n >> shift) & 63) as usize]);
-        out.push(sextet(18));
-        out.push(sextet(12));
-        out.push(if chunk.len() > 1 { sextet(6) } else { '=' });
-        out.push(if chunk.len() > 2 { sextet(0) } else { '=' });
-    }
-    out
 }
