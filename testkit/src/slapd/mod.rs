@@ -102,6 +102,8 @@ pub struct Options {
     pub port: Option<u16>,
     /// Serve LDAPS (`ldaps://`) with this certificate instead of plain LDAP.
     pub tls: Option<Tls>,
+    /// Log every accepted connection (`-d stats`), so [`Slapd::connections`] can count them.
+    pub log_connections: bool,
 }
 
 /// The server certificate of an LDAPS slapd (PEM files, e.g. from [`crate::pki::Leaf::write`]).
@@ -118,6 +120,8 @@ pub struct Slapd {
     pub addr: SocketAddr,
     /// Whether it speaks LDAPS.
     pub tls: bool,
+    /// Debug level it runs at (`none`, or `stats` to log connections).
+    debug: &'static str,
     /// Always [`BASE_DN`].
     pub base_dn: String,
     /// Always [`ADMIN_DN`].
@@ -126,6 +130,9 @@ pub struct Slapd {
     pub admin_pw: String,
     child: Child,
     log_path: PathBuf,
+    /// Logs of the runs before [`Slapd::start_again`].
+    logs: Vec<PathBuf>,
+    restarts: u32,
     slapd_bin: PathBuf,
     conf_path: PathBuf,
     // Declared last: removed after the child is gone.
@@ -214,18 +221,26 @@ impl Slapd {
             };
             let addr = SocketAddr::from((ip, port));
             let tls = options.tls.is_some();
+            let debug = if options.log_connections {
+                "stats"
+            } else {
+                "none"
+            };
             let log_path = dir.path().join(format!("slapd-{attempt}.log"));
-            let mut child = spawn(&slapd_bin, &conf_path, addr, tls, &log_path)?;
+            let mut child = spawn(&slapd_bin, &conf_path, addr, tls, debug, &log_path)?;
             match wait_ready(&mut child, addr, tls, &log_path) {
                 Ok(()) => {
                     return Ok(Slapd {
                         addr,
                         tls,
+                        debug,
                         base_dn: BASE_DN.to_string(),
                         admin_dn: ADMIN_DN.to_string(),
                         admin_pw: ADMIN_PW.to_string(),
                         child,
                         log_path,
+                        logs: Vec::new(),
+                        restarts: 0,
                         slapd_bin,
                         conf_path,
                         dir,
@@ -256,18 +271,18 @@ impl Slapd {
     /// data; returns once it answers a search.
     pub fn start_again(&mut self) -> Result<(), String> {
         reap(&mut self.child);
-        let log_path = self.dir.path().join("slapd-again.log");
-        let mut child = spawn(
-            &self.slapd_bin,
-            &self.conf_path,
-            self.addr,
-            self.tls,
-            &log_path,
-        )?;
+        self.restarts += 1;
+        let log_path = self
+            .dir
+            .path()
+            .join(format!("slapd-again-{}.log", self.restarts));
+        let (bin, conf) = (&self.slapd_bin, &self.conf_path);
+        let mut child = spawn(bin, conf, self.addr, self.tls, self.debug, &log_path)?;
         match wait_ready(&mut child, self.addr, self.tls, &log_path) {
             Ok(()) => {
                 self.child = child;
-                self.log_path = log_path;
+                self.logs
+                    .push(std::mem::replace(&mut self.log_path, log_path));
                 Ok(())
             }
             Err(Failure::PortInUse(log) | Failure::Fatal(log)) => {
@@ -275,6 +290,16 @@ impl Slapd {
                 Err(format!("slapd did not start again on {}: {log}", self.addr))
             }
         }
+    }
+
+    /// Connections accepted so far, over every run (needs [`Options::log_connections`]; the
+    /// readiness probes count too).
+    pub fn connections(&self) -> usize {
+        self.logs
+            .iter()
+            .chain(std::iter::once(&self.log_path))
+            .map(|p| read_log(p).matches(" ACCEPT from ").count())
+            .sum()
     }
 
     /// The URL clients use: `ldap://<addr>` or `ldaps://<addr>`.
@@ -342,6 +367,7 @@ fn spawn(
     conf_path: &Path,
     addr: SocketAddr,
     tls: bool,
+    debug: &str,
     log_path: &Path,
 ) -> Result<Child, String> {
     let log =
@@ -350,7 +376,8 @@ fn spawn(
         .try_clone()
         .map_err(|e| format!("cannot clone log file handle: {e}"))?;
     // `-d` keeps slapd in the foreground (no fork), so the child is the server process.
-    // Level "none" only logs messages logged at any level, e.g. "bind(..) failed errno=98".
+    // Level "none" only logs messages logged at any level, e.g. "bind(..) failed errno=98";
+    // "stats" adds a line per connection and operation.
     // No -u/-g: slapd keeps our uid, which owns the data directory (root or not).
     Command::new(slapd_bin)
         .arg("-h")
@@ -358,7 +385,7 @@ fn spawn(
         .arg("-f")
         .arg(conf_path)
         .arg("-d")
-        .arg("none")
+        .arg(debug)
         .env("LDAPNOINIT", "1")
         .stdin(Stdio::null())
         .stdout(log)
