@@ -26,7 +26,7 @@ use super::load;
 use super::pki;
 use super::proc;
 use super::run::Settings;
-use super::system::{self, http_get, Options, Tunnel};
+use super::system::{self, http_get, Tunnel};
 use super::targets;
 
 /// Connect and write timeout of one burst connection.
@@ -263,19 +263,7 @@ pub fn run(s: &Settings, b: &BurstSettings) -> anyhow::Result<Burst> {
     std::fs::create_dir_all(&s.work_dir).context("creating the work directory")?;
     let pki = pki::write(&s.work_dir)?;
     let echo = targets::echo()?;
-    let mut relay_env = Vec::new();
-    if let Some(n) = s.relay_worker_threads {
-        relay_env.push(("TOKIO_WORKER_THREADS".to_owned(), n.to_string()));
-    }
-    let opts = Options {
-        bin_dir: s.bin_dir.clone(),
-        agent_bin: s.agent_bin.clone(),
-        dir: s.work_dir.join("burst"),
-        protocol: s.protocol.clone(),
-        agent_multi_thread: s.agent_multi_thread,
-        relay_env,
-        log_level: s.log_level.clone(),
-    };
+    let opts = s.options(s.work_dir.join("burst"));
     std::fs::create_dir_all(&opts.dir).context("creating the burst work directory")?;
     let exported = [("echo".to_owned(), echo.addr)].into_iter().collect();
     let tunnel = system::start(&opts, &pki, &exported)?;

@@ -340,19 +340,7 @@ pub fn run(s: &Settings) -> anyhow::Result<Cross> {
     let (sink_tx, sink_rx) = mpsc::channel::<SinkReport>();
     let sink = targets::sink(sink_tx)?;
     let source = targets::source(s.bulk_secs, s.bulk_cap)?;
-    let mut relay_env = Vec::new();
-    if let Some(n) = s.relay_worker_threads {
-        relay_env.push(("TOKIO_WORKER_THREADS".to_owned(), n.to_string()));
-    }
-    let opts = Options {
-        bin_dir: s.bin_dir.clone(),
-        agent_bin: s.agent_bin.clone(),
-        dir: s.work_dir.clone(),
-        protocol: s.protocol.clone(),
-        agent_multi_thread: s.agent_multi_thread,
-        relay_env,
-        log_level: s.log_level.clone(),
-    };
+    let opts = s.options(s.work_dir.clone());
     eprintln!("cross: redis-server, relays A and B (ha active, ws mesh), agent on A");
     let (_redis, sock) = start_redis(&s.work_dir)?;
     let redis_url = format!("unix://{}", sock.display());

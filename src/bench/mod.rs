@@ -11,6 +11,7 @@
 
 pub mod burst;
 pub mod cross;
+pub mod fleet;
 pub mod ldap;
 pub mod load;
 pub mod pki;

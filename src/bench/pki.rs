@@ -14,6 +14,8 @@ pub struct Pki {
     pub cert: PathBuf,
     /// Its private key (`tunnel.tls.key_file`).
     pub key: PathBuf,
+    /// The CA certificate (DER), for clients in this process.
+    pub ca_der: Vec<u8>,
 }
 
 /// Generates the CA and the server certificate (ECDSA P-256) into `dir`.
@@ -40,6 +42,7 @@ pub fn write(dir: &Path) -> anyhow::Result<Pki> {
         ca: dir.join("ca.pem"),
         cert: dir.join("relay.pem"),
         key: dir.join("relay.key"),
+        ca_der: ca_cert.der().to_vec(),
     };
     std::fs::write(&pki.ca, ca_cert.pem()).context("writing ca.pem")?;
     std::fs::write(&pki.cert, cert.pem()).context("writing relay.pem")?;

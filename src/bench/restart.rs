@@ -121,17 +121,17 @@ impl Restarts {
 }
 
 /// One relay of the measure: its ports (kept across restarts) and the running process.
-struct Relay {
+pub(super) struct Relay {
     name: &'static str,
     yaml: std::path::PathBuf,
     log: std::path::PathBuf,
     admin: SocketAddr,
-    tunnel_port: u16,
-    child: Option<Child>,
+    pub(super) tunnel_port: u16,
+    pub(super) child: Option<Child>,
 }
 
 impl Relay {
-    fn new(name: &'static str, opts: &Options, pki: &Pki) -> anyhow::Result<Relay> {
+    pub(super) fn new(name: &'static str, opts: &Options, pki: &Pki) -> anyhow::Result<Relay> {
         let tunnel_port = free_port()?;
         let admin_port = free_port()?;
         let listeners = BTreeMap::from([(
@@ -155,7 +155,7 @@ impl Relay {
     }
 
     /// Spawns the relay process; returns when it is spawned (not yet listening).
-    fn spawn(&mut self, opts: &Options) -> anyhow::Result<()> {
+    pub(super) fn spawn(&mut self, opts: &Options) -> anyhow::Result<()> {
         let child = Child::spawn(
             self.name,
             &opts.bin_dir.join("nowconnect-relay"),
@@ -167,7 +167,7 @@ impl Relay {
         Ok(())
     }
 
-    fn wait_ready(&mut self) -> anyhow::Result<()> {
+    pub(super) fn wait_ready(&mut self) -> anyhow::Result<()> {
         let admin = self.admin;
         let child = self.child.as_mut().context("relay not running")?;
         wait_for(child, "relay /readyz", || {
@@ -175,7 +175,7 @@ impl Relay {
         })
     }
 
-    fn stop(&mut self, signal: Signal) -> anyhow::Result<()> {
+    pub(super) fn stop(&mut self, signal: Signal) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
             c.stop(signal, EXIT_DEADLINE)?;
         }
@@ -183,7 +183,7 @@ impl Relay {
     }
 
     /// `nowconnect_agents_connected` from `/metrics`; `None` when the relay does not answer.
-    fn agents(&self) -> Option<i64> {
+    pub(super) fn agents(&self) -> Option<i64> {
         let text = http_get(self.admin, "/metrics")?;
         text.lines()
             .find_map(|l| l.strip_prefix("nowconnect_agents_connected "))
@@ -319,15 +319,9 @@ pub fn run(s: &Settings) -> anyhow::Result<Restarts> {
     std::fs::create_dir_all(&s.work_dir).context("creating the work directory")?;
     let pki = pki::write(&s.work_dir)?;
     let echo = targets::echo()?;
-    let opts = Options {
-        bin_dir: s.bin_dir.clone(),
-        agent_bin: s.agent_bin.clone(),
-        dir: s.work_dir.clone(),
-        protocol: s.protocol.clone(),
-        agent_multi_thread: s.agent_multi_thread,
-        relay_env: Vec::new(),
-        log_level: s.log_level.clone(),
-    };
+    let mut opts = s.options(s.work_dir.clone());
+    // The restart figures have always run the relay with one worker per core.
+    opts.relay_env.clear();
     let mut out = Restarts::default();
     if s.only.restart {
         for signal in [Signal::Kill, Signal::Term] {

@@ -117,19 +117,7 @@ fn start(s: &Settings, rep: &mut Report) -> anyhow::Result<Setup> {
         s.protocol,
         s.agent_bin.display()
     );
-    let mut relay_env = Vec::new();
-    if let Some(n) = s.relay_worker_threads {
-        relay_env.push(("TOKIO_WORKER_THREADS".to_owned(), n.to_string()));
-    }
-    let opts = system::Options {
-        bin_dir: s.bin_dir.clone(),
-        agent_bin: s.agent_bin.clone(),
-        dir: s.work_dir.clone(),
-        protocol: s.protocol.clone(),
-        agent_multi_thread: s.agent_multi_thread,
-        relay_env,
-        log_level: s.log_level.clone(),
-    };
+    let opts = s.options(s.work_dir.clone());
     let tunnel = system::start(&opts, &pki, &exported)?;
     load::probe(tunnel.listener("echo")?).context("first echo through the tunnel")?;
     Ok(Setup {

@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use super::burst::BurstSettings;
+use super::fleet::FleetSettings;
 use super::ldap;
+use super::system::Options;
 
 /// Everything the run needs to know; see the `nowconnect-bench` flags.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct Settings {
     pub failovers: usize,
     /// Bursts of short connections (`burst`).
     pub burst: BurstSettings,
+    /// Idle agent tunnels on one relay (`tunnels`).
+    pub fleet: FleetSettings,
 }
 
 /// The workloads `--only` can pick.
@@ -56,6 +60,8 @@ pub struct Workloads {
     pub cross: bool,
     /// Bursts of short connections: relay RSS before, right after and each second after.
     pub burst: bool,
+    /// Many idle agent tunnels on one relay: memory per tunnel, idle CPU, reconnect rate.
+    pub tunnels: bool,
 }
 
 impl Workloads {
@@ -64,7 +70,7 @@ impl Workloads {
         self.memory || self.pingpong || self.bulk1 || self.bulk_n || self.ldap
     }
 
-    /// Parses `memory,pingpong,bulk,bulk1,ldap,restart,failover,cross,burst` (bulk = bulk1 + the
+    /// Parses `memory,pingpong,bulk,bulk1,ldap,restart,failover,cross,burst,tunnels` (bulk = bulk1 + the
     /// multi-stream cases).
     pub fn parse(list: &str) -> anyhow::Result<Workloads> {
         let mut w = Workloads {
@@ -77,6 +83,7 @@ impl Workloads {
             failover: false,
             cross: false,
             burst: false,
+            tunnels: false,
         };
         for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item {
@@ -89,13 +96,36 @@ impl Workloads {
                 "failover" => w.failover = true,
                 "cross" => w.cross = true,
                 "burst" => w.burst = true,
+                "tunnels" => w.tunnels = true,
                 other => anyhow::bail!(
                     "--only {other}: expected a list of memory, pingpong, bulk, bulk1, ldap, \
-                     restart, failover, cross, burst"
+                     restart, failover, cross, burst, tunnels"
                 ),
             }
         }
         Ok(w)
+    }
+}
+
+impl Settings {
+    /// How the workloads start relay and agent: these settings, configs and logs in `dir`,
+    /// `TOKIO_WORKER_THREADS` for the relay when `--relay-worker-threads` is set.
+    pub fn options(&self, dir: PathBuf) -> Options {
+        let relay_env = self
+            .relay_worker_threads
+            .map(|n| ("TOKIO_WORKER_THREADS".to_owned(), n.to_string()))
+            .into_iter()
+            .collect();
+        Options {
+            bin_dir: self.bin_dir.clone(),
+            agent_bin: self.agent_bin.clone(),
+            dir,
+            protocol: self.protocol.clone(),
+            agent_multi_thread: self.agent_multi_thread,
+            relay_env,
+            relay_tunnel_yaml: String::new(),
+            log_level: self.log_level.clone(),
+        }
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Options {
     pub agent_multi_thread: bool,
     /// Extra environment of the relay (e.g. `TOKIO_WORKER_THREADS`).
     pub relay_env: Vec<(String, String)>,
+    /// Extra lines under the relay's `tunnel:` section (each indented by two spaces).
+    pub relay_tunnel_yaml: String,
     /// Log level of both processes (warn keeps logging off the data path).
     pub log_level: String,
 }
@@ -191,11 +193,12 @@ pub(super) fn relay_yaml(
 ) -> String {
     let mut y = format!(
         "# written by nowconnect-bench\n\
-         tunnel:\n  host: 127.0.0.1\n  port: {tunnel_port}\n  \
+         tunnel:\n  host: 127.0.0.1\n  port: {tunnel_port}\n{}  \
          tls:\n    cert_file: '{}'\n    key_file: '{}'\n\
          security:\n  dev_bypass: true\n\
          observability:\n  metrics_port: {admin_port}\n  log_level: {}\n\
          listeners:\n",
+        opts.relay_tunnel_yaml,
         pki.cert.display(),
         pki.key.display(),
         opts.log_level

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use nowconnect::bench::{burst, cross, ldap, proc, restart, run};
+use nowconnect::bench::{burst, cross, fleet, ldap, proc, restart, run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,7 +80,9 @@ struct Args {
     /// only), ldap, restart (relay restarted --restarts times after SIGKILL, then after SIGTERM),
     /// failover (the agent's relay SIGKILLed, --failovers times), cross (relays A and B in HA
     /// with a redis-server and a mesh: streams on A against streams through B to A's agent),
-    /// burst (--bursts x --burst-conns short connections; relay RSS each second after).
+    /// burst (--bursts x --burst-conns short connections; relay RSS each second after),
+    /// tunnels (--fleet idle agent tunnels on one relay: memory, idle CPU, reconnect after a
+    /// relay restart).
     /// Budgets of workloads left out show "–".
     #[arg(long, default_value = "memory,pingpong,bulk,ldap")]
     only: String,
@@ -105,6 +107,12 @@ struct Args {
     /// Seconds of RSS sampling after each burst (burst).
     #[arg(long, default_value_t = 10)]
     burst_watch_secs: u64,
+    /// Idle agent tunnels (tunnels).
+    #[arg(long, default_value_t = 10_000)]
+    fleet: usize,
+    /// Seconds the idle fleet is watched (tunnels; the relay pings every 20 s).
+    #[arg(long, default_value_t = 45)]
+    fleet_idle_secs: u64,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -181,6 +189,15 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         (1..=120).contains(&a.burst_watch_secs),
         "--burst-watch-secs must be 1..=120"
     );
+    anyhow::ensure!(
+        (1..=fleet::MAX_AGENTS).contains(&a.fleet),
+        "--fleet must be 1..={}",
+        fleet::MAX_AGENTS
+    );
+    anyhow::ensure!(
+        (1..=600).contains(&a.fleet_idle_secs),
+        "--fleet-idle-secs must be 1..=600"
+    );
     let ldap = if a.ldap == "off" {
         None
     } else {
@@ -227,6 +244,10 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
             bytes: a.burst_bytes,
             watch_secs: a.burst_watch_secs,
         },
+        fleet: fleet::FleetSettings {
+            agents: a.fleet,
+            idle_secs: a.fleet_idle_secs,
+        },
     })
 }
 
@@ -248,7 +269,13 @@ fn main() -> ExitCode {
         let _ = std::fs::remove_dir_all(&s.work_dir);
     }
     match result {
-        Ok((report, restarts, cross, burst)) => {
+        Ok(Measured {
+            report,
+            restarts,
+            cross,
+            burst,
+            fleet,
+        }) => {
             // The tunnel report's keys at the top (as before), the restart measures beside them.
             let mut json = serde_json::Map::new();
             if let Some(report) = report {
@@ -270,6 +297,10 @@ fn main() -> ExitCode {
                 println!("{}", b.render());
                 json.insert("burst".into(), b.to_json());
             }
+            if let Some(f) = fleet {
+                println!("{}", f.render());
+                json.insert("tunnels".into(), f.to_json());
+            }
             if let Some(path) = &args.json {
                 let text = serde_json::to_string_pretty(&serde_json::Value::Object(json))
                     .unwrap_or_default();
@@ -287,35 +318,33 @@ fn main() -> ExitCode {
 }
 
 /// What each kind of measure produced (None: not asked for by `--only`).
-type Measured = (
-    Option<nowconnect::bench::report::Report>,
-    Option<restart::Restarts>,
-    Option<cross::Cross>,
-    Option<burst::Burst>,
-);
+struct Measured {
+    report: Option<nowconnect::bench::report::Report>,
+    restarts: Option<restart::Restarts>,
+    cross: Option<cross::Cross>,
+    burst: Option<burst::Burst>,
+    fleet: Option<fleet::Fleet>,
+}
 
 /// The tunnel workloads, then the restart and failover measures, then the cross-relay one, then
-/// the bursts, as `--only` asks.
+/// the bursts, then the fleet of idle tunnels, as `--only` asks.
 fn measure(s: &run::Settings) -> anyhow::Result<Measured> {
-    let report = if s.only.tunnel() {
-        Some(run::run(s)?)
-    } else {
-        None
-    };
-    let restarts = if s.only.restart || s.only.failover {
-        Some(restart::run(s)?)
-    } else {
-        None
-    };
-    let cross = if s.only.cross {
-        Some(cross::run(s)?)
-    } else {
-        None
-    };
-    let burst = if s.only.burst {
-        Some(burst::run(s, &s.burst)?)
-    } else {
-        None
-    };
-    Ok((report, restarts, cross, burst))
+    let report = s.only.tunnel().then(|| run::run(s)).transpose()?;
+    let restarts = (s.only.restart || s.only.failover)
+        .then(|| restart::run(s))
+        .transpose()?;
+    let cross = s.only.cross.then(|| cross::run(s)).transpose()?;
+    let burst = s.only.burst.then(|| burst::run(s, &s.burst)).transpose()?;
+    let fleet = s
+        .only
+        .tunnels
+        .then(|| fleet::run(s, &s.fleet))
+        .transpose()?;
+    Ok(Measured {
+        report,
+        restarts,
+        cross,
+        burst,
+        fleet,
+    })
 }
