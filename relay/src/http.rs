@@ -32,7 +32,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use nowconnect_shared::{subprotocol, Limits};
-use tokio::io::{AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -50,8 +50,8 @@ use crate::proxy_protocol::{self, ProxyError};
 use crate::Shared;
 
 /// Read buffer between an accepted socket and the TLS layer: one full TLS record (16 KiB of
-/// plaintext plus header and tag). Every connection gets it before it authenticates, so it stays
-/// small (the agent, with one connection, buffers 64 KiB).
+/// plaintext plus header and tag), held only while the connection is busy
+/// ([`crate::readbuf::IdleFreeReader`]; the agent, with one connection, buffers 64 KiB).
 const TLS_READ_BUFFER: usize = 16 * 1024 + 256;
 /// Most bytes tungstenite reads at once: it zero-fills that much first (its default is 128 KiB),
 /// and tokio-rustls hands over at most one TLS record, 16 KiB of plaintext, per read.
@@ -220,8 +220,8 @@ async fn accepted(mut c: Accepted, tls: Option<LiveAcceptor>, shared: Arc<Shared
         None => connection(sock, peer, shared, routes, slot, deadline, None).await,
         Some(acceptor) => {
             // rustls reads at most 4 KiB per call: buffer the socket so a record
-            // costs one `recvfrom`, not four.
-            let sock = BufReader::with_capacity(TLS_READ_BUFFER, sock);
+            // costs one `recvfrom`, not four (a buffer an idle tunnel gives back).
+            let sock = crate::readbuf::IdleFreeReader::new(sock, TLS_READ_BUFFER);
             let hs = tokio::time::timeout_at(deadline, acceptor.current().accept(sock));
             let stream = tokio::select! {
                 r = hs => r,

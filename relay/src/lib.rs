@@ -33,6 +33,7 @@ mod pdp;
 mod portal;
 mod preauth;
 mod proxy_protocol;
+mod readbuf;
 mod registry;
 mod reload;
 mod replay;

@@ -25,6 +25,7 @@ pub fn ldaps_slapd(ca: &Ca, name: &str, ip: IpAddr, port: Option<u16>, dir: &Tem
             cert_file,
             key_file,
         }),
+        ..Options::default()
     })
     .expect("LDAPS slapd starts")
 }
