@@ -275,7 +275,7 @@ async fn junk_and_plain_text_are_refused_at_once() {
     assert_eq!(reason, "invalid");
     assert!(detail.contains("bad_record_length"), "{detail}");
     assert_eq!(
-        metric(&s.relay, "nowconnect_buffered_bytes{direction=\"c2a\"}"),
+        metric(&s.relay, "nowconnect_buffered_bytes{dir=\"c2a\"}"),
         0
     );
 

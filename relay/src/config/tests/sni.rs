@@ -107,3 +107,11 @@ listeners:
     let err = RelayConfig::from_yaml_str(&yaml).expect_err("too many");
     assert_eq!(err.problems()[0].key, "listeners[0].routes", "{err}");
 }
+
+#[test]
+fn shipped_sni_example_loads() {
+    let cfg = RelayConfig::from_yaml_str(include_str!("../../../config/ldaps-sni.example.yaml"))
+        .expect("example config is valid");
+    assert_eq!(cfg.listeners[0].connectors(), ["ldaps_dc1", "ldaps_dc2"]);
+    assert!(matches!(cfg.listeners[0].routing, Routing::Sni(_)));
+}
