@@ -23,13 +23,17 @@ const DC1: &str = "dc1.corp.local";
 const DC2: &str = "dc2.corp.local";
 
 /// Relay YAML with one sni listener `ldaps` (`dc1 -> ldaps_dc1`, `dc2 -> ldaps_dc2`, then
-/// `more` under the listener) on 127.0.0.1:0, dev bypass.
-fn yaml(more: &str) -> String {
+/// `more` under the listener) on 127.0.0.1:0, dev bypass, then `security` lines.
+fn yaml_with(more: &str, security: &str) -> String {
     format!(
         "listeners:\n  - name: ldaps\n    bind: 127.0.0.1:0\n    route_by: sni\n    routes:\n      \
          {DC1}: ldaps_dc1\n      {DC2}: ldaps_dc2\n{more}\
-         tunnel:\n  host: 127.0.0.1\n  port: 0\nsecurity:\n  dev_bypass: true\n"
+         tunnel:\n  host: 127.0.0.1\n  port: 0\nsecurity:\n  dev_bypass: true\n{security}"
     )
+}
+
+fn yaml(more: &str) -> String {
+    yaml_with(more, "")
 }
 
 struct Setup {
@@ -43,8 +47,13 @@ struct Setup {
 /// connector: `ldaps_dc1`'s certificate names dc1 and dc3 (the default's clients), `ldaps_dc2`'s
 /// dc2.
 async fn setup(more: &str) -> Setup {
+    setup_with(more, "").await
+}
+
+/// [`setup`] with `security` lines.
+async fn setup_with(more: &str, security: &str) -> Setup {
     log::init();
-    let cfg = RelayConfig::from_yaml_str(&yaml(more)).expect("valid relay config");
+    let cfg = RelayConfig::from_yaml_str(&yaml_with(more, security)).expect("valid relay config");
     let relay = nowconnect_relay::start(cfg).await.expect("relay starts");
     let ca = Ca::new("sni test CA");
     let (a1, t1) = tls_echo_target(&ca, &[DC1, "dc3.corp.local"], "dc1").await;
@@ -308,4 +317,48 @@ async fn a_reload_changes_the_routes_for_new_clients() {
         .expect_err("wrong certificate");
     assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
     assert_eq!(s.agent.next_open().await, "ldaps_dc2");
+}
+
+#[tokio::test]
+async fn behind_a_proxy_header_the_allowlist_comes_first_and_the_hello_is_read_after_the_header() {
+    use nowconnect_testkit::proxy_protocol::{connect_with, v1, v2};
+    let s = setup_with(
+        "    proxy_protocol: true\n    allow_cidrs: [192.0.2.0/24]\n",
+        "  trusted_proxies: [127.0.0.1/32]\n",
+    )
+    .await;
+    let mut s = s;
+    let relay_addr = addr(&s.relay);
+    for header in [
+        v2("192.0.2.10:5000".parse().expect("address"), relay_addr),
+        v1("192.0.2.11:5001".parse().expect("address"), relay_addr),
+    ] {
+        let tcp = connect_with(relay_addr, None, &header).await;
+        let mut tls =
+            s.ca.connector()
+                .connect(server_name(DC2), tcp)
+                .await
+                .expect("TLS after the PROXY header");
+        tls.write_all(b"ping").await.expect("write");
+        let mut answer = String::new();
+        tls.read_to_string(&mut answer).await.expect("answer");
+        assert_eq!(answer, "dc2: ping");
+        assert_eq!(s.agent.next_open().await, "ldaps_dc2");
+    }
+    // Outside the allowlist: refused before any ClientHello is looked at, labelled with the
+    // listener's name (no connector is chosen yet).
+    let blocked = v2("203.0.113.9:5002".parse().expect("address"), relay_addr);
+    let mut c = connect_with(relay_addr, None, &blocked).await;
+    let mut buf = [0u8; 8];
+    let r = within("the refusal", DEADLINE, c.read(&mut buf)).await;
+    assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+    let cidr = "nowconnect_connections_rejected_total{connector=\"ldaps\",reason=\"cidr_blocked\"}";
+    wait_for("the refusal counted", DEADLINE, || {
+        metric(&s.relay, cidr) == 1
+    })
+    .await;
+    assert_eq!(
+        rejected(&s.relay, "timeout") + rejected(&s.relay, "closed"),
+        0
+    );
 }
