@@ -362,3 +362,40 @@ async fn behind_a_proxy_header_the_allowlist_comes_first_and_the_hello_is_read_a
         0
     );
 }
+
+#[tokio::test]
+async fn the_portal_lists_an_sni_listener_under_each_connector_with_its_routes() {
+    use nowconnect_testkit::idp::{admin_token, ec_key, Idp, ISSUER};
+    log::init();
+    let key = ec_key("k1");
+    let idp = Idp::start(&[&key]).await;
+    let yaml = format!(
+        "listeners:\n  - name: ldaps\n    bind: 127.0.0.1:0\n    route_by: sni\n    routes:\n      \
+         {DC1}: ldaps_dc1\n      '*.lab.corp.local': ldaps_lab\n    default: ldaps_dc1\n\
+         tunnel:\n  host: 127.0.0.1\n  port: 0\nsecurity:\n  jwks_url: {}\n  issuer: {ISSUER}\n",
+        idp.url()
+    );
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("valid relay config");
+    let relay = nowconnect_relay::start(cfg).await.expect("relay starts");
+    wait_for("JWKS loaded", DEADLINE, || relay.is_ready()).await;
+    let admin = admin_token(&key, &["pwd", "otp"]);
+    let r = nowconnect_testkit::http::request(
+        relay.portal_addr(),
+        "GET",
+        "/api/v1/connectors",
+        Some(&admin),
+        None,
+    )
+    .await;
+    let rows = r.array();
+    let names: Vec<&str> = rows.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["ldaps_dc1", "ldaps_lab"], "{rows:?}");
+    for row in rows {
+        let l = &row["listeners"][0];
+        assert_eq!(l["name"], "ldaps");
+        assert_eq!(l["route_by"], "sni");
+        assert_eq!(l["routes"][DC1], "ldaps_dc1");
+        assert_eq!(l["routes"]["*.lab.corp.local"], "ldaps_lab");
+        assert_eq!(l["default"], "ldaps_dc1");
+    }
+}
