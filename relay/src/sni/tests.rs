@@ -133,3 +133,57 @@ async fn refuses_plain_text_and_huge_records_at_once_and_times_out_a_half_hello(
     assert!(matches!(e, PeekError::Closed), "{e:?}");
     assert!(start.elapsed() < Duration::from_secs(10));
 }
+
+/// A ClientHello of about `pad` bytes more than usual (a padding extension before the name),
+/// in records of at most `frag` bytes.
+fn padded_hello(name: &str, pad: usize, frag: usize) -> Vec<u8> {
+    let mut exts = vec![0, 21];
+    exts.extend_from_slice(&u16::try_from(pad).expect("pad").to_be_bytes());
+    exts.resize(exts.len() + pad, 0);
+    let n = u16::try_from(name.len()).expect("name");
+    exts.extend_from_slice(&[0, 0]);
+    exts.extend_from_slice(&(n + 5).to_be_bytes());
+    exts.extend_from_slice(&(n + 3).to_be_bytes());
+    exts.push(0);
+    exts.extend_from_slice(&n.to_be_bytes());
+    exts.extend_from_slice(name.as_bytes());
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[1; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&u16::try_from(exts.len()).expect("exts").to_be_bytes());
+    body.extend(exts);
+    let len = u32::try_from(body.len()).expect("body");
+    let mut msg = vec![1];
+    msg.extend_from_slice(&len.to_be_bytes()[1..]);
+    msg.extend(body);
+    let mut out = Vec::new();
+    for chunk in msg.chunks(frag) {
+        out.extend_from_slice(&[22, 3, 1]);
+        out.extend_from_slice(&u16::try_from(chunk.len()).expect("chunk").to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_hello_larger_than_the_first_look_grows_the_buffer_up_to_the_bound() {
+    for (pad, frag) in [(6000, 16 * 1024), (12_000, 4000)] {
+        let hello = padded_hello("big.corp.local", pad, frag);
+        assert!(hello.len() > FIRST_PEEK);
+        let (mut client, server) = pair().await;
+        client.write_all(&hello).await.expect("write");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let name = peek_server_name(&server, deadline).await.expect("peeked");
+        assert_eq!(name.as_deref(), Some("big.corp.local"));
+    }
+    // Past the bound: refused, not buffered.
+    let hello = padded_hello("big.corp.local", 16_400, 8000);
+    let (mut client, server) = pair().await;
+    client.write_all(&hello).await.expect("write");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let e = peek_server_name(&server, deadline)
+        .await
+        .expect_err("too large");
+    assert!(matches!(e, PeekError::Invalid(Invalid::TooLarge)), "{e:?}");
+}

@@ -180,3 +180,18 @@ proptest! {
         }
     }
 }
+
+/// First flights of OpenSSL clients (Python's `ssl` over memory BIOs), kept as fuzz seeds.
+#[test]
+fn openssl_client_hellos_split_at_every_byte() {
+    let with = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/seeds/client_hello/openssl_sni"
+    ));
+    let without = include_bytes!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fuzz/seeds/client_hello/openssl_no_sni"
+    ));
+    check_prefixes(with, &ClientHello::Sni("dc1.corp.local".into()));
+    check_prefixes(without, &ClientHello::NoSni);
+}
