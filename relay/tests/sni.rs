@@ -399,3 +399,20 @@ async fn the_portal_lists_an_sni_listener_under_each_connector_with_its_routes()
         assert_eq!(l["default"], "ldaps_dc1");
     }
 }
+
+#[tokio::test]
+async fn the_pdp_is_asked_about_the_connector_the_name_chose() {
+    use nowconnect_testkit::http::{Reply, TestServer};
+    let pdp = TestServer::start(|_, _, _| Reply::ok("{\"decision\":true}")).await;
+    let more = format!("pdp:\n  url: {}\n", pdp.url("/access/v1/evaluation"));
+    let mut s = setup_with("", &more).await;
+    assert_eq!(
+        ask(&s.relay, &s.ca, DC2).await.expect("allowed"),
+        "dc2: ping"
+    );
+    assert_eq!(s.agent.next_open().await, "ldaps_dc2");
+    assert_eq!(pdp.hits(), 1);
+    let body: serde_json::Value = serde_json::from_slice(&pdp.body(0)).expect("an AuthZEN request");
+    assert_eq!(body["resource"]["id"], "ldaps_dc2", "{body}");
+    assert_eq!(body["context"]["listener"], "ldaps", "{body}");
+}
