@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for target in decode_v2 decode_v1; do
+for target in decode_v2 decode_v1 client_hello; do
   mkdir -p "fuzz/corpus/$target"
   echo "== fuzz $target for ${secs}s"
   log=$(mktemp)

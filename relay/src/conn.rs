@@ -18,6 +18,7 @@ use bytes::BufMut;
 use ipnet::IpNet;
 use tokio::net::{TcpStream, UnixStream};
 
+use crate::config::SniRoutes;
 use crate::metrics::ConnectorMetrics;
 use crate::replay::Reopen;
 
@@ -36,6 +37,19 @@ pub(crate) struct ListenerCtx {
     pub proxy_protocol: bool,
     /// Connections waiting for their PROXY header now (capped at `limits.max_conn_total`).
     pub proxy_pending: Arc<AtomicUsize>,
+    /// `route_by: sni`: the connector comes from each client's ClientHello. `None`: every
+    /// client goes to `connector`. On an sni listener `connector` (and `metrics`) label what
+    /// happens before a client is routed, with the listener's name.
+    pub sni: Option<SniCtx>,
+}
+
+/// An sni listener's routes, each to the settings of the connector it names.
+#[derive(Debug)]
+pub(crate) struct SniCtx {
+    pub table: SniRoutes,
+    /// One per connector of `table`, with `sni: None`; they share the listener's per-source
+    /// counts, so a client counts once whichever connector it is routed to.
+    pub by_connector: HashMap<String, Arc<ListenerCtx>>,
 }
 
 /// A slot of `limits.max_conn_total` (and, once [`ConnGuard::with_source`] added it, of the

@@ -40,6 +40,7 @@ mod replay;
 mod scrape;
 mod sessions;
 mod shards;
+mod sni;
 pub mod state;
 mod tls;
 mod tunnel;
@@ -718,7 +719,7 @@ fn start_listener(
     socket: TcpListener,
     addr: SocketAddr,
 ) {
-    info!(event = "listener_started", listener = %l.name, connector = %l.connector, %addr, "listening");
+    info!(event = "listener_started", listener = %l.name, connectors = ?l.connectors(), %addr, "listening");
     let started = shared
         .listeners
         .insert(l, socket, addr, &shared.metrics, &shared.root);

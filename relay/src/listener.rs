@@ -10,6 +10,12 @@
 //!
 //! With `proxy_protocol`, each connection's PROXY header is read first (off the accept loop),
 //! and the address it names is the client's for the allowlists, the PDP and the audit.
+//!
+//! A `route_by: sni` listener checks a client like any other (PROXY header, allowlists, caps),
+//! then peeks its TLS ClientHello (off the accept loop, [`crate::sni`]) and hands it on under
+//! the settings of the connector its server name routes to; a client with no route (and no
+//! `default`), an invalid ClientHello, or none within `sni_peek_timeout_ms` of accept is
+//! closed, counted (`nowconnect_sni_rejected_total`) and audited.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -18,6 +24,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use ipnet::IpNet;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::audit::{Action, Event};
@@ -52,7 +59,7 @@ pub(crate) async fn run(started: Started, shared: Arc<Shared>) {
         };
         ctx = settings.borrow().clone();
         match accepted {
-            Ok((sock, peer)) => serve(sock, peer, &ctx, &shared),
+            Ok((sock, peer)) => serve(sock, peer, &ctx, &shared, Instant::now()),
             Err(e) => {
                 ctx.metrics.accept_errors.inc();
                 warn!(listener = %ctx.name, connector = %ctx.connector, error = %e, "accept failed");
@@ -68,17 +75,24 @@ pub(crate) async fn run(started: Started, shared: Arc<Shared>) {
         // Removed or re-bound by a reload: clients whose handshake completed before the socket
         // closes are served, not reset with the backlog.
         while let Some(Ok((sock, peer))) = listener.accept().now_or_never() {
-            serve(sock, peer, &ctx, &shared);
+            serve(sock, peer, &ctx, &shared, Instant::now());
         }
     }
     info!(event = "listener_stopped", listener = %ctx.name, connector = %ctx.connector, "listener stopped accepting");
 }
 
-fn serve(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
+/// `accepted`: when the client was accepted (an SNI peek's deadline counts from it).
+fn serve(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+    shared: &Arc<Shared>,
+    accepted: Instant,
+) {
     if ctx.proxy_protocol {
-        proxied(sock, peer, ctx, shared);
+        proxied(sock, peer, ctx, shared, accepted);
     } else {
-        route(sock, peer, ctx, shared);
+        route(sock, peer, ctx, shared, accepted);
     }
 }
 
@@ -86,7 +100,13 @@ fn serve(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
 /// header in a task of its own (the accept loop never waits for one) within
 /// [`PROXY_HEADER_TIMEOUT`], at most `limits.max_conn_total` at once per listener, and routes
 /// the connection under the address the header names.
-fn proxied(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
+fn proxied(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+    shared: &Arc<Shared>,
+    accepted: Instant,
+) {
     if !proxy_protocol::is_trusted(peer, &shared.cfg().security.trusted_proxies) {
         shared
             .metrics
@@ -105,13 +125,13 @@ fn proxied(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &A
     shared.tasks.spawn(async move {
         let _pending = pending;
         let mut sock = sock;
-        let deadline = tokio::time::Instant::now() + PROXY_HEADER_TIMEOUT;
+        let deadline = accepted + PROXY_HEADER_TIMEOUT;
         let real = tokio::select! {
             r = proxy_protocol::read_header(&mut sock, peer, deadline) => r,
             _ = shared2.root.cancelled() => return,
         };
         match real {
-            Ok(real) => route(sock, real, &ctx, &shared2),
+            Ok(real) => route(sock, real, &ctx, &shared2, accepted),
             Err(e) => {
                 shared2.metrics.rejected(&ctx.connector, e.reason());
                 debug!(listener = %ctx.name, %peer, error = %e, "connection without a valid PROXY header closed");
@@ -121,7 +141,13 @@ fn proxied(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &A
     });
 }
 
-fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc<Shared>) {
+fn route(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+    shared: &Arc<Shared>,
+    accepted: Instant,
+) {
     let _ = sock.set_nodelay(true);
     let global = &shared.cfg().security.allow_cidrs;
     // pol-cidr-allowlists: an operator may switch the allowlists off (e.g. during an incident).
@@ -165,6 +191,80 @@ fn route(sock: TcpStream, peer: SocketAddr, ctx: &Arc<ListenerCtx>, shared: &Arc
         );
     };
     let guard = guard.with_source(slot);
+    if ctx.sni.is_some() {
+        by_sni(sock, peer, ctx, guard, shared, accepted);
+    } else {
+        dispatch(sock, peer, ctx, guard, shared);
+    }
+}
+
+/// An sni listener's checked client: peeks its ClientHello in a task of its own (holding the
+/// client's connection slots, so peeks are capped like connections), then dispatches it under
+/// the settings of the connector its server name routes to, or closes it.
+fn by_sni(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+    guard: ConnGuard,
+    shared: &Arc<Shared>,
+    accepted: Instant,
+) {
+    let (ctx, shared2) = (ctx.clone(), shared.clone());
+    shared.tasks.spawn(async move {
+        let Some(sni) = &ctx.sni else {
+            return;
+        };
+        let deadline = accepted + sni.table.peek_timeout;
+        let peeked = tokio::select! {
+            r = crate::sni::peek_server_name(&sock, deadline) => r,
+            _ = shared2.root.cancelled() => return,
+        };
+        let refusal = match peeked {
+            Ok(name) => match sni.table.route(name.as_deref()) {
+                Some((connector, how)) => match sni.by_connector.get(connector) {
+                    Some(target) => {
+                        shared2
+                            .metrics
+                            .sni
+                            .route(&ctx.name, connector, how.as_str());
+                        return dispatch(sock, peer, target, guard, &shared2);
+                    }
+                    // Built from the same table: not reached.
+                    None => (
+                        "unknown_name",
+                        format!("connector {connector} has no settings"),
+                    ),
+                },
+                None => match name {
+                    None => ("no_sni", "no server name and no default".to_owned()),
+                    Some(n) => ("unknown_name", format!("sni={n}; no route and no default")),
+                },
+            },
+            Err(e) => (e.reason(), e.to_string()),
+        };
+        let (reason, why) = refusal;
+        shared2.metrics.sni.reject(&ctx.name, reason);
+        shared2.audit.record(
+            Event::new(Action::Open, false)
+                .by("sni")
+                .reason(reason)
+                .source(peer)
+                .detail(format!("listener={}; {why}", ctx.name)),
+        );
+        drop(guard);
+        reject(sock);
+    });
+}
+
+/// A checked client of `ctx`'s connector: becomes a stream on a tunnel of an agent that serves
+/// it (here, or over the mesh), or is refused (`no_agent`).
+fn dispatch(
+    sock: TcpStream,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+    guard: ConnGuard,
+    shared: &Arc<Shared>,
+) {
     ctx.metrics.connections.inc();
     let conn = NewConn {
         sock: ClientSock::Tcp(sock),

@@ -8,25 +8,27 @@
 //! - removed: stops accepting; its open streams run on (they belong to the relay's stream
 //!   tracker, not to the listener) until they end or the shutdown grace period;
 //! - `bind` changed: the new address is bound first, then the old socket stops accepting;
-//! - anything else changed (connector, allowlist, per-source cap, PROXY protocol): the same
+//! - anything else changed (connector, SNI routes, allowlist, per-source cap, PROXY protocol): the same
 //!   socket, the next accepted client sees the new settings. Per-source counts carry over.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ListenerConfig;
-use crate::conn::ListenerCtx;
+use crate::config::{ListenerConfig, Routing};
+use crate::conn::{ListenerCtx, SniCtx, SourceCounts};
 use crate::metrics::Metrics;
 
 /// A listener as bound.
 #[derive(Debug, Clone)]
 pub(crate) struct BoundListener {
     pub name: String,
-    pub connector: String,
+    /// Every connector its clients may go to (one, unless it routes by SNI).
+    pub connectors: Vec<String>,
     pub addr: SocketAddr,
 }
 
@@ -89,16 +91,31 @@ pub(crate) fn ctx_for(
     metrics: &Metrics,
     prev: Option<&ListenerCtx>,
 ) -> Arc<ListenerCtx> {
-    Arc::new(ListenerCtx {
+    let sources: Arc<SourceCounts> = prev.map(|p| p.sources.clone()).unwrap_or_default();
+    let proxy_pending: Arc<AtomicUsize> = prev.map(|p| p.proxy_pending.clone()).unwrap_or_default();
+    let ctx = |connector: &str, sni| ListenerCtx {
         name: l.name.clone(),
-        connector: l.connector.clone(),
+        connector: connector.to_owned(),
         allow_cidrs: l.allow_cidrs.clone(),
         max_conn_per_source: l.max_conn_per_source,
-        sources: prev.map(|p| p.sources.clone()).unwrap_or_default(),
-        metrics: metrics.connector(&l.connector),
+        sources: sources.clone(),
+        metrics: metrics.connector(connector),
         proxy_protocol: l.proxy_protocol,
-        proxy_pending: prev.map(|p| p.proxy_pending.clone()).unwrap_or_default(),
-    })
+        proxy_pending: proxy_pending.clone(),
+        sni,
+    };
+    let sni = match &l.routing {
+        Routing::Connector(_) => None,
+        Routing::Sni(table) => Some(SniCtx {
+            table: table.clone(),
+            by_connector: table
+                .connectors()
+                .into_iter()
+                .map(|c| (c.to_owned(), Arc::new(ctx(c, None))))
+                .collect(),
+        }),
+    };
+    Arc::new(ctx(l.label(), sni))
 }
 
 /// One running listener.
@@ -209,7 +226,7 @@ impl Listeners {
             .iter()
             .map(|e| BoundListener {
                 name: e.cfg.name.clone(),
-                connector: e.cfg.connector.clone(),
+                connectors: e.cfg.connectors().into_iter().map(str::to_owned).collect(),
                 addr: e.addr,
             })
             .collect()
@@ -232,7 +249,7 @@ mod tests {
         ListenerConfig {
             name: name.to_owned(),
             bind: bind.parse().expect("test address"),
-            connector: connector.to_owned(),
+            routing: Routing::Connector(connector.to_owned()),
             allow_cidrs: Vec::new(),
             proxy_protocol: false,
             max_conn_per_source: 10,
@@ -276,7 +293,7 @@ mod tests {
             diff(&old, &new).is_empty(),
             "the same port-0 bind is no change"
         );
-        new[0].connector = "dev".into();
+        new[0].routing = Routing::Connector("dev".into());
         new[0].max_conn_per_source = 3;
         assert_eq!(diff(&old, &new).changed, ["a"]);
     }

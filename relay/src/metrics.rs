@@ -20,9 +20,11 @@ pub use labels::*;
 
 mod mesh;
 mod plain;
+mod sni;
 mod tunnels;
 pub use mesh::{LinkStateLabels, MeshFrameLabels, MeshMetrics, PeerLabel, PeerReasonLabels};
 pub use plain::PlainCounter;
+pub use sni::{SniMetrics, SniRejectLabels, SniRoutedLabels};
 pub use tunnels::{AgentTunnels, DEPARTED_RETENTION, MAX_AGENTS, OVERLAP};
 
 /// Every metric the relay exports.
@@ -93,6 +95,8 @@ pub struct Metrics {
     pub registry_claims: Gauge<i64, std::sync::atomic::AtomicI64>,
     /// The relay mesh (`nowconnect_mesh_*` and the fencing counters).
     pub mesh: MeshMetrics,
+    /// Listeners that route by TLS server name (`nowconnect_sni_*`).
+    pub sni: SniMetrics,
     /// Configuration reloads (SIGHUP), by result (`applied`, `refused`).
     pub config_reloads: Family<ResultLabel, Counter>,
     /// Refused authentications of agents and portal callers together, for the dashboard's
@@ -162,6 +166,7 @@ impl Metrics {
             registry_up: Gauge::default(),
             registry_claims: Gauge::default(),
             mesh: MeshMetrics::new(),
+            sni: SniMetrics::default(),
             config_reloads: Family::default(),
             auth_refusals: Counter::default(),
             ui_csp_reports: Counter::default(),
@@ -418,6 +423,7 @@ impl Metrics {
             m.open_retries.clone(),
         );
         m.mesh.register(&mut registry);
+        m.sni.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -11,15 +11,17 @@ fn sample_gauges(shared: &Shared) {
     let serving = shared.registry.snapshot();
     m.connector_agents.clear();
     for l in &shared.cfg().listeners {
-        let n = serving
-            .iter()
-            .find(|(c, _)| *c == l.connector)
-            .map_or(0, |(_, n)| *n);
-        m.connector_agents
-            .get_or_create(&crate::metrics::ConnectorLabel {
-                connector: l.connector.clone(),
-            })
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
+        for connector in l.connectors() {
+            let n = serving
+                .iter()
+                .find(|(c, _)| *c == connector)
+                .map_or(0, |(_, n)| *n);
+            m.connector_agents
+                .get_or_create(&crate::metrics::ConnectorLabel {
+                    connector: connector.to_owned(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 }
 

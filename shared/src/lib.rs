@@ -18,6 +18,7 @@ pub mod frame;
 pub mod json;
 pub mod limits;
 pub mod queue;
+pub mod sni;
 pub mod stream;
 pub mod subprotocol;
 

@@ -36,6 +36,7 @@
 //!   proxy and (PROXY-protocol) load balancer.
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod browser;
 pub mod chaos;
 pub mod frames;

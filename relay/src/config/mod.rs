@@ -21,6 +21,7 @@ mod portal;
 mod preauth;
 mod raw;
 mod security;
+mod sni_routes;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ pub use pdp::PdpConfig;
 pub use portal::{OidcConfig, PolicyDefaults, PortalConfig, DEFAULT_PORTAL_AUDIENCE};
 pub use preauth::PreauthConfig;
 pub use security::{AbuseConfig, DuplicatePolicy, JwtConfig, SecurityConfig, DEFAULT_AUDIENCE};
+pub use sni_routes::{Routing, SniMatch, SniRoutes, DEFAULT_SNI_PEEK_TIMEOUT_MS, MAX_SNI_ROUTES};
 pub use tunnel::{TlsConfig, TunnelConfig, DEFAULT_TUNNEL_PORT};
 
 use collector::Collector;
@@ -102,7 +104,7 @@ impl RelayConfig {
                 .map(|(name, connector)| ListenerConfig {
                     name: (*name).to_owned(),
                     bind: SocketAddr::from(([127, 0, 0, 1], 0)),
-                    connector: (*connector).to_owned(),
+                    routing: Routing::Connector((*connector).to_owned()),
                     allow_cidrs: Vec::new(),
                     proxy_protocol: false,
                     max_conn_per_source: limits::default_per_source(limits::DEFAULT_MAX_CONN),

@@ -83,6 +83,13 @@ pub(super) struct RawListener {
     pub(super) allow_cidrs: Vec<String>,
     pub(super) proxy_protocol: Option<bool>,
     pub(super) max_conn_per_source: Option<usize>,
+    /// `connector` (default) or `sni`.
+    pub(super) route_by: Option<String>,
+    /// With `route_by: sni`: server name (or `*.suffix`) -> connector.
+    pub(super) routes: Option<std::collections::BTreeMap<String, String>>,
+    /// With `route_by: sni`: the connector of a client without a name or with an unknown one.
+    pub(super) default: Option<String>,
+    pub(super) sni_peek_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

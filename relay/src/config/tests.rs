@@ -11,6 +11,7 @@ mod ha;
 mod ingress;
 mod portal;
 mod security;
+mod sni;
 
 const MINIMAL: &str = "
 listeners:
@@ -37,7 +38,7 @@ security:
 fn minimal_config_gets_defaults() {
     let cfg = RelayConfig::from_yaml_str(MINIMAL).expect("valid");
     assert_eq!(cfg.listeners.len(), 1);
-    assert_eq!(cfg.listeners[0].connector, "addomain");
+    assert_eq!(cfg.listeners[0].connectors(), ["addomain"]);
     assert_eq!(cfg.tunnel.port, 0);
     assert_eq!(cfg.tunnel.max_ws_payload, 65536);
     assert_eq!(cfg.tunnel.ping_interval, Duration::from_secs(20));

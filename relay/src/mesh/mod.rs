@@ -281,7 +281,7 @@ impl Core {
             .listeners
             .bound()
             .into_iter()
-            .find(|l| l.connector == connector)
+            .find(|l| l.connectors.iter().any(|c| c == connector))
             .map_or_else(|| "mesh".to_owned(), |l| l.name.clone());
         let ctx = Arc::new(ListenerCtx {
             name,
@@ -292,6 +292,7 @@ impl Core {
             metrics: shared.metrics.connector(connector),
             proxy_protocol: false,
             proxy_pending: Default::default(),
+            sni: None,
         });
         // Bounded: only connectors a local agent serves get here (checked by the caller).
         map.insert(connector.to_owned(), ctx.clone());

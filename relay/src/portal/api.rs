@@ -96,6 +96,12 @@ pub struct ListenerView {
     pub bind: String,
     /// Client networks this listener admits (empty: any, within `security.allow_cidrs`).
     pub allow_cidrs: Vec<String>,
+    /// `connector` (every client goes to this connector) or `sni` (by the TLS server name).
+    pub route_by: String,
+    /// With `sni`: server name (or `*.suffix`) -> connector; empty otherwise.
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// With `sni`: where a client without a name or with an unknown one goes (none: closed).
+    pub default: Option<String>,
 }
 
 /// A connector: its listeners and the agents serving it.

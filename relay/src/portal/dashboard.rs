@@ -34,7 +34,9 @@ pub(crate) fn status(ctx: &Ctx<'_>) -> Reply {
     let now = crate::unix_ms();
     let mut connectors: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for l in s.listeners.bound() {
-        connectors.entry(l.connector).or_default();
+        for c in l.connectors {
+            connectors.entry(c).or_default();
+        }
     }
     for (connector, agents) in s.registry.agents_by_connector() {
         connectors.entry(connector).or_default().extend(agents);

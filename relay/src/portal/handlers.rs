@@ -14,6 +14,7 @@ use super::api::*;
 use super::auth::{Caller, Scope};
 use super::{rfc3339, ApiError, Ctx};
 use crate::audit::{Action, AuditFilter, Event};
+use crate::config::Routing;
 use crate::state::{PolicyId, StateError};
 
 /// A successful answer: status and JSON body.
@@ -268,18 +269,27 @@ pub(crate) fn list_connectors(ctx: &Ctx<'_>) -> Reply {
     };
     let configs = ctx.shared.listeners.configs();
     for l in ctx.shared.listeners.bound() {
-        entry(&mut rows, &l.connector);
-        let allow_cidrs = configs
-            .iter()
-            .find(|c| c.name == l.name)
+        let cfg = configs.iter().find(|c| c.name == l.name);
+        let allow_cidrs: Vec<String> = cfg
             .map(|c| c.allow_cidrs.iter().map(ToString::to_string).collect())
             .unwrap_or_default();
-        if let Some(c) = rows.get_mut(&l.connector) {
-            c.listeners.push(ListenerView {
-                name: l.name.clone(),
-                bind: l.addr.to_string(),
-                allow_cidrs,
-            });
+        let (route_by, routes, default) = match cfg.map(|c| &c.routing) {
+            Some(Routing::Sni(t)) => ("sni", t.routes.clone(), t.default.clone()),
+            _ => ("connector", Default::default(), None),
+        };
+        // An sni listener is listed under every connector it routes to.
+        for connector in &l.connectors {
+            entry(&mut rows, connector);
+            if let Some(c) = rows.get_mut(connector) {
+                c.listeners.push(ListenerView {
+                    name: l.name.clone(),
+                    bind: l.addr.to_string(),
+                    allow_cidrs: allow_cidrs.clone(),
+                    route_by: route_by.to_owned(),
+                    routes: routes.clone(),
+                    default: default.clone(),
+                });
+            }
         }
     }
     for (connector, agents) in ctx.shared.registry.agents_by_connector() {

@@ -16,7 +16,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
         .listeners
         .bound()
         .into_iter()
-        .map(|l| l.connector)
+        .flat_map(|l| l.connectors)
         .collect();
     let connectors = names
         .into_iter()

@@ -117,6 +117,7 @@ async fn rig_with(window: u32, idle: Option<Duration>, accept: bool) -> Rig {
         metrics: metrics.connector("ad"),
         proxy_protocol: false,
         proxy_pending: Arc::default(),
+        sni: None,
     });
     let conns = Arc::new(AtomicUsize::new(0));
     let params = StreamParams {
