@@ -138,6 +138,7 @@ impl Cli {
                         PartialTarget {
                             host: Some(host),
                             port: Some(port),
+                            ..PartialTarget::default()
                         },
                     );
                 }

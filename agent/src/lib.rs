@@ -24,6 +24,7 @@ pub mod notify;
 pub mod proxy;
 pub mod reload;
 mod stream;
+pub mod targets;
 pub mod tls;
 pub mod token;
 pub mod transport;
@@ -260,9 +261,22 @@ fn scrape(shared: &tunnel::Shared) -> String {
     // Every exported connector shows, at 0 until its first failure (so `increase()` works
     // from the first one); a connector a reload removed keeps its count.
     let mut failures = counters.connect_failures();
-    for name in shared.cfg().connectors() {
+    let cfg = shared.cfg();
+    for name in cfg.connectors() {
         if !failures.contains_key(name) {
             failures.insert(name.to_owned(), 0);
+        }
+    }
+    let mut targets = Vec::new();
+    for (name, set) in &cfg.targets {
+        let health = set.health();
+        for (i, h) in health.hosts().iter().enumerate() {
+            targets.push(metrics::TargetSample {
+                connector: name.to_string(),
+                target: set.label(i).to_string(),
+                up: h.up,
+                failures: h.failures,
+            });
         }
     }
     metrics::render(&metrics::Sample {
@@ -274,5 +288,6 @@ fn scrape(shared: &tunnel::Shared) -> String {
         bytes: counters.bytes(),
         connect_failures: &failures,
         token_expiry: counters.token_expiry(std::time::SystemTime::now()),
+        targets: &targets,
     })
 }

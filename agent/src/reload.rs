@@ -123,8 +123,15 @@ pub fn diff(old: &AgentConfig, new: &AgentConfig) -> Changes {
 
 /// The configuration after the reload: `old` with `new`'s target table (see the module docs).
 pub fn apply(old: &AgentConfig, new: AgentConfig) -> AgentConfig {
+    let mut targets = new.targets;
+    // An unchanged target keeps its set, so its health (and the streams sharing it) carry on.
+    for (name, set) in targets.iter_mut() {
+        if let Some(o) = old.targets.get(name).filter(|o| *o == set) {
+            *set = o.clone();
+        }
+    }
     AgentConfig {
-        targets: new.targets,
+        targets,
         ..old.clone()
     }
 }

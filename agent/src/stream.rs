@@ -31,8 +31,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::Target;
 use crate::metrics::AgentMetrics;
+use crate::targets::dial::{dial, DialCtx};
+use crate::targets::TargetSet;
 use crate::writer::Outgoing;
 
 /// What the session forwards to a stream.
@@ -65,7 +66,7 @@ pub(crate) struct Drained {
 pub(crate) struct StreamCtx {
     pub serial: u64,
     pub connector: String,
-    pub target: Arc<Target>,
+    pub target: Arc<TargetSet>,
     pub connect_timeout: Duration,
     pub version: Version,
     pub max_payload: usize,
@@ -79,6 +80,8 @@ pub(crate) struct StreamCtx {
     /// Bytes written to and read from the target, and failed dials, are counted here (the
     /// session counts what it writes into the socket itself).
     pub metrics: AgentMetrics,
+    /// Bumped when a target goes down or up (the sessions report health to the relay).
+    pub changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Runs the stream to its end; returns its id and serial for the session's bookkeeping.
@@ -158,47 +161,50 @@ impl Stream {
         }
     }
 
-    /// Dials the target, queueing what the relay sends meanwhile.
+    /// Dials the connector's targets (see [`crate::targets::dial`]), queueing what the relay
+    /// sends meanwhile.
     async fn connect(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<ToStream>,
     ) -> Result<TcpStream, Abort> {
-        let target = self.ctx.target.clone();
-        let dial = tokio::time::timeout(
-            self.ctx.connect_timeout,
-            TcpStream::connect((target.host.as_str(), target.port)),
-        );
-        tokio::pin!(dial);
-        let result = loop {
-            tokio::select! {
-                r = &mut dial => break r,
-                m = rx.recv() => match m {
-                    Some(ToStream::ShutWrite) => self.shut_pending = true,
-                    Some(m) => self.on_message(m)?,
-                    None => return Err(Abort::Dropped),
-                },
+        let set = self.ctx.target.clone();
+        let changed = self.ctx.changed.clone();
+        let metrics = self.ctx.metrics.clone();
+        // Lent to the dial (no copy per OPEN), put back below.
+        let connector = std::mem::take(&mut self.ctx.connector);
+        let budget = self.ctx.connect_timeout;
+        let result = {
+            let dial = async {
+                let ctx = DialCtx {
+                    connector: &connector,
+                    metrics: &metrics,
+                    changed: &changed,
+                };
+                dial(&set, budget, &ctx).await
+            };
+            tokio::pin!(dial);
+            loop {
+                tokio::select! {
+                    r = &mut dial => break Ok(r),
+                    m = rx.recv() => match m {
+                        Some(ToStream::ShutWrite) => self.shut_pending = true,
+                        Some(m) => if let Err(e) = self.on_message(m) { break Err(e) },
+                        None => break Err(Abort::Dropped),
+                    },
+                }
             }
         };
+        self.ctx.connector = connector;
         let (id, connector) = (self.id(), &self.ctx.connector);
-        let timeout_ms = self.ctx.connect_timeout.as_millis();
-        match result {
-            Ok(Ok(sock)) => {
+        match result? {
+            Ok(sock) => {
                 let _ = sock.set_nodelay(true);
                 tracing::debug!(id, %connector, "target connected");
                 Ok(sock)
             }
-            Ok(Err(e)) => {
-                self.ctx.metrics.target_connect_failed(connector);
-                tracing::info!(event = "target_connect_failed", id, %connector, error = %e, "target connect failed");
-                Err(Abort::Reset(RstCode::ConnectFailed, short(&e.to_string())))
-            }
-            Err(_) => {
-                self.ctx.metrics.target_connect_failed(connector);
-                tracing::info!(event = "target_connect_failed", id, %connector, timeout_ms, "target connect timed out");
-                Err(Abort::Reset(
-                    RstCode::ConnectFailed,
-                    format!("timeout after {timeout_ms} ms"),
-                ))
+            Err(reason) => {
+                tracing::info!(event = "target_connect_failed", id, %connector, error = %reason, "target connect failed");
+                Err(Abort::Reset(RstCode::ConnectFailed, short(&reason)))
             }
         }
     }

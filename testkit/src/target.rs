@@ -45,9 +45,18 @@ where
     F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let l = tokio::net::TcpListener::bind(bind)
+    try_serve_on(bind, f)
         .await
-        .unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        .unwrap_or_else(|e| panic!("bind {bind}: {e}"))
+}
+
+/// [`serve_on`], or the bind error (an address in use, or not free again yet).
+pub async fn try_serve_on<F, Fut>(bind: &str, f: F) -> std::io::Result<Target>
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind(bind).await?;
     let addr = net::addr(&l);
     let task = tokio::spawn(async move {
         // Owned here: aborting the loop drops the set, which aborts every connection.
@@ -58,7 +67,7 @@ where
             conns.spawn(f(s));
         }
     });
-    Target { addr, task }
+    Ok(Target { addr, task })
 }
 
 /// Writes back every byte, then half-closes after the client's EOF.
@@ -79,7 +88,15 @@ pub async fn echo_on(bind: &str) -> Target {
 /// Writes `tag` first, then echoes as [`echo`]: a test sees which of several targets a stream
 /// reached (a reloaded target table, say).
 pub async fn tagged_echo(tag: &'static [u8]) -> Target {
-    serve(move |mut s| async move {
+    try_tagged_echo_on("127.0.0.1:0", tag)
+        .await
+        .unwrap_or_else(|e| panic!("bind 127.0.0.1:0: {e}"))
+}
+
+/// [`tagged_echo`] on `bind`, or the bind error (to bind a port again after its target was
+/// dropped, say: retry until the old listener is gone).
+pub async fn try_tagged_echo_on(bind: &str, tag: &'static [u8]) -> std::io::Result<Target> {
+    try_serve_on(bind, move |mut s| async move {
         if s.write_all(tag).await.is_err() {
             return;
         }
@@ -88,6 +105,20 @@ pub async fn tagged_echo(tag: &'static [u8]) -> Target {
         let _ = w.shutdown().await;
     })
     .await
+}
+
+/// Two [`tagged_echo`] targets on one port: the first on 127.0.0.1, the second on
+/// [`net::other_loopback`] (127.0.0.2), as one connector's two hosts. Panics if no port is free
+/// on both after a few tries.
+pub async fn tagged_echo_pair(a: &'static [u8], b: &'static [u8]) -> (Target, Target) {
+    for _ in 0..20 {
+        let first = tagged_echo(a).await;
+        let other = format!("{}:{}", net::other_loopback(), first.addr.port());
+        if let Ok(second) = try_tagged_echo_on(&other, b).await {
+            return (first, second);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and 127.0.0.2 after 20 tries");
 }
 
 /// A port bound on 127.0.0.1 that never listens: every connect is refused (RST, `ECONNREFUSED`)

@@ -75,6 +75,31 @@ pub fn agent_with(
     format!("{y}{extra}")
 }
 
+/// [`agent`] YAML with connector `name`'s target replaced by several `hosts` on `port`, tried
+/// by `strategy` (`failover`, `round_robin`). Panics if `yaml` has no target `name`.
+pub fn with_hosts(
+    yaml: &str,
+    name: &str,
+    hosts: &[std::net::IpAddr],
+    port: u16,
+    strategy: &str,
+) -> String {
+    let head = format!("  {name}: {{host: ");
+    let start = yaml
+        .find(&head)
+        .unwrap_or_else(|| panic!("no target `{name}` in\n{yaml}"));
+    let end = yaml[start..]
+        .find('\n')
+        .map_or(yaml.len(), |i| start + i + 1);
+    let list: Vec<String> = hosts.iter().map(|h| format!("'{h}'")).collect();
+    format!(
+        "{}  {name}: {{hosts: [{}], port: {port}, strategy: {strategy}}}\n{}",
+        &yaml[..start],
+        list.join(", "),
+        &yaml[end..]
+    )
+}
+
 /// `yaml` with `lines` inserted at the top of section `section` (e.g. `"tunnel"`), whose lines
 /// are indented by two spaces. Panics if there is no such section.
 pub fn under(yaml: &str, section: &str, lines: &str) -> String {

@@ -1,6 +1,7 @@
 //! The agent's Prometheus endpoint (`metrics.port`) against a real relay that checks tokens:
 //! after a stream carried bytes, a refused target and a lost tunnel, every metric shows with its
-//! labels and plausible values, and no label holds an address or the token.
+//! labels and plausible values, and no label holds an address (but the configured targets' in
+//! the per-target families) or the token.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -128,6 +129,8 @@ async fn the_agent_endpoint_shows_every_metric_after_real_traffic() {
         "nowconnect_agent_streams_active",
         "nowconnect_agent_bytes_total",
         "nowconnect_agent_target_connect_failures_total",
+        "nowconnect_agent_target_up",
+        "nowconnect_agent_target_failures_total",
         "nowconnect_agent_token_expiry_seconds",
     ] {
         assert!(
@@ -182,15 +185,44 @@ async fn the_agent_endpoint_shows_every_metric_after_real_traffic() {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("uptime shown\n{page}"));
     assert!((0.0..60.0).contains(&uptime), "{uptime}");
-    // No address, port or secret anywhere on the page.
+    // Every configured target host shows its health: up for the echo, down for the refused.
+    for (connector, addr, up) in [("echo", echo.addr, 1), ("down", down.addr, 0)] {
+        let series = format!(
+            "nowconnect_agent_target_up{{connector=\"{connector}\",target=\"{addr}\"}} {up}\n"
+        );
+        assert!(page.contains(&series), "{series}{page}");
+    }
+    assert_eq!(
+        value(
+            &page,
+            &format!(
+                "nowconnect_agent_target_failures_total{{connector=\"down\",target=\"{}\"}}",
+                down.addr
+            )
+        ),
+        1,
+        "{page}"
+    );
+    // No address, port or secret anywhere on the page, but the configured targets in the
+    // `target` label of the per-target families.
+    let per_target = [
+        "nowconnect_agent_target_up{",
+        "nowconnect_agent_target_failures_total{",
+    ];
+    let rest: String = page
+        .lines()
+        .filter(|l| !per_target.iter().any(|p| l.starts_with(p)))
+        .collect::<Vec<_>>()
+        .join("\n");
     for secret in [
         token_text.as_str(),
         "127.0.0.1",
         &echo.addr.port().to_string(),
         &down.addr.port().to_string(),
     ] {
-        assert!(!page.contains(secret), "{secret} on the page\n{page}");
+        assert!(!rest.contains(secret), "{secret} on the page\n{page}");
     }
+    assert!(!page.contains(token_text.as_str()), "the token on the page");
 
     // The relay goes away: the tunnel is down, and the reconnect is counted with its reason.
     drop(s);

@@ -22,6 +22,7 @@ mod mesh;
 mod monitoring;
 mod portal;
 mod streams;
+mod targets;
 mod transfer;
 mod two_tunnels;
 mod v1_raw_agent;

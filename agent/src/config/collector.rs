@@ -72,6 +72,11 @@ impl Collector {
         });
     }
 
+    /// Problems so far (a section compares before and after to see if it added any).
+    pub(super) fn len(&self) -> usize {
+        self.problems.len()
+    }
+
     pub(super) fn into_problems(self) -> Vec<Problem> {
         self.problems
     }

@@ -12,8 +12,14 @@ use super::yaml::YamlFile;
 /// A target as far as one source knows it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PartialTarget {
+    /// `host:` (or one name in `NC_TARGET_<name>_HOST`).
     pub host: Option<String>,
+    /// `hosts:` (or a comma-separated `NC_TARGET_<name>_HOST`). One source sets `host` or
+    /// `hosts`; both from one source is reported by validation.
+    pub hosts: Option<Vec<String>>,
     pub port: Option<u16>,
+    /// Unparsed: validation names the key of a bad one.
+    pub strategy: Option<String>,
 }
 
 /// Every setting as one source gives it; `None` = this source does not set it.
@@ -98,7 +104,9 @@ impl Layer {
                         k,
                         PartialTarget {
                             host: t.host,
+                            hosts: t.hosts,
                             port: t.port,
+                            strategy: t.strategy,
                         },
                     )
                 })
@@ -119,7 +127,7 @@ impl Layer {
     }
 
     /// Reads the reference agent's environment variables. `connector_names` are the names whose
-    /// `NC_TARGET_<name>_HOST` / `_PORT` are looked up (exact name first, then upper case with
+    /// `NC_TARGET_<name>_HOST` / `_PORT` / `_STRATEGY` are looked up (exact name first, then upper case with
     /// `-` and `.` as `_`). Unparsable values are reported into `problems`.
     pub fn from_env(
         env: &dyn Env,
@@ -159,8 +167,15 @@ impl Layer {
             }
             let mut t = PartialTarget::default();
             for var in target_env_names(name) {
-                if t.host.is_none() {
-                    t.host = env_str(env, &format!("{var}_HOST"));
+                if t.host.is_none() && t.hosts.is_none() {
+                    // A comma-separated value lists several hosts.
+                    match env_str(env, &format!("{var}_HOST")) {
+                        Some(v) if v.contains(',') => t.hosts = Some(split_list(&v)),
+                        v => t.host = v,
+                    }
+                }
+                if t.strategy.is_none() {
+                    t.strategy = env_str(env, &format!("{var}_STRATEGY"));
                 }
                 if t.port.is_none() {
                     t.port = env_parse(env, &format!("{var}_PORT"), parse_num, &mut c);
@@ -179,8 +194,13 @@ impl Layer {
         let mut targets = lower.targets;
         for (name, t) in self.targets {
             let e = targets.entry(name).or_default();
-            e.host = t.host.or(e.host.take());
+            // `host` and `hosts` are one setting: the higher source's wins whole.
+            if t.host.is_some() || t.hosts.is_some() {
+                e.host = t.host;
+                e.hosts = t.hosts;
+            }
             e.port = t.port.or(e.port);
+            e.strategy = t.strategy.or(e.strategy.take());
         }
         Layer {
             url: self.url.or(lower.url),

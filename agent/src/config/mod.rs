@@ -25,7 +25,6 @@ mod yaml;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub use auth::DEFAULT_TOKEN_REFRESH_SEC;
@@ -36,7 +35,10 @@ pub use layer::{Layer, PartialTarget};
 pub use limits::AgentLimits;
 pub use logging::LogFormat;
 pub use metrics::DEFAULT_METRICS_HOST;
-pub use targets::{ConnectorName, Target, Targets, MAX_CONNECTORS, MAX_CONNECTOR_LEN};
+pub use targets::{
+    ConnectorName, Strategy, Target, TargetSet, Targets, MAX_CONNECTORS, MAX_CONNECTOR_LEN,
+    MAX_HOSTS,
+};
 pub use tunnel::{AgentId, Keepalive, ProtocolChoice, MAX_AGENT_ID_LEN, MAX_CONNECTIONS};
 
 use crate::no_proxy::NoProxy;
@@ -148,7 +150,7 @@ impl AgentConfig {
     pub fn target(&self, name: &str) -> Option<&Target> {
         // A name longer than any exported one cannot be exported.
         let key = ConnectorName::try_from(name).ok()?;
-        self.targets.get(&key).map(Arc::as_ref)
+        self.targets.get(&key).map(|s| &s.target)
     }
 
     /// The socket address of the health listener.

@@ -12,6 +12,7 @@ mod capacity;
 mod metrics;
 mod precedence;
 mod proxy;
+mod targets;
 
 const MINIMAL: &str = "
 tunnel:
@@ -49,10 +50,7 @@ fn minimal_yaml_gets_defaults() {
     );
     assert_eq!(
         *c.target("addomain").expect("target"),
-        Target {
-            host: "10.0.0.5".into(),
-            port: 389
-        }
+        Target::single("10.0.0.5", 389)
     );
     assert_eq!(c.health_addr().to_string(), "0.0.0.0:8090");
     assert_eq!(c.protocol, ProtocolChoice::Auto);
@@ -198,9 +196,9 @@ fn ipv6_targets_with_or_without_brackets() {
     )
     .expect("valid");
     assert_eq!(c.url.host, "::1");
-    assert_eq!(c.target("a").expect("target").host, "::1");
-    assert_eq!(c.target("b").expect("target").host, "fd00::5");
-    assert_eq!(c.target("c").expect("target").host, "dc1.corp");
+    assert_eq!(c.target("a").expect("target").hosts[0], "::1");
+    assert_eq!(c.target("b").expect("target").hosts[0], "fd00::5");
+    assert_eq!(c.target("c").expect("target").hosts[0], "dc1.corp");
 }
 
 #[test]
@@ -227,7 +225,7 @@ fn shipped_example_is_valid() {
         vec!["addomain".to_string(), "devdomain1".to_string()]
     );
     assert_eq!(
-        c.target("devdomain1").expect("target").host,
+        c.target("devdomain1").expect("target").hosts[0],
         "dc1.dev.local"
     );
     assert_eq!(c.health_port, 8090);

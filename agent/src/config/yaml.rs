@@ -49,8 +49,13 @@ pub(super) struct YamlAuth {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct YamlTarget {
+    /// One host (the reference agent's key).
     pub(super) host: Option<String>,
+    /// Several hosts behind one connector (not with `host`).
+    pub(super) hosts: Option<Vec<String>>,
     pub(super) port: Option<u16>,
+    /// `failover` (default) or `round_robin`.
+    pub(super) strategy: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,9 +4,9 @@
 //!
 //! Embedded-first: no metrics library, no HTTP server crate. The data path pays one relaxed
 //! atomic add per read or write call (never per byte, never a lock); what changes rarely (a
-//! target connect failure) takes a mutex. No label ever holds a payload, a token or an address:
-//! the labels are a fixed reason set, the direction, the configured connector names and the
-//! version.
+//! target connect failure) takes a mutex. No label ever holds a payload, a token or a client
+//! address: the labels are a fixed reason set, the direction, the configured connector names,
+//! the configured target hosts (`host:port`, bounded by the configuration) and the version.
 
 mod reason;
 mod render;
@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use reason::ReconnectReason;
-pub use render::{render, Sample};
+pub use render::{render, Sample, TargetSample};
 pub use serve::serve;
 
 /// The agent's counters; clones share them. Tunnel state (READY, uptime, open streams) is the

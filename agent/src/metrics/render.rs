@@ -27,6 +27,19 @@ pub struct Sample<'a> {
     pub connect_failures: &'a BTreeMap<String, u64>,
     /// Seconds until the token in use expires; `None` (no sample) without token or `exp`.
     pub token_expiry: Option<f64>,
+    /// Every configured host of every exported connector, in configuration order.
+    pub targets: &'a [TargetSample],
+}
+
+/// One configured host's health, read at the scrape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetSample {
+    pub connector: String,
+    /// `host:port` as configured (IPv6 in brackets).
+    pub target: String,
+    pub up: bool,
+    /// Failed attempts on it since the target set was configured.
+    pub failures: u64,
 }
 
 /// The page for `GET /metrics`.
@@ -105,13 +118,43 @@ pub fn render(s: &Sample<'_>) -> String {
         &mut out,
         "nowconnect_agent_target_connect_failures_total",
         "counter",
-        "Target connections that were refused, unreachable or timed out, by connector.",
+        "Streams whose target connection failed (every host of the connector refused, was unreachable or timed out), by connector.",
     );
     for (connector, n) in s.connect_failures {
         let _ = writeln!(
             out,
             "nowconnect_agent_target_connect_failures_total{{connector=\"{}\"}} {n}",
             escape(connector)
+        );
+    }
+    head(
+        &mut out,
+        "nowconnect_agent_target_up",
+        "gauge",
+        "1 while a configured target host is healthy, 0 after a refused or timed-out connect until one succeeds.",
+    );
+    for t in s.targets {
+        let _ = writeln!(
+            out,
+            "nowconnect_agent_target_up{{connector=\"{}\",target=\"{}\"}} {}",
+            escape(&t.connector),
+            escape(&t.target),
+            u8::from(t.up)
+        );
+    }
+    head(
+        &mut out,
+        "nowconnect_agent_target_failures_total",
+        "counter",
+        "Connect attempts on one target host that were refused, unreachable, unresolvable or timed out.",
+    );
+    for t in s.targets {
+        let _ = writeln!(
+            out,
+            "nowconnect_agent_target_failures_total{{connector=\"{}\",target=\"{}\"}} {}",
+            escape(&t.connector),
+            escape(&t.target),
+            t.failures
         );
     }
     head(
@@ -162,6 +205,7 @@ mod tests {
             bytes: (100, 7),
             connect_failures: failures,
             token_expiry: Some(299.6),
+            targets: &[],
         }
     }
 
@@ -172,8 +216,27 @@ mod tests {
             (ReconnectReason::ClosedByRelay, 1),
         ];
         let failures = BTreeMap::from([("ad".to_string(), 0), ("db".to_string(), 4)]);
-        let page = render(&sample(&reconnects, &failures));
+        let targets = [
+            TargetSample {
+                connector: "ad".into(),
+                target: "dc1.corp:636".into(),
+                up: true,
+                failures: 0,
+            },
+            TargetSample {
+                connector: "ad".into(),
+                target: "[fd00::5]:636".into(),
+                up: false,
+                failures: 3,
+            },
+        ];
+        let mut s = sample(&reconnects, &failures);
+        s.targets = &targets;
+        let page = render(&s);
         for want in [
+            "nowconnect_agent_target_up{connector=\"ad\",target=\"dc1.corp:636\"} 1\n",
+            "nowconnect_agent_target_up{connector=\"ad\",target=\"[fd00::5]:636\"} 0\n",
+            "nowconnect_agent_target_failures_total{connector=\"ad\",target=\"[fd00::5]:636\"} 3\n",
             "nowconnect_agent_info{version=\"1.2.3\"} 1\n",
             "nowconnect_agent_tunnel_up 1\n",
             "nowconnect_agent_tunnel_uptime_seconds 12.500\n",
@@ -192,7 +255,7 @@ mod tests {
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .collect();
-        assert_eq!(names.len(), 8, "{names:?}");
+        assert_eq!(names.len(), 10, "{names:?}");
         for l in page.lines().filter(|l| !l.starts_with('#')) {
             let name = l.split(['{', ' ']).next().unwrap_or_default();
             assert!(

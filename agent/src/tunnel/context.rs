@@ -33,6 +33,9 @@ pub(crate) struct Shared {
     pub metrics: AgentMetrics,
     /// systemd notifications (no-op without NOTIFY_SOCKET); sent by slot 0's supervisor only.
     pub notify: Notifier,
+    /// Bumped by the stream tasks whenever a target goes down or up; each session watches it
+    /// to report target health to its relay.
+    pub targets_changed: Arc<watch::Sender<u64>>,
 }
 
 impl Shared {
@@ -47,6 +50,7 @@ impl Shared {
             health,
             metrics,
             notify,
+            targets_changed: Arc::new(watch::Sender::new(0)),
         }
     }
 

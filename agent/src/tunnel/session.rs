@@ -520,6 +520,7 @@ impl Session<'_> {
             drained: self.drained_tx.clone(),
             sock,
             metrics: self.shared.metrics.clone(),
+            changed: self.shared.targets_changed.clone(),
         };
         let task = self.tasks.spawn(stream::run(ctx, rx));
         self.task_streams.insert(task.id(), (id, self.next_serial));

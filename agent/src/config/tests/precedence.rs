@@ -29,7 +29,7 @@ logging: {level: debug}
     assert_eq!(c.url.host, "yaml", "yaml when nothing overrides it");
     assert_eq!(c.agent_id, "env-id", "env over yaml");
     assert_eq!(
-        c.target("ad").expect("target").host,
+        c.target("ad").expect("target").hosts[0],
         "env-host",
         "env over yaml, per field"
     );
@@ -111,7 +111,7 @@ fn cli_flags_parse_into_a_layer() {
     let c = cli.load(&env(&[("NC_AGENT_ID", "env")])).expect("valid");
     assert_eq!(c.agent_id, "cli");
     assert_eq!(c.protocol, ProtocolChoice::V2);
-    assert_eq!(c.target("b").expect("target").host, "::1");
+    assert_eq!(c.target("b").expect("target").hosts[0], "::1");
     assert_eq!(c.health_port, 0);
     let cli = crate::cli::Cli::try_parse_from([
         "nowconnect-agent",
