@@ -10,10 +10,10 @@ use std::time::Duration;
 use clap::Parser;
 use nowconnect_agent::cli::Cli;
 use nowconnect_agent::config::{log_filter, AgentConfig, LogFormat, ProcessEnv};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use nowconnect_agent::Notifier;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How long a graceful stop may take before the remaining tasks are dropped.
 const STOP_GRACE: Duration = Duration::from_secs(5);

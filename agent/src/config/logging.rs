@@ -26,7 +26,10 @@ pub(super) fn validate_logging(c: &mut Collector, l: &Layer) -> (String, LogForm
     if let Err(why) = log_filter(&level) {
         c.bad(
             "logging.level (NC_LOG_LEVEL, --log-level)",
-            format!("`{}` is not a log level or filter: {why}", printable(&level)),
+            format!(
+                "`{}` is not a log level or filter: {why}",
+                printable(&level)
+            ),
         );
     }
     let format = match l
