@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use nowconnect_agent::cli::Cli;
-use nowconnect_agent::config::{AgentConfig, LogFormat, ProcessEnv};
+use nowconnect_agent::config::{log_filter, AgentConfig, LogFormat, ProcessEnv};
 use nowconnect_agent::Notifier;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How long a graceful stop may take before the remaining tasks are dropped.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -149,20 +151,25 @@ impl StopSignals {
 }
 
 fn init_logging(cfg: &AgentConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // Validated already; the fallback only guards a config built without validation.
+    let filter = log_filter(&cfg.log_level).unwrap_or_else(|_| {
+        tracing_subscriber::filter::Targets::new()
+            .with_default(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     let result = match cfg.log_format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
+            .finish()
+            .with(filter)
             .try_init(),
         LogFormat::Plain => builder
             .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
             .try_init(),
     };
     if let Err(e) = result {

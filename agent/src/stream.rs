@@ -17,8 +17,10 @@
 //! aborted stream closes its socket with a TCP reset (zero linger), so the target can tell a
 //! cut stream from a finished one. Target EOF sends FIN a2c.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::Shutdown;
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -29,12 +31,16 @@ use nowconnect_shared::subprotocol::Version;
 use nowconnect_shared::{Frame, RstCode, SendHalf, StreamId};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::metrics::AgentMetrics;
 use crate::targets::dial::{dial, DialCtx};
 use crate::targets::TargetSet;
 use crate::writer::Outgoing;
+
+pub(crate) mod inbox;
+
+use inbox::Receiver;
 
 /// What the session forwards to a stream.
 #[derive(Debug)]
@@ -85,7 +91,7 @@ pub(crate) struct StreamCtx {
 }
 
 /// Runs the stream to its end; returns its id and serial for the session's bookkeeping.
-pub(crate) async fn run(ctx: StreamCtx, rx: mpsc::UnboundedReceiver<ToStream>) -> (StreamId, u64) {
+pub(crate) async fn run(ctx: StreamCtx, rx: Receiver<ToStream>) -> (StreamId, u64) {
     let (id, serial, version) = (ctx.send.id(), ctx.serial, ctx.version);
     let out = ctx.out.clone();
     Stream::new(ctx).run(rx).await;
@@ -129,7 +135,7 @@ impl Stream {
         self.ctx.send.id()
     }
 
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ToStream>) {
+    async fn run(mut self, mut rx: Receiver<ToStream>) {
         let (sock, result) = match self.connect(&mut rx).await {
             Ok(sock) => {
                 // Until the stream finishes cleanly, closing the socket sends a TCP reset: also
@@ -163,10 +169,7 @@ impl Stream {
 
     /// Dials the connector's targets (see [`crate::targets::dial`]), queueing what the relay
     /// sends meanwhile.
-    async fn connect(
-        &mut self,
-        rx: &mut mpsc::UnboundedReceiver<ToStream>,
-    ) -> Result<TcpStream, Abort> {
+    async fn connect(&mut self, rx: &mut Receiver<ToStream>) -> Result<TcpStream, Abort> {
         let set = self.ctx.target.clone();
         let changed = self.ctx.changed.clone();
         let metrics = self.ctx.metrics.clone();
@@ -174,15 +177,16 @@ impl Stream {
         let connector = std::mem::take(&mut self.ctx.connector);
         let budget = self.ctx.connect_timeout;
         let result = {
-            let dial = async {
+            // Boxed: the dial's state (several hosts, addresses, timers) lives on the heap only
+            // while connecting, so an idle open stream's task does not carry it.
+            let mut dial = Box::pin(async {
                 let ctx = DialCtx {
                     connector: &connector,
                     metrics: &metrics,
                     changed: &changed,
                 };
                 dial(&set, budget, &ctx).await
-            };
-            tokio::pin!(dial);
+            });
             loop {
                 tokio::select! {
                     r = &mut dial => break Ok(r),
@@ -224,16 +228,11 @@ impl Stream {
         Ok(())
     }
 
-    async fn pump(
-        &mut self,
-        sock: &TcpStream,
-        rx: &mut mpsc::UnboundedReceiver<ToStream>,
-    ) -> Result<(), Abort> {
+    async fn pump(&mut self, sock: &TcpStream, rx: &mut Receiver<ToStream>) -> Result<(), Abort> {
         let io_err = |e: io::Error| Abort::Reset(RstCode::Io, short(&e.to_string()));
-        // Lets a burst's read arena go once the target pauses (armed while one is held).
-        let release = tokio::time::sleep(Duration::from_secs(86_400 * 365));
-        tokio::pin!(release);
-        let mut release_armed = false;
+        // Lets a burst's read arena go once the target pauses: a timer only while one is held,
+        // boxed (one allocation per burst) so that an idle stream's task does not carry it.
+        let mut release: Option<Pin<Box<Sleep>>> = None;
         // A frame read from the target that the writer queue had no room for yet: nothing
         // more is read until it is queued; meanwhile relay bytes are still written.
         let mut outbox: Option<Outgoing> = None;
@@ -266,7 +265,9 @@ impl Stream {
                     // The session is gone (tunnel loss): close at once.
                     None => return Err(Abort::Dropped),
                 },
-                r = sock.writable(), if !self.queue.is_empty() => {
+                // poll_*_ready rather than readable()/writable(): no waiter node in the task
+                // (this task is the socket's only waiter; the session only try_writes).
+                r = poll_fn(|cx| sock.poll_write_ready(cx)), if !self.queue.is_empty() => {
                     r.map_err(io_err)?;
                     self.write_some(sock).map_err(io_err)?;
                 }
@@ -276,18 +277,25 @@ impl Stream {
                         permit.send(item);
                     }
                 }
-                r = sock.readable(), if budget > 0 && outbox.is_none() => {
+                r = poll_fn(|cx| sock.poll_read_ready(cx)), if budget > 0 && outbox.is_none() => {
                     r.map_err(io_err)?;
                     outbox = self.read_some(sock, budget)?;
-                    if !release_armed && self.reads.in_burst() {
-                        release.as_mut().reset(Instant::now() + ARENA_IDLE);
-                        release_armed = true;
+                    if release.is_none() && self.reads.in_burst() {
+                        release = Some(Box::pin(tokio::time::sleep(ARENA_IDLE)));
                     }
                 }
-                () = &mut release, if release_armed => {
+                () = async {
+                    if let Some(timer) = release.as_mut() {
+                        timer.await;
+                    }
+                }, if release.is_some() => {
                     match self.reads.release_if_idle(Instant::now().into_std()) {
-                        Some(at) => release.as_mut().reset(Instant::from_std(at)),
-                        None => release_armed = false,
+                        Some(at) => {
+                            if let Some(timer) = release.as_mut() {
+                                timer.as_mut().reset(Instant::from_std(at));
+                            }
+                        }
+                        None => release = None,
                     }
                 }
             }
@@ -341,3 +349,6 @@ impl Stream {
 fn short(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(100).collect()
 }
+
+#[cfg(test)]
+mod tests;

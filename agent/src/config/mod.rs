@@ -33,7 +33,7 @@ pub use env::{parse_bool, split_list, Env, ProcessEnv, NO_PROXY_ENV_VARS, PROXY_
 pub use health::{DEFAULT_HEALTH_HOST, DEFAULT_HEALTH_PORT};
 pub use layer::{Layer, PartialTarget};
 pub use limits::AgentLimits;
-pub use logging::LogFormat;
+pub use logging::{log_filter, LogFormat};
 pub use metrics::DEFAULT_METRICS_HOST;
 pub use targets::{
     ConnectorName, Strategy, Target, TargetSet, Targets, MAX_CONNECTORS, MAX_CONNECTOR_LEN,

@@ -46,7 +46,7 @@ const STREAMS_MIN_CAPACITY: usize = 256;
 /// What the session keeps per live stream, next to its receive half.
 #[derive(Debug)]
 struct Entry {
-    tx: mpsc::UnboundedSender<ToStream>,
+    tx: stream::inbox::Sender<ToStream>,
     /// Tells this stream apart from an earlier one that used the same id.
     serial: u64,
     /// The target socket once the stream task has connected it (for direct writes).
@@ -488,7 +488,7 @@ impl Session<'_> {
             let _ = self.ctrl.send(Outgoing::Forget(id));
             return;
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = stream::inbox::inbox();
         let sock = Arc::new(OnceLock::new());
         self.next_serial += 1;
         let entry = Entry {
