@@ -719,7 +719,10 @@ fn start_listener(
     socket: TcpListener,
     addr: SocketAddr,
 ) {
-    info!(event = "listener_started", listener = %l.name, connectors = ?l.connectors(), %addr, "listening");
+    // `connector` as in the reference's logs: the one connector, or an sni listener's connectors.
+    let connector = l.connectors().join(",");
+    let route_by = l.route_by();
+    info!(event = "listener_started", listener = %l.name, %connector, route_by, %addr, "listening");
     let started = shared
         .listeners
         .insert(l, socket, addr, &shared.metrics, &shared.root);

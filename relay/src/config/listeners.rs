@@ -36,6 +36,14 @@ impl ListenerConfig {
         }
     }
 
+    /// How clients are routed: `connector` (one) or `sni` (by the ClientHello's server name).
+    pub fn route_by(&self) -> &'static str {
+        match &self.routing {
+            Routing::Connector(_) => "connector",
+            Routing::Sni(_) => "sni",
+        }
+    }
+
     /// The `connector` label of what happens before a client is routed (allowlist, caps,
     /// PROXY header, accept errors): the connector, or an sni listener's own name.
     pub fn label(&self) -> &str {
