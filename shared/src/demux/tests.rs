@@ -466,7 +466,7 @@ fn forward_outside_the_mesh_resets_and_a_mesh_demux_needs_no_handshake() {
 
 #[test]
 fn status_reaches_the_relay_driver_and_an_agent_ignores_it() {
-    let report = Frame::Status(Box::new(crate::status::Status::default()));
+    let report = Frame::Status(Box::default());
     let mut relay = ready(Role::Relay);
     assert!(matches!(
         relay.on_binary(&bin(&report)),
