@@ -1,7 +1,8 @@
 //! STATUS frames (an agent's report of its targets' health) against the relay, sent raw over
 //! loopback: a valid report shows in `nowconnect_connector_targets` for the connectors the
 //! tunnel exported only; oversized, malformed, over-long and misaddressed reports are counted
-//! as protocol errors and ignored (the last good report stays, the tunnel keeps working).
+//! as protocol errors and ignored (the last good report stays, the tunnel keeps working); one
+//! before HELLO is refused like any bad HELLO (close 1008).
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use nowconnect_relay::{RelayConfig, RelayHandle};
 use nowconnect_shared::binary::{FrameType, HEADER_LEN};
 use nowconnect_shared::status::{MAX_STATUS_LEN, MAX_STATUS_TARGETS};
 use nowconnect_shared::{Frame, Status, TargetStatus};
-use nowconnect_testkit::mock_agent::{v2_agent, MockAgent};
+use nowconnect_testkit::mock_agent::{connect, v2_agent, MockAgent, OFFER_BOTH};
 use nowconnect_testkit::wait::{wait_for, DEADLINE};
 use nowconnect_testkit::{net, yaml};
 use tokio::net::TcpStream;
@@ -54,9 +55,12 @@ fn raw_status(id: u32, body: &[u8]) -> Message {
     Message::Binary(m.into())
 }
 
-async fn send_raw(agent: &mut MockAgent<TcpStream>, msg: Message) {
-    agent.try_feed_msg(msg, SEND).await.expect("relay reads");
-    agent.try_flush(SEND).await.expect("relay reads");
+async fn send_raw(agent: &mut MockAgent<TcpStream>, what: &str, msg: Message) {
+    let sent = match agent.try_feed_msg(msg, SEND).await {
+        Ok(()) => agent.try_flush(SEND).await,
+        Err(e) => Err(e),
+    };
+    sent.unwrap_or_else(|e| panic!("the relay reads a STATUS that is {what}: {e}"));
 }
 
 const DOWN: &str = "nowconnect_connector_targets{connector=\"addomain\",state=\"down\"}";
@@ -115,8 +119,7 @@ async fn a_report_counts_exported_connectors_only_and_hostile_ones_are_ignored()
     ];
     let n = hostile.len() as u64;
     for (what, msg) in hostile {
-        send_raw(&mut agent, msg).await;
-        eprintln!("sent {what}");
+        send_raw(&mut agent, what, msg).await;
     }
     wait_for("every hostile report to be counted", DEADLINE, || {
         errors() >= before + n
@@ -166,4 +169,17 @@ async fn two_agents_reports_are_summed_and_a_tunnel_end_drops_its_report() {
     .await;
     assert_eq!(metric(&relay, UP), 1);
     drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_before_hello_closes_the_tunnel() {
+    let relay = relay().await;
+    let (ws, _) = connect(relay.tunnel_addr(), Some(OFFER_BOTH))
+        .await
+        .expect("upgrade");
+    let mut agent = MockAgent::v2(ws);
+    agent.send(&Frame::Status(Box::default())).await;
+    let code = agent.close_code().await;
+    assert_eq!(code, Some(1008), "refused like any bad HELLO");
+    assert!(targets_series(&relay).is_empty());
 }
