@@ -42,6 +42,7 @@ mod sessions;
 mod shards;
 mod sni;
 pub mod state;
+mod target_health;
 mod tls;
 mod tunnel;
 mod ui;

@@ -50,6 +50,9 @@ pub struct Metrics {
     /// Agent tunnels serving each configured connector, sampled at each scrape (0: its clients
     /// are refused).
     pub connector_agents: Family<ConnectorLabel, Gauge>,
+    /// Target hosts of each configured connector's multi-host agents by reported state, summed
+    /// over agent tunnels, sampled at each scrape (agents' STATUS reports).
+    pub connector_targets: Family<TargetStateLabels, Gauge>,
     /// 1 while `/readyz` answers 200, sampled at each scrape.
     pub relay_ready: Gauge,
     pub agent_auth_failures: Family<ReasonLabel, Counter>,
@@ -135,6 +138,7 @@ impl Metrics {
             agent_disconnects: Family::default(),
             agents_connected: Gauge::default(),
             connector_agents: Family::default(),
+            connector_targets: Family::default(),
             relay_ready: Gauge::default(),
             agent_auth_failures: Family::default(),
             agent_auth_successes: Counter::default(),
@@ -290,6 +294,11 @@ impl Metrics {
             "nowconnect_connector_agents",
             "Agent tunnels serving each configured connector now (0: its clients are refused)",
             m.connector_agents.clone(),
+        );
+        registry.register(
+            "nowconnect_connector_targets",
+            "Target hosts behind each configured connector as its agents last reported them, by state (up, down), summed over agent tunnels",
+            m.connector_targets.clone(),
         );
         registry.register(
             "nowconnect_relay_ready",

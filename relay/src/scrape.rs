@@ -23,6 +23,45 @@ fn sample_gauges(shared: &Shared) {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
+    sample_targets(shared);
+}
+
+/// `nowconnect_connector_targets`: what the agents reported (STATUS), summed per configured
+/// connector and state; connectors without a report have no series (bounded: two series per
+/// configured connector).
+fn sample_targets(shared: &Shared) {
+    let m = &shared.metrics;
+    m.connector_targets.clear();
+    let cfg = shared.cfg();
+    let mut sums: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+    // The tunnel an agent's new streams go to: an overlapping older tunnel (token refresh) or
+    // one on standby would count the same hosts twice.
+    let rows = shared.registry.rows();
+    for row in rows.iter().filter(|r| r.serving) {
+        for (connector, up, down) in row.info.targets.counts() {
+            let Some(name) = cfg
+                .listeners
+                .iter()
+                .flat_map(|l| l.connectors())
+                .find(|c| *c == connector)
+            else {
+                continue;
+            };
+            let e = sums.entry(name).or_default();
+            e.0 += up;
+            e.1 += down;
+        }
+    }
+    for (connector, (up, down)) in sums {
+        for (state, n) in [("up", up), ("down", down)] {
+            m.connector_targets
+                .get_or_create(&crate::metrics::TargetStateLabels {
+                    connector: connector.to_owned(),
+                    state,
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// Samples the scrape-time gauges and renders every metric.

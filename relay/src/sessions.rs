@@ -34,6 +34,8 @@ pub(crate) struct TunnelInfo {
     /// This relay's claim on the agent in the cluster directory (fencing token); 0 until the
     /// claim is made (with HA off, it stays 0 and nothing is forwarded to this relay).
     pub epoch: AtomicU64,
+    /// The agent's latest STATUS: its multi-host connectors' target health.
+    pub targets: crate::target_health::TargetHealth,
 }
 
 /// Key of a live stream: stream ids are per tunnel.

@@ -3,7 +3,8 @@
 //! ```text
 //! type:u8 | stream_id:u32 BE | body
 //! HELLO      (1) id 0   JSON object {agent_id, connectors, ver}; unknown fields ignored
-//! HELLO_ACK  (2) id 0   empty, or a JSON object (room to grow; fields ignored today)
+//! HELLO_ACK  (2) id 0   empty, or a JSON object: `features` lists optional frames the relay
+//!                       understands (`["status"]`); other fields ignored (room to grow)
 //! OPEN       (3) id>0   len:u8 connector | [len:u8 client_addr]
 //! DATA       (4) id>0   raw payload bytes
 //! FIN        (5) id>0   dir:u8 (0 = c2a, 1 = a2c)
@@ -11,15 +12,18 @@
 //! WINDOW     (7) id>0   increment:u32 BE (1..=2^31-1)
 //! FORWARD    (8) id>0   len:u8 connector | len:u8 agent_id | epoch:u64 BE
 //!                       | len:u8 client_addr | len:u8 origin        (relay mesh only)
+//! STATUS     (9) id 0   JSON object, at most 8 KiB (agent -> relay; see `status`)
 //! ```
 //! Decoding DATA slices the input buffer: no copy, no allocation.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+pub(crate) use crate::error::json_error;
 use crate::error::{DecodeError, EncodeError};
 use crate::flow::MAX_WINDOW;
 use crate::frame::{check_name, check_text, Dir, Forward, Frame, RawHello, RstCode, StreamId};
 use crate::limits::Limits;
+use crate::status::{Features, Status};
 
 /// Bytes before every body: the type byte and the big-endian stream id.
 pub const HEADER_LEN: usize = 5;
@@ -36,6 +40,7 @@ pub enum FrameType {
     Rst = 6,
     Window = 7,
     Forward = 8,
+    Status = 9,
 }
 
 impl FrameType {
@@ -49,6 +54,7 @@ impl FrameType {
             6 => FrameType::Rst,
             7 => FrameType::Window,
             8 => FrameType::Forward,
+            9 => FrameType::Status,
             other => return Err(DecodeError::UnknownType(other)),
         })
     }
@@ -63,7 +69,19 @@ impl FrameType {
             FrameType::Rst => "RST",
             FrameType::Window => "WINDOW",
             FrameType::Forward => "FORWARD",
+            FrameType::Status => "STATUS",
         }
+    }
+}
+
+/// What a v2 HELLO_ACK message announces (none for any other message, or an older relay's
+/// empty body).
+pub fn hello_ack_features(buf: &[u8]) -> Features {
+    match buf.split_first() {
+        Some((&t, rest)) if t == FrameType::HelloAck as u8 && rest.len() >= HEADER_LEN - 1 => {
+            Features::from_hello_ack_body(&rest[HEADER_LEN - 1..])
+        }
+        _ => Features::default(),
     }
 }
 
@@ -85,13 +103,13 @@ pub fn decode(buf: &Bytes, limits: &Limits) -> Result<Frame, DecodeError> {
     let id = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     let body = &buf[HEADER_LEN..];
     match ty {
-        FrameType::Hello | FrameType::HelloAck if id != 0 => {
+        FrameType::Hello | FrameType::HelloAck | FrameType::Status if id != 0 => {
             return Err(DecodeError::ConnectionFrameOnStream {
                 frame: ty.name(),
                 id,
             })
         }
-        FrameType::Hello | FrameType::HelloAck => {}
+        FrameType::Hello | FrameType::HelloAck | FrameType::Status => {}
         _ if id == 0 => return Err(DecodeError::StreamFrameOnConnection { frame: ty.name() }),
         _ => {}
     }
@@ -110,6 +128,7 @@ pub fn decode(buf: &Bytes, limits: &Limits) -> Result<Frame, DecodeError> {
             }
             Ok(Frame::HelloAck)
         }
+        FrameType::Status => Ok(Frame::Status(Box::new(Status::decode_body(body, limits)?))),
         FrameType::Open => {
             let (connector, rest) = take_short_str(body, "connector")?;
             check_name("connector", connector, limits.max_connector_len)?;
@@ -217,7 +236,15 @@ pub fn encode(frame: &Frame, limits: &Limits, out: &mut BytesMut) -> Result<(), 
         }
         Frame::HelloAck => {
             put_header(out, FrameType::HelloAck, 0);
-            out.put_slice(b"{}");
+            // A relay built from this crate announces what it understands (an agent reads
+            // it with `Features::from_hello_ack_body`).
+            out.put_slice(Features::OURS.hello_ack_body());
+        }
+        Frame::Status(status) => {
+            let mut body = Vec::new();
+            status.encode_body(limits, &mut body)?;
+            put_header(out, FrameType::Status, 0);
+            out.put_slice(&body);
         }
         Frame::Open {
             id,
@@ -340,20 +367,5 @@ fn exact<const N: usize>(body: &[u8], frame: &'static str) -> Result<[u8; N], De
             frame,
             extra: body.len() - N,
         }),
-    }
-}
-
-pub(crate) fn json_error(e: serde_json::Error) -> DecodeError {
-    use serde_json::error::Category;
-    // Only the category and position: serde's text could quote bytes of the frame.
-    let category = match e.classify() {
-        Category::Io => "io",
-        Category::Syntax => "syntax error",
-        Category::Data => "wrong type or shape",
-        Category::Eof => "unexpected end",
-    };
-    DecodeError::Json {
-        category,
-        column: e.column(),
     }
 }

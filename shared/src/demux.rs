@@ -28,6 +28,7 @@ use crate::error::DecodeError;
 use crate::frame::{Frame, Hello, RstCode, StreamId};
 use crate::json::V1Decoder;
 use crate::limits::Limits;
+use crate::status::Status;
 use crate::stream::{Inbound, RecvHalf, Reset, Role, SendHalf, StreamParams, Written};
 use crate::subprotocol::Version;
 
@@ -107,6 +108,9 @@ pub enum Dispatch<H> {
     Hello(Hello),
     /// Agent: the relay accepted our HELLO; the tunnel is READY.
     HelloAck,
+    /// Relay: the agent's report of its targets' health (decoded and bounded; the driver
+    /// keeps only the connectors this tunnel's HELLO exported).
+    Status(Box<Status>),
     /// Agent: the relay opens a stream. Dial and [`Demux::accept`] (which refuses beyond the
     /// table's bound), or [`Demux::refuse`].
     /// `cid`: the peer's own v1 cid for it, for the encoder ([`crate::V1Encoder::bind`]).
@@ -450,6 +454,11 @@ impl<H> Demux<H> {
                     cid,
                 }
             }
+            // Only agents report; a relay's STATUS to an agent means nothing.
+            Frame::Status(status) => match self.role {
+                Role::Relay => Dispatch::Status(status),
+                Role::Agent => Dispatch::Ignored(Ignored::UnknownStream { kind: "STATUS", id }),
+            },
             // Only a relay mesh carries FORWARD, and its driver takes it before the demux.
             Frame::Forward(_) => self.local_reset(
                 id,

@@ -83,3 +83,19 @@ pub enum FlowError {
     #[error("drained {len} bytes but only {buffered} were received and not yet drained")]
     DrainedTooMuch { len: usize, buffered: u32 },
 }
+
+/// A serde_json error as a [`DecodeError`]: only the category and position, since serde's text
+/// could quote bytes of the frame.
+pub(crate) fn json_error(e: serde_json::Error) -> DecodeError {
+    use serde_json::error::Category;
+    let category = match e.classify() {
+        Category::Io => "io",
+        Category::Syntax => "syntax error",
+        Category::Data => "wrong type or shape",
+        Category::Eof => "unexpected end",
+    };
+    DecodeError::Json {
+        category,
+        column: e.column(),
+    }
+}

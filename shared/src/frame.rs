@@ -3,11 +3,13 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::check::{check_name, check_text};
 use crate::error::DecodeError;
 use crate::limits::Limits;
+use crate::status::Status;
 
 /// Identifies one stream (one client TCP connection) inside a tunnel. The relay allocates them.
-/// Id 0 is the connection itself (HELLO, HELLO_ACK) and is never a stream.
+/// Id 0 is the connection itself (HELLO, HELLO_ACK, STATUS) and is never a stream.
 pub type StreamId = u32;
 
 /// One protocol message, whichever encoding carried it.
@@ -37,6 +39,9 @@ pub enum Frame {
     },
     /// The receiver drained `credit` more bytes: the sender may send that many more (v2 only).
     Window { id: StreamId, credit: u32 },
+    /// Agent -> relay (v2 only, stream id 0): the health of the agent's targets; sent only to
+    /// a relay whose HELLO_ACK announced it ([`crate::status`]).
+    Status(Box<Status>),
     /// Relay -> relay over the mesh (v2 only): open a stream to the agent `agent_id` this relay
     /// owns, for a client that reached the origin relay. Never sent on an agent tunnel.
     Forward(Box<Forward>),
@@ -74,7 +79,7 @@ impl Frame {
     /// The stream this frame belongs to (0 for HELLO and HELLO_ACK).
     pub fn stream_id(&self) -> StreamId {
         match self {
-            Frame::Hello(_) | Frame::HelloAck => 0,
+            Frame::Hello(_) | Frame::HelloAck | Frame::Status(_) => 0,
             Frame::Open { id, .. }
             | Frame::Data { id, .. }
             | Frame::Fin { id, .. }
@@ -94,6 +99,7 @@ impl Frame {
             Frame::Fin { .. } => "FIN",
             Frame::Rst { .. } => "RST",
             Frame::Window { .. } => "WINDOW",
+            Frame::Status(_) => "STATUS",
             Frame::Forward(_) => "FORWARD",
         }
     }
@@ -236,27 +242,4 @@ rst_codes! {
     FlowControl = 8, "flow_control";
     Denied = 9, "denied";
     Io = 10, "io_error";
-}
-
-/// A name (agent_id, connector): non-empty, bounded, no control characters.
-pub(crate) fn check_name(field: &'static str, s: &str, max: usize) -> Result<(), DecodeError> {
-    if s.is_empty() {
-        return Err(DecodeError::Empty { field });
-    }
-    check_text(field, s, max)
-}
-
-/// Free text (reason, version, address): bounded, no control characters; may be empty.
-pub(crate) fn check_text(field: &'static str, s: &str, max: usize) -> Result<(), DecodeError> {
-    if s.len() > max {
-        return Err(DecodeError::TooLong {
-            field,
-            len: s.len(),
-            max,
-        });
-    }
-    if s.chars().any(char::is_control) {
-        return Err(DecodeError::ControlChar { field });
-    }
-    Ok(())
 }

@@ -422,6 +422,7 @@ impl V1Encoder {
             }
             Frame::Window { .. } => return Err(EncodeError::NotInV1("WINDOW")),
             Frame::Forward(_) => return Err(EncodeError::NotInV1("FORWARD")),
+            Frame::Status(_) => return Err(EncodeError::NotInV1("STATUS")),
         }
         serde_json::to_string(&out).map_err(|_| EncodeError::Invalid(DecodeError::NotAnObject))
     }

@@ -11,6 +11,7 @@
 
 pub mod arena;
 pub mod binary;
+mod check;
 pub mod demux;
 pub mod error;
 pub mod flow;
@@ -19,6 +20,7 @@ pub mod json;
 pub mod limits;
 pub mod queue;
 pub mod sni;
+pub mod status;
 pub mod stream;
 pub mod subprotocol;
 
@@ -28,5 +30,6 @@ pub use flow::{RecvWindow, SendCredit, DEFAULT_WINDOW, MAX_WINDOW};
 pub use frame::{Dir, Forward, Frame, Hello, RstCode, StreamId};
 pub use json::{V1Decoder, V1Encoder};
 pub use limits::Limits;
+pub use status::{Features, Status, TargetStatus};
 pub use stream::{RecvHalf, Reset, Role, SendHalf, Stream, StreamParams};
 pub use subprotocol::Version;

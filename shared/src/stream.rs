@@ -225,7 +225,7 @@ impl RecvHalf {
             Frame::Open { .. } | Frame::Forward(_) => {
                 Err(Reset::new(RstCode::Protocol, "OPEN for a live stream"))
             }
-            Frame::Hello(_) | Frame::HelloAck => Err(Reset::new(
+            Frame::Hello(_) | Frame::HelloAck | Frame::Status(_) => Err(Reset::new(
                 RstCode::Protocol,
                 "connection frame on a stream",
             )),

@@ -3,6 +3,7 @@
 
 use bytes::Bytes;
 use nowconnect_shared::binary;
+use nowconnect_shared::status::{self, Status, TargetStatus};
 use nowconnect_shared::{
     Dir, Forward, Frame, Hello, Limits, RstCode, V1Decoder, V1Encoder, MAX_WINDOW,
 };
@@ -232,4 +233,74 @@ fn forward_lengths_are_checked_before_copying() {
         origin: "b".into(),
     }));
     assert!(binary::encode_to_bytes(&f, &l).is_err());
+}
+
+fn status() -> impl Strategy<Value = Frame> {
+    let target = (name(64), any::<bool>(), any::<u64>(), any::<u64>()).prop_map(
+        |(target, up, since_ms, failures)| TargetStatus {
+            target,
+            up,
+            since_ms,
+            failures,
+        },
+    );
+    prop::collection::btree_map(
+        name(16),
+        prop::collection::vec(target, 0..=status::MAX_STATUS_TARGETS),
+        0..4,
+    )
+    .prop_map(|targets| Frame::Status(Box::new(Status { targets })))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn status_round_trips_in_v2_and_is_refused_by_v1(f in status()) {
+        let l = Limits::default();
+        let Ok(wire) = binary::encode_to_bytes(&f, &l) else {
+            // Only a report longer than the limit is refused.
+            let Frame::Status(s) = &f else { unreachable!() };
+            prop_assert!(serde_json::to_vec(&**s).expect("json").len() > status::MAX_STATUS_LEN);
+            return Ok(());
+        };
+        prop_assert!(wire.len() <= binary::HEADER_LEN + status::MAX_STATUS_LEN);
+        prop_assert_eq!(binary::decode(&wire, &l), Ok(f.clone()));
+        prop_assert_eq!(
+            V1Encoder::new(l).encode(&f),
+            Err(nowconnect_shared::EncodeError::NotInV1("STATUS"))
+        );
+        for cut in binary::HEADER_LEN..wire.len() {
+            prop_assert!(binary::decode(&wire.slice(..cut), &l).is_err());
+        }
+    }
+
+    #[test]
+    fn status_decoder_never_panics(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        let mut wire = vec![9, 0, 0, 0, 0];
+        wire.extend_from_slice(&body);
+        let _ = binary::decode(&Bytes::from(wire), &Limits::default());
+    }
+}
+
+#[test]
+fn status_is_a_connection_frame_and_hello_ack_announces_it() {
+    let l = Limits::default();
+    // On a stream id: refused.
+    let wire = Bytes::from_static(b"\x09\0\0\0\x01{\"targets\":{}}");
+    assert!(matches!(
+        binary::decode(&wire, &l),
+        Err(nowconnect_shared::DecodeError::ConnectionFrameOnStream {
+            frame: "STATUS",
+            id: 1
+        })
+    ));
+    let ack = binary::encode_to_bytes(&Frame::HelloAck, &l).expect("encodes");
+    assert!(binary::hello_ack_features(&ack).status);
+    assert_eq!(binary::decode(&ack, &l), Ok(Frame::HelloAck));
+    // An older relay's empty HELLO_ACK announces nothing.
+    assert!(!binary::hello_ack_features(b"\x02\0\0\0\0").status);
+    assert!(!binary::hello_ack_features(b"\x02\0\0\0\0{}").status);
+    // Not a HELLO_ACK at all.
+    assert!(!binary::hello_ack_features(b"\x04\0\0\0\x01{\"features\":[\"status\"]}").status);
 }

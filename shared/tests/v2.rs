@@ -24,7 +24,10 @@ fn exact_layouts() {
     let mut want = vec![1, 0, 0, 0, 0];
     want.extend_from_slice(br#"{"agent_id":"a1","connectors":["ad"],"ver":"2"}"#);
     assert_eq!(enc(&hello), want);
-    assert_eq!(enc(&Frame::HelloAck), b"\x02\0\0\0\0{}");
+    assert_eq!(
+        enc(&Frame::HelloAck),
+        b"\x02\0\0\0\0{\"features\":[\"status\"]}"
+    );
     assert_eq!(
         enc(&Frame::Open {
             id: 0x0102_0304,
@@ -176,7 +179,14 @@ fn malformed_frames_are_typed_errors() {
             DecodeError::Truncated { need: 5, have: 4 },
         ),
         (vec![0, 0, 0, 0, 1], DecodeError::UnknownType(0)),
-        (vec![9, 0, 0, 0, 1], DecodeError::UnknownType(9)),
+        (vec![10, 0, 0, 0, 1], DecodeError::UnknownType(10)),
+        (
+            vec![9, 0, 0, 0, 1],
+            DecodeError::ConnectionFrameOnStream {
+                frame: "STATUS",
+                id: 1,
+            },
+        ),
         (vec![8, 0, 0, 0, 1], DecodeError::MissingField("connector")),
         (vec![0xff, 0, 0, 0, 1], DecodeError::UnknownType(0xff)),
         (

@@ -1,7 +1,8 @@
 //! Several targets behind one connector (issue 21): failover skips a target that stopped (no
 //! client connection fails once its failure was seen) and goes back to it after its backoff,
 //! round robin spreads streams over both, and a connector whose every target refuses closes the
-//! client's connection. The agent's `nowconnect_agent_target_up` follows.
+//! client's connection. The agent's `nowconnect_agent_target_up` follows, and so does what the
+//! relay shows of it (STATUS): the portal's agent view and `nowconnect_connector_targets`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use nowconnect_testkit::{http, net, target, yaml};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::{agent_yaml, listener, relay, start_agent};
+use crate::{agent_yaml, listener, relay, relay_yaml, start_agent, start_relay};
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -178,6 +179,89 @@ async fn every_target_refusing_closes_the_client() {
             "{page}"
         );
     }
+    agent.shutdown();
+    agent.wait().await;
+}
+
+/// The relay's agent view (`GET /api/v1/agents`) of the connector `ad`: (target, up) pairs in
+/// the agent's order; empty before a report.
+async fn reported(relay: &RelayHandle, token: &str) -> Vec<(String, bool)> {
+    let r = http::request(
+        relay.portal_addr(),
+        "GET",
+        "/api/v1/agents",
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let rows = r.array();
+    assert_eq!(rows.len(), 1, "one agent tunnel: {}", r.body);
+    let Some(list) = rows[0]["targets"]["ad"].as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|t| {
+            assert!(t["since"].is_string(), "since: {t}");
+            assert!(t["failures"].is_u64(), "failures: {t}");
+            let target = t["target"].as_str().expect("target").to_owned();
+            (target, t["up"].as_bool().expect("up"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_shows_the_agents_target_health() {
+    let dir = nowconnect_testkit::temp::TempDir::new("e2e-targets");
+    let key = nowconnect_testkit::idp::ed_key("ops");
+    let jwks_url = nowconnect_testkit::idp::jwks_file(dir.path(), &[&key]);
+    let token = nowconnect_testkit::idp::mint(
+        &key,
+        &nowconnect_testkit::idp::portal_claims(
+            "ops-1",
+            &["pwd", "otp"],
+            serde_json::json!({"roles": ["admin"]}),
+        ),
+    );
+    // 127.0.0.1:port refuses (its listener is gone), 127.0.0.2:port echoes.
+    let (first, _second) = target::tagged_echo_pair(b"one:", b"two:").await;
+    let port = first.addr.port();
+    let first_addr = first.addr;
+    drop(first);
+    wait_refused(first_addr).await;
+    let relay =
+        start_relay(&(relay_yaml(&["ad"]) + &format!("portal:\n  jwks_url: {jwks_url}\n"))).await;
+    let agent = agent(&relay, port, "failover").await;
+    let down = format!("127.0.0.1:{port}");
+    let up = format!("{}:{port}", net::other_loopback());
+    // The first report (right after READY) has both up: nothing was dialled yet.
+    wait_for_async("the first report", DEADLINE, || async {
+        reported(&relay, &token).await == [(down.clone(), true), (up.clone(), true)]
+    })
+    .await;
+
+    // This OPEN meets the refusal and goes on to the second host.
+    assert_eq!(&tag_of(listener(&relay, "ad")).await, b"two:");
+    wait_for_async(
+        "the relay to show the refusing host down",
+        DEADLINE,
+        || async { reported(&relay, &token).await == [(down.clone(), false), (up.clone(), true)] },
+    )
+    .await;
+    let page = || async {
+        let (status, page) = http::get(relay.metrics_addr(), "/metrics").await;
+        assert_eq!(status, 200);
+        page
+    };
+    let series = |state: &str| {
+        format!("nowconnect_connector_targets{{connector=\"ad\",state=\"{state}\"}} ")
+    };
+    wait_for_async("the relay's gauge to count it", DEADLINE, || async {
+        let p = page().await;
+        p.lines().any(|l| l == format!("{}1", series("down")))
+            && p.lines().any(|l| l == format!("{}1", series("up")))
+    })
+    .await;
     agent.shutdown();
     agent.wait().await;
 }

@@ -29,6 +29,7 @@
 
 mod context;
 mod session;
+mod status;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -18,7 +18,10 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use nowconnect_shared::demux::{Demux, Dispatch, Drained as Written, Ignored};
-use nowconnect_shared::{Frame, Hello, Limits, Reset, Role, RstCode, StreamId, StreamParams};
+use nowconnect_shared::status::Features;
+use nowconnect_shared::{
+    binary, Frame, Hello, Limits, Reset, Role, RstCode, StreamId, StreamParams, Version,
+};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{Id as TaskId, JoinSet};
@@ -27,6 +30,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::context::{End, Ready, SessionResult, Shared, Slot, CLOSE_GRACE, MIN_DRAIN};
+use super::status::{self, Pacer};
 use crate::config::{AgentConfig, ConnectorName};
 use crate::health::{ReadyGuard, StreamGauge};
 use crate::stream::{self, Drained, StreamCtx, ToStream};
@@ -127,6 +131,9 @@ pub(super) async fn run(
         ready_guard: None,
         ready_tx,
         token,
+        features: Features::default(),
+        report_status: false,
+        pacer: Pacer::default(),
     };
     let end = t
         .run(
@@ -169,6 +176,11 @@ struct Session<'a> {
     ready_tx: mpsc::UnboundedSender<Ready>,
     /// The token this tunnel was opened with (handed to the supervisor at READY).
     token: Option<Token>,
+    /// What the relay's HELLO_ACK announced (read from the message before the demux sees it).
+    features: Features,
+    /// STATUS reports go to this relay (it announced them, v2, a multi-host connector).
+    report_status: bool,
+    pacer: Pacer,
 }
 
 type Reader = futures_util::stream::SplitStream<crate::transport::WsStream>;
@@ -198,6 +210,10 @@ impl Session<'_> {
         // v1 backpressure: the stream whose full queue stops the reader, and since when.
         let stall = sleep_until(hello_deadline);
         tokio::pin!(stall);
+        // Target health changes (any connector, any tunnel), and when the next STATUS is due.
+        let mut targets_changed = self.shared.targets_changed.subscribe();
+        let status_timer = sleep_until(hello_deadline);
+        tokio::pin!(status_timer);
         let mut stalled: Option<StreamId> = None;
         loop {
             self.gauge.set(self.demux.len());
@@ -207,6 +223,9 @@ impl Session<'_> {
                 if full.is_some() {
                     stall.as_mut().reset(Instant::now() + ka.ping_timeout);
                 }
+            }
+            if let Some(due) = self.pacer.due().filter(|d| *d != status_timer.deadline()) {
+                status_timer.as_mut().reset(due);
             }
             if drain_until.is_some() && self.demux.is_empty() {
                 return self.close_retired(writer_task).await;
@@ -235,6 +254,12 @@ impl Session<'_> {
                     };
                 }
                 _ = &mut hello_timer, if self.ready_at.is_none() => return End::HelloTimeout,
+                r = targets_changed.changed(), if self.report_status => {
+                    if r.is_ok() {
+                        let _ = self.pacer.changed(Instant::now());
+                    }
+                }
+                () = &mut status_timer, if self.pacer.due().is_some() => self.send_status(),
                 () = &mut stall, if stalled.is_some() => {
                     // A v1 target that has not read for `ping_timeout`: give up on it.
                     if let Some(id) = stalled {
@@ -289,7 +314,12 @@ impl Session<'_> {
                     let dispatch = match msg {
                         None => return End::Broken("connection closed".into()),
                         Some(Err(e)) => return End::Broken(e.to_string()),
-                        Some(Ok(Message::Binary(b))) => self.demux.on_binary(&b),
+                        Some(Ok(Message::Binary(b))) => {
+                            if self.ready_at.is_none() {
+                                self.features = binary::hello_ack_features(&b);
+                            }
+                            self.demux.on_binary(&b)
+                        }
                         Some(Ok(Message::Text(t))) => self.demux.on_text(t.as_str()),
                         Some(Ok(Message::Close(frame))) => {
                             let (code, reason) = frame
@@ -338,6 +368,15 @@ impl Session<'_> {
         End::Retired
     }
 
+    /// Sends the health of this session's multi-host connectors (see [`status`]).
+    fn send_status(&mut self) {
+        self.pacer.sent(Instant::now());
+        let current = self.shared.cfg();
+        if let Some(report) = status::report(self.cfg, &current, Instant::now().into_std()) {
+            self.send_ctrl(Frame::Status(Box::new(report)));
+        }
+    }
+
     fn send_ctrl(&self, frame: Frame) {
         let _ = self.ctrl.send(Outgoing::Frame(frame));
     }
@@ -360,7 +399,16 @@ impl Session<'_> {
                     connectors = self.cfg.targets.len(),
                     "HELLO_ACK received; READY"
                 );
+                let has_multi = self.cfg.targets.values().any(|t| t.hosts.len() > 1);
+                self.report_status =
+                    self.features.status && self.demux.version() == Version::V2 && has_multi;
+                if self.report_status {
+                    // The first report right after READY; later ones on change.
+                    let _ = self.pacer.changed(Instant::now());
+                }
             }
+            // Only a relay receives STATUS.
+            Dispatch::Status(_) => {}
             Dispatch::Open {
                 id, connector, cid, ..
             } => self.on_open(id, connector, cid),

@@ -356,8 +356,8 @@ fn on_binary(
             );
         }
         Dispatch::Ignored(_) | Dispatch::Nothing => {}
-        Dispatch::Hello(_) | Dispatch::HelloAck => {
-            return Some(End::Protocol("handshake frame on the mesh".into()))
+        Dispatch::Hello(_) | Dispatch::HelloAck | Dispatch::Status(_) => {
+            return Some(End::Protocol("connection frame on the mesh".into()))
         }
         Dispatch::Close(v) => return Some(End::Protocol(v.to_string())),
     }

@@ -7,6 +7,13 @@ pub struct ConnectorLabel {
     pub connector: String,
 }
 
+/// `nowconnect_connector_targets{connector, state}`: `state` is `up` or `down`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetStateLabels {
+    pub connector: String,
+    pub state: &'static str,
+}
+
 /// `nowconnect_tcp_bytes_total{direction}` for client to agent bytes (the frames' c2a; the
 /// catalog's "client to proxy").
 pub const C2P: &str = "c2p";

@@ -1,6 +1,8 @@
 //! The portal API's JSON shapes and its OpenAPI document, generated from these types and from
 //! the `#[utoipa::path]` annotations on the handlers (never written by hand).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::response::{Response, ResponseBuilder};
@@ -75,6 +77,25 @@ pub struct AgentView {
     /// This relay's claim on the agent in the HA registry (fencing token); 0 with HA off or
     /// while the registry has not answered.
     pub epoch: u64,
+    /// Per connector with several target hosts, their health as the agent last reported it
+    /// (STATUS frames; empty for an agent or relay that does not report, and for single-host
+    /// connectors).
+    pub targets: BTreeMap<String, Vec<TargetView>>,
+}
+
+/// One target host of a multi-host connector, as the agent reported it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TargetView {
+    /// `host:port` as the agent configured it.
+    pub target: String,
+    /// False from a refused, unreachable or timed-out connect until one succeeds.
+    pub up: bool,
+    /// When it entered that state (from the agent's report; its clock's offset is not
+    /// corrected).
+    #[schema(format = DateTime)]
+    pub since: String,
+    /// Failed connect attempts on it since the agent configured it.
+    pub failures: u64,
 }
 
 /// An agent serving a connector from another relay of the service (HA), as this relay last
@@ -342,6 +363,7 @@ pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
         PolicyView,
         PolicyPatch,
         AgentView,
+        TargetView,
         ListenerView,
         RemoteAgentView,
         ConnectorView,

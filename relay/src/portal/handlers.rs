@@ -15,6 +15,7 @@ use super::auth::{Caller, Scope};
 use super::{rfc3339, ApiError, Ctx};
 use crate::audit::{Action, AuditFilter, Event};
 use crate::config::Routing;
+use crate::sessions::TunnelInfo;
 use crate::state::{PolicyId, StateError};
 
 /// A successful answer: status and JSON body.
@@ -161,10 +162,33 @@ pub(crate) fn list_agents(ctx: &Ctx<'_>) -> Reply {
                 bytes_a2c: a2c,
                 relay: ctx.shared.cfg().ha.replica_id.clone(),
                 epoch: t.epoch.load(Ordering::Acquire),
+                targets: target_views(t),
             }
         })
         .collect();
     ok(&rows)
+}
+
+/// The tunnel's latest target report for the agent view.
+fn target_views(t: &TunnelInfo) -> BTreeMap<String, Vec<TargetView>> {
+    let Some(r) = t.targets.snapshot() else {
+        return BTreeMap::new();
+    };
+    r.targets
+        .into_iter()
+        .map(|(connector, list)| {
+            let list = list
+                .into_iter()
+                .map(|s| TargetView {
+                    since: rfc3339(r.received_ms.saturating_sub(s.since_ms)),
+                    target: s.target,
+                    up: s.up,
+                    failures: s.failures,
+                })
+                .collect();
+            (connector, list)
+        })
+        .collect()
 }
 
 /// Disconnect an agent's tunnels (admin only); with `block=true` its reconnects are refused

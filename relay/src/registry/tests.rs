@@ -29,6 +29,7 @@ fn agent(
         closed_a2c: AtomicU64::new(0),
         kick: CancellationToken::new(),
         epoch: Default::default(),
+        targets: Default::default(),
     });
     (
         AgentHandle {

@@ -140,6 +140,7 @@ pub(crate) async fn run<S>(
         closed_a2c: Default::default(),
         kick: CancellationToken::new(),
         epoch: Default::default(),
+        targets: Default::default(),
     });
     let handle = AgentHandle {
         tunnel_id,

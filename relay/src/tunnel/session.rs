@@ -441,6 +441,14 @@ impl Session {
                 self.close(CloseCode::Protocol, &v.to_string());
                 return Some(End::ProtocolError);
             }
+            Dispatch::Status(status) => {
+                // Bounded by the decoder (8 KiB); only this tunnel's exported connectors kept.
+                debug!(agent_id = %self.info.agent_id, connectors = status.targets.len(), "target health report");
+                let exported = &self.info.connectors;
+                self.info
+                    .targets
+                    .update(*status, exported, crate::unix_ms());
+            }
             // Handshake and OPEN answers exist only for the agent role or before HELLO.
             Dispatch::Nothing | Dispatch::Hello(_) | Dispatch::HelloAck | Dispatch::Open { .. } => {
             }

@@ -463,3 +463,27 @@ fn forward_outside_the_mesh_resets_and_a_mesh_demux_needs_no_handshake() {
     }
     assert!(d.is_empty());
 }
+
+#[test]
+fn status_reaches_the_relay_driver_and_an_agent_ignores_it() {
+    let report = Frame::Status(Box::default());
+    let mut relay = ready(Role::Relay);
+    assert!(matches!(
+        relay.on_binary(&bin(&report)),
+        Dispatch::Status(s) if s.targets.is_empty()
+    ));
+    let mut agent = ready(Role::Agent);
+    assert!(matches!(
+        agent.on_binary(&bin(&report)),
+        Dispatch::Ignored(Ignored::UnknownStream {
+            kind: "STATUS",
+            id: 0
+        })
+    ));
+    // Before HELLO it is not a HELLO: the relay closes.
+    let mut fresh = v2(Role::Relay);
+    assert!(matches!(
+        fresh.on_binary(&bin(&report)),
+        Dispatch::Close(Violation::ExpectedHello("STATUS"))
+    ));
+}

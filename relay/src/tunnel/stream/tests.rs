@@ -107,6 +107,7 @@ async fn rig_with(window: u32, idle: Option<Duration>, accept: bool) -> Rig {
         closed_a2c: AtomicU64::new(0),
         kick: CancellationToken::new(),
         epoch: Default::default(),
+        targets: Default::default(),
     });
     let listener = Arc::new(ListenerCtx {
         name: "l".into(),
