@@ -9,6 +9,7 @@
 mod admission;
 mod progress;
 mod quota;
+mod run;
 mod session;
 mod stream;
 mod writer;
@@ -274,6 +275,7 @@ pub(crate) async fn run<S>(
         ignored,
         warnings,
         liveness,
+        run: Default::default(),
     };
     let end = session.run(&mut source).await;
 

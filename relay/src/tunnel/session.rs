@@ -15,6 +15,7 @@
 //! warning an agent can provoke goes through one [`LogLimit`].
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,19 +23,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::SplitStream;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use nowconnect_shared::demux::{Demux, Dispatch, Drained, Ignored};
 use nowconnect_shared::{Frame, Reset, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::quota::{Bucket, LogLimit};
+use super::run::{self, Run};
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
@@ -49,6 +51,8 @@ use crate::Shared;
 
 /// "Never" for timers: a year.
 const FAR: Duration = Duration::from_secs(86_400 * 365);
+/// Most messages handled in one go before the session looks at its other inputs again.
+const READ_BATCH: usize = 64;
 /// The stream table keeps at least this many slots when it shrinks.
 const TABLE_MIN_CAPACITY: usize = 64;
 
@@ -132,6 +136,8 @@ pub(super) struct Session {
     pub warnings: LogLimit,
     /// Stamped at every message from the agent (the registry's picking reads it).
     pub liveness: Arc<Liveness>,
+    /// Agent bytes for one client, written once the messages already read are handled.
+    pub run: Run,
 }
 
 impl Session {
@@ -221,24 +227,39 @@ impl Session {
                     }
                 }
                 msg = source.next(), if stalled.is_none() && self.backlog.is_empty() => {
-                    last_rx = Instant::now();
-                    self.liveness.heard(last_rx);
-                    let dispatch = match msg {
-                        None => return End::Closed,
-                        Some(Err(e)) => {
-                            debug!(agent_id = %self.info.agent_id, error = %e, "tunnel read failed");
-                            return End::WsError;
+                    // Every message already read goes in one batch (bounded), so a string of
+                    // DATA frames for one client is written with one syscall; the run is
+                    // written out before anything else happens.
+                    let mut msg = msg;
+                    let mut batch = 0;
+                    let end = loop {
+                        last_rx = Instant::now();
+                        self.liveness.heard(last_rx);
+                        if let Some(end) = self.on_message(msg) {
+                            break Some(end);
                         }
-                        Some(Ok(Message::Binary(b))) => self.demux.on_binary(&b),
-                        Some(Ok(Message::Text(t))) => self.demux.on_text(t.as_str()),
-                        Some(Ok(Message::Close(_))) => return End::AgentClosed,
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                        batch += 1;
+                        if batch >= READ_BATCH || self.demux.full().is_some() || !self.backlog.is_empty() {
+                            break None;
+                        }
+                        // Stream reports first, as the select's order has it (a stream's
+                        // `Opened` before the agent's answer to its OPEN).
+                        while let Ok(ev) = self.events.try_recv() {
+                            self.write_run();
+                            self.on_event(ev);
+                        }
+                        match source.next().now_or_never() {
+                            Some(next) => msg = next,
+                            None => break None,
+                        }
                     };
-                    if let Some(end) = self.dispatch(dispatch) {
+                    self.write_run();
+                    if let Some(end) = end {
                         return end;
                     }
                 }
                 () = &mut keepalive => {
+                    self.run.shrink();
                     // Not reading (v1 backpressure, or answers waiting for the writer) is not
                     // the agent's silence.
                     if stalled.is_some() || !self.backlog.is_empty() {
@@ -251,6 +272,22 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// One message from the agent; `Some` ends the tunnel.
+    fn on_message(&mut self, msg: Option<Result<Message, WsError>>) -> Option<End> {
+        let dispatch = match msg {
+            None => return Some(End::Closed),
+            Some(Err(e)) => {
+                debug!(agent_id = %self.info.agent_id, error = %e, "tunnel read failed");
+                return Some(End::WsError);
+            }
+            Some(Ok(Message::Binary(b))) => self.demux.on_binary(&b),
+            Some(Ok(Message::Text(t))) => self.demux.on_text(t.as_str()),
+            Some(Ok(Message::Close(_))) => return Some(End::AgentClosed),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return None,
+        };
+        self.dispatch(dispatch)
     }
 
     /// Queues a close frame behind every answer still waiting.
@@ -352,13 +389,15 @@ impl Session {
 
     /// Does what one received message asks. `Some`: the tunnel ends.
     fn dispatch(&mut self, d: Dispatch<Handle>) -> Option<End> {
+        if let Dispatch::Data { id, payload, .. } = d {
+            self.deliver(id, payload);
+            return None;
+        }
+        // Whatever else the agent says comes after the bytes held for a client.
+        self.write_run();
         let m = &self.ctx.metrics;
         match d {
-            Dispatch::Data {
-                id,
-                payload,
-                direct,
-            } => self.deliver(id, payload, direct),
+            Dispatch::Data { .. } => {}
             Dispatch::Fin { id, shutdown } => {
                 m.fin_recv.inc();
                 if shutdown {
@@ -464,34 +503,84 @@ impl Session {
         End::ProtocolError
     }
 
-    /// Agent bytes for a client: straight into the socket while nothing of the stream waits,
-    /// the rest to the stream task (behind what it holds), charged to the relay-wide budget.
+    /// Agent bytes for a client: into the socket while nothing of the stream waits (held in the
+    /// session's [`Run`] until the messages already read are handled, then written in one go),
+    /// otherwise to the stream task behind what it holds.
+    fn deliver(&mut self, id: StreamId, payload: Bytes) {
+        if self.run.must_write_before(id) {
+            self.write_run();
+        }
+        // Nothing waits but this payload and the run's: it may go straight to the socket.
+        let direct = self
+            .demux
+            .get(id)
+            .is_some_and(|slot| slot.recv.buffered() == self.run.held_for(id) + payload.len());
+        if direct {
+            self.run.push(id, payload);
+        } else {
+            self.enqueue(id, payload);
+        }
+    }
+
+    /// Writes the run into its client's socket with one vectored write; what the socket does
+    /// not take goes to the stream task.
+    fn write_run(&mut self) {
+        let Some((id, frames)) = self.run.take() else {
+            return;
+        };
+        let Some(slot) = self.demux.get(id) else {
+            // The stream is gone; its bytes go with it.
+            self.run.recycle(frames);
+            return;
+        };
+        let mut iov = [IoSlice::new(&[]); run::MAX_FRAMES];
+        for (slice, frame) in iov.iter_mut().zip(&frames) {
+            *slice = IoSlice::new(frame);
+        }
+        let count = frames.len().min(run::MAX_FRAMES);
+        // Would block, or an error the stream task will meet on its own write: queue it.
+        let n = slot
+            .handle
+            .sock
+            .try_write_vectored(&iov[..count])
+            .unwrap_or(0);
+        let mut left = n;
+        let mut whole = 0;
+        let mut frames = frames;
+        let mut rest = Vec::new();
+        for frame in frames.drain(..) {
+            if left >= frame.len() {
+                left -= frame.len();
+                whole += 1;
+            } else {
+                rest.push(frame.slice(left..));
+                left = 0;
+            }
+        }
+        self.run.recycle(frames);
+        if n > 0 {
+            slot.handle.activity.touch();
+            slot.handle
+                .info
+                .bytes_a2c
+                .fetch_add(n as u64, Ordering::Relaxed);
+            slot.handle.listener.metrics.bytes_a2c.inc_by(n as u64);
+            self.on_written(id, n, whole);
+        }
+        for r in rest {
+            self.enqueue(id, r);
+        }
+    }
+
+    /// Agent bytes the socket did not take: to the stream task, charged to the relay-wide
+    /// budget.
     ///
     /// A v2 payload is a slice of the WebSocket's read buffer: kept as is, a one-byte payload
     /// would keep that whole buffer (and the junk around it) alive while the client does not
     /// read. So what waits is copied into an allocation of its own, and the budget charges
     /// exactly what is held.
-    fn deliver(&mut self, id: StreamId, payload: Bytes, direct: bool) {
-        let Some(slot) = self.demux.get(id) else {
-            return;
-        };
-        let mut rest = payload;
-        if direct {
-            // Would block, or an error the stream task will meet on its own write: queue it.
-            let n = slot.handle.sock.try_write(&rest).unwrap_or(0);
-            if n > 0 {
-                slot.handle.activity.touch();
-                slot.handle
-                    .info
-                    .bytes_a2c
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                slot.handle.listener.metrics.bytes_a2c.inc_by(n as u64);
-                let whole = usize::from(n == rest.len());
-                rest = rest.slice(n..);
-                self.on_written(id, n, whole);
-            }
-        }
-        if rest.is_empty() {
+    fn enqueue(&mut self, id: StreamId, rest: Bytes) {
+        if rest.is_empty() || self.demux.get(id).is_none() {
             return;
         }
         // Charged with the cost of the buffer itself, so 1-byte frames cannot hide behind it.
