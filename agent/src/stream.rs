@@ -38,6 +38,7 @@ use crate::targets::dial::{dial, DialCtx};
 use crate::targets::TargetSet;
 use crate::writer::Outgoing;
 
+mod drain;
 pub(crate) mod inbox;
 
 use inbox::Receiver;
@@ -325,7 +326,7 @@ impl Stream {
         let now = Instant::now().into_std();
         let (buf, n) = match self
             .reads
-            .read(budget, header, now, |b| sock.try_read_buf(b))
+            .read(budget, header, now, |b| drain::try_read_buf(sock, b))
         {
             Ok(Some(read)) => read,
             Ok(None) => return Ok(self.ctx.send.on_eof().map(Outgoing::Frame)),

@@ -218,7 +218,7 @@ impl ClientSock {
     /// A pipe whose other end was reset reads an error, never an EOF.
     pub fn try_read_buf<B: BufMut>(&self, buf: &mut B) -> io::Result<usize> {
         match self {
-            ClientSock::Tcp(s) => s.try_read_buf(buf),
+            ClientSock::Tcp(s) => read_clearing(s, buf),
             ClientSock::Pipe(p) => {
                 p.peer_reset()?;
                 let n = p.sock.try_read_buf(buf)?;
@@ -230,6 +230,7 @@ impl ClientSock {
         }
     }
 
+    #[cfg(test)]
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             ClientSock::Tcp(s) => s.try_write(buf),
@@ -314,6 +315,30 @@ pub(crate) fn reject(sock: TcpStream) {
 pub(crate) fn reject_client(sock: ClientSock) {
     sock.reset();
     drop(sock);
+}
+
+/// One non-blocking read that also tells tokio when it emptied the socket (the agent's target
+/// reads do the same: `agent/src/stream/drain.rs`, which says why and tests it).
+///
+/// tokio forgets readiness only on `WouldBlock`, so a read that took all there was costs a
+/// second read that finds nothing. A read shorter than its buffer's chunk emptied the socket:
+/// it is reported to tokio as `WouldBlock` (which clears the readiness it started from, never a
+/// newer one) and its byte count kept.
+fn read_clearing<B: BufMut>(sock: &TcpStream, buf: &mut B) -> io::Result<usize> {
+    let room = buf.chunk_mut().len();
+    let mut short = None;
+    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+        let n = sock.try_read_buf(buf)?;
+        if n > 0 && n < room {
+            short = Some(n);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match (r, short) {
+        (_, Some(n)) => Ok(n),
+        (r, None) => r,
+    }
 }
 
 #[cfg(test)]
