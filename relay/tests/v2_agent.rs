@@ -212,6 +212,93 @@ async fn flow_control_both_directions() {
     assert!(windows >= 3, "relay returned credit {windows} times");
 }
 
+/// Frames the relay reads in one go are written to each client in runs (one vectored write per
+/// run of one stream): runs cut by another stream's frames, by a full run, and by a client whose
+/// socket is full (the rest of the run waits in the relay, and later frames queue behind it) must
+/// still deliver every byte once, in order.
+#[tokio::test]
+async fn small_frames_in_one_write_reach_each_client_whole_and_in_order() {
+    let relay = relay(DEV).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut c1 = client(&relay).await;
+    let id1 = agent.expect_open("addomain").await;
+    let c2 = client(&relay).await;
+    let id2 = agent.expect_open("addomain").await;
+    let held = || {
+        relay
+            .metrics_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("nowconnect_buffered_bytes{dir=\"a2c\"} "))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    // c1 reads all along; c2 starts reading only once its socket is full and the relay holds
+    // the rest of its runs: frames that come then must queue behind what is held.
+    let c1_reader = tokio::spawn(async move { read_to_close(&mut c1, T).await });
+    let ids = [id1, id2];
+    let mut credit = [DEFAULT_WINDOW as usize; 2];
+    let mut want = [Vec::new(), Vec::new()];
+    let mut frame = 0usize;
+    let mut c2 = Some(c2);
+    let mut c2_reader = None;
+    let mut after_held = 20;
+    // Batches of frames of 1 to 1,500 bytes in runs of 1 to 40 per stream, fed without a flush
+    // so they arrive in few TCP reads; after c2's bytes are held, 20 more batches while c2
+    // reads. Bounded: at most 400 batches.
+    for _batch in 0..400 {
+        if let Some(mut c2) = c2.take_if(|_| held() > 0) {
+            c2_reader = Some(tokio::spawn(async move { read_to_close(&mut c2, T).await }));
+        }
+        if c2_reader.is_some() {
+            if after_held == 0 {
+                break;
+            }
+            after_held -= 1;
+        }
+        for run in 0..12usize {
+            let s = usize::from(run % 3 != 2);
+            for _ in 0..1 + (frame * 7 + run) % 40 {
+                let payload: Vec<u8> = (0..1 + frame % 1500).map(|k| (frame + k) as u8).collect();
+                if credit[s] < payload.len() {
+                    break;
+                }
+                credit[s] -= payload.len();
+                want[s].extend_from_slice(&payload);
+                agent
+                    .try_feed(&data(ids[s], &payload), T)
+                    .await
+                    .expect("feed a frame");
+                frame += 1;
+            }
+        }
+        agent.try_flush(T).await.expect("flush the frames");
+        // Credit comes back as the relay writes into the sockets: wait for some when both
+        // streams are out of it (c1 reads, so its credit always comes).
+        loop {
+            let out = credit.iter().all(|&c| c < 1500);
+            let wait = if out { T } else { Duration::from_millis(1) };
+            match agent.try_recv(wait).await {
+                Some(Frame::Window { id, credit: c }) => {
+                    credit[usize::from(id == id2)] += c as usize
+                }
+                Some(other) => panic!("expected WINDOW, got {other:?}"),
+                None => break,
+            }
+        }
+    }
+    let c2_reader = c2_reader.expect("c2's socket never filled: no run was cut short");
+    for id in ids {
+        agent.send(&Frame::Fin { id, dir: Dir::A2c }).await;
+    }
+    let (got2, closed2) = c2_reader.await.expect("c2 reader");
+    let (got1, closed1) = c1_reader.await.expect("c1 reader");
+    assert!(closed1 && closed2, "both clients see the FIN");
+    for (got, want) in [(got1, &want[0]), (got2, &want[1])] {
+        assert_eq!(got.len(), want.len());
+        assert!(&got == want, "bytes differ");
+    }
+}
+
 #[tokio::test]
 async fn agent_exceeding_credit_gets_rst_flow_control() {
     let relay = relay(DEV).await;
