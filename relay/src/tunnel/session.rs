@@ -3,7 +3,9 @@
 //! It reads the WebSocket and hands every message to the shared crate's [`Demux`], which
 //! decides each protocol rule; this loop only does what the answer says: write DATA straight
 //! into the client socket while nothing of that stream waits (the rest goes to the stream
-//! task), pass WINDOW and write shutdowns on, queue RSTs and WINDOWs for the writer. It also
+//! task; the messages already read are handled in one go, so a run of one stream's frames is
+//! one vectored write, see [`Run`]), pass WINDOW and write shutdowns on, queue RSTs and WINDOWs
+//! for the writer. It also
 //! takes new clients from listeners ([`NewConn`]) and the stream tasks' reports. It never waits
 //! on a stream: what a stream holds is bounded by its receive half and by the relay-wide
 //! [`Budget`](crate::budget::Budget). When the writer's control queue is full (the agent is not
