@@ -11,6 +11,10 @@ use crate::config::{split_list, AgentConfig, ConfigError, Env, Layer, PartialTar
 #[command(
     name = "nowconnect-agent",
     version,
+    // Written out so clap's generated-usage code ("usage" feature) stays out of the binary
+    // (issue 20: ~12 KiB aarch64); it is what clap would print. Update it with a positional
+    // argument or a subcommand.
+    override_usage = "nowconnect-agent [OPTIONS]",
     about = "NowConnect premise agent: one outbound tunnel to the relay, TCP streams to local targets",
     long_about = "nowconnect-agent keeps one outbound wss:// tunnel to a NowConnect relay and opens a \
 TCP connection to a local target (LDAP/AD, a database, SSH...) for every stream the relay sends \
