@@ -7,9 +7,9 @@
 //! `SendHalf`); these modules only drive them.
 
 mod admission;
+mod coalesce;
 mod progress;
 mod quota;
-mod run;
 mod session;
 mod stream;
 mod writer;

@@ -37,8 +37,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::coalesce::{Run, MAX_FRAMES};
 use super::quota::{Bucket, LogLimit};
-use super::run::{self, Run};
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
@@ -535,11 +535,11 @@ impl Session {
             self.run.recycle(frames);
             return;
         };
-        let mut iov = [IoSlice::new(&[]); run::MAX_FRAMES];
+        let mut iov = [IoSlice::new(&[]); MAX_FRAMES];
         for (slice, frame) in iov.iter_mut().zip(&frames) {
             *slice = IoSlice::new(frame);
         }
-        let count = frames.len().min(run::MAX_FRAMES);
+        let count = frames.len().min(MAX_FRAMES);
         // Would block, or an error the stream task will meet on its own write: queue it.
         let n = slot
             .handle
