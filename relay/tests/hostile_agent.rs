@@ -553,10 +553,13 @@ async fn answers_a_non_reading_agent_leaves_unread_stop_its_reader() {
         "the relay kept reading {sent} frames it could not answer"
     );
     // It stopped once its control queue (1,024) and the answers waiting behind it were full,
-    // long before the flood limit: the rest waits in socket buffers.
+    // long before the flood limit (65,536): the rest waits in socket buffers. Besides the
+    // queue, the writer's WebSocket buffer (256 KiB) takes what RSTs fit before the writer
+    // blocks: a few thousand, depending on how much DATA it held when the socket filled (CI
+    // once saw 5,122).
     let read = metric(&relay, ignored);
     assert!(
-        (1024..4096).contains(&read),
+        (1024..16_384).contains(&read),
         "the relay read {read} of {sent} OPENs"
     );
     assert_eq!(
