@@ -38,18 +38,21 @@ pub(crate) fn try_read_buf<B: BufMut>(sock: &TcpStream, buf: &mut B) -> io::Resu
 mod tests {
     use super::*;
     use bytes::BytesMut;
+    use nowconnect_testkit::net;
     use std::future::poll_fn;
     use tokio::io::AsyncWriteExt;
 
+    /// A connected loopback pair: (the peer that writes, the socket under test).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = net::bind().await;
+        let peer = net::connect(net::addr(&l)).await;
+        let (sock, _) = l.accept().await.expect("accept");
+        (peer, sock)
+    }
+
     #[tokio::test]
     async fn a_read_that_empties_the_socket_waits_for_the_next_bytes_and_misses_none() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut peer = TcpStream::connect(l.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (sock, _) = l.accept().await.expect("accept");
+        let (mut peer, sock) = pair().await;
         for round in 0..50u8 {
             peer.write_all(&[round; 100]).await.expect("write");
             poll_fn(|cx| sock.poll_read_ready(cx)).await.expect("ready");
@@ -83,13 +86,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_that_fills_its_buffer_keeps_the_readiness() {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let mut peer = TcpStream::connect(l.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (sock, _) = l.accept().await.expect("accept");
+        let (mut peer, sock) = pair().await;
         peer.write_all(&[7; 300]).await.expect("write");
         let mut buf = BytesMut::with_capacity(300);
         let mut got = 0;

@@ -8,6 +8,7 @@
 
 mod admission;
 mod coalesce;
+mod deliver;
 mod progress;
 mod quota;
 mod session;

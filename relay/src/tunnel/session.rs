@@ -17,17 +17,15 @@
 //! warning an agent can provoke goes through one [`LogLimit`].
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
 use nowconnect_shared::demux::{Demux, Dispatch, Drained, Ignored};
-use nowconnect_shared::{Frame, Reset, RstCode, StreamId};
+use nowconnect_shared::{Frame, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -37,12 +35,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::coalesce::{Run, MAX_FRAMES};
+use super::coalesce::Run;
 use super::quota::{Bucket, LogLimit};
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
-use crate::budget::FRAME_COST;
 use crate::config::RelayConfig;
 use crate::conn::{reject_client, ClientSock, ListenerCtx, NewConn};
 use crate::liveness::Liveness;
@@ -62,12 +59,12 @@ const TABLE_MIN_CAPACITY: usize = 64;
 #[derive(Debug)]
 pub(super) struct Handle {
     serial: u64,
-    tx: mpsc::UnboundedSender<ToStream>,
+    pub(super) tx: mpsc::UnboundedSender<ToStream>,
     /// Shared with the stream task, for direct writes.
-    sock: Arc<ClientSock>,
-    info: Arc<SessionInfo>,
-    listener: Arc<ListenerCtx>,
-    activity: Arc<Activity>,
+    pub(super) sock: Arc<ClientSock>,
+    pub(super) info: Arc<SessionInfo>,
+    pub(super) listener: Arc<ListenerCtx>,
+    pub(super) activity: Arc<Activity>,
 }
 
 /// Why a session ended; the label is the `agent_disconnects` reason.
@@ -355,7 +352,7 @@ impl Session {
         }
     }
 
-    fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) {
+    pub(super) fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) {
         match self.demux.on_written(id, bytes, frames) {
             Drained::Unknown => {}
             Drained::Ok(w) => {
@@ -373,7 +370,7 @@ impl Session {
     }
 
     /// A stream this session reset: count, tell the agent, abort the stream task.
-    fn reset_sent(&mut self, rst: Frame, code: RstCode, handle: Handle) {
+    pub(super) fn reset_sent(&mut self, rst: Frame, code: RstCode, handle: Handle) {
         self.count_rst_sent(code);
         self.send_ctrl(rst);
         let _ = handle.tx.send(ToStream::Abort(Abort::Reset(code)));
@@ -503,120 +500,6 @@ impl Session {
         warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent floods frames for unknown streams; closing the tunnel");
         self.close(CloseCode::Protocol, "too many frames for unknown streams");
         End::ProtocolError
-    }
-
-    /// Agent bytes for a client: into the socket while nothing of the stream waits (held in the
-    /// session's [`Run`] until the messages already read are handled, then written in one go),
-    /// otherwise to the stream task behind what it holds.
-    fn deliver(&mut self, id: StreamId, payload: Bytes) {
-        if self.run.must_write_before(id) {
-            self.write_run();
-        }
-        // Nothing waits but this payload and the run's: it may go straight to the socket.
-        let direct = self
-            .demux
-            .get(id)
-            .is_some_and(|slot| slot.recv.buffered() == self.run.held_for(id) + payload.len());
-        if direct {
-            self.run.push(id, payload);
-        } else {
-            self.enqueue(id, payload);
-        }
-    }
-
-    /// Writes the run into its client's socket with one vectored write; what the socket does
-    /// not take goes to the stream task.
-    fn write_run(&mut self) {
-        let Some((id, frames)) = self.run.take() else {
-            return;
-        };
-        let Some(slot) = self.demux.get(id) else {
-            // The stream is gone; its bytes go with it.
-            self.run.recycle(frames);
-            return;
-        };
-        let mut iov = [IoSlice::new(&[]); MAX_FRAMES];
-        for (slice, frame) in iov.iter_mut().zip(&frames) {
-            *slice = IoSlice::new(frame);
-        }
-        let count = frames.len().min(MAX_FRAMES);
-        // Would block, or an error the stream task will meet on its own write: queue it.
-        let n = slot
-            .handle
-            .sock
-            .try_write_vectored(&iov[..count])
-            .unwrap_or(0);
-        let mut left = n;
-        let mut whole = 0;
-        let mut frames = frames;
-        let mut rest = Vec::new();
-        for frame in frames.drain(..) {
-            if left >= frame.len() {
-                left -= frame.len();
-                whole += 1;
-            } else {
-                rest.push(frame.slice(left..));
-                left = 0;
-            }
-        }
-        self.run.recycle(frames);
-        if n > 0 {
-            slot.handle.activity.touch();
-            slot.handle
-                .info
-                .bytes_a2c
-                .fetch_add(n as u64, Ordering::Relaxed);
-            slot.handle.listener.metrics.bytes_a2c.inc_by(n as u64);
-            self.on_written(id, n, whole);
-        }
-        for r in rest {
-            self.enqueue(id, r);
-        }
-    }
-
-    /// Agent bytes the socket did not take: to the stream task, charged to the relay-wide
-    /// budget.
-    ///
-    /// A v2 payload is a slice of the WebSocket's read buffer: kept as is, a one-byte payload
-    /// would keep that whole buffer (and the junk around it) alive while the client does not
-    /// read. So what waits is copied into an allocation of its own, and the budget charges
-    /// exactly what is held.
-    fn enqueue(&mut self, id: StreamId, rest: Bytes) {
-        if rest.is_empty() || self.demux.get(id).is_none() {
-            return;
-        }
-        // Charged with the cost of the buffer itself, so 1-byte frames cannot hide behind it.
-        let len = rest.len() + FRAME_COST;
-        if !self.ctx.buffered.try_charge(len) {
-            self.over_budget(id);
-            return;
-        }
-        let held = match self.demux.version() {
-            nowconnect_shared::Version::V2 => Bytes::copy_from_slice(&rest),
-            // v1 payloads were decoded from text into buffers of their own.
-            nowconnect_shared::Version::V1 => rest,
-        };
-        let sent = self
-            .demux
-            .get(id)
-            .is_some_and(|slot| slot.handle.tx.send(ToStream::Data(held)).is_ok());
-        if !sent {
-            self.ctx.buffered.release(len);
-        }
-    }
-
-    /// The tunnel's share of the relay-wide budget (or that budget) has no room for this
-    /// stream's bytes: reset it.
-    fn over_budget(&mut self, id: StreamId) {
-        let reset = Reset::new(RstCode::QueueOverflow, "relay buffer budget exhausted");
-        let Some((rst, handle)) = self.demux.reset(id, reset) else {
-            return;
-        };
-        handle.listener.metrics.queue_overflow.inc();
-        if let Some(suppressed) = self.warnings.allow(Instant::now()) {
-            warn!(agent_id = %self.info.agent_id, cid = id, max = self.shared.cfg().limits.max_buffered_bytes, suppressed, "limits.max_buffered_bytes reached; resetting stream");
-        }
-        self.reset_sent(rst, RstCode::QueueOverflow, handle);
     }
 
     /// Starts a stream for a new client. The stream task authorizes it and sends OPEN itself,
