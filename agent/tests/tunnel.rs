@@ -790,3 +790,98 @@ async fn going_away_moves_to_the_next_relay() {
     on_b.send(Frame::HelloAck).await;
     wait_health(&agent, "READY\n").await;
 }
+
+/// The one-way delay of the simulated link in [`most_credit_held`] (a 10 ms round trip, not a
+/// wait for anything to settle).
+const LINK_DELAY: Duration = Duration::from_millis(10);
+
+/// A relay that sends whatever credit it has to a target that reads at once, over a link whose
+/// WINDOWs arrive [`LINK_DELAY`] late (so the 256 KiB window limits the stream): the most
+/// credit it ever held, after `total` bytes. `window_cap`: the agent's
+/// `limits.max_stream_window_bytes`, if set.
+async fn most_credit_held(window_cap: Option<u32>, total: usize) -> usize {
+    let relay = MockRelay::bind().await;
+    let (sink, mut got) = {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<usize>();
+        let t = target::serve(move |mut s: TcpStream| {
+            let tx = tx.clone();
+            async move {
+                let mut buf = vec![0u8; 256 * 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    let _ = tx.send(n);
+                }
+            }
+        })
+        .await;
+        (t, rx)
+    };
+    let mut yaml = agent_yaml(&relay.url(), "v2", &[("sink", sink.addr)]);
+    if let Some(cap) = window_cap {
+        yaml = yaml.replace(
+            "limits: {",
+            &format!("limits: {{max_stream_window_bytes: {cap}, "),
+        );
+    }
+    let _agent = start(&yaml).await;
+    let mut conn = relay.accept(Select::Negotiate).await;
+    expect_hello(&mut conn, &["sink"]).await;
+    conn.send(Frame::HelloAck).await;
+    conn.send(Frame::Open {
+        id: 1,
+        connector: "sink".into(),
+        client_addr: None,
+    })
+    .await;
+    let chunk = Bytes::from(vec![7u8; 16 * 1024]);
+    let (mut credit, mut most, mut sent) = (DEFAULT_WINDOW as usize, 0, 0);
+    let window = |f: Frame| match f {
+        Frame::Window { id: 1, credit: c } => c as usize,
+        other => panic!("expected WINDOW, got {other:?}"),
+    };
+    while sent < total {
+        most = most.max(credit);
+        while credit > 0 && sent < total {
+            let n = chunk.len().min(credit).min(total - sent);
+            conn.send(Frame::Data {
+                id: 1,
+                payload: chunk.slice(..n),
+            })
+            .await;
+            credit -= n;
+            sent += n;
+        }
+        // Each WINDOW reaches the sender a simulated link delay after the agent sent it.
+        if sent < total {
+            credit += window(conn.recv().await);
+            tokio::time::sleep(LINK_DELAY).await;
+            while let Ok(f) = tokio::time::timeout(Duration::ZERO, conn.recv()).await {
+                credit += window(f);
+            }
+        }
+    }
+    let mut received = 0;
+    while received < total {
+        received += within("the target's bytes", STEP, got.recv())
+            .await
+            .expect("sink open");
+    }
+    assert_eq!(received, total, "every byte reached the target");
+    most
+}
+
+/// Autotuning on the agent: a window the stream outruns grows (the agent grants more than
+/// drained), up to `limits.max_stream_window_bytes`; set to the initial window, it never grows.
+#[tokio::test]
+async fn the_receive_window_grows_when_it_limits_the_stream_and_not_past_its_cap() {
+    let total = 64 * DEFAULT_WINDOW as usize;
+    let most = most_credit_held(None, total).await;
+    assert!(
+        most > DEFAULT_WINDOW as usize,
+        "the window grew past the initial {DEFAULT_WINDOW}: most credit held {most}"
+    );
+    assert!(most <= 4 << 20, "within the default cap: {most}");
+    let most = most_credit_held(Some(524_288), total).await;
+    assert!(most <= 524_288, "within the configured cap: {most}");
+    let most = most_credit_held(Some(DEFAULT_WINDOW), total).await;
+    assert_eq!(most, DEFAULT_WINDOW as usize, "a fixed window never grows");
+}

@@ -10,6 +10,10 @@
 //!   whose read does not fit just stops reading its client until bytes leave
 //!   ([`Budget::freed`]): TCP pushes back on the client, nothing is reset.
 //!
+//! - Window growth (a2c): a stream's receive window grows past the initial one only into room
+//!   here, and the growth stays reserved while the window is large ([`Budget::window_room`]):
+//!   credit the relay granted is backed by the budget.
+//!
 //! One direction filling up cannot starve the other. The count is the
 //! `nowconnect_buffered_bytes{dir}` gauge itself.
 
@@ -49,6 +53,10 @@ pub(crate) const FRAME_COST: usize = 96;
 /// The share of a direction's budget one tunnel may hold, as a divisor: one agent (with up to
 /// `limits.max_tunnels_per_agent` tunnels) cannot take it all from the other sites.
 pub(crate) const TUNNEL_SHARE: usize = 4;
+
+/// A receive window grows only while it is at most this fraction of the free budget, as a
+/// divisor.
+const WINDOW_SHARE: usize = 4;
 
 #[derive(Debug)]
 pub(crate) struct Budget {
@@ -137,6 +145,32 @@ impl Budget {
         self.freed.notified().await;
     }
 
+    /// Bytes that would still fit here and in the relay-wide budget above.
+    pub fn room(&self) -> usize {
+        let mine = usize::try_from(self.max.saturating_sub(self.used.get())).unwrap_or(0);
+        match &self.parent {
+            None => mine,
+            Some(p) => mine.min(p.room()),
+        }
+    }
+
+    /// How far a stream's receive window of `window` bytes may grow now: to a
+    /// [`WINDOW_SHARE`]th of the room at most. The growth is then reserved here
+    /// ([`Charge::resize`]), so what the relay promised the agent is backed by the budget, and
+    /// the whole window would still fit several times over should the client stop reading.
+    pub fn window_room(&self, window: u32) -> u32 {
+        let most = u32::try_from(self.room() / WINDOW_SHARE).unwrap_or(u32::MAX);
+        most.saturating_sub(window)
+    }
+
+    /// An empty [`Charge`] on this budget, to [`Charge::resize`] later.
+    pub fn empty_charge(self: &Arc<Self>) -> Charge {
+        Charge {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+
     /// Bytes held now.
     #[cfg(test)]
     pub fn used(&self) -> usize {
@@ -153,6 +187,21 @@ pub(crate) struct Charge {
 }
 
 impl Charge {
+    /// Holds `n` bytes instead: a release when smaller, a charge when larger (refused, and
+    /// nothing changes, if it does not fit).
+    pub fn resize(&mut self, n: usize) -> bool {
+        if n <= self.bytes {
+            self.shrink_to(n);
+            return true;
+        }
+        let more = n - self.bytes;
+        if self.budget.try_charge(more) {
+            self.bytes = n;
+            return true;
+        }
+        false
+    }
+
     /// Keeps only `n` of the bytes taken (what a read actually returned).
     pub fn shrink_to(&mut self, n: usize) {
         if n < self.bytes {

@@ -271,7 +271,8 @@ impl Metrics {
         );
         registry.register(
             "nowconnect_buffered_bytes",
-            "Stream bytes the relay holds, relay-wide (a2c: for clients not reading yet, c2a: \
+            "Stream bytes the relay holds, relay-wide (a2c: for clients not reading yet, and the \
+             window growth reserved for streams; c2a: \
              for agents); each direction is bounded by half of limits.max_buffered_bytes",
             m.buffered_bytes.clone(),
         );

@@ -167,7 +167,13 @@ async fn talk_until_closed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_junk_cannot_pin_read_buffers() {
     const ROUNDS: usize = 20_000;
-    let relay = relay("").await;
+    // A fixed window, so what the stuck stream may hold is known to the byte below (with
+    // autotuning its window, and the budget reserved for it, grow while the kernel takes the
+    // bytes; `one_agent_holds_only_its_share_of_the_relay_wide_budget` bounds that).
+    let relay = relay(&format!(
+        "limits:\n  max_stream_window_bytes: {DEFAULT_WINDOW}\n"
+    ))
+    .await;
     let mut honest = Honest::start(&relay).await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "hostile", &["addomain"]).await;
     let _stuck = stuck_client(&relay, "ldap").await;

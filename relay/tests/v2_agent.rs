@@ -137,7 +137,12 @@ async fn no_agent_closes_client_at_once() {
 
 #[tokio::test]
 async fn flow_control_both_directions() {
-    let relay = relay(DEV).await;
+    // A fixed window, so the WINDOW count below is the protocol's (autotuning, tested on its
+    // own below, would grant the same bytes in fewer, larger WINDOWs).
+    let relay = relay(&format!(
+        "{DEV}limits:\n  max_stream_window_bytes: {DEFAULT_WINDOW}\n"
+    ))
+    .await;
     let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
     let client = client(&relay).await;
     let id = agent.expect_open("addomain").await;
@@ -551,4 +556,78 @@ async fn first_frame_must_be_hello() {
     agent.send(&data(1, b"too early")).await;
     assert_eq!(agent.close_code().await, Some(1008));
     assert_eq!(relay.agents_for("addomain"), 0);
+}
+
+/// The one-way delay of the simulated link in [`most_credit_held`] (a 10 ms round trip, not a
+/// wait for anything to settle).
+const LINK_DELAY: Duration = Duration::from_millis(10);
+
+/// An agent that sends whatever credit it has and waits for WINDOW over a link with a round
+/// trip of [`LINK_DELAY`] (so the 256 KiB window limits the stream), to a client that reads at
+/// once: the most credit the agent ever held, after `total` bytes.
+async fn most_credit_held(extra: &str, total: usize) -> usize {
+    let relay = relay(extra).await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    let mut client = client(&relay).await;
+    let id = agent.expect_open("addomain").await;
+    let reader = tokio::spawn(async move {
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 256 * 1024];
+        while got < total {
+            match client.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        got
+    });
+    let chunk = vec![7u8; 16 * 1024];
+    let (mut credit, mut most, mut sent) = (DEFAULT_WINDOW as usize, 0, 0);
+    while sent < total {
+        most = most.max(credit);
+        while credit > 0 && sent < total {
+            let n = chunk.len().min(credit).min(total - sent);
+            agent.send(&data(id, &chunk[..n])).await;
+            credit -= n;
+            sent += n;
+        }
+        // Each WINDOW reaches the sender a simulated link delay after the relay sent it.
+        if sent < total {
+            match within("a WINDOW", T, agent.recv()).await {
+                Frame::Window { id: i, credit: c } if i == id => credit += c as usize,
+                other => panic!("expected WINDOW, got {other:?}"),
+            }
+            tokio::time::sleep(LINK_DELAY).await;
+            while let Some(f) = agent.try_recv(Duration::ZERO).await {
+                match f {
+                    Frame::Window { id: i, credit: c } if i == id => credit += c as usize,
+                    other => panic!("expected WINDOW, got {other:?}"),
+                }
+            }
+        }
+    }
+    let got = within("the client's bytes", T, reader)
+        .await
+        .expect("reader task");
+    assert_eq!(got, total, "every byte reached the client");
+    most
+}
+
+/// Autotuning: a window the stream outruns grows (the relay grants more than drained), up to
+/// `limits.max_stream_window_bytes`; set to the initial window, it never grows.
+#[tokio::test]
+async fn the_receive_window_grows_when_it_limits_the_stream_and_not_past_its_cap() {
+    let total = 64 * DEFAULT_WINDOW as usize;
+    let most = most_credit_held(DEV, total).await;
+    assert!(
+        most > DEFAULT_WINDOW as usize,
+        "the window grew past the initial {DEFAULT_WINDOW}: most credit held {most}"
+    );
+    assert!(most <= 4 << 20, "within the default cap: {most}");
+    let capped = format!("{DEV}limits:\n  max_stream_window_bytes: 524288\n");
+    let most = most_credit_held(&capped, total).await;
+    assert!(most <= 524_288, "within the configured cap: {most}");
+    let fixed = format!("{DEV}limits:\n  max_stream_window_bytes: {DEFAULT_WINDOW}\n");
+    let most = most_credit_held(&fixed, total).await;
+    assert_eq!(most, DEFAULT_WINDOW as usize, "a fixed window never grows");
 }

@@ -25,6 +25,7 @@ use bytes::Bytes;
 
 use crate::binary;
 use crate::error::DecodeError;
+use crate::flow::Drain;
 use crate::frame::{Frame, Hello, RstCode, StreamId};
 use crate::json::V1Decoder;
 use crate::limits::Limits;
@@ -354,12 +355,19 @@ impl<H> Demux<H> {
         self.remove(id).map(|h| (reset.frame(id), h))
     }
 
-    /// The driver wrote `bytes` of stream `id` to its socket, finishing `frames` DATA frames.
-    pub fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) -> Drained<H> {
+    /// The driver wrote `bytes` of stream `id` to its socket, finishing `frames` DATA frames,
+    /// at `at` (the clock and memory room the receive window autotunes with).
+    pub fn on_written(
+        &mut self,
+        id: StreamId,
+        bytes: usize,
+        frames: usize,
+        at: Drain,
+    ) -> Drained<H> {
         let Some(slot) = self.slots.get_mut(&id) else {
             return Drained::Unknown;
         };
-        match slot.recv.on_written(bytes, frames) {
+        match slot.recv.on_written(bytes, frames, at) {
             Ok(w) => {
                 self.refresh_full();
                 Drained::Ok(w)

@@ -7,6 +7,8 @@
 //! has drained (as h2 does), so a steady stream costs one WINDOW frame per half window.
 //! Memory per stream is therefore bounded by the window, whatever the peer does.
 
+use std::time::{Duration, Instant};
+
 use crate::error::FlowError;
 
 /// Initial credit of every stream in each direction, in bytes.
@@ -14,6 +16,14 @@ pub const DEFAULT_WINDOW: u32 = 256 * 1024;
 
 /// Largest window or credit total, as in HTTP/2: keeps all arithmetic inside `u32`/`i32`.
 pub const MAX_WINDOW: u32 = (1 << 31) - 1;
+
+/// Default for how far autotuning may grow a stream's receive window
+/// (`limits.max_stream_window_bytes`): 4 MiB carries 200 Mbit/s over a 100 ms round trip.
+pub const DEFAULT_MAX_STREAM_WINDOW: u32 = 4 << 20;
+
+/// The configurable range of `limits.max_stream_window_bytes`: from the initial window (no
+/// growth) to 64 MiB.
+pub const STREAM_WINDOW_RANGE: std::ops::RangeInclusive<u32> = DEFAULT_WINDOW..=64 << 20;
 
 /// How many bytes we may still send on a stream. Never negative: `consume` refuses to go below 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,30 +79,97 @@ impl SendCredit {
     }
 }
 
+/// When a drain happened, and how much more window the driver's memory may back.
+///
+/// The receive window grows only with both: the clock tells a window that limits the stream
+/// (its credit comes back faster than a round trip) from one that does not, and `room` is what
+/// the driver's byte budget can still take on should the socket stop draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drain {
+    pub now: Instant,
+    /// Bytes the window may grow by on this drain (0: hold it where it is).
+    pub room: u32,
+}
+
+impl Drain {
+    pub fn at(now: Instant, room: u32) -> Drain {
+        Drain { now, room }
+    }
+}
+
+/// Half a window's credit returned within this many round trips of the previous return means
+/// the window, not the link or the reader, limits the stream: grow it (the window converges
+/// between two and four bandwidth-delay products, as in quiche's autotuning).
+const GROW_WITHIN_RTTS: u32 = 1;
+
+/// A stream that drained nothing for this long is idle: its window goes back to the initial
+/// one, credit withheld as the next bytes drain.
+pub const IDLE_SHRINK: Duration = Duration::from_secs(1);
+
 /// Receive side of one stream direction.
 ///
 /// Invariant: `remaining + buffered + pending == window`, where `buffered` bytes were received
 /// but not yet written out, and `pending` bytes were written but their credit not yet returned.
+///
+/// Autotuning ([`RecvWindow::autotuned`]): the window starts at the protocol's initial credit
+/// and doubles, up to `max`, while credit goes back faster than one round trip (the peer is
+/// held back by the window, not by the link). The round trip is measured on the stream itself:
+/// from a WINDOW sent while the peer had no credit left to the next bytes drained. Nothing
+/// changes on the sender, which only ever sees larger increments. After [`IDLE_SHRINK`] without
+/// a drain the window shrinks back: credit is withheld until it is the initial one again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecvWindow {
-    /// The full window this side granted at stream start.
+    /// What the peer may hold in flight or in our buffers: `remaining + buffered + pending`.
     window: u32,
+    /// Where `window` is heading: it grows at once, and shrinks as credit is withheld.
+    target: u32,
+    /// The initial window (where an idle stream returns to).
+    base: u32,
+    /// Largest window autotuning may reach (`base`: a fixed window).
+    max: u32,
     /// Bytes the peer may still send before it must wait for WINDOW.
     remaining: u32,
     /// Bytes received and not yet drained to the socket.
     buffered: u32,
     /// Bytes drained whose credit has not been returned yet.
     pending: u32,
+    /// When credit was last returned.
+    granted_at: Option<Instant>,
+    /// Bytes drained since the stream began.
+    drained_total: u64,
+    /// A WINDOW in flight: the first byte past `.0` (of all bytes drained) can only have been
+    /// sent after that WINDOW reached the peer, so its drain, less `.1`, is at least a round
+    /// trip (exactly one when the peer was waiting for it).
+    probe: Option<(u64, Instant)>,
+    /// When bytes last drained (idle detection).
+    drained_at: Option<Instant>,
+    /// The smallest round-trip sample: never below the real round trip (every sample is at
+    /// least one), forgotten when the stream goes idle.
+    rtt: Option<Duration>,
 }
 
 impl RecvWindow {
+    /// A fixed window of `window` bytes.
     pub fn new(window: u32) -> RecvWindow {
+        RecvWindow::autotuned(window, window)
+    }
+
+    /// A window that starts at `window` and may grow up to `max` (at least `window`).
+    pub fn autotuned(window: u32, max: u32) -> RecvWindow {
         let window = window.clamp(1, MAX_WINDOW);
         RecvWindow {
             window,
+            target: window,
+            base: window,
+            max: max.clamp(window, MAX_WINDOW),
             remaining: window,
             buffered: 0,
             pending: 0,
+            granted_at: None,
+            drained_total: 0,
+            probe: None,
+            drained_at: None,
+            rtt: None,
         }
     }
 
@@ -111,9 +188,19 @@ impl RecvWindow {
         }
     }
 
-    /// Accounts `len` bytes written to the socket. Returns the WINDOW increment to send, if the
-    /// returned-credit threshold (half the window) is reached.
+    /// Accounts `len` bytes written to the socket, with no clock: the window stays as it is.
+    /// Returns the WINDOW increment to send, if half the window has drained.
     pub fn on_drained(&mut self, len: usize) -> Result<Option<u32>, FlowError> {
+        self.drain(len, None)
+    }
+
+    /// Accounts `len` bytes written to the socket at `at`, autotuning the window. Returns the
+    /// WINDOW increment to send, if any.
+    pub fn on_drained_at(&mut self, len: usize, at: Drain) -> Result<Option<u32>, FlowError> {
+        self.drain(len, Some(at))
+    }
+
+    fn drain(&mut self, len: usize, at: Option<Drain>) -> Result<Option<u32>, FlowError> {
         let n = u32::try_from(len)
             .ok()
             .filter(|&n| n <= self.buffered)
@@ -123,14 +210,76 @@ impl RecvWindow {
             })?;
         self.buffered -= n;
         self.pending += n;
-        if self.pending >= self.threshold() {
-            let increment = self.pending;
-            self.remaining += increment;
-            self.pending = 0;
-            Ok(Some(increment))
-        } else {
-            Ok(None)
+        self.drained_total += u64::from(n);
+        if let Some(at) = at.filter(|_| self.max > self.base) {
+            self.observe(at.now);
         }
+        if self.pending < self.threshold() {
+            return Ok(None);
+        }
+        if let Some(at) = at.filter(|_| self.max > self.base) {
+            self.maybe_grow(at);
+        }
+        // Shrinking: credit the window no longer wants is withheld.
+        let withheld = self.window.saturating_sub(self.target).min(self.pending);
+        self.window -= withheld;
+        let increment = self.pending - withheld;
+        self.pending = 0;
+        // Growing: the new room is credit on top of what drained.
+        let grown = self.target.saturating_sub(self.window);
+        self.window += grown;
+        let increment = increment + grown;
+        if increment == 0 {
+            return Ok(None);
+        }
+        // Bytes past what the peer could send until now need this WINDOW.
+        let limit = self.drained_total + u64::from(self.buffered) + u64::from(self.remaining);
+        self.remaining += increment;
+        if let Some(at) = at {
+            self.granted_at = Some(at.now);
+            if self.probe.is_none() {
+                self.probe = Some((limit, at.now));
+            }
+        }
+        Ok(Some(increment))
+    }
+
+    /// Round-trip samples and idle detection, on every timed drain.
+    fn observe(&mut self, now: Instant) {
+        let idle = self
+            .drained_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= IDLE_SHRINK);
+        if idle {
+            self.target = self.base;
+            self.granted_at = None;
+            self.probe = None;
+            self.rtt = None;
+        }
+        if let Some((_, sent)) = self.probe.filter(|&(limit, _)| self.drained_total > limit) {
+            let sample = now.saturating_duration_since(sent);
+            self.rtt = Some(self.rtt.map_or(sample, |rtt| rtt.min(sample)));
+            self.probe = None;
+        }
+        self.drained_at = Some(now);
+    }
+
+    /// Doubles the target when the stream drains more than half the window per round trip:
+    /// `pending` bytes since the last return, in less than `rtt * pending / (target / 2)`.
+    fn maybe_grow(&mut self, at: Drain) {
+        let (Some(rtt), Some(last)) = (self.rtt, self.granted_at) else {
+            return;
+        };
+        let since = at.now.saturating_duration_since(last).as_nanos();
+        let within = rtt.as_nanos() * u128::from(GROW_WITHIN_RTTS) * u128::from(self.pending);
+        if since * u128::from(self.threshold()) >= within {
+            return;
+        }
+        let wanted = self
+            .target
+            .saturating_mul(2)
+            .min(self.max)
+            .min(self.window.saturating_add(at.room));
+        self.target = self.target.max(wanted);
     }
 
     /// Bytes received and not yet drained (what this stream holds in memory).
@@ -143,9 +292,14 @@ impl RecvWindow {
         self.remaining
     }
 
+    /// What the peer may have in flight or in our buffers now (the current window).
+    pub fn window(&self) -> u32 {
+        self.window
+    }
+
     /// Credit is returned once this many drained bytes have accumulated.
     pub fn threshold(&self) -> u32 {
-        self.window.div_ceil(2)
+        self.target.div_ceil(2)
     }
 }
 
@@ -243,5 +397,206 @@ mod tests {
             assert_eq!(rx.remaining(), tx.available(), "both sides agree on credit");
         }
         assert!(sent > 10 * DEFAULT_WINDOW as usize);
+    }
+
+    /// A one-stream transfer over a link of `rate` bytes per second and a round trip of `rtt`,
+    /// from `t0` for `secs` of simulated time, with a reader that drains every byte as it
+    /// arrives: the sender sends 16 KiB frames while it has credit, WINDOW frames take half a
+    /// round trip back. Then what is in flight lands. Returns the bytes delivered in time and
+    /// the sender's credit, in step with `rx`.
+    fn transfer(
+        rx: &mut RecvWindow,
+        t0: Instant,
+        rate: u64,
+        rtt: Duration,
+        room: u32,
+        secs: u64,
+    ) -> (u64, SendCredit) {
+        use std::collections::BTreeMap;
+        const FRAME: u32 = 16 * 1024;
+        let half = rtt / 2;
+        let mut tx = SendCredit::new(rx.remaining());
+        // Events by time: DATA arriving at the receiver, WINDOW arriving at the sender.
+        let mut events: BTreeMap<(Duration, u64), Result<u32, u32>> = BTreeMap::new();
+        let mut seq = 0u64;
+        let mut link_free = Duration::ZERO;
+        let mut now = Duration::ZERO;
+        let mut delivered = 0u64;
+        let end = Duration::from_secs(secs);
+        let per_byte = Duration::from_secs(1).as_nanos() as u64 / rate.max(1);
+        while let Some(((at, _), ev)) = events.pop_first().or_else(|| {
+            // Nothing in flight: only at the start, when the sender has not sent yet.
+            (now == Duration::ZERO && seq == 0).then_some(((Duration::ZERO, 0), Err(0)))
+        }) {
+            now = at;
+            match ev {
+                Ok(len) => {
+                    rx.on_data(len as usize)
+                        .expect("sender stayed within credit");
+                    if now <= end {
+                        delivered += u64::from(len);
+                    }
+                    let drain = Drain::at(t0 + now, room);
+                    if let Some(inc) = rx.on_drained_at(len as usize, drain).expect("drained") {
+                        seq += 1;
+                        events.insert((now + half, seq), Err(inc));
+                    }
+                }
+                Err(0) => {}
+                Err(inc) => tx.grant(inc).expect("no overflow"),
+            }
+            // The sender sends what its credit allows, paced by the link, until the end.
+            while tx.available() > 0 && now <= end {
+                let len = tx.available().min(FRAME);
+                tx.consume(len as usize).expect("within credit");
+                link_free = link_free.max(now) + Duration::from_nanos(per_byte * u64::from(len));
+                seq += 1;
+                events.insert((link_free + half, seq), Ok(len));
+            }
+        }
+        assert_eq!(rx.remaining(), tx.available(), "both sides agree on credit");
+        (delivered, tx)
+    }
+
+    const MIB: u32 = 1024 * 1024;
+
+    #[test]
+    fn a_window_that_limits_the_stream_grows_to_the_link() {
+        // 200 Mbit/s, 50 ms: 1.25 MB in flight. The fixed window carries 256 KiB per round trip.
+        let rate = 25_000_000;
+        let rtt = Duration::from_millis(50);
+        let t0 = Instant::now();
+        let mut rx = RecvWindow::new(DEFAULT_WINDOW);
+        let (fixed, _) = transfer(&mut rx, t0, rate, rtt, MIB * 64, 10);
+        assert_eq!(rx.window(), DEFAULT_WINDOW);
+        let mut rx = RecvWindow::autotuned(DEFAULT_WINDOW, 16 * MIB);
+        let (tuned, _) = transfer(&mut rx, t0, rate, rtt, MIB * 64, 10);
+        let w = rx.window();
+        let link = rate * 10;
+        assert!(fixed < link / 4, "fixed window: {fixed} of {link}");
+        assert!(tuned > link * 9 / 10, "autotuned: {tuned} of {link}");
+        // It stops between two and four bandwidth-delay products (1.25 MB), far below the cap.
+        assert!((2_500_000..=5_000_000 + 2 * MIB).contains(&w), "window {w}");
+    }
+
+    #[test]
+    fn a_window_the_link_fills_does_not_grow() {
+        // 8 Mbit/s, 20 ms: 20 KB in flight, a tenth of the initial window. The first round
+        // trips are timed behind the sender's own burst (at most a doubling), then no more.
+        let mut rx = RecvWindow::autotuned(DEFAULT_WINDOW, 16 * MIB);
+        let rtt = Duration::from_millis(20);
+        let (delivered, _) = transfer(&mut rx, Instant::now(), 1_000_000, rtt, 64 * MIB, 10);
+        assert!(rx.window() <= 2 * DEFAULT_WINDOW, "window {}", rx.window());
+        assert!(delivered > 9_500_000, "the link stays full: {delivered}");
+    }
+
+    #[test]
+    fn growth_stays_within_the_room_and_the_maximum() {
+        let rate = 25_000_000;
+        let rtt = Duration::from_millis(50);
+        let mut rx = RecvWindow::autotuned(DEFAULT_WINDOW, 16 * MIB);
+        transfer(&mut rx, Instant::now(), rate, rtt, 0, 5);
+        assert_eq!(rx.window(), DEFAULT_WINDOW, "no room: no growth");
+        let mut rx = RecvWindow::autotuned(DEFAULT_WINDOW, MIB);
+        transfer(&mut rx, Instant::now(), rate, rtt, 64 * MIB, 5);
+        assert_eq!(rx.window(), MIB, "capped at the maximum");
+        // Room for 100 KiB at a time: each step grows by at most that much.
+        let mut rx = RecvWindow::autotuned(DEFAULT_WINDOW, 16 * MIB);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut tx = SendCredit::new(DEFAULT_WINDOW);
+        let mut last = rx.window();
+        for round in 0..20u64 {
+            let n = tx.available() as usize;
+            tx.consume(n).expect("credit");
+            rx.on_data(n).expect("within window");
+            // Half the window at once, then the other half 1 ms later: 50 ms after the last.
+            let a = n / 2;
+            for (len, t) in [(a, round * 50), (n - a, round * 50 + 1)] {
+                if let Some(inc) = rx
+                    .on_drained_at(len, Drain::at(ms(t), 100 * 1024))
+                    .expect("drained")
+                {
+                    tx.grant(inc).expect("no overflow");
+                }
+            }
+            assert!(
+                rx.window() - last <= 100 * 1024,
+                "grew by more than the room"
+            );
+            last = rx.window();
+            assert_eq!(rx.remaining(), tx.available(), "both sides agree on credit");
+        }
+        assert!(rx.window() > DEFAULT_WINDOW, "it did grow: {}", rx.window());
+    }
+
+    #[test]
+    fn an_idle_stream_shrinks_back_and_credit_stays_in_step() {
+        let rate = 25_000_000;
+        let rtt = Duration::from_millis(50);
+        // Grow it first, with the sender's credit in step.
+        let mut rx = RecvWindow::autotuned(DEFAULT_WINDOW, 16 * MIB);
+        let t0 = Instant::now();
+        let (_, mut tx) = transfer(&mut rx, t0, rate, rtt, 64 * MIB, 5);
+        let mut t = Duration::from_secs(6);
+        let grown = rx.window();
+        assert!(grown >= 4 * DEFAULT_WINDOW, "grew: {grown}");
+        // Two seconds of silence, then a slow trickle: credit is withheld until the window is
+        // the initial one again, and it never returns more than drained meanwhile.
+        t += Duration::from_secs(2);
+        let mut returned = 0u64;
+        let mut drained = 0u64;
+        for _ in 0..2_000 {
+            let n = (tx.available() as usize).min(4096);
+            if n == 0 {
+                break;
+            }
+            tx.consume(n).expect("credit");
+            rx.on_data(n).expect("within window");
+            t += Duration::from_millis(10);
+            drained += n as u64;
+            if let Some(inc) = rx.on_drained_at(n, Drain::at(t0 + t, 0)).expect("drained") {
+                tx.grant(inc).expect("no overflow");
+                returned += u64::from(inc);
+            }
+            assert_eq!(rx.remaining(), tx.available(), "both sides agree on credit");
+            assert!(returned <= drained);
+        }
+        assert_eq!(rx.window(), DEFAULT_WINDOW, "back to the initial window");
+        assert!(
+            tx.available() > 0,
+            "the sender is never left without credit"
+        );
+    }
+
+    #[test]
+    fn autotuned_sender_and_receiver_stay_in_step() {
+        let mut tx = SendCredit::new(DEFAULT_WINDOW);
+        let mut rx = RecvWindow::autotuned(DEFAULT_WINDOW, 8 * MIB);
+        let t0 = Instant::now();
+        let mut t = Duration::ZERO;
+        for i in 0..20_000u64 {
+            let len = ((i * 7919) % 70_000 + 1) as usize;
+            let len = len.min(tx.available() as usize);
+            assert!(
+                len > 0,
+                "deadlock: no credit while the receiver drained everything"
+            );
+            tx.consume(len).expect("credit was available");
+            rx.on_data(len).expect("sender stayed within credit");
+            // Bursts and pauses, some past the idle limit.
+            t += Duration::from_micros((i * 104_729) % 3_000)
+                + IDLE_SHRINK * u32::from(i % 997 == 0);
+            let room = if i % 3 == 0 { 0 } else { 512 * 1024 };
+            if let Some(inc) = rx
+                .on_drained_at(len, Drain::at(t0 + t, room))
+                .expect("drained what was received")
+            {
+                tx.grant(inc).expect("no overflow");
+            }
+            assert_eq!(rx.remaining(), tx.available(), "both sides agree on credit");
+            assert!(rx.window() <= 8 * MIB);
+            assert!(rx.window() >= DEFAULT_WINDOW);
+        }
     }
 }

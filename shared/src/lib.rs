@@ -26,7 +26,10 @@ pub mod subprotocol;
 
 pub use demux::{Demux, Dispatch};
 pub use error::{DecodeError, EncodeError, FlowError};
-pub use flow::{RecvWindow, SendCredit, DEFAULT_WINDOW, MAX_WINDOW};
+pub use flow::{
+    Drain, RecvWindow, SendCredit, DEFAULT_MAX_STREAM_WINDOW, DEFAULT_WINDOW, MAX_WINDOW,
+    STREAM_WINDOW_RANGE,
+};
 pub use frame::{Dir, Forward, Frame, Hello, RstCode, StreamId};
 pub use json::{V1Decoder, V1Encoder};
 pub use limits::Limits;

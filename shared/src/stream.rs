@@ -18,7 +18,7 @@
 
 use bytes::Bytes;
 
-use crate::flow::{RecvWindow, SendCredit, DEFAULT_WINDOW};
+use crate::flow::{Drain, RecvWindow, SendCredit, DEFAULT_WINDOW};
 use crate::frame::{Dir, Frame, RstCode, StreamId};
 use crate::subprotocol::Version;
 
@@ -89,6 +89,8 @@ pub struct StreamParams {
     pub version: Version,
     /// v2: credit each direction starts with (the peer's send credit = our receive window).
     pub window: u32,
+    /// v2: largest receive window autotuning may grow to (`window`: a fixed window).
+    pub max_window: u32,
     /// v1: DATA frames queued for the socket that make the queue full
     /// (`limits.queue_depth_per_cid`).
     pub v1_max_frames: usize,
@@ -104,6 +106,7 @@ impl StreamParams {
         StreamParams {
             version,
             window: DEFAULT_WINDOW,
+            max_window: DEFAULT_WINDOW,
             v1_max_frames: 256,
             v1_max_bytes: V1_QUEUE_BYTES,
         }
@@ -166,7 +169,7 @@ pub struct RecvHalf {
 impl RecvHalf {
     pub fn new(id: StreamId, role: Role, params: &StreamParams) -> RecvHalf {
         let budget = match params.version {
-            Version::V2 => Budget::Window(RecvWindow::new(params.window)),
+            Version::V2 => Budget::Window(RecvWindow::autotuned(params.window, params.max_window)),
             Version::V1 => Budget::Queue {
                 frames: 0,
                 bytes: 0,
@@ -192,6 +195,15 @@ impl RecvHalf {
         match self.budget {
             Budget::Window(w) => w.buffered() as usize,
             Budget::Queue { bytes, .. } => bytes,
+        }
+    }
+
+    /// v2: the receive window now (what the peer may have in flight or in our buffers; grows
+    /// and shrinks with autotuning). 0 in v1.
+    pub fn window(&self) -> u32 {
+        match self.budget {
+            Budget::Window(w) => w.window(),
+            Budget::Queue { .. } => 0,
         }
     }
 
@@ -289,13 +301,14 @@ impl RecvHalf {
     }
 
     /// The driver wrote `bytes` to its socket, finishing `frames` DATA frames (v1 counts them;
-    /// v2 ignores it). Returns the WINDOW to send, if any, and whether to shut the write side.
-    /// `Err` only when the driver reports more than it was given (a bug on this side).
-    pub fn on_written(&mut self, bytes: usize, frames: usize) -> Result<Written, Reset> {
+    /// v2 ignores it), at `at` (v2 autotunes the window with it). Returns the WINDOW to send, if
+    /// any, and whether to shut the write side. `Err` only when the driver reports more than it
+    /// was given (a bug on this side).
+    pub fn on_written(&mut self, bytes: usize, frames: usize, at: Drain) -> Result<Written, Reset> {
         let accounting = Reset::new(RstCode::Other, "stream accounting");
         let window = match &mut self.budget {
             Budget::Window(w) => {
-                w.on_drained(bytes)
+                w.on_drained_at(bytes, at)
                     .map_err(|_| accounting)?
                     .map(|credit| Frame::Window {
                         id: self.id,
@@ -480,10 +493,10 @@ impl Stream {
         }
     }
 
-    /// The driver wrote `bytes` (finishing `frames` DATA frames) to its socket.
-    pub fn on_written(&mut self, bytes: usize, frames: usize) -> Result<Written, Frame> {
+    /// The driver wrote `bytes` (finishing `frames` DATA frames) to its socket at `at`.
+    pub fn on_written(&mut self, bytes: usize, frames: usize, at: Drain) -> Result<Written, Frame> {
         self.recv
-            .on_written(bytes, frames)
+            .on_written(bytes, frames, at)
             .map_err(|r| self.reset(r))
     }
 

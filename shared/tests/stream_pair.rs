@@ -5,12 +5,16 @@
 //! - neither v2 (credit) nor v1 (a full queue stops the tunnel reader) ever resets on its own
 //!   (no spurious RST), and both ends finish with every byte;
 //! - an injected RST reaches the other side, which never answers it, and both ends are over.
+//!
+//! v2 runs with and without receive-window autotuning, on a clock that moves with the schedule
+//! (now and then past the idle limit, so windows grow and shrink back).
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use nowconnect_shared::stream::{Event, Reset, Role, Stream, StreamParams};
-use nowconnect_shared::{Frame, RstCode, Version};
+use nowconnect_shared::{Drain, Frame, RstCode, Version};
 use proptest::prelude::*;
 
 const MAX_PAYLOAD: usize = 1000;
@@ -33,6 +37,8 @@ struct End {
     got_rst: Option<RstCode>,
     /// The RST this end sent, if any.
     sent_rst: Option<RstCode>,
+    /// This end's clock: it drains at this time.
+    now: Instant,
 }
 
 impl End {
@@ -47,6 +53,7 @@ impl End {
             out: VecDeque::new(),
             got_rst: None,
             sent_rst: None,
+            now: Instant::now(),
         }
     }
 
@@ -107,7 +114,10 @@ impl End {
                 *front = rest;
             }
         }
-        match self.s.on_written(bytes, frames) {
+        match self
+            .s
+            .on_written(bytes, frames, Drain::at(self.now, u32::MAX))
+        {
             Ok(w) => {
                 if let Some(win) = w.window {
                     self.out.push_back(win);
@@ -170,6 +180,7 @@ fn deliver(a: &mut End, b: &mut End) -> bool {
 fn run(
     version: Version,
     window: u32,
+    max_window: u32,
     up: Vec<u8>,
     down: Vec<u8>,
     ops: Vec<(u8, u16)>,
@@ -177,6 +188,7 @@ fn run(
 ) {
     let params = StreamParams {
         window,
+        max_window,
         v1_max_frames: 8,
         v1_max_bytes: 4 * MAX_PAYLOAD,
         ..StreamParams::new(version)
@@ -194,6 +206,11 @@ fn run(
                 }
             }
         }
+        // The clock moves with the schedule; now and then a pause past the idle limit.
+        let pause =
+            Duration::from_micros(size as u64) + Duration::from_millis(1100) * u32::from(op >= 250);
+        relay.now += pause;
+        agent.now += pause;
         match op % 6 {
             0 => relay.read(size),
             1 => agent.read(size),
@@ -272,13 +289,16 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
-    fn v2_conserves_bytes_and_never_resets(up in bytes(20_000), down in bytes(20_000), ops in ops(), window in 1u32..5000) {
-        run(Version::V2, window, up, down, ops, None);
+    fn v2_conserves_bytes_and_never_resets(
+        up in bytes(20_000), down in bytes(20_000), ops in ops(), window in 1u32..5000,
+        grow in 0u32..4,
+    ) {
+        run(Version::V2, window, window << grow, up, down, ops, None);
     }
 
     #[test]
     fn v1_conserves_bytes_and_never_resets(up in bytes(20_000), down in bytes(20_000), ops in ops()) {
-        run(Version::V1, 0, up, down, ops, None);
+        run(Version::V1, 0, 0, up, down, ops, None);
     }
 
     #[test]
@@ -287,6 +307,6 @@ proptest! {
         by_relay in any::<bool>(), at in 0usize..600, v1 in any::<bool>(),
     ) {
         let version = if v1 { Version::V1 } else { Version::V2 };
-        run(version, 3000, up, down, ops, Some((by_relay, at)));
+        run(version, 3000, 12_000, up, down, ops, Some((by_relay, at)));
     }
 }

@@ -46,6 +46,7 @@ pub struct Layer {
     pub connect_timeout_ms: Option<u64>,
     pub queue_depth_per_cid: Option<usize>,
     pub queue_bytes_per_cid: Option<usize>,
+    pub max_stream_window_bytes: Option<u64>,
     pub handshake_timeout_ms: Option<u64>,
     pub reconnect_initial_ms: Option<u64>,
     pub reconnect_max_ms: Option<u64>,
@@ -114,6 +115,7 @@ impl Layer {
             connect_timeout_ms: limits.connect_timeout_ms,
             queue_depth_per_cid: limits.queue_depth_per_cid,
             queue_bytes_per_cid: limits.queue_bytes_per_cid,
+            max_stream_window_bytes: limits.max_stream_window_bytes,
             handshake_timeout_ms: limits.handshake_timeout_ms,
             reconnect_initial_ms: limits.reconnect_initial_ms,
             reconnect_max_ms: limits.reconnect_max_ms,
@@ -152,6 +154,12 @@ impl Layer {
             ping_interval_sec: env_parse(env, "NC_PING_INTERVAL_SEC", parse_num, &mut c),
             ping_timeout_sec: env_parse(env, "NC_PING_TIMEOUT_SEC", parse_num, &mut c),
             connect_timeout_ms: env_parse(env, "NC_CONNECT_TIMEOUT_MS", parse_num, &mut c),
+            max_stream_window_bytes: env_parse(
+                env,
+                "NC_MAX_STREAM_WINDOW_BYTES",
+                parse_num,
+                &mut c,
+            ),
             health_host: env_str(env, "NC_HEALTH_HOST"),
             health_port: env_parse(env, "NC_HEALTH_PORT", parse_num, &mut c),
             metrics_host: env_str(env, "NC_METRICS_HOST"),
@@ -224,6 +232,9 @@ impl Layer {
             connect_timeout_ms: self.connect_timeout_ms.or(lower.connect_timeout_ms),
             queue_depth_per_cid: self.queue_depth_per_cid.or(lower.queue_depth_per_cid),
             queue_bytes_per_cid: self.queue_bytes_per_cid.or(lower.queue_bytes_per_cid),
+            max_stream_window_bytes: self
+                .max_stream_window_bytes
+                .or(lower.max_stream_window_bytes),
             handshake_timeout_ms: self.handshake_timeout_ms.or(lower.handshake_timeout_ms),
             reconnect_initial_ms: self.reconnect_initial_ms.or(lower.reconnect_initial_ms),
             reconnect_max_ms: self.reconnect_max_ms.or(lower.reconnect_max_ms),

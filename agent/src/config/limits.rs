@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use nowconnect_shared::Limits;
+use nowconnect_shared::{Limits, DEFAULT_MAX_STREAM_WINDOW, STREAM_WINDOW_RANGE};
 
 use super::collector::Collector;
 use super::layer::Layer;
@@ -17,6 +17,9 @@ pub struct AgentLimits {
     pub queue_depth_per_cid: usize,
     /// v1 only: payload bytes queued for one target that make its queue full (as above).
     pub queue_bytes_per_cid: usize,
+    /// v2: how far autotuning may grow each stream's receive window (the initial 256 KiB: a
+    /// fixed window). A stream holds at most this many bytes for its target.
+    pub max_stream_window: u32,
     /// Time allowed from the TCP dial to HELLO_ACK; then the attempt counts as failed.
     pub handshake_timeout: Duration,
     /// Upper bound of the first reconnect delay (full jitter: the delay is random below it).
@@ -77,7 +80,9 @@ pub(super) fn validate_limits(c: &mut Collector, l: &Layer) -> AgentLimits {
             n.clamp(1024, 64 << 20)
         }
     };
+    let max_stream_window = stream_window(c, l.max_stream_window_bytes);
     AgentLimits {
+        max_stream_window,
         connect_timeout,
         queue_depth_per_cid,
         queue_bytes_per_cid,
@@ -85,6 +90,26 @@ pub(super) fn validate_limits(c: &mut Collector, l: &Layer) -> AgentLimits {
         reconnect_initial,
         reconnect_max,
         protocol: Limits::default(),
+    }
+}
+
+/// `limits.max_stream_window_bytes`: within [`STREAM_WINDOW_RANGE`], default 4 MiB.
+fn stream_window(c: &mut Collector, v: Option<u64>) -> u32 {
+    let range = STREAM_WINDOW_RANGE;
+    match v.map(u32::try_from) {
+        None => DEFAULT_MAX_STREAM_WINDOW,
+        Some(Ok(n)) if range.contains(&n) => n,
+        Some(_) => {
+            c.bad(
+                "limits.max_stream_window_bytes (NC_MAX_STREAM_WINDOW_BYTES)",
+                format!(
+                    "must be between {} (the initial window: no growth) and {} (64 MiB)",
+                    range.start(),
+                    range.end()
+                ),
+            );
+            DEFAULT_MAX_STREAM_WINDOW
+        }
     }
 }
 

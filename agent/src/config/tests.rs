@@ -328,3 +328,29 @@ fn several_relays_from_url_and_urls_or_a_comma_list() {
         .expect_err("too many");
     assert!(err.to_string().contains("at most 8 relays"), "{err}");
 }
+
+#[test]
+fn the_stream_window_cap_defaults_to_4_mib_and_is_checked() {
+    let c = AgentConfig::from_yaml_str(MINIMAL).expect("valid");
+    assert_eq!(c.limits.max_stream_window, 4 << 20);
+    let yaml = format!("{MINIMAL}limits: {{max_stream_window_bytes: 262144}}\n");
+    let c = AgentConfig::from_yaml_str(&yaml).expect("the initial window: no growth");
+    assert_eq!(c.limits.max_stream_window, 262_144);
+    let p = yaml_file("window.yaml", MINIMAL);
+    let c = AgentConfig::load(
+        Layer::default(),
+        Some(&p),
+        &env(&[("NC_MAX_STREAM_WINDOW_BYTES", "1048576")]),
+    )
+    .expect("set by env");
+    assert_eq!(c.limits.max_stream_window, 1 << 20);
+    for bad in ["1000", "67108865", "99999999999"] {
+        let yaml = format!("{MINIMAL}limits: {{max_stream_window_bytes: {bad}}}\n");
+        let e = AgentConfig::from_yaml_str(&yaml).expect_err("out of range");
+        let line = e.to_string();
+        assert!(
+            line.contains("limits.max_stream_window_bytes") && line.contains("262144"),
+            "{line}"
+        );
+    }
+}

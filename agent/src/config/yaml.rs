@@ -64,6 +64,7 @@ pub(super) struct YamlLimits {
     pub(super) connect_timeout_ms: Option<u64>,
     pub(super) queue_depth_per_cid: Option<usize>,
     pub(super) queue_bytes_per_cid: Option<usize>,
+    pub(super) max_stream_window_bytes: Option<u64>,
     pub(super) handshake_timeout_ms: Option<u64>,
     pub(super) reconnect_initial_ms: Option<u64>,
     pub(super) reconnect_max_ms: Option<u64>,

@@ -28,6 +28,7 @@
 //! reconnecting with the delay and the cause), WATCHDOG=1 from its loop, STOPPING=1 at the end.
 
 mod context;
+mod growth;
 mod session;
 mod status;
 

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use nowconnect_shared::demux::{Demux, Dispatch, Drained as Written, Ignored};
 use nowconnect_shared::status::Features;
 use nowconnect_shared::{
-    binary, Frame, Hello, Limits, Reset, Role, RstCode, StreamId, StreamParams, Version,
+    binary, Drain, Frame, Hello, Limits, Reset, Role, RstCode, StreamId, StreamParams, Version,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -30,6 +30,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::context::{End, Ready, SessionResult, Shared, Slot, CLOSE_GRACE, MIN_DRAIN};
+use super::growth::{Grown, Growth};
 use super::status::{self, Pacer};
 use crate::config::{AgentConfig, ConnectorName};
 use crate::health::{ReadyGuard, StreamGauge};
@@ -55,6 +56,8 @@ struct Entry {
     serial: u64,
     /// The target socket once the stream task has connected it (for direct writes).
     sock: Arc<OnceLock<Arc<TcpStream>>>,
+    /// What this stream's receive window grew by, counted in the tunnel's [`Growth`].
+    grown: Grown,
 }
 
 /// One connection to the relay, from dial to close. Returns why it ended and how long it was
@@ -114,6 +117,7 @@ pub(super) async fn run(
     let params = StreamParams {
         v1_max_frames: cfg.limits.queue_depth_per_cid,
         v1_max_bytes: cfg.limits.queue_bytes_per_cid,
+        max_window: cfg.limits.max_stream_window,
         ..StreamParams::new(version)
     };
     let mut t = Session {
@@ -134,6 +138,7 @@ pub(super) async fn run(
         features: Features::default(),
         report_status: false,
         pacer: Pacer::default(),
+        growth: Growth::default(),
     };
     let end = t
         .run(
@@ -181,6 +186,8 @@ struct Session<'a> {
     /// STATUS reports go to this relay (it announced them, v2, a multi-host connector).
     report_status: bool,
     pacer: Pacer,
+    /// Receive-window growth of all streams, within [`super::growth::GROWTH_BUDGET`].
+    growth: Growth,
 }
 
 type Reader = futures_util::stream::SplitStream<crate::transport::WsStream>;
@@ -470,9 +477,17 @@ impl Session<'_> {
     }
 
     fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) {
-        match self.demux.on_written(id, bytes, frames) {
+        // Each window grows up to `limits.max_stream_window_bytes`, all of them together
+        // within the tunnel's growth budget.
+        let at = Drain::at(Instant::now().into_std(), self.growth.room());
+        let base = self.demux.params().window;
+        match self.demux.on_written(id, bytes, frames, at) {
             Written::Unknown => {}
             Written::Ok(w) => {
+                if let Some(slot) = self.demux.get_mut(id) {
+                    let grown = slot.recv.window().saturating_sub(base);
+                    slot.handle.grown.set(grown as usize);
+                }
                 if let Some(window) = w.window {
                     self.send_ctrl(window);
                 }
@@ -543,6 +558,7 @@ impl Session<'_> {
             tx,
             serial: self.next_serial,
             sock: sock.clone(),
+            grown: self.growth.share(),
         };
         let send = match self.demux.accept(id, entry) {
             Ok(send) => send,

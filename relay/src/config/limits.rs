@@ -48,6 +48,9 @@ pub struct LimitsConfig {
     pub shutdown_grace: Duration,
     /// Stream bytes held relay-wide, half for each direction (see `crate::budget`).
     pub max_buffered_bytes: usize,
+    /// v2: how far autotuning may grow each stream's receive window (the initial 256 KiB: a
+    /// fixed window), and only while the buffer budget has room for it.
+    pub max_stream_window: u32,
     /// Tunnels one agent_id may hold at once (serving, superseded or standby); more are refused.
     pub max_tunnels_per_agent: usize,
     /// Tunnels one token (its `jti`) may hold at once; tokens without `jti` are not counted.
@@ -106,6 +109,22 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
             "must be at least 1048576 (1 MiB)",
         );
     }
+    let window_range = nowconnect_shared::STREAM_WINDOW_RANGE;
+    let max_stream_window = match l.max_stream_window_bytes.map(u32::try_from) {
+        None => nowconnect_shared::DEFAULT_MAX_STREAM_WINDOW,
+        Some(Ok(n)) if window_range.contains(&n) => n,
+        Some(_) => {
+            c.bad(
+                "limits.max_stream_window_bytes",
+                format!(
+                    "must be between {} (the initial window: no growth) and {} (64 MiB)",
+                    window_range.start(),
+                    window_range.end()
+                ),
+            );
+            nowconnect_shared::DEFAULT_MAX_STREAM_WINDOW
+        }
+    };
     let mut tunnel_cap = |key: &str, v: Option<usize>, default: usize| {
         let v = v.unwrap_or(default);
         if !(1..=MAX_TUNNEL_CAP).contains(&v) {
@@ -135,6 +154,7 @@ pub(super) fn validate_limits(c: &mut Collector, l: RawLimits) -> LimitsConfig {
         max_streams_per_agent,
         shutdown_grace: Duration::from_millis(grace_ms),
         max_buffered_bytes,
+        max_stream_window,
         max_tunnels_per_agent,
         max_tunnels_per_jti,
     }

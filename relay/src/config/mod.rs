@@ -129,6 +129,7 @@ impl RelayConfig {
                 max_streams_per_agent: limits::DEFAULT_MAX_STREAMS_PER_AGENT,
                 shutdown_grace: Duration::from_millis(limits::DEFAULT_GRACE_MS),
                 max_buffered_bytes: limits::DEFAULT_MAX_BUFFERED_BYTES,
+                max_stream_window: nowconnect_shared::DEFAULT_MAX_STREAM_WINDOW,
                 max_tunnels_per_agent: limits::DEFAULT_MAX_TUNNELS_PER_AGENT,
                 max_tunnels_per_jti: limits::DEFAULT_MAX_TUNNELS_PER_JTI,
             },

@@ -136,6 +136,7 @@ pub(super) struct RawLimits {
     pub(super) max_streams_per_agent: Option<usize>,
     pub(super) shutdown_grace_ms: Option<u64>,
     pub(super) max_buffered_bytes: Option<usize>,
+    pub(super) max_stream_window_bytes: Option<u64>,
     pub(super) max_tunnels_per_agent: Option<usize>,
     pub(super) max_tunnels_per_jti: Option<usize>,
 }

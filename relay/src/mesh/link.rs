@@ -27,7 +27,7 @@ use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use nowconnect_shared::binary;
 use nowconnect_shared::demux::{Dispatch, Drained};
-use nowconnect_shared::{Demux, Frame, Limits, Reset, Role, RstCode, StreamParams, Version};
+use nowconnect_shared::{Demux, Drain, Frame, Limits, Reset, Role, RstCode, StreamParams, Version};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
@@ -264,7 +264,9 @@ fn on_event(demux: &mut Demux<Handle>, ctx: &LinkCtx, ev: Event) {
             {
                 return;
             }
-            match demux.on_written(key.id, bytes, frames) {
+            // Mesh links keep a fixed window (`params.max_window` is the initial one).
+            let at = Drain::at(Instant::now().into_std(), 0);
+            match demux.on_written(key.id, bytes, frames, at) {
                 Drained::Unknown => {}
                 Drained::Ok(w) => {
                     if let Some(window) = w.window {

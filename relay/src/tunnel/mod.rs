@@ -57,6 +57,7 @@ fn stream_params(cfg: &RelayConfig, version: Version) -> StreamParams {
     StreamParams {
         v1_max_frames: limits.queue_depth_per_cid,
         v1_max_bytes: limits.queue_bytes_per_cid,
+        max_window: limits.max_stream_window,
         ..StreamParams::new(version)
     }
 }

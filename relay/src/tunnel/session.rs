@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
 use nowconnect_shared::demux::{Demux, Dispatch, Drained, Ignored};
-use nowconnect_shared::{Frame, RstCode, StreamId};
+use nowconnect_shared::{Drain, Frame, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -40,6 +40,7 @@ use super::quota::{Bucket, LogLimit};
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
+use crate::budget::Charge;
 use crate::config::RelayConfig;
 use crate::conn::{reject_client, ClientSock, ListenerCtx, NewConn};
 use crate::liveness::Liveness;
@@ -65,6 +66,8 @@ pub(super) struct Handle {
     pub(super) info: Arc<SessionInfo>,
     pub(super) listener: Arc<ListenerCtx>,
     pub(super) activity: Arc<Activity>,
+    /// The budget reserved for this stream's receive window beyond the initial one (autotuning).
+    grown: Charge,
 }
 
 /// Why a session ended; the label is the `agent_disconnects` reason.
@@ -353,9 +356,21 @@ impl Session {
     }
 
     pub(super) fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) {
-        match self.demux.on_written(id, bytes, frames) {
+        // The window may grow only into what the buffer budget can still take on, and what it
+        // grows by is reserved there.
+        let window = self.demux.get(id).map_or(0, |s| s.recv.window());
+        let base = self.demux.params().window;
+        let room = self.ctx.buffered.window_room(window);
+        let at = Drain::at(Instant::now().into_std(), room);
+        match self.demux.on_written(id, bytes, frames, at) {
             Drained::Unknown => {}
             Drained::Ok(w) => {
+                if let Some(slot) = self.demux.get_mut(id) {
+                    let grown = slot.recv.window().saturating_sub(base) as usize;
+                    // A race with another tunnel can refuse it: the window is granted already,
+                    // so it just goes unreserved until it shrinks.
+                    let _ = slot.handle.grown.resize(grown);
+                }
                 if let Some(window) = w.window {
                     self.send_ctrl(window);
                 }
@@ -547,6 +562,7 @@ impl Session {
             }),
             listener: listener.clone(),
             activity: activity.clone(),
+            grown: self.ctx.buffered.empty_charge(),
         });
         let Ok((id, send)) = made else {
             self.refuse_over_cap(&listener.connector, peer);

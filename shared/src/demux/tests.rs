@@ -1,6 +1,11 @@
 //! The tunnel-wide rules: handshake, unknown ids, OPEN, undecodable frames, message kinds, v1 state.
 
 use super::*;
+
+/// A drain now, with no room to grow the window.
+fn now() -> Drain {
+    Drain::at(std::time::Instant::now(), 0)
+}
 use crate::frame::Dir;
 use crate::json::{cid_for, V1Encoder};
 
@@ -255,7 +260,7 @@ fn stream_frames_reach_the_receive_half() {
         "10 earlier bytes still wait"
     );
     assert!(matches!(
-        d.on_written(id, 20, 0),
+        d.on_written(id, 20, 0, now()),
         Drained::Ok(Written {
             window: None,
             shutdown: false
@@ -280,7 +285,7 @@ fn stream_frames_reach_the_receive_half() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(d.on_written(id, 1, 0), Drained::Unknown));
+    assert!(matches!(d.on_written(id, 1, 0, now()), Drained::Unknown));
 }
 
 #[test]
@@ -414,7 +419,7 @@ fn a_full_v1_queue_stops_the_reader_until_it_drains_or_overflows() {
     assert_eq!(d.full(), None, "6 of 8 bytes");
     assert!(matches!(d.on_text(&frame(1)), Dispatch::Data { .. }));
     assert_eq!(d.full(), Some(id), "12 bytes: stop reading the tunnel");
-    assert!(matches!(d.on_written(id, 6, 1), Drained::Ok(_)));
+    assert!(matches!(d.on_written(id, 6, 1, now()), Drained::Ok(_)));
     assert_eq!(d.full(), None, "drained below the budget: read again");
     assert!(matches!(d.on_text(&frame(2)), Dispatch::Data { .. }));
     assert_eq!(d.full(), Some(id));

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// A drain now, with no room to grow the window.
+fn now() -> Drain {
+    Drain::at(std::time::Instant::now(), 0)
+}
+
 fn v2() -> StreamParams {
     StreamParams {
         window: 100,
@@ -79,7 +84,7 @@ fn v1_queue_fills_at_its_frame_or_byte_budget_and_overflows_past_it() {
         Err(RstCode::QueueOverflow)
     );
     // Written bytes and frames make room again.
-    let w = r.on_written(600, 1).expect("accounted");
+    let w = r.on_written(600, 1, now()).expect("accounted");
     assert_eq!(w.window, None, "v1 has no WINDOW");
     assert!(!r.is_full());
     assert!(r.on_data(600).is_ok());
@@ -94,9 +99,9 @@ fn v1_queue_fills_at_its_frame_or_byte_budget_and_overflows_past_it() {
 fn credit_returns_once_half_the_window_is_written() {
     let mut r = RecvHalf::new(7, Role::Relay, &v2());
     r.on_data(100).expect("window");
-    assert_eq!(r.on_written(49, 0).expect("ok").window, None);
+    assert_eq!(r.on_written(49, 0, now()).expect("ok").window, None);
     assert_eq!(
-        r.on_written(1, 0).expect("ok").window,
+        r.on_written(1, 0, now()).expect("ok").window,
         Some(Frame::Window { id: 7, credit: 50 })
     );
     assert!(r.on_data(50).is_ok(), "the peer may send what came back");
@@ -106,10 +111,16 @@ fn credit_returns_once_half_the_window_is_written() {
 fn writing_more_than_was_received_is_our_bug() {
     let mut r = RecvHalf::new(1, Role::Relay, &v2());
     r.on_data(10).expect("window");
-    assert_eq!(r.on_written(11, 0).map_err(|e| e.code), Err(RstCode::Other));
+    assert_eq!(
+        r.on_written(11, 0, now()).map_err(|e| e.code),
+        Err(RstCode::Other)
+    );
     let mut r = RecvHalf::new(1, Role::Relay, &v1(4, 100));
     r.on_data(10).expect("budget");
-    assert!(r.on_written(10, 2).is_err(), "two frames done of one");
+    assert!(
+        r.on_written(10, 2, now()).is_err(),
+        "two frames done of one"
+    );
 }
 
 #[test]
@@ -155,13 +166,16 @@ fn write_side_shuts_after_every_byte_before_the_fin_is_written_exactly_once() {
         Ok(Inbound::Fin { shutdown: false }),
         "30 bytes still to write"
     );
-    assert!(!r.on_written(20, 0).expect("ok").shutdown);
+    assert!(!r.on_written(20, 0, now()).expect("ok").shutdown);
     assert!(
-        r.on_written(10, 0).expect("ok").shutdown,
+        r.on_written(10, 0, now()).expect("ok").shutdown,
         "now everything is written"
     );
     assert!(r.is_done());
-    assert!(!r.on_written(0, 0).expect("ok").shutdown, "only once");
+    assert!(
+        !r.on_written(0, 0, now()).expect("ok").shutdown,
+        "only once"
+    );
 }
 
 #[test]
@@ -270,7 +284,7 @@ fn finished_after_both_fins_and_every_byte_written() {
     assert_eq!(s.on_frame(fin(Dir::A2c)), Ok(Event::None));
     assert!(s.on_eof().is_some());
     assert!(!s.is_over(), "10 bytes still to write");
-    assert!(s.on_written(10, 0).expect("ok").shutdown);
+    assert!(s.on_written(10, 0, now()).expect("ok").shutdown);
     s.on_write_shut();
     assert!(s.is_finished() && s.is_over());
 }

@@ -256,3 +256,19 @@ fn tunnel_caps_and_duplicate_policy() {
         (1, 1)
     );
 }
+
+#[test]
+fn the_stream_window_cap_defaults_to_4_mib_and_is_checked() {
+    let cfg = RelayConfig::from_yaml_str(JWT).expect("valid");
+    assert_eq!(cfg.limits.max_stream_window, 4 << 20);
+    let yaml = JWT.to_owned() + "limits:\n  max_stream_window_bytes: 262144\n";
+    let cfg = RelayConfig::from_yaml_str(&yaml).expect("the initial window: no growth");
+    assert_eq!(cfg.limits.max_stream_window, 262_144);
+    for bad in ["1000", "67108865", "99999999999"] {
+        let yaml = JWT.to_owned() + &format!("limits:\n  max_stream_window_bytes: {bad}\n");
+        let err = RelayConfig::from_yaml_str(&yaml).expect_err("out of range");
+        let keys: Vec<&str> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["limits.max_stream_window_bytes"]);
+        assert!(err.to_string().contains("262144"), "{err}");
+    }
+}
