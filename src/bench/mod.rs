@@ -24,3 +24,5 @@ mod settings;
 pub mod stats;
 pub mod system;
 pub mod targets;
+pub mod wan;
+pub mod wan_run;

@@ -7,6 +7,7 @@ use super::burst::BurstSettings;
 use super::fleet::FleetSettings;
 use super::ldap;
 use super::system::Options;
+use super::wan_run::WanSettings;
 
 /// Everything the run needs to know; see the `nowconnect-bench` flags.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct Settings {
     pub burst: BurstSettings,
     /// Idle agent tunnels on one relay (`tunnels`).
     pub fleet: FleetSettings,
+    /// The emulated WAN link (`wan`).
+    pub wan: WanSettings,
 }
 
 /// The workloads `--only` can pick.
@@ -62,6 +65,8 @@ pub struct Workloads {
     pub burst: bool,
     /// Many idle agent tunnels on one relay: memory per tunnel, idle CPU, reconnect rate.
     pub tunnels: bool,
+    /// One stream each way over an emulated WAN link: plain TCP, the fixed window, autotuning.
+    pub wan: bool,
 }
 
 impl Workloads {
@@ -70,8 +75,8 @@ impl Workloads {
         self.memory || self.pingpong || self.bulk1 || self.bulk_n || self.ldap
     }
 
-    /// Parses `memory,pingpong,bulk,bulk1,ldap,restart,failover,cross,burst,tunnels` (bulk = bulk1 + the
-    /// multi-stream cases).
+    /// Parses `memory,pingpong,bulk,bulk1,ldap,restart,failover,cross,burst,tunnels,wan` (bulk =
+    /// bulk1 + the multi-stream cases).
     pub fn parse(list: &str) -> anyhow::Result<Workloads> {
         let mut w = Workloads {
             memory: false,
@@ -84,6 +89,7 @@ impl Workloads {
             cross: false,
             burst: false,
             tunnels: false,
+            wan: false,
         };
         for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item {
@@ -97,9 +103,10 @@ impl Workloads {
                 "cross" => w.cross = true,
                 "burst" => w.burst = true,
                 "tunnels" => w.tunnels = true,
+                "wan" => w.wan = true,
                 other => anyhow::bail!(
                     "--only {other}: expected a list of memory, pingpong, bulk, bulk1, ldap, \
-                     restart, failover, cross, burst, tunnels"
+                     restart, failover, cross, burst, tunnels, wan"
                 ),
             }
         }
@@ -125,6 +132,8 @@ impl Settings {
             relay_env,
             relay_tunnel_yaml: String::new(),
             log_level: self.log_level.clone(),
+            wan: None,
+            max_stream_window_bytes: None,
         }
     }
 }

@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 
 use super::pki::Pki;
 use super::proc::Child;
+use super::wan::{Wan, WanLink};
 
 /// How long the relay may take to report ready, and the agent to say READY.
 const START_DEADLINE: Duration = Duration::from_secs(15);
@@ -41,6 +42,11 @@ pub struct Options {
     pub relay_tunnel_yaml: String,
     /// Log level of both processes (warn keeps logging off the data path).
     pub log_level: String,
+    /// A WAN link between agent and relay: the agent dials an emulator in front of the relay's
+    /// tunnel port (None: straight to it).
+    pub wan: Option<WanLink>,
+    /// `limits.max_stream_window_bytes` of both processes (None: not written, their default).
+    pub max_stream_window_bytes: Option<u32>,
 }
 
 /// A running relay + agent; dropping it kills both.
@@ -52,6 +58,8 @@ pub struct Tunnel {
     pub listeners: BTreeMap<String, SocketAddr>,
     /// The relay's plain-HTTP admin port (`/metrics`, `/readyz`).
     pub admin: SocketAddr,
+    /// The link the tunnel crosses (`Options::wan`); lives as long as the tunnel.
+    pub wan: Option<Wan>,
 }
 
 impl Tunnel {
@@ -119,7 +127,13 @@ fn start_once(
         http_get(admin, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     })?;
 
-    let agent_yaml = agent_yaml(opts, pki, &[tunnel_port], health_port, targets);
+    // The agent dials the relay, or the WAN emulator in front of it.
+    let wan = opts
+        .wan
+        .map(|link| Wan::start(link, SocketAddr::from(([127, 0, 0, 1], tunnel_port))))
+        .transpose()?;
+    let dial_port = wan.as_ref().map_or(tunnel_port, |w| w.addr.port());
+    let agent_yaml = agent_yaml(opts, pki, &[dial_port], health_port, targets);
     let agent_cfg = opts.dir.join("agent.yaml");
     std::fs::write(&agent_cfg, agent_yaml).context("writing agent.yaml")?;
     let mut args = vec!["--config", path_str(&agent_cfg)?];
@@ -146,6 +160,7 @@ fn start_once(
         agent,
         listeners,
         admin,
+        wan,
     })
 }
 
@@ -208,7 +223,16 @@ pub(super) fn relay_yaml(
             "  - name: {name}\n    bind: {addr}\n    connector: {name}\n"
         ));
     }
+    y.push_str(&limits_yaml(opts));
     y
+}
+
+/// The `limits:` section both processes get (empty when nothing is set).
+fn limits_yaml(opts: &Options) -> String {
+    match opts.max_stream_window_bytes {
+        Some(w) => format!("limits:\n  max_stream_window_bytes: {w}\n"),
+        None => String::new(),
+    }
 }
 
 /// Agent YAML: the relays on `tunnel_ports` (the first as `url`, the others as `urls`).
@@ -249,6 +273,7 @@ pub(super) fn agent_yaml(
             addr.port()
         ));
     }
+    y.push_str(&limits_yaml(opts));
     y
 }
 
@@ -270,4 +295,54 @@ pub(super) fn health_line(addr: SocketAddr) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(window: Option<u32>) -> Options {
+        Options {
+            bin_dir: PathBuf::from("/bin"),
+            agent_bin: PathBuf::from("/bin/agent"),
+            dir: PathBuf::from("/tmp"),
+            protocol: "v2".into(),
+            agent_multi_thread: false,
+            relay_env: Vec::new(),
+            relay_tunnel_yaml: String::new(),
+            log_level: "warn".into(),
+            wan: None,
+            max_stream_window_bytes: window,
+        }
+    }
+
+    /// Both configs, parsed back.
+    fn yamls(window: Option<u32>) -> [serde_yaml::Value; 2] {
+        let pki = Pki {
+            ca: "/ca.pem".into(),
+            cert: "/cert.pem".into(),
+            key: "/key.pem".into(),
+            ca_der: Vec::new(),
+        };
+        let o = opts(window);
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let listeners = BTreeMap::from([("echo".to_owned(), addr)]);
+        let relay = relay_yaml(&o, &pki, 1, 2, &listeners);
+        let agent = agent_yaml(&o, &pki, &[1], 3, &listeners);
+        [relay, agent].map(|y| serde_yaml::from_str(&y).expect("valid YAML"))
+    }
+
+    #[test]
+    fn stream_window_is_written_under_limits_of_both_only_when_set() {
+        for y in yamls(Some(262_144)) {
+            assert_eq!(
+                y["limits"]["max_stream_window_bytes"].as_u64(),
+                Some(262_144),
+                "{y:?}"
+            );
+        }
+        for y in yamls(None) {
+            assert!(y.get("limits").is_none(), "{y:?}");
+        }
+    }
 }

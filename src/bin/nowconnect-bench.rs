@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use nowconnect::bench::{burst, cross, fleet, ldap, proc, restart, run};
+use nowconnect::bench::{burst, cross, fleet, ldap, proc, restart, run, wan_run};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,7 +82,9 @@ struct Args {
     /// with a redis-server and a mesh: streams on A against streams through B to A's agent),
     /// burst (--bursts x --burst-conns short connections; relay RSS each second after),
     /// tunnels (--fleet idle agent tunnels on one relay: memory, idle CPU, reconnect after a
-    /// relay restart).
+    /// relay restart), wan (one stream each way over an emulated WAN link, --wan-delay-ms and
+    /// --wan-mbit: plain TCP, the tunnel with the fixed 256 KiB window, the tunnel autotuning,
+    /// and a slow reader beside a fast one; not in the default set, it takes a minute).
     /// Budgets of workloads left out show "–".
     #[arg(long, default_value = "memory,pingpong,bulk,ldap")]
     only: String,
@@ -113,6 +115,16 @@ struct Args {
     /// Seconds the idle fleet is watched (tunnels; the relay pings every 20 s).
     #[arg(long, default_value_t = 45)]
     fleet_idle_secs: u64,
+    /// One-way delay of the emulated WAN link, ms (wan; the round trip is twice this).
+    #[arg(long, default_value_t = 25)]
+    wan_delay_ms: u64,
+    /// Rate of the emulated WAN link each way, Mbit/s (wan).
+    #[arg(long, default_value_t = 200)]
+    wan_mbit: u64,
+    /// Seconds per transfer over the WAN link (wan: up then down in each of three cases, then the
+    /// slow reader).
+    #[arg(long, default_value_t = 10)]
+    wan_secs: u64,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -198,6 +210,18 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
         (1..=600).contains(&a.fleet_idle_secs),
         "--fleet-idle-secs must be 1..=600"
     );
+    anyhow::ensure!(
+        (0..=1000).contains(&a.wan_delay_ms),
+        "--wan-delay-ms must be 0..=1000"
+    );
+    anyhow::ensure!(
+        (10..=10_000).contains(&a.wan_mbit),
+        "--wan-mbit must be 10..=10000"
+    );
+    anyhow::ensure!(
+        (1..=120).contains(&a.wan_secs),
+        "--wan-secs must be 1..=120"
+    );
     let ldap = if a.ldap == "off" {
         None
     } else {
@@ -248,6 +272,11 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
             agents: a.fleet,
             idle_secs: a.fleet_idle_secs,
         },
+        wan: wan_run::WanSettings {
+            delay_ms: a.wan_delay_ms,
+            mbit: a.wan_mbit,
+            secs: a.wan_secs,
+        },
     })
 }
 
@@ -275,6 +304,7 @@ fn main() -> ExitCode {
             cross,
             burst,
             fleet,
+            wan,
         }) => {
             // The tunnel report's keys at the top (as before), the restart measures beside them.
             let mut json = serde_json::Map::new();
@@ -301,6 +331,10 @@ fn main() -> ExitCode {
                 println!("{}", f.render());
                 json.insert("tunnels".into(), f.to_json());
             }
+            if let Some(w) = wan {
+                println!("{}", w.render());
+                json.insert("wan".into(), w.to_json());
+            }
             if let Some(path) = &args.json {
                 let text = serde_json::to_string_pretty(&serde_json::Value::Object(json))
                     .unwrap_or_default();
@@ -324,10 +358,11 @@ struct Measured {
     cross: Option<cross::Cross>,
     burst: Option<burst::Burst>,
     fleet: Option<fleet::Fleet>,
+    wan: Option<wan_run::WanReport>,
 }
 
 /// The tunnel workloads, then the restart and failover measures, then the cross-relay one, then
-/// the bursts, then the fleet of idle tunnels, as `--only` asks.
+/// the bursts, then the fleet of idle tunnels, then the WAN link, as `--only` asks.
 fn measure(s: &run::Settings) -> anyhow::Result<Measured> {
     let report = s.only.tunnel().then(|| run::run(s)).transpose()?;
     let restarts = (s.only.restart || s.only.failover)
@@ -340,11 +375,13 @@ fn measure(s: &run::Settings) -> anyhow::Result<Measured> {
         .tunnels
         .then(|| fleet::run(s, &s.fleet))
         .transpose()?;
+    let wan = s.only.wan.then(|| wan_run::run(s, &s.wan)).transpose()?;
     Ok(Measured {
         report,
         restarts,
         cross,
         burst,
         fleet,
+        wan,
     })
 }
