@@ -43,6 +43,8 @@ pub struct Settings {
     pub fleet: FleetSettings,
     /// The emulated WAN link (`wan`).
     pub wan: WanSettings,
+    /// `limits.max_stream_window_bytes` of both processes (None: their default).
+    pub max_stream_window_bytes: Option<u32>,
 }
 
 /// The workloads `--only` can pick.
@@ -133,7 +135,7 @@ impl Settings {
             relay_tunnel_yaml: String::new(),
             log_level: self.log_level.clone(),
             wan: None,
-            max_stream_window_bytes: None,
+            max_stream_window_bytes: self.max_stream_window_bytes,
         }
     }
 }

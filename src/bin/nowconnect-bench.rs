@@ -125,6 +125,10 @@ struct Args {
     /// slow reader).
     #[arg(long, default_value_t = 10)]
     wan_secs: u64,
+    /// `limits.max_stream_window_bytes` of relay and agent for the loopback workloads (262144: the
+    /// fixed 256 KiB window; unset: their default, autotuning up to 4 MiB). `wan` sets its own.
+    #[arg(long)]
+    max_stream_window_bytes: Option<u32>,
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -272,6 +276,7 @@ fn settings(a: &Args) -> anyhow::Result<run::Settings> {
             agents: a.fleet,
             idle_secs: a.fleet_idle_secs,
         },
+        max_stream_window_bytes: a.max_stream_window_bytes,
         wan: wan_run::WanSettings {
             delay_ms: a.wan_delay_ms,
             mbit: a.wan_mbit,
