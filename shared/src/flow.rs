@@ -89,11 +89,20 @@ pub struct Drain {
     pub now: Instant,
     /// Bytes the window may grow by on this drain (0: hold it where it is).
     pub room: u32,
+    /// The largest window another stream of the tunnel grew to: a stream that returns credit
+    /// takes it up too (within `room`), so streams that share a tunnel share it fairly (with
+    /// unequal windows, the stream with the larger one would take the larger part of the pipe).
+    pub lead: u32,
 }
 
 impl Drain {
     pub fn at(now: Instant, room: u32) -> Drain {
-        Drain { now, room }
+        Drain { now, room, lead: 0 }
+    }
+
+    /// The same drain, with the tunnel's leading window.
+    pub fn with_lead(self, lead: u32) -> Drain {
+        Drain { lead, ..self }
     }
 }
 
@@ -133,8 +142,10 @@ pub struct RecvWindow {
     buffered: u32,
     /// Bytes drained whose credit has not been returned yet.
     pending: u32,
-    /// When credit was last returned.
-    granted_at: Option<Instant>,
+    /// The growth check's measuring period: since when, and the credit returned since. It is
+    /// judged once a whole window has come back, so a burst of frames drained at once does not
+    /// read as a fast stream.
+    epoch: Option<(Instant, u32)>,
     /// Bytes drained since the stream began.
     drained_total: u64,
     /// A WINDOW in flight: the first byte past `.0` (of all bytes drained) can only have been
@@ -165,7 +176,7 @@ impl RecvWindow {
             remaining: window,
             buffered: 0,
             pending: 0,
-            granted_at: None,
+            epoch: None,
             drained_total: 0,
             probe: None,
             drained_at: None,
@@ -219,6 +230,11 @@ impl RecvWindow {
         }
         if let Some(at) = at.filter(|_| self.max > self.base) {
             self.maybe_grow(at);
+            let lead = at
+                .lead
+                .min(self.max)
+                .min(self.window.saturating_add(at.room));
+            self.target = self.target.max(lead);
         }
         // Shrinking: credit the window no longer wants is withheld.
         let withheld = self.window.saturating_sub(self.target).min(self.pending);
@@ -236,7 +252,6 @@ impl RecvWindow {
         let limit = self.drained_total + u64::from(self.buffered) + u64::from(self.remaining);
         self.remaining += increment;
         if let Some(at) = at {
-            self.granted_at = Some(at.now);
             if self.probe.is_none() {
                 self.probe = Some((limit, at.now));
             }
@@ -251,7 +266,7 @@ impl RecvWindow {
             .is_some_and(|t| now.saturating_duration_since(t) >= IDLE_SHRINK);
         if idle {
             self.target = self.base;
-            self.granted_at = None;
+            self.epoch = None;
             self.probe = None;
             self.rtt = None;
         }
@@ -263,14 +278,25 @@ impl RecvWindow {
         self.drained_at = Some(now);
     }
 
-    /// Doubles the target when the stream drains more than half the window per round trip:
-    /// `pending` bytes since the last return, in less than `rtt * pending / (target / 2)`.
+    /// Doubles the target when the stream drains more than half the window per round trip,
+    /// judged over a whole window of returned credit: `bytes` since `start`, in less than
+    /// `rtt * bytes / (target / 2)`.
     fn maybe_grow(&mut self, at: Drain) {
-        let (Some(rtt), Some(last)) = (self.rtt, self.granted_at) else {
+        let Some((start, returned)) = self.epoch else {
+            self.epoch = Some((at.now, 0));
             return;
         };
-        let since = at.now.saturating_duration_since(last).as_nanos();
-        let within = rtt.as_nanos() * u128::from(GROW_WITHIN_RTTS) * u128::from(self.pending);
+        let bytes = returned.saturating_add(self.pending);
+        if bytes < self.target {
+            self.epoch = Some((start, bytes));
+            return;
+        }
+        self.epoch = Some((at.now, 0));
+        let Some(rtt) = self.rtt else {
+            return;
+        };
+        let since = at.now.saturating_duration_since(start).as_nanos();
+        let within = rtt.as_nanos() * u128::from(GROW_WITHIN_RTTS) * u128::from(bytes);
         if since * u128::from(self.threshold()) >= within {
             return;
         }

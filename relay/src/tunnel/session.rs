@@ -122,6 +122,8 @@ pub(super) struct Session {
     pub ctx: Arc<TunnelCtx>,
     pub info: Arc<TunnelInfo>,
     pub demux: Demux<Handle>,
+    /// The largest receive window of this tunnel's streams, and whose (see [`Drain::lead`]).
+    pub lead: (u32, StreamId),
     pub queues: Queues,
     pub events: mpsc::UnboundedReceiver<StreamEvent>,
     pub conns: mpsc::UnboundedReceiver<NewConn>,
@@ -361,12 +363,17 @@ impl Session {
         let window = self.demux.get(id).map_or(0, |s| s.recv.window());
         let base = self.demux.params().window;
         let room = self.ctx.buffered.window_room(window);
-        let at = Drain::at(Instant::now().into_std(), room);
+        let at = Drain::at(Instant::now().into_std(), room).with_lead(self.lead.0);
         match self.demux.on_written(id, bytes, frames, at) {
             Drained::Unknown => {}
             Drained::Ok(w) => {
                 if let Some(slot) = self.demux.get_mut(id) {
-                    let grown = slot.recv.window().saturating_sub(base) as usize;
+                    let now = slot.recv.window();
+                    // The leading window follows the largest one, and its stream as it shrinks.
+                    if now >= self.lead.0 || id == self.lead.1 {
+                        self.lead = (now, id);
+                    }
+                    let grown = now.saturating_sub(base) as usize;
                     // A race with another tunnel can refuse it: the window is granted already,
                     // so it just goes unreserved until it shrinks.
                     let _ = slot.handle.grown.resize(grown);
