@@ -187,6 +187,11 @@ pub(crate) struct Charge {
 }
 
 impl Charge {
+    /// Gives up to `n` bytes back (what a charge made for them elsewhere now covers).
+    pub fn give_back(&mut self, n: usize) {
+        self.shrink_to(self.bytes.saturating_sub(n));
+    }
+
     /// Holds `n` bytes instead: a release when smaller, a charge when larger (refused, and
     /// nothing changes, if it does not fit).
     pub fn resize(&mut self, n: usize) -> bool {

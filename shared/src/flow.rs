@@ -106,6 +106,40 @@ impl Drain {
     }
 }
 
+/// The largest receive window among one tunnel's active streams ([`Drain::lead`]): kept by the
+/// driver, updated after each drain. It belongs to the stream that set it, follows that stream as
+/// it shrinks, and lapses [`IDLE_SHRINK`] after that stream's last drain (it went idle or away).
+/// A stream is never offered its own lead, so the leader can shrink back when idle.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Lead {
+    window: u32,
+    owner: u32,
+    at: Option<Instant>,
+}
+
+impl Lead {
+    /// The window stream `id` may take up at `now` (0: none).
+    pub fn offer(&self, id: u32, now: Instant) -> u32 {
+        match self.at {
+            Some(at) if id != self.owner && now.saturating_duration_since(at) < IDLE_SHRINK => {
+                self.window
+            }
+            _ => 0,
+        }
+    }
+
+    /// Stream `id` drained at `now` and its window is `window`.
+    pub fn update(&mut self, id: u32, window: u32, now: Instant) {
+        if self.offer(id, now) <= window || id == self.owner {
+            *self = Lead {
+                window,
+                owner: id,
+                at: Some(now),
+            };
+        }
+    }
+}
+
 /// Half a window's credit returned within this many round trips of the previous return means
 /// the window, not the link or the reader, limits the stream: grow it (the window converges
 /// between two and four bandwidth-delay products, as in quiche's autotuning).
@@ -155,7 +189,8 @@ pub struct RecvWindow {
     /// When bytes last drained (idle detection).
     drained_at: Option<Instant>,
     /// The smallest round-trip sample: never below the real round trip (every sample is at
-    /// least one), forgotten when the stream goes idle.
+    /// least one). Kept across idle periods: a sample taken while the peer had credit to spare
+    /// also counts the bytes queued ahead of the probe, so a fresh minimum would read high.
     rtt: Option<Duration>,
 }
 
@@ -268,7 +303,6 @@ impl RecvWindow {
             self.target = self.base;
             self.epoch = None;
             self.probe = None;
-            self.rtt = None;
         }
         if let Some((_, sent)) = self.probe.filter(|&(limit, _)| self.drained_total > limit) {
             let sample = now.saturating_duration_since(sent);
@@ -624,5 +658,59 @@ mod tests {
             assert!(rx.window() <= 8 * MIB);
             assert!(rx.window() >= DEFAULT_WINDOW);
         }
+    }
+
+    #[test]
+    fn the_lead_is_offered_to_others_follows_its_owner_and_lapses() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut lead = Lead::default();
+        assert_eq!(lead.offer(1, t0), 0, "no lead yet");
+        lead.update(1, 4 * MIB, ms(0));
+        assert_eq!(lead.offer(2, ms(10)), 4 * MIB);
+        assert_eq!(lead.offer(1, ms(10)), 0, "never offered to its owner");
+        // A smaller window elsewhere does not take it; the owner shrinking does.
+        lead.update(2, MIB, ms(20));
+        assert_eq!(lead.offer(3, ms(20)), 4 * MIB);
+        lead.update(1, 2 * MIB, ms(30));
+        assert_eq!(lead.offer(3, ms(30)), 2 * MIB);
+        // The owner stops draining: the lead lapses, and the next drain sets a new one.
+        assert_eq!(lead.offer(2, ms(30) + IDLE_SHRINK), 0);
+        lead.update(2, MIB, ms(30) + IDLE_SHRINK);
+        assert_eq!(lead.offer(3, ms(31) + IDLE_SHRINK), MIB);
+    }
+
+    #[test]
+    fn an_idle_leader_shrinks_back_though_others_follow_it() {
+        let mut rx = RecvWindow::autotuned(DEFAULT_WINDOW, 16 * MIB);
+        let t0 = Instant::now();
+        let (_, mut tx) = transfer(
+            &mut rx,
+            t0,
+            25_000_000,
+            Duration::from_millis(50),
+            64 * MIB,
+            5,
+        );
+        assert!(rx.window() > DEFAULT_WINDOW);
+        let mut lead = Lead::default();
+        lead.update(1, rx.window(), t0 + Duration::from_secs(6));
+        let mut t = Duration::from_secs(8);
+        for _ in 0..2_000 {
+            let n = (tx.available() as usize).min(4096);
+            tx.consume(n).expect("credit");
+            rx.on_data(n).expect("within window");
+            t += Duration::from_millis(10);
+            let at = Drain::at(t0 + t, 64 * MIB).with_lead(lead.offer(1, t0 + t));
+            if let Some(inc) = rx.on_drained_at(n, at).expect("drained") {
+                tx.grant(inc).expect("no overflow");
+            }
+            lead.update(1, rx.window(), t0 + t);
+        }
+        assert_eq!(
+            rx.window(),
+            DEFAULT_WINDOW,
+            "its own lead does not hold it up"
+        );
     }
 }

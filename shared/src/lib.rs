@@ -27,7 +27,7 @@ pub mod subprotocol;
 pub use demux::{Demux, Dispatch};
 pub use error::{DecodeError, EncodeError, FlowError};
 pub use flow::{
-    Drain, RecvWindow, SendCredit, DEFAULT_MAX_STREAM_WINDOW, DEFAULT_WINDOW, MAX_WINDOW,
+    Drain, Lead, RecvWindow, SendCredit, DEFAULT_MAX_STREAM_WINDOW, DEFAULT_WINDOW, MAX_WINDOW,
     STREAM_WINDOW_RANGE,
 };
 pub use frame::{Dir, Forward, Frame, Hello, RstCode, StreamId};

@@ -1,4 +1,4 @@
-//! The agent-wide bound on receive-window growth (autotuning, `shared::flow`).
+//! The per-tunnel bound on receive-window growth (autotuning, `shared::flow`).
 //!
 //! Each stream's window may grow from 256 KiB up to `limits.max_stream_window_bytes`, and a
 //! target that stops reading then holds up to that much. A frugal agent does not let every

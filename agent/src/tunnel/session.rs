@@ -20,7 +20,8 @@ use futures_util::StreamExt;
 use nowconnect_shared::demux::{Demux, Dispatch, Drained as Written, Ignored};
 use nowconnect_shared::status::Features;
 use nowconnect_shared::{
-    binary, Drain, Frame, Hello, Limits, Reset, Role, RstCode, StreamId, StreamParams, Version,
+    binary, Drain, Frame, Hello, Lead, Limits, Reset, Role, RstCode, StreamId, StreamParams,
+    Version,
 };
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -139,7 +140,7 @@ pub(super) async fn run(
         report_status: false,
         pacer: Pacer::default(),
         growth: Growth::default(),
-        lead: (0, 0),
+        lead: Lead::default(),
     };
     let end = t
         .run(
@@ -189,8 +190,8 @@ struct Session<'a> {
     pacer: Pacer,
     /// Receive-window growth of all streams, within [`super::growth::GROWTH_BUDGET`].
     growth: Growth,
-    /// The largest receive window of this tunnel's streams, and whose (see [`Drain::lead`]).
-    lead: (u32, StreamId),
+    /// The largest receive window of this tunnel's active streams (see [`Drain::lead`]).
+    lead: Lead,
 }
 
 type Reader = futures_util::stream::SplitStream<crate::transport::WsStream>;
@@ -482,18 +483,16 @@ impl Session<'_> {
     fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) {
         // Each window grows up to `limits.max_stream_window_bytes`, all of them together
         // within the tunnel's growth budget.
-        let at = Drain::at(Instant::now().into_std(), self.growth.room()).with_lead(self.lead.0);
+        let now = Instant::now().into_std();
+        let at = Drain::at(now, self.growth.room()).with_lead(self.lead.offer(id, now));
         let base = self.demux.params().window;
         match self.demux.on_written(id, bytes, frames, at) {
             Written::Unknown => {}
             Written::Ok(w) => {
                 if let Some(slot) = self.demux.get_mut(id) {
-                    let now = slot.recv.window();
-                    // The leading window follows the largest one, and its stream as it shrinks.
-                    if now >= self.lead.0 || id == self.lead.1 {
-                        self.lead = (now, id);
-                    }
-                    let grown = now.saturating_sub(base);
+                    let window = slot.recv.window();
+                    self.lead.update(id, window, now);
+                    let grown = window.saturating_sub(base);
                     slot.handle.grown.set(grown as usize);
                 }
                 if let Some(window) = w.window {

@@ -140,6 +140,7 @@ where
     };
     let mut params = StreamParams::new(Version::V2);
     params.window = core.window;
+    params.max_window = core.window;
     let mut demux: Demux<Handle> =
         Demux::new(role, params, Limits::default(), MAX_STREAMS_PER_LINK).without_handshake();
     p.up.store(true, Ordering::Release);

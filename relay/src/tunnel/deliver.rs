@@ -101,6 +101,12 @@ impl Session {
         }
         // Charged with the cost of the buffer itself, so 1-byte frames cannot hide behind it.
         let len = rest.len() + FRAME_COST;
+        // Bytes within the stream's grown window were reserved already: that reservation pays
+        // for them (the next drain reserves the growth again), so a grown window is not
+        // counted twice when its client stalls.
+        if let Some(slot) = self.demux.get_mut(id) {
+            slot.handle.grown.give_back(len);
+        }
         if !self.ctx.buffered.try_charge(len) {
             self.over_budget(id);
             return;

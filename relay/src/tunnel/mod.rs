@@ -268,7 +268,7 @@ pub(crate) async fn run<S>(
         ctx,
         info,
         demux,
-        lead: (0, 0),
+        lead: Default::default(),
         queues,
         events: events_rx,
         conns: conns_rx,

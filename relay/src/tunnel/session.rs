@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
 use nowconnect_shared::demux::{Demux, Dispatch, Drained, Ignored};
-use nowconnect_shared::{Drain, Frame, RstCode, StreamId};
+use nowconnect_shared::{Drain, Frame, Lead, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -67,7 +67,7 @@ pub(super) struct Handle {
     pub(super) listener: Arc<ListenerCtx>,
     pub(super) activity: Arc<Activity>,
     /// The budget reserved for this stream's receive window beyond the initial one (autotuning).
-    grown: Charge,
+    pub(super) grown: Charge,
 }
 
 /// Why a session ended; the label is the `agent_disconnects` reason.
@@ -122,8 +122,8 @@ pub(super) struct Session {
     pub ctx: Arc<TunnelCtx>,
     pub info: Arc<TunnelInfo>,
     pub demux: Demux<Handle>,
-    /// The largest receive window of this tunnel's streams, and whose (see [`Drain::lead`]).
-    pub lead: (u32, StreamId),
+    /// The largest receive window of this tunnel's active streams (see [`Drain::lead`]).
+    pub lead: Lead,
     pub queues: Queues,
     pub events: mpsc::UnboundedReceiver<StreamEvent>,
     pub conns: mpsc::UnboundedReceiver<NewConn>,
@@ -363,17 +363,15 @@ impl Session {
         let window = self.demux.get(id).map_or(0, |s| s.recv.window());
         let base = self.demux.params().window;
         let room = self.ctx.buffered.window_room(window);
-        let at = Drain::at(Instant::now().into_std(), room).with_lead(self.lead.0);
+        let now = Instant::now().into_std();
+        let at = Drain::at(now, room).with_lead(self.lead.offer(id, now));
         match self.demux.on_written(id, bytes, frames, at) {
             Drained::Unknown => {}
             Drained::Ok(w) => {
                 if let Some(slot) = self.demux.get_mut(id) {
-                    let now = slot.recv.window();
-                    // The leading window follows the largest one, and its stream as it shrinks.
-                    if now >= self.lead.0 || id == self.lead.1 {
-                        self.lead = (now, id);
-                    }
-                    let grown = now.saturating_sub(base) as usize;
+                    let window = slot.recv.window();
+                    self.lead.update(id, window, now);
+                    let grown = window.saturating_sub(base) as usize;
                     // A race with another tunnel can refuse it: the window is granted already,
                     // so it just goes unreserved until it shrinks.
                     let _ = slot.handle.grown.resize(grown);
