@@ -7,7 +7,8 @@ use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
-use nowconnect_shared::{Reset, RstCode, StreamId};
+use nowconnect_shared::demux::Drained;
+use nowconnect_shared::{Drain, Reset, RstCode, StreamId};
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -19,6 +20,40 @@ use super::stream::ToStream;
 use crate::budget::FRAME_COST;
 
 impl Session {
+    /// The client socket took `bytes` of stream `id` (finishing `frames` frames): credit back
+    /// to the agent, the window autotuned within the budget, the write side shut after FIN.
+    pub(super) fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) {
+        // The window may grow only into what the buffer budget can still take on, and what it
+        // grows by is reserved there.
+        let window = self.demux.get(id).map_or(0, |s| s.recv.window());
+        let base = self.demux.params().window;
+        let room = self.ctx.buffered.window_room(window);
+        let now = Instant::now().into_std();
+        let at = Drain::at(now, room).with_lead(self.lead.offer(id, now));
+        match self.demux.on_written(id, bytes, frames, at) {
+            Drained::Unknown => {}
+            Drained::Ok(w) => {
+                if let Some(slot) = self.demux.get_mut(id) {
+                    let window = slot.recv.window();
+                    self.lead.update(id, window, now);
+                    let grown = window.saturating_sub(base) as usize;
+                    // A race with another tunnel can refuse it: the window is granted already,
+                    // so it just goes unreserved until it shrinks.
+                    let _ = slot.handle.grown.resize(grown);
+                }
+                if let Some(window) = w.window {
+                    self.send_ctrl(window);
+                }
+                if w.shutdown {
+                    if let Some(slot) = self.demux.get(id) {
+                        let _ = slot.handle.tx.send(ToStream::ShutWrite);
+                    }
+                }
+            }
+            Drained::Reset { rst, handle } => self.reset_sent(rst, RstCode::Other, handle),
+        }
+    }
+
     /// Agent bytes for a client: into the socket while nothing of the stream waits (held in the
     /// session's [`Run`] until the messages already read are handled, then written in one go),
     /// otherwise to the stream task behind what it holds.

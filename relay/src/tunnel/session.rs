@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
-use nowconnect_shared::demux::{Demux, Dispatch, Drained, Ignored};
-use nowconnect_shared::{Drain, Frame, Lead, RstCode, StreamId};
+use nowconnect_shared::demux::{Demux, Dispatch, Ignored};
+use nowconnect_shared::{Frame, Lead, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -299,7 +299,7 @@ impl Session {
         self.push_ctrl(Out::Close(close_frame(code, reason)));
     }
 
-    fn send_ctrl(&mut self, frame: Frame) {
+    pub(super) fn send_ctrl(&mut self, frame: Frame) {
         self.push_ctrl(Out::Frame(frame));
     }
 
@@ -354,38 +354,6 @@ impl Session {
             }
             // An earlier stream of a reused id: its slot is gone already.
             StreamEvent::Opened(_) | StreamEvent::Drained { .. } => {}
-        }
-    }
-
-    pub(super) fn on_written(&mut self, id: StreamId, bytes: usize, frames: usize) {
-        // The window may grow only into what the buffer budget can still take on, and what it
-        // grows by is reserved there.
-        let window = self.demux.get(id).map_or(0, |s| s.recv.window());
-        let base = self.demux.params().window;
-        let room = self.ctx.buffered.window_room(window);
-        let now = Instant::now().into_std();
-        let at = Drain::at(now, room).with_lead(self.lead.offer(id, now));
-        match self.demux.on_written(id, bytes, frames, at) {
-            Drained::Unknown => {}
-            Drained::Ok(w) => {
-                if let Some(slot) = self.demux.get_mut(id) {
-                    let window = slot.recv.window();
-                    self.lead.update(id, window, now);
-                    let grown = window.saturating_sub(base) as usize;
-                    // A race with another tunnel can refuse it: the window is granted already,
-                    // so it just goes unreserved until it shrinks.
-                    let _ = slot.handle.grown.resize(grown);
-                }
-                if let Some(window) = w.window {
-                    self.send_ctrl(window);
-                }
-                if w.shutdown {
-                    if let Some(slot) = self.demux.get(id) {
-                        let _ = slot.handle.tx.send(ToStream::ShutWrite);
-                    }
-                }
-            }
-            Drained::Reset { rst, handle } => self.reset_sent(rst, RstCode::Other, handle),
         }
     }
 
