@@ -11,8 +11,9 @@
 //!   ([`Budget::freed`]): TCP pushes back on the client, nothing is reset.
 //!
 //! - Window growth (a2c): a stream's receive window grows past the initial one only into room
-//!   here, and the growth stays reserved while the window is large ([`Budget::window_room`]):
-//!   credit the relay granted is backed by the budget.
+//!   here, and the growth stays reserved while the window is large ([`Budget::window_room`]),
+//!   less the stream's bytes already queued (charged above): credit the relay granted is backed
+//!   by the budget, and no byte counts twice.
 //!
 //! One direction filling up cannot starve the other. The count is the
 //! `nowconnect_buffered_bytes{dir}` gauge itself.
@@ -187,11 +188,6 @@ pub(crate) struct Charge {
 }
 
 impl Charge {
-    /// Gives up to `n` bytes back (what a charge made for them elsewhere now covers).
-    pub fn give_back(&mut self, n: usize) {
-        self.shrink_to(self.bytes.saturating_sub(n));
-    }
-
     /// Holds `n` bytes instead: a release when smaller, a charge when larger (refused, and
     /// nothing changes, if it does not fit).
     pub fn resize(&mut self, n: usize) -> bool {

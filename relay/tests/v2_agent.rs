@@ -631,3 +631,174 @@ async fn the_receive_window_grows_when_it_limits_the_stream_and_not_past_its_cap
     let most = most_credit_held(&fixed, total).await;
     assert_eq!(most, DEFAULT_WINDOW as usize, "a fixed window never grows");
 }
+
+/// What the relay's buffer budget holds for clients, relay-wide (`nowconnect_buffered_bytes`).
+fn a2c_held(relay: &RelayHandle) -> u64 {
+    nowconnect_testkit::metrics::value(
+        &relay.metrics_text(),
+        "nowconnect_buffered_bytes{dir=\"a2c\"}",
+    )
+}
+
+/// A barrier on the tunnel: `client2` writes "ping", which must reach the agent as DATA on
+/// `id2`; the relay handles an agent's frames in order and sends its own in order, so by then
+/// everything the agent sent before was handled and every WINDOW sent before was read. Returns
+/// the credit those WINDOW frames gave stream `id`.
+async fn barrier(
+    agent: &mut MockAgent<TcpStream>,
+    client2: &mut TcpStream,
+    id2: u32,
+    id: u32,
+) -> usize {
+    client2.write_all(b"ping").await.expect("client write");
+    let mut credit = 0;
+    loop {
+        match agent.recv().await {
+            Frame::Window { id: i, credit: c } if i == id => credit += c as usize,
+            Frame::Data { id: i, payload } if i == id2 => {
+                assert_eq!(&payload[..], b"ping");
+                return credit;
+            }
+            other => panic!("expected WINDOW or the barrier's DATA, got {other:?}"),
+        }
+    }
+}
+
+/// A grown receive window is reserved on the relay's buffer budget (`a2c`), and the bytes that
+/// wait for a client that stopped reading are charged there too: the two must not count the
+/// same bytes twice, or a stalled stream holds up to twice its window and the streams beside it
+/// are reset for `queue_overflow` with room to spare. One stream's window grows to its cap; its
+/// client stops reading and the agent sends all its credit; then the client reads a part (each
+/// drain reserves the growth again). The budget never holds more than the larger of the growth
+/// and what waits, plus the per-frame cost. The window is 16 MiB and the client's receive
+/// buffer 1 MiB, so most of a stalled window waits in the relay (the kernel's send buffer, up
+/// to `tcp_wmem`'s 4 MiB, takes the rest).
+#[tokio::test]
+async fn a_stalled_stream_is_charged_its_window_once_not_growth_plus_queue() {
+    const CAP: usize = 16 << 20;
+    // `budget::FRAME_COST` (96) and some slack: what a queued frame costs besides its bytes.
+    const PER_FRAME: u64 = 128;
+    let base = DEFAULT_WINDOW as usize;
+    let growth = (CAP - base) as u64;
+    let relay = relay(&format!(
+        "{DEV}limits:\n  max_stream_window_bytes: {CAP}\n  max_buffered_bytes: 1073741824\n"
+    ))
+    .await;
+    let mut agent = v2_agent(relay.tunnel_addr(), "a", &["addomain"]).await;
+    // A small receive buffer: the kernel takes little of what the relay writes once this client
+    // stops reading, so most of it waits in the relay.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(1 << 20).expect("SO_RCVBUF");
+    let slow = sock.connect(ldap(&relay)).await.expect("connect");
+    let id = agent.expect_open("addomain").await;
+    let mut client2 = client(&relay).await;
+    let id2 = agent.expect_open("addomain").await;
+
+    // The client reads up to what `allow` says, and counts.
+    let (allow, mut allowed) = tokio::sync::watch::channel(0usize);
+    let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = got.clone();
+    let reader = tokio::spawn(async move {
+        let (mut rd, _wr) = slow.into_split();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut have = 0usize;
+        loop {
+            let Ok(limit) = allowed.wait_for(|a| *a > have).await.map(|a| *a) else {
+                return have;
+            };
+            let n = buf.len().min(limit - have);
+            match rd.read(&mut buf[..n]).await {
+                Ok(0) | Err(_) => return have,
+                Ok(n) => have += n,
+            }
+            count.store(have, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let chunk = vec![7u8; 16 * 1024];
+    let read_all = |sent: usize| {
+        let got = got.clone();
+        async move {
+            wait_for("the client read all it was sent", DEADLINE, || {
+                got.load(std::sync::atomic::Ordering::SeqCst) == sent
+            })
+            .await;
+        }
+    };
+
+    // Grow: send the credit, WINDOW frames a simulated link delay late, the client reading all,
+    // until the whole growth is reserved with nothing waiting (the window is at its cap).
+    let (mut credit, mut sent) = (base, 0usize);
+    for _ in 0..256 {
+        while credit > 0 {
+            let n = chunk.len().min(credit);
+            agent.send(&data(id, &chunk[..n])).await;
+            credit -= n;
+            sent += n;
+        }
+        allow.send_replace(sent);
+        match within("a WINDOW", T, agent.recv()).await {
+            Frame::Window { id: i, credit: c } if i == id => credit += c as usize,
+            other => panic!("expected WINDOW, got {other:?}"),
+        }
+        tokio::time::sleep(LINK_DELAY).await;
+        read_all(sent).await;
+        credit += barrier(&mut agent, &mut client2, id2, id).await;
+        if a2c_held(&relay) == growth {
+            break;
+        }
+    }
+    assert_eq!(a2c_held(&relay), growth, "the window grew to its cap");
+    // What the relay holds back is credit for bytes drained since its last WINDOW.
+    let withheld = CAP - credit;
+
+    // Stall: the client reads nothing more; the agent sends all its credit.
+    let stalled = credit;
+    while credit > 0 {
+        let n = chunk.len().min(credit);
+        agent.send(&data(id, &chunk[..n])).await;
+        credit -= n;
+    }
+    let frames = stalled.div_ceil(chunk.len()) as u64 + 2;
+    credit += barrier(&mut agent, &mut client2, id2, id).await;
+    let held = a2c_held(&relay);
+    let most = growth.max(stalled as u64) + frames * PER_FRAME;
+    assert!(
+        held <= most,
+        "stalled: the budget holds {held} bytes for a window of {CAP} ({growth} grown, {stalled} sent): over {most}"
+    );
+
+    // The client reads enough for the relay to return credit; the drain reserves the growth
+    // again, less what still waits.
+    let threshold = CAP.div_ceil(2);
+    let part = threshold.saturating_sub(withheld).max(1);
+    allow.send_replace(sent + part);
+    if credit == 0 {
+        match within("a WINDOW after the drain", T, agent.recv()).await {
+            Frame::Window { id: i, .. } if i == id => {}
+            other => panic!("expected WINDOW, got {other:?}"),
+        }
+    }
+    let held = a2c_held(&relay);
+    let waits = (stalled - part) as u64;
+    let most = growth.max(waits) + frames * PER_FRAME;
+    assert!(
+        held <= most,
+        "after a drain: the budget holds {held} bytes for {waits} waiting and {growth} grown: over {most}"
+    );
+
+    // Every byte arrives, and nothing was reset.
+    allow.send_replace(sent + stalled);
+    read_all(sent + stalled).await;
+    drop(allow);
+    assert_eq!(
+        within("the reader", T, reader).await.expect("reader task"),
+        sent + stalled
+    );
+    assert_eq!(
+        nowconnect_testkit::metrics::value(
+            &relay.metrics_text(),
+            "nowconnect_queue_overflow_total"
+        ),
+        0
+    );
+}

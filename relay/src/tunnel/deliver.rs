@@ -26,21 +26,16 @@ impl Session {
         // The window may grow only into what the buffer budget can still take on, and what it
         // grows by is reserved there.
         let window = self.demux.get(id).map_or(0, |s| s.recv.window());
-        let base = self.demux.params().window;
         let room = self.ctx.buffered.window_room(window);
         let now = Instant::now().into_std();
         let at = Drain::at(now, room).with_lead(self.lead.offer(id, now));
         match self.demux.on_written(id, bytes, frames, at) {
             Drained::Unknown => {}
             Drained::Ok(w) => {
-                if let Some(slot) = self.demux.get_mut(id) {
-                    let window = slot.recv.window();
-                    self.lead.update(id, window, now);
-                    let grown = window.saturating_sub(base) as usize;
-                    // A race with another tunnel can refuse it: the window is granted already,
-                    // so it just goes unreserved until it shrinks.
-                    let _ = slot.handle.grown.resize(grown);
+                if let Some(slot) = self.demux.get(id) {
+                    self.lead.update(id, slot.recv.window(), now);
                 }
+                self.reserve_growth(id);
                 if let Some(window) = w.window {
                     self.send_ctrl(window);
                 }
@@ -51,6 +46,21 @@ impl Session {
                 }
             }
             Drained::Reset { rst, handle } => self.reset_sent(rst, RstCode::Other, handle),
+        }
+    }
+
+    /// Reserves on the budget what stream `id`'s receive window grew by, less what of it
+    /// already waits for the client: those bytes are charged on their own ([`Session::enqueue`])
+    /// and came in under this window, so no byte counts twice while a client reads slowly.
+    fn reserve_growth(&mut self, id: StreamId) {
+        let base = self.demux.params().window;
+        if let Some(slot) = self.demux.get_mut(id) {
+            let grown = usize::try_from(slot.recv.window().saturating_sub(base))
+                .unwrap_or(usize::MAX)
+                .saturating_sub(slot.recv.buffered());
+            // A race with another tunnel can refuse it: the window is granted already, so it
+            // just goes unreserved until it shrinks.
+            let _ = slot.handle.grown.resize(grown);
         }
     }
 
@@ -136,12 +146,9 @@ impl Session {
         }
         // Charged with the cost of the buffer itself, so 1-byte frames cannot hide behind it.
         let len = rest.len() + FRAME_COST;
-        // Bytes within the stream's grown window were reserved already: that reservation pays
-        // for them (the next drain reserves the growth again), so a grown window is not
-        // counted twice when its client stalls.
-        if let Some(slot) = self.demux.get_mut(id) {
-            slot.handle.grown.give_back(len);
-        }
+        // These bytes came in under the stream's window: what they take from the budget, its
+        // reservation gives up.
+        self.reserve_growth(id);
         if !self.ctx.buffered.try_charge(len) {
             self.over_budget(id);
             return;
