@@ -297,7 +297,10 @@ fn dispatch(
 
 /// Hands `conn` to the tunnel the registry picks for its connector (not one of agent `except`).
 /// `Err`: no agent serves it.
-fn hand_over(mut conn: NewConn, except: Option<&str>, shared: &Shared) -> Result<(), Box<NewConn>> {
+fn hand_over(conn: NewConn, except: Option<&str>, shared: &Shared) -> Result<(), Box<NewConn>> {
+    // Boxed on the tunnel's queue: a tokio channel holds a block of 32 slots for as long as
+    // it lives, each as large as its item, and every idle tunnel has this queue.
+    let mut conn = Box::new(conn);
     // A tunnel that just ended may still be listed for a moment: try the next pick.
     for _ in 0..8 {
         let Some(agent) = shared.registry.pick(&conn.listener.connector, except) else {
@@ -311,7 +314,7 @@ fn hand_over(mut conn: NewConn, except: Option<&str>, shared: &Shared) -> Result
             }
         }
     }
-    Err(Box::new(conn))
+    Err(conn)
 }
 
 /// A retry goes where a new client would, minus the agent that failed it.

@@ -37,7 +37,7 @@ pub(crate) struct AgentHandle {
     pub tunnel_id: u64,
     pub agent_id: Arc<str>,
     /// Where the listener hands this tunnel a new client.
-    pub conns: mpsc::UnboundedSender<NewConn>,
+    pub conns: mpsc::UnboundedSender<Box<NewConn>>,
     /// Open streams on this tunnel (for least-streams picking).
     pub active: Arc<AtomicUsize>,
     /// What the portal lists about this tunnel (its connectors and source address too).

@@ -92,11 +92,20 @@ pub struct Fleet {
 }
 
 impl Fleet {
+    /// What the budget is about: relay memory per idle tunnel, from the RSS after the idle
+    /// spell (the connect storm's transient state, a TLS read buffer kept for 1 s after a
+    /// tunnel's last read and the allocator's not yet purged pages, is gone by then).
     pub fn kib_per_tunnel(&self) -> f64 {
-        let grown = self
-            .relay_after_idle_kib
-            .max(self.relay_ready_kib)
-            .saturating_sub(self.relay_before_kib);
+        self.per_tunnel(self.relay_after_idle_kib)
+    }
+
+    /// The same at the connect peak, when the last agent is READY (reported, not budgeted).
+    pub fn kib_per_tunnel_at_ready(&self) -> f64 {
+        self.per_tunnel(self.relay_ready_kib)
+    }
+
+    fn per_tunnel(&self, rss_kib: u64) -> f64 {
+        let grown = rss_kib.saturating_sub(self.relay_before_kib);
         grown as f64 / self.settings.agents.max(1) as f64
     }
 
@@ -124,8 +133,13 @@ impl Fleet {
         );
         let _ = writeln!(
             out,
-            "| relay memory per tunnel (KiB, budget {GOAL_KIB_PER_TUNNEL}) | {:.1} |",
+            "| relay memory per idle tunnel (KiB, budget {GOAL_KIB_PER_TUNNEL}) | {:.1} |",
             self.kib_per_tunnel()
+        );
+        let _ = writeln!(
+            out,
+            "| relay memory per tunnel at the connect peak, all READY (KiB) | {:.1} |",
+            self.kib_per_tunnel_at_ready()
         );
         let _ = writeln!(
             out,
@@ -165,6 +179,7 @@ impl Fleet {
             "relay_rss_kib": {"before": self.relay_before_kib, "ready": self.relay_ready_kib,
                               "after_idle": self.relay_after_idle_kib},
             "kib_per_tunnel": self.kib_per_tunnel(),
+            "kib_per_tunnel_at_ready": self.kib_per_tunnel_at_ready(),
             "idle_cpu_s": self.idle_cpu_s,
             "idle_window_s": self.idle_window_s,
             "idle_drops": self.idle_drops,

@@ -89,7 +89,7 @@ pub(super) fn serve(demux: &mut Demux<Handle>, ctx: &Arc<LinkCtx>, serial: u64, 
         guard,
         reopen: None,
     };
-    if agent.conns.send(conn).is_err() {
+    if agent.conns.send(Box::new(conn)).is_err() {
         demux.remove(id);
         return refuse(RstCode::ConnectFailed, "agent tunnel gone");
     }

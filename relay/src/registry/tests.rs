@@ -13,7 +13,7 @@ fn agent(
     agent_id: &str,
     host: u8,
     connectors: &[&str],
-) -> (AgentHandle, mpsc::UnboundedReceiver<NewConn>) {
+) -> (AgentHandle, mpsc::UnboundedReceiver<Box<NewConn>>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let active = Arc::new(AtomicUsize::new(0));
     let info = Arc::new(TunnelInfo {

@@ -64,14 +64,54 @@ fn stream_params(cfg: &RelayConfig, version: Version) -> StreamParams {
 
 /// Runs one tunnel until it ends. Never returns an error: every ending is logged and counted.
 /// `written` counts the bytes `ws`'s socket accepted ([`Counted`] under it).
-pub(crate) async fn run<S>(
+///
+/// The admission runs in a future of its own on the heap, freed once the HELLO is answered:
+/// what only it needs (the WebSocket before its split, the admission, the demux before the
+/// session owns it) would otherwise stay in this future, which every tunnel keeps for as long
+/// as it lives (issue 20: memory per idle tunnel).
+pub(crate) fn run<S>(
     ws: WebSocketStream<S>,
     version: Version,
     peer: SocketAddr,
     shared: Arc<Shared>,
     admission: Admission,
     written: Written,
-) where
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let admit = Box::pin(admit(ws, version, peer, shared, admission, written));
+    async move {
+        if let Some(tunnel) = admit.await {
+            tunnel.serve().await;
+        }
+    }
+}
+
+/// A tunnel whose HELLO was accepted and answered, registered and ready for streams. Boxed,
+/// so the futures it passes through hold a pointer, not three copies of it.
+struct Serving<S> {
+    session: Session,
+    source: futures_util::stream::SplitStream<WebSocketStream<S>>,
+    writer: JoinHandle<()>,
+    token: CancellationToken,
+    shared: Arc<Shared>,
+    agent_id: Arc<str>,
+    tunnel_id: u64,
+    peer: SocketAddr,
+}
+
+/// From the upgraded WebSocket to a registered tunnel: HELLO read, reconciled and answered.
+/// `None`: refused (recorded, and the agent told why) or gone.
+async fn admit<S>(
+    ws: WebSocketStream<S>,
+    version: Version,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    admission: Admission,
+    written: Written,
+) -> Option<Box<Serving<S>>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // One configuration for the tunnel's whole life: a reload while it runs (even during its
@@ -122,7 +162,7 @@ pub(crate) async fn run<S>(
             );
             let frame = close_frame(CloseCode::Policy, &refusal.close_reason());
             close_and_stop(&queues.ctrl, writer, &token, frame).await;
-            return;
+            return None;
         }
     };
     liveness.heard(Instant::now());
@@ -160,7 +200,7 @@ pub(crate) async fn run<S>(
             admission::record_refusal(&shared, peer, tunnel_id, &admission, &refusal, id);
             let frame = close_frame(CloseCode::Policy, &refusal.close_reason());
             close_and_stop(&queues.ctrl, writer, &token, frame).await;
-            return;
+            return None;
         }
     };
     // The registry task claims the agent in the cluster directory (HA) and sets `info.epoch`.
@@ -168,11 +208,11 @@ pub(crate) async fn run<S>(
     let Admission { identity, slot } = admission;
     // HELLO_ACK is queued before the session loop starts, and only that loop writes OPENs
     // (listeners just queue clients on `conns`), so it precedes every OPEN on the wire.
-    if queues.ctrl.try_send(Out::Frame(Frame::HelloAck)).is_err() {
+    if queues.ctrl.try_send(Out::frame(Frame::HelloAck)).is_err() {
         shared.registry.unregister(tunnel_id);
         shared.cluster.local_changed();
         token.cancel();
-        return;
+        return None;
     }
     // An accepted HELLO ends the unauthenticated phase for the source's pending count.
     drop(slot);
@@ -262,7 +302,7 @@ pub(crate) async fn run<S>(
         router: shared.clone(),
     });
     let (ignored, warnings) = quota::for_tunnel();
-    let mut session = Session {
+    let session = Session {
         shared: shared.clone(),
         cfg,
         ctx,
@@ -280,37 +320,69 @@ pub(crate) async fn run<S>(
         liveness,
         run: Default::default(),
     };
-    let end = session.run(&mut source).await;
+    Some(Box::new(Serving {
+        session,
+        source,
+        writer,
+        token,
+        shared,
+        agent_id,
+        tunnel_id,
+        peer,
+    }))
+}
 
-    // Teardown: no new streams, then every stream of this tunnel closes its client at once.
-    let next = shared.registry.unregister(tunnel_id);
-    shared.cluster.local_changed();
-    if let Some(next) = next {
-        info!(agent_id = %agent_id, tunnel_id = next, "the agent's new streams go to this tunnel now");
+impl<S> Serving<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    /// Runs the session until the tunnel ends, then tears it down: no new streams, every
+    /// stream's client closed, the ending logged, counted and audited.
+    async fn serve(mut self: Box<Self>) {
+        let this = &mut *self;
+        let end = this.session.run(&mut this.source).await;
+        let Serving {
+            mut session,
+            writer,
+            token,
+            shared,
+            agent_id,
+            tunnel_id,
+            peer,
+            ..
+        } = *self;
+        let m = &shared.metrics;
+
+        // Teardown: no new streams, then every stream of this tunnel closes its client at once.
+        let next = shared.registry.unregister(tunnel_id);
+        shared.cluster.local_changed();
+        if let Some(next) = next {
+            info!(agent_id = %agent_id, tunnel_id = next, "the agent's new streams go to this tunnel now");
+        }
+        session.reject_pending();
+        if end.sent_close() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        }
+        token.cancel();
+        let open = session.streams();
+        drop(session);
+        let reason = end.label();
+        m.agents_connected.dec();
+        m.tunnels
+            .closed(&agent_id, tunnel_id, reason, std::time::Instant::now());
+        m.agent_disconnects
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        info!(event = "agent_disconnected", agent_id = %agent_id, tunnel_id, reason, open_streams = open, "agent tunnel ended");
+        shared.audit.record(
+            Event::new(Action::AgentDisconnected, true)
+                .agent(&agent_id)
+                .source(peer)
+                .tunnel(tunnel_id)
+                .reason(reason)
+                .detail(format!("open_streams={open}")),
+        );
     }
-    session.reject_pending();
-    if end.sent_close() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-    }
-    token.cancel();
-    let open = session.streams();
-    drop(session);
-    let reason = end.label();
-    m.agents_connected.dec();
-    m.tunnels
-        .closed(&agent_id, tunnel_id, reason, std::time::Instant::now());
-    m.agent_disconnects
-        .get_or_create(&ReasonLabel { reason })
-        .inc();
-    info!(event = "agent_disconnected", agent_id = %agent_id, tunnel_id, reason, open_streams = open, "agent tunnel ended");
-    shared.audit.record(
-        Event::new(Action::AgentDisconnected, true)
-            .agent(&agent_id)
-            .source(peer)
-            .tunnel(tunnel_id)
-            .reason(reason)
-            .detail(format!("open_streams={open}")),
-    );
 }
 
 /// Queues a close frame, gives the writer a moment to send it, then stops the tunnel.

@@ -126,7 +126,7 @@ pub(super) struct Session {
     pub lead: Lead,
     pub queues: Queues,
     pub events: mpsc::UnboundedReceiver<StreamEvent>,
-    pub conns: mpsc::UnboundedReceiver<NewConn>,
+    pub conns: mpsc::UnboundedReceiver<Box<NewConn>>,
     /// When the token expires (the tunnel closes then).
     pub expires: Option<Instant>,
     /// Serial of the last stream started.
@@ -215,7 +215,7 @@ impl Session {
                 // Before the WebSocket: a stream's `Opened` is always taken before any frame
                 // the agent sends in answer to that stream's OPEN.
                 Some(ev) = self.events.recv() => self.on_event(ev),
-                Some(conn) = self.conns.recv() => self.open(conn),
+                Some(conn) = self.conns.recv() => self.open(*conn),
                 permit = ctrl.reserve(), if !self.backlog.is_empty() => {
                     let Ok(permit) = permit else { return End::WsError };
                     if let Some(item) = self.backlog.pop_front() {
@@ -300,7 +300,7 @@ impl Session {
     }
 
     pub(super) fn send_ctrl(&mut self, frame: Frame) {
-        self.push_ctrl(Out::Frame(frame));
+        self.push_ctrl(Out::frame(frame));
     }
 
     /// Into the writer's control queue, or the backlog while it is full (order kept).

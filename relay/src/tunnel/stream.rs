@@ -263,7 +263,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
         connector: s.listener.connector.clone(),
         client_addr: Some(s.info.client.to_string()),
     };
-    let end = if !send_out(&t, Out::Frame(open)).await {
+    let end = if !send_out(&t, Out::frame(open)).await {
         End::TunnelGone
     } else if let Err(end) = resend(&t, &mut s).await {
         end
@@ -279,7 +279,7 @@ pub(super) async fn run(t: Arc<TunnelCtx>, mut s: StreamTask) {
                 code: reset.code.as_str(),
             })
             .inc();
-        send_out(&t, Out::Frame(reset.frame(id))).await;
+        send_out(&t, Out::frame(reset.frame(id))).await;
     }
     if end != End::Done && reopen.is_none() {
         // Abort, not a clean EOF: the client must not mistake a cut stream for a complete one.
@@ -323,7 +323,7 @@ async fn resend(t: &TunnelCtx, s: &mut StreamTask) -> Result<(), End> {
     let Reopen { chunks, eof } = *reopen;
     for Chunk { payload, charge } in chunks {
         s.send.on_read(payload.len()).map_err(End::Local)?;
-        let data = Out::Data(Frame::Data { id, payload }, charge);
+        let data = Out::Data(id, payload, charge);
         if !send_out(t, data).await {
             return Err(End::TunnelGone);
         }
@@ -331,7 +331,7 @@ async fn resend(t: &TunnelCtx, s: &mut StreamTask) -> Result<(), End> {
     if eof {
         if let Some(fin) = s.send.on_eof() {
             t.metrics.fin_sent.inc();
-            if !send_out(t, Out::Frame(fin)).await {
+            if !send_out(t, Out::frame(fin)).await {
                 return Err(End::TunnelGone);
             }
         }
@@ -530,7 +530,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                         s.replay.on_eof();
                         if let Some(fin) = s.send.on_eof() {
                             t.metrics.fin_sent.inc();
-                            outbox = Some(Out::Frame(fin));
+                            outbox = Some(Out::frame(fin));
                         }
                     }
                     Ok(Some((bytes, n))) => {
@@ -556,7 +556,7 @@ async fn pump(t: &TunnelCtx, s: &mut StreamTask) -> End {
                         outbox = Some(if v2 {
                             Out::Raw(bytes, charge)
                         } else {
-                            Out::Data(Frame::Data { id, payload: bytes }, charge)
+                            Out::Data(id, bytes, charge)
                         });
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}

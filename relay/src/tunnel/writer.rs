@@ -51,14 +51,27 @@ pub(crate) enum Out {
     /// An already encoded v2 frame (DATA read straight after a reserved header), its bytes
     /// charged to the relay-wide budget until written.
     Raw(Bytes, Charge),
-    /// A v1 DATA frame to encode, charged likewise.
-    Data(Frame, Charge),
-    /// A frame to encode in the tunnel's version.
-    Frame(Frame),
+    /// A DATA frame to encode in the tunnel's version (v1; a reopened stream's first bytes),
+    /// charged likewise.
+    Data(StreamId, Bytes, Charge),
+    /// A frame to encode in the tunnel's version. Boxed, as every item of a tokio channel's
+    /// block of 32 slots is as large as the largest variant, and each tunnel's two queues hold
+    /// one such block for as long as it lives (issue 20: memory per idle tunnel).
+    Frame(Box<Frame>),
     /// v1: drop the outgoing `seq` state of a finished stream (queued behind its last frame).
     Forget(StreamId),
     /// Send this close frame, then stop.
     Close(CloseFrame),
+}
+
+// Every idle tunnel holds one channel block of 32 items per queue: 32 x 56 bytes, not 32 x 88.
+const _: () = assert!(std::mem::size_of::<Out>() <= 56);
+
+impl Out {
+    /// [`Out::Frame`] of `frame`.
+    pub fn frame(frame: Frame) -> Self {
+        Out::Frame(Box::new(frame))
+    }
 }
 
 /// Set by the writer when the agent stopped taking bytes: why the tunnel was cancelled.
@@ -231,9 +244,9 @@ pub(super) async fn run<S>(
                     charge = Some(c);
                     Some(Message::Binary(b))
                 }
-                Out::Data(f, c) => {
+                Out::Data(id, payload, c) => {
                     charge = Some(c);
-                    encode(&f, version, &limits, &mut v1)
+                    encode(&Frame::Data { id, payload }, version, &limits, &mut v1)
                 }
                 Out::Frame(f) => encode(&f, version, &limits, &mut v1),
                 Out::Forget(id) => {

@@ -165,6 +165,14 @@ async fn next_out(r: &mut Rig) -> Out {
         .expect("writer queue open")
 }
 
+/// The next item, which must be a frame to encode.
+async fn next_frame(r: &mut Rig) -> Frame {
+    match next_out(r).await {
+        Out::Frame(f) => *f,
+        other => panic!("expected a frame, got {other:?}"),
+    }
+}
+
 async fn next_event(r: &mut Rig) -> StreamEvent {
     tokio::time::timeout(STEP, r.events.recv())
         .await
@@ -180,8 +188,8 @@ async fn relays_both_ways_within_credit_and_finishes_on_both_fins() {
         StreamEvent::Opened(Key { id: 7, .. })
     ));
     assert!(matches!(
-        next_out(&mut r).await,
-        Out::Frame(Frame::Open { id: 7, .. })
+        next_frame(&mut r).await,
+        Frame::Open { id: 7, .. }
     ));
     // c2a: one read of at most the credit (8 bytes), with the v2 header in front.
     r.client.write_all(b"0123456789").await.expect("write");
@@ -229,11 +237,11 @@ async fn relays_both_ways_within_credit_and_finishes_on_both_fins() {
     // The client's EOF: FIN c2a, and the stream is over, cleanly.
     r.client.shutdown().await.expect("shutdown");
     assert!(matches!(
-        next_out(&mut r).await,
-        Out::Frame(Frame::Fin {
+        next_frame(&mut r).await,
+        Frame::Fin {
             id: 7,
             dir: Dir::C2a
-        })
+        }
     ));
     assert!(matches!(
         next_event(&mut r).await,
@@ -248,10 +256,7 @@ async fn relays_both_ways_within_credit_and_finishes_on_both_fins() {
 #[tokio::test]
 async fn an_abort_cuts_the_client_with_a_reset_and_sends_nothing() {
     let mut r = rig(1024, None).await;
-    assert!(matches!(
-        next_out(&mut r).await,
-        Out::Frame(Frame::Open { .. })
-    ));
+    assert!(matches!(next_frame(&mut r).await, Frame::Open { .. }));
     r.to_stream
         .send(ToStream::Abort(Abort::PeerReset(RstCode::ConnectFailed)))
         .expect("send");
@@ -273,14 +278,14 @@ async fn an_abort_cuts_the_client_with_a_reset_and_sends_nothing() {
 #[tokio::test(start_paused = true)]
 async fn an_idle_stream_is_reset_after_the_timeout() {
     let mut r = rig(1024, Some(Duration::from_secs(60))).await;
-    assert!(matches!(
-        next_out(&mut r).await,
-        Out::Frame(Frame::Open { .. })
-    ));
+    assert!(matches!(next_frame(&mut r).await, Frame::Open { .. }));
     let start = Instant::now();
     // The paused clock jumps to each timer: the idle checks, then the reset.
     let rst = tokio::time::timeout(Duration::from_secs(600), r.out.recv()).await;
-    let Ok(Some(Out::Frame(Frame::Rst { code, .. }))) = rst else {
+    let Ok(Some(Out::Frame(rst))) = rst else {
+        panic!("RST")
+    };
+    let Frame::Rst { code, .. } = *rst else {
         panic!("RST")
     };
     assert_eq!(code, RstCode::IdleTimeout);
@@ -305,10 +310,7 @@ fn retries(metrics: &Metrics, result: &str) -> u64 {
 #[tokio::test]
 async fn connect_failed_hands_the_client_and_its_bytes_to_another_agent() {
     let mut r = rig_with(1024, None, true).await;
-    assert!(matches!(
-        next_out(&mut r).await,
-        Out::Frame(Frame::Open { .. })
-    ));
+    assert!(matches!(next_frame(&mut r).await, Frame::Open { .. }));
     r.client.write_all(b"bind request").await.expect("write");
     let Out::Raw(frame, _) = next_out(&mut r).await else {
         panic!("DATA")
@@ -322,10 +324,7 @@ async fn connect_failed_hands_the_client_and_its_bytes_to_another_agent() {
         panic!("DATA")
     };
     r.client.shutdown().await.expect("shutdown");
-    assert!(matches!(
-        next_out(&mut r).await,
-        Out::Frame(Frame::Fin { .. })
-    ));
+    assert!(matches!(next_frame(&mut r).await, Frame::Fin { .. }));
     r.to_stream
         .send(ToStream::Abort(Abort::PeerReset(RstCode::ConnectFailed)))
         .expect("send");
@@ -359,10 +358,7 @@ async fn connect_failed_hands_the_client_and_its_bytes_to_another_agent() {
 #[tokio::test]
 async fn an_agent_that_answered_is_not_retried() {
     let mut r = rig_with(1024, None, true).await;
-    assert!(matches!(
-        next_out(&mut r).await,
-        Out::Frame(Frame::Open { .. })
-    ));
+    assert!(matches!(next_frame(&mut r).await, Frame::Open { .. }));
     r.client.write_all(b"x").await.expect("write");
     let Out::Raw(_, _) = next_out(&mut r).await else {
         panic!("DATA")
