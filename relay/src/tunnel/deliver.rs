@@ -175,7 +175,7 @@ impl Session {
             return;
         };
         handle.listener.metrics.queue_overflow.inc();
-        if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+        if let Some(suppressed) = self.quota.warnings.allow(Instant::now()) {
             warn!(agent_id = %self.info.agent_id, cid = id, max = self.shared.cfg().limits.max_buffered_bytes, suppressed, "limits.max_buffered_bytes reached; resetting stream");
         }
         self.reset_sent(rst, RstCode::QueueOverflow, handle);

@@ -301,7 +301,6 @@ where
         outbound: shared.buffered.c2a.share(),
         router: shared.clone(),
     });
-    let (ignored, warnings) = quota::for_tunnel();
     let session = Session {
         shared: shared.clone(),
         cfg,
@@ -315,8 +314,7 @@ where
         expires,
         serial: 0,
         backlog: Default::default(),
-        ignored,
-        warnings,
+        quota: quota::Quotas::new(),
         liveness,
         run: Default::default(),
     };

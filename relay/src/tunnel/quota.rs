@@ -1,5 +1,6 @@
-//! Rate limits a session applies to what an agent makes it do: frames it drops unanswered and
-//! the warnings it logs. Both run on tokio's clock, so tests can move it.
+//! Rate limits a session applies to what an agent makes it do: frames it drops unanswered, the
+//! target reports it parses and the warnings it logs. All run on tokio's clock, so tests can
+//! move it.
 
 use std::time::Duration;
 
@@ -11,17 +12,38 @@ use tokio::time::Instant;
 pub(super) const IGNORED_BURST: u32 = 65_536;
 /// ... and how fast that allowance comes back, per second.
 pub(super) const IGNORED_PER_SEC: u32 = 16_384;
+/// STATUS frames (target reports, valid or not) an agent may send in a burst before the tunnel
+/// is closed. The agent sends at most one a second (`MIN_INTERVAL` in the agent's
+/// `tunnel/status.rs`) and one when its session starts; a report is up to 8 KiB of JSON, so an
+/// agent that sent them as fast as it can write would spend its shard's CPU on the parser.
+pub(super) const REPORTS_BURST: u32 = 16;
+/// ... and how fast that allowance comes back, per second (twice the agent's pace).
+pub(super) const REPORTS_PER_SEC: u32 = 2;
 /// Warnings per agent tunnel per [`LOG_WINDOW`]; the rest are counted and reported once.
 const LOG_BURST: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(10);
 
-/// A tunnel's rate limits, fresh: frames it may leave unanswered, and its warnings.
-pub(super) fn for_tunnel() -> (Bucket, LogLimit) {
-    let now = Instant::now();
-    (
-        Bucket::new(IGNORED_BURST, IGNORED_PER_SEC, now),
-        LogLimit::new(now),
-    )
+/// A tunnel's rate limits.
+#[derive(Debug)]
+pub(super) struct Quotas {
+    /// Frames for unknown streams the agent may still send.
+    pub ignored: Bucket,
+    /// STATUS frames the agent may still send.
+    pub reports: Bucket,
+    /// Every warning the agent can provoke.
+    pub warnings: LogLimit,
+}
+
+impl Quotas {
+    /// A tunnel's rate limits, fresh.
+    pub fn new() -> Quotas {
+        let now = Instant::now();
+        Quotas {
+            ignored: Bucket::new(IGNORED_BURST, IGNORED_PER_SEC, now),
+            reports: Bucket::new(REPORTS_BURST, REPORTS_PER_SEC, now),
+            warnings: LogLimit::new(now),
+        }
+    }
 }
 
 /// A token bucket: `capacity` tokens, refilled at `per_sec`.

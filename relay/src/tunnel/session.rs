@@ -13,8 +13,10 @@
 //! handed over: an agent cannot make the relay queue answers faster than it takes them.
 //!
 //! What a hostile agent can make this loop do is bounded too: frames for unknown streams are
-//! dropped unanswered, counted, and past [`super::quota::IGNORED_BURST`] the tunnel is closed; every
-//! warning an agent can provoke goes through one [`LogLimit`].
+//! dropped unanswered, counted, and past [`super::quota::IGNORED_BURST`] the tunnel is closed; so is
+//! a tunnel that sends more target reports (STATUS) than [`super::quota::REPORTS_BURST`], counted
+//! before one is parsed; every warning an agent can provoke goes through one
+//! [`LogLimit`](super::quota::LogLimit).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
+use nowconnect_shared::binary::FrameType;
 use nowconnect_shared::demux::{Demux, Dispatch, Ignored};
 use nowconnect_shared::{Frame, Lead, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -36,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::coalesce::Run;
-use super::quota::{Bucket, LogLimit};
+use super::quota::{Quotas, REPORTS_PER_SEC};
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
@@ -134,10 +137,8 @@ pub(super) struct Session {
     /// Control frames the writer's full queue had no room for yet, oldest first. While any
     /// wait, the agent is not read (what adds here is bounded by the streams' reports).
     pub backlog: VecDeque<Out>,
-    /// Frames for unknown streams the agent may still send.
-    pub ignored: Bucket,
-    /// Every warning the agent can provoke.
-    pub warnings: LogLimit,
+    /// Unanswered frames, target reports and warnings the agent may still cause.
+    pub quota: Quotas,
     /// Stamped at every message from the agent (the registry's picking reads it).
     pub liveness: Arc<Liveness>,
     /// Agent bytes for one client, written once the messages already read are handled.
@@ -286,7 +287,16 @@ impl Session {
                 debug!(agent_id = %self.info.agent_id, error = %e, "tunnel read failed");
                 return Some(End::WsError);
             }
-            Some(Ok(Message::Binary(b))) => self.demux.on_binary(&b),
+            Some(Ok(Message::Binary(b))) => {
+                // Counted before the decoder parses the report, so a flood of them (valid or
+                // not) costs at most a few parses.
+                if b.first() == Some(&(FrameType::Status as u8))
+                    && !self.quota.reports.take(Instant::now())
+                {
+                    return Some(self.reports_flooded());
+                }
+                self.demux.on_binary(&b)
+            }
             Some(Ok(Message::Text(t))) => self.demux.on_text(t.as_str()),
             Some(Ok(Message::Close(_))) => return Some(End::AgentClosed),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return None,
@@ -335,7 +345,7 @@ impl Session {
     /// `false`: the agent sent more frames nobody asked for than the tunnel allows.
     fn note_ignored(&mut self) -> bool {
         self.ctx.metrics.frames_ignored.inc();
-        self.ignored.take(Instant::now())
+        self.quota.ignored.take(Instant::now())
     }
 
     fn on_event(&mut self, ev: StreamEvent) {
@@ -427,7 +437,7 @@ impl Session {
                 if reason.code == RstCode::Protocol {
                     m.protocol_errors.inc();
                 }
-                if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+                if let Some(suppressed) = self.quota.warnings.allow(Instant::now()) {
                     warn!(agent_id = %self.info.agent_id, cid = id, code = reason.code.as_str(), reason = reason.reason, suppressed, "resetting stream");
                 }
                 if handle.is_none() && !self.note_ignored() {
@@ -454,7 +464,7 @@ impl Session {
             }
             Dispatch::Ignored(Ignored::Undecodable(e)) => {
                 m.protocol_errors.inc();
-                if let Some(suppressed) = self.warnings.allow(Instant::now()) {
+                if let Some(suppressed) = self.quota.warnings.allow(Instant::now()) {
                     warn!(agent_id = %self.info.agent_id, error = %e, suppressed, "undecodable frame from agent");
                 }
                 if !self.note_ignored() {
@@ -487,6 +497,14 @@ impl Session {
         self.ctx.metrics.protocol_errors.inc();
         warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent floods frames for unknown streams; closing the tunnel");
         self.close(CloseCode::Protocol, "too many frames for unknown streams");
+        End::ProtocolError
+    }
+
+    /// The agent sends target reports far faster than an agent does: close the tunnel.
+    fn reports_flooded(&mut self) -> End {
+        self.ctx.metrics.protocol_errors.inc();
+        warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, max_per_sec = REPORTS_PER_SEC, "agent floods target reports (STATUS); closing the tunnel");
+        self.close(CloseCode::Protocol, "too many target reports");
         End::ProtocolError
     }
 
