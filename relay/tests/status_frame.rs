@@ -2,18 +2,21 @@
 //! loopback: a valid report shows in `nowconnect_connector_targets` for the connectors the
 //! tunnel exported only; oversized, malformed, over-long and misaddressed reports are counted
 //! as protocol errors and ignored (the last good report stays, the tunnel keeps working); one
-//! before HELLO is refused like any bad HELLO (close 1008).
+//! before HELLO is refused like any bad HELLO (close 1008). A flood of reports, valid or not, is
+//! cut after a burst: the relay closes that tunnel and serves another agent's client meanwhile.
 
 use std::time::Duration;
 
 use nowconnect_relay::{RelayConfig, RelayHandle};
-use nowconnect_shared::binary::{FrameType, HEADER_LEN};
+use nowconnect_shared::binary::{self, FrameType, HEADER_LEN};
 use nowconnect_shared::status::{MAX_STATUS_LEN, MAX_STATUS_TARGETS};
-use nowconnect_shared::{Frame, Status, TargetStatus};
+use nowconnect_shared::{Frame, Limits, Status, TargetStatus};
+use nowconnect_testkit::log::{Capture, Format};
 use nowconnect_testkit::mock_agent::{connect, v2_agent, MockAgent, OFFER_BOTH};
 use nowconnect_testkit::wait::{wait_for, DEADLINE};
 use nowconnect_testkit::{net, yaml};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 const SEND: Duration = Duration::from_secs(2);
@@ -182,4 +185,115 @@ async fn a_report_before_hello_closes_the_tunnel() {
     let code = agent.close_code().await;
     assert_eq!(code, Some(1008), "refused like any bad HELLO");
     assert!(targets_series(&relay).is_empty());
+}
+
+/// A valid STATUS: `addomain`'s 16 targets, all up (about 1 KiB of JSON to parse).
+fn full_report() -> Frame {
+    let list = (0..MAX_STATUS_TARGETS)
+        .map(|i| target(&format!("dc{i}.corp.example:636"), true))
+        .collect();
+    let mut s = Status::default();
+    s.targets.insert("addomain".into(), list);
+    Frame::Status(Box::new(s))
+}
+
+/// Reports a paced agent may deliver at once on the default keepalive: 16, plus one for each
+/// second of a stall the relay waits out (`ping_interval_sec` + `ping_timeout_sec`, 20 + 20).
+const REPORT_BURST: usize = 16 + 40;
+
+/// Sends `msg` as fast as the relay takes it (bounded in count and time); `Some` once the relay
+/// stops taking it (the tunnel closed).
+async fn flood_until_refused(agent: &mut MockAgent<TcpStream>, msg: &Message) -> Option<String> {
+    let start = Instant::now();
+    let mut sent = 0u32;
+    while start.elapsed() < Duration::from_secs(20) && sent < 1_000_000 {
+        let mut r = agent.try_feed_msg(msg.clone(), SEND).await;
+        sent += 1;
+        if r.is_ok() && sent.is_multiple_of(64) {
+            r = agent.try_flush(SEND).await;
+        }
+        if let Err(e) = r {
+            return Some(e);
+        }
+    }
+    None
+}
+
+/// The reporting tunnel is gone, counted as a protocol error, with one warning saying why (and
+/// at most the per-tunnel limit of others: each malformed report is a rate-limited warning).
+async fn closed_for_reports(relay: &RelayHandle, agent_id: &str) {
+    wait_for("the reporting tunnel to be gone", DEADLINE, || {
+        relay.agents_for("addomain") == 0
+    })
+    .await;
+    // Taken out of the registry first, counted a moment later.
+    let ended = "nowconnect_agent_disconnects_total{reason=\"protocol_error\"}";
+    wait_for("the ending to be counted", DEADLINE, || {
+        metric(relay, ended) == 1
+    })
+    .await;
+    let log = Capture::global(Format::Text).text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(agent_id))
+        .collect::<Vec<_>>();
+    let why = warned
+        .iter()
+        .filter(|l| l.contains("floods target reports"))
+        .count();
+    assert_eq!(why, 1, "{warned:?}");
+    assert!(warned.len() <= 11, "{} warnings", warned.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_flooding_valid_target_reports_is_closed_after_a_burst() {
+    let relay = relay().await;
+    let _ = Capture::global(Format::Text);
+    let mut honest = v2_agent(relay.tunnel_addr(), "honest", &["db"]).await;
+    let mut client = net::connect(relay.listener_addr("pg").expect("listener")).await;
+    let id = honest.expect_open("db").await;
+    let mut hostile = v2_agent(relay.tunnel_addr(), "goodreports", &["addomain"]).await;
+    let report = full_report();
+    // What a paced agent can deliver at once after a stall is parsed and kept.
+    for _ in 0..REPORT_BURST {
+        hostile.try_feed(&report, SEND).await.expect("burst");
+    }
+    hostile.try_flush(SEND).await.expect("burst");
+    let up = "nowconnect_connector_targets{connector=\"addomain\",state=\"up\"}";
+    wait_for("the burst's report to be kept", DEADLINE, || {
+        metric(&relay, up) == MAX_STATUS_TARGETS as u64
+    })
+    .await;
+    assert_eq!(relay.agents_for("addomain"), 1, "the burst is allowed");
+
+    // Past it, as fast as the socket takes them: without the limit the relay parses them all.
+    let msg =
+        Message::Binary(binary::encode_to_bytes(&report, &Limits::default()).expect("encodes"));
+    let stopped = flood_until_refused(&mut hostile, &msg).await;
+    assert!(stopped.is_some(), "the relay kept parsing reports");
+    closed_for_reports(&relay, "goodreports").await;
+    honest.ping_pong(&mut client, id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_flooding_malformed_target_reports_is_closed() {
+    let relay = relay().await;
+    let _ = Capture::global(Format::Text);
+    let mut honest = v2_agent(relay.tunnel_addr(), "honest", &["db"]).await;
+    let mut client = net::connect(relay.listener_addr("pg").expect("listener")).await;
+    let id = honest.expect_open("db").await;
+    let mut hostile = v2_agent(relay.tunnel_addr(), "badreports", &["addomain"]).await;
+    // STATUS (type 9) on stream 0 whose JSON is cut short: each is parsed before it fails. The
+    // unknown-frame limit (65,536, refilled at 16,384/s) would let a flood of them run for good.
+    let mut body = vec![FrameType::Status as u8, 0, 0, 0, 0];
+    body.extend_from_slice(br#"{"targets":{"addomain":["#);
+    body.resize(8 * 1024, b' ');
+    let msg = Message::Binary(body.into());
+    let stopped = flood_until_refused(&mut hostile, &msg).await;
+    assert!(
+        stopped.is_some(),
+        "the relay kept parsing malformed reports"
+    );
+    closed_for_reports(&relay, "badreports").await;
+    honest.ping_pong(&mut client, id).await;
 }

@@ -301,6 +301,7 @@ where
         outbound: shared.buffered.c2a.share(),
         router: shared.clone(),
     });
+    let quota = quota::Quotas::new(cfg.tunnel.ping_interval + cfg.tunnel.ping_timeout);
     let session = Session {
         shared: shared.clone(),
         cfg,
@@ -314,7 +315,7 @@ where
         expires,
         serial: 0,
         backlog: Default::default(),
-        quota: quota::Quotas::new(),
+        quota,
         liveness,
         run: Default::default(),
     };

@@ -13,9 +13,11 @@ pub(super) const IGNORED_BURST: u32 = 65_536;
 /// ... and how fast that allowance comes back, per second.
 pub(super) const IGNORED_PER_SEC: u32 = 16_384;
 /// STATUS frames (target reports, valid or not) an agent may send in a burst before the tunnel
-/// is closed. The agent sends at most one a second (`MIN_INTERVAL` in the agent's
-/// `tunnel/status.rs`) and one when its session starts; a report is up to 8 KiB of JSON, so an
-/// agent that sent them as fast as it can write would spend its shard's CPU on the parser.
+/// is closed, beyond one per second of the tunnel's keepalive allowance ([`Quotas::new`]). The
+/// agent sends one when its session starts and then at most one a second (`MIN_INTERVAL` in the
+/// agent's `tunnel/status.rs`), but reports it sent during a stall the relay waited out (up to
+/// `ping_interval + ping_timeout` of silence) arrive together. A report is up to 8 KiB of JSON:
+/// an agent that sent them as fast as it can write would spend its shard's CPU on the parser.
 pub(super) const REPORTS_BURST: u32 = 16;
 /// ... and how fast that allowance comes back, per second (twice the agent's pace).
 pub(super) const REPORTS_PER_SEC: u32 = 2;
@@ -35,15 +37,22 @@ pub(super) struct Quotas {
 }
 
 impl Quotas {
-    /// A tunnel's rate limits, fresh.
-    pub fn new() -> Quotas {
+    /// A tunnel's rate limits, fresh; `silence` is how long the tunnel may hear nothing from
+    /// its agent before it is closed (`ping_interval + ping_timeout`).
+    pub fn new(silence: Duration) -> Quotas {
         let now = Instant::now();
         Quotas {
             ignored: Bucket::new(IGNORED_BURST, IGNORED_PER_SEC, now),
-            reports: Bucket::new(REPORTS_BURST, REPORTS_PER_SEC, now),
+            reports: Bucket::new(reports_burst(silence), REPORTS_PER_SEC, now),
             warnings: LogLimit::new(now),
         }
     }
+}
+
+/// [`REPORTS_BURST`] plus one report per second of `silence`.
+fn reports_burst(silence: Duration) -> u32 {
+    let stalled = u32::try_from(silence.as_secs()).unwrap_or(u32::MAX);
+    REPORTS_BURST.saturating_add(stalled)
 }
 
 /// A token bucket: `capacity` tokens, refilled at `per_sec`.
@@ -135,6 +144,34 @@ mod tests {
             assert!(b.take(later));
         }
         assert!(!b.take(later), "refill stops at the capacity");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reports_held_back_by_a_stall_the_tunnel_survives_fit_the_burst() {
+        // Defaults: 20 s ping interval + 20 s timeout. An agent paced at one report a second
+        // whose link stalls 39 s (just short of being closed) delivers 40 at once, then one a
+        // second: all are taken.
+        let silence = Duration::from_secs(40);
+        let t0 = Instant::now();
+        let mut q = Quotas::new(silence);
+        for _ in 0..40 {
+            assert!(q.reports.take(t0));
+        }
+        for s in 1..=600 {
+            assert!(
+                q.reports.take(t0 + Duration::from_secs(s)),
+                "paced report {s}"
+            );
+        }
+        // A flood is cut a burst later.
+        let t1 = t0 + Duration::from_secs(600);
+        let taken = (0..1_000).take_while(|_| q.reports.take(t1)).count();
+        assert_eq!(
+            taken,
+            REPORTS_BURST as usize + 40 - 1,
+            "the burst, less the report just taken"
+        );
+        assert_eq!(reports_burst(Duration::from_secs(u64::MAX)), u32::MAX);
     }
 
     #[tokio::test(start_paused = true)]

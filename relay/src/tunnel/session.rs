@@ -14,9 +14,9 @@
 //!
 //! What a hostile agent can make this loop do is bounded too: frames for unknown streams are
 //! dropped unanswered, counted, and past [`super::quota::IGNORED_BURST`] the tunnel is closed; so is
-//! a tunnel that sends more target reports (STATUS) than [`super::quota::REPORTS_BURST`], counted
-//! before one is parsed; every warning an agent can provoke goes through one
-//! [`LogLimit`](super::quota::LogLimit).
+//! a tunnel that sends target reports (STATUS) faster than [`super::quota::REPORTS_PER_SEC`]
+//! beyond a burst, counted before one is parsed; every warning an agent can provoke goes through
+//! one [`LogLimit`](super::quota::LogLimit).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -500,7 +500,7 @@ impl Session {
         End::ProtocolError
     }
 
-    /// The agent sends target reports far faster than an agent does: close the tunnel.
+    /// The agent sends target reports far faster than an honest agent does: close the tunnel.
     fn reports_flooded(&mut self) -> End {
         self.ctx.metrics.protocol_errors.inc();
         warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, max_per_sec = REPORTS_PER_SEC, "agent floods target reports (STATUS); closing the tunnel");
