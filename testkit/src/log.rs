@@ -67,6 +67,16 @@ impl Capture {
     }
 
     /// Everything captured so far.
+    /// Bytes captured so far: what the capture itself holds in this process's memory.
+    pub fn len(&self) -> usize {
+        self.0.lock().expect("capture").len()
+    }
+
+    /// Nothing captured yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("capture")).into_owned()
     }
