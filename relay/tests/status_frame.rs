@@ -219,6 +219,14 @@ async fn flood_until_refused(agent: &mut MockAgent<TcpStream>, msg: &Message) ->
     None
 }
 
+/// An honest agent serving `db`, with a client on one of its streams (its id).
+async fn honest(relay: &RelayHandle) -> (MockAgent<TcpStream>, TcpStream, u32) {
+    let mut agent = v2_agent(relay.tunnel_addr(), "honest", &["db"]).await;
+    let client = net::connect(relay.listener_addr("pg").expect("listener")).await;
+    let id = agent.expect_open("db").await;
+    (agent, client, id)
+}
+
 /// The reporting tunnel is gone, counted as a protocol error, with one warning saying why (and
 /// at most the per-tunnel limit of others: each malformed report is a rate-limited warning).
 async fn closed_for_reports(relay: &RelayHandle, agent_id: &str) {
@@ -249,9 +257,7 @@ async fn closed_for_reports(relay: &RelayHandle, agent_id: &str) {
 async fn agent_flooding_valid_target_reports_is_closed_after_a_burst() {
     let relay = relay().await;
     let _ = Capture::global(Format::Text);
-    let mut honest = v2_agent(relay.tunnel_addr(), "honest", &["db"]).await;
-    let mut client = net::connect(relay.listener_addr("pg").expect("listener")).await;
-    let id = honest.expect_open("db").await;
+    let (mut honest, mut client, id) = honest(&relay).await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "goodreports", &["addomain"]).await;
     let report = full_report();
     // What a paced agent can deliver at once after a stall is parsed and kept.
@@ -279,9 +285,7 @@ async fn agent_flooding_valid_target_reports_is_closed_after_a_burst() {
 async fn agent_flooding_malformed_target_reports_is_closed() {
     let relay = relay().await;
     let _ = Capture::global(Format::Text);
-    let mut honest = v2_agent(relay.tunnel_addr(), "honest", &["db"]).await;
-    let mut client = net::connect(relay.listener_addr("pg").expect("listener")).await;
-    let id = honest.expect_open("db").await;
+    let (mut honest, mut client, id) = honest(&relay).await;
     let mut hostile = v2_agent(relay.tunnel_addr(), "badreports", &["addomain"]).await;
     // STATUS (type 9) on stream 0 whose JSON is cut short: each is parsed before it fails. The
     // unknown-frame limit (65,536, refilled at 16,384/s) would let a flood of them run for good.

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use nowconnect_shared::binary::FrameType;
 use tokio::time::Instant;
 
 /// Frames for unknown (or already closed) streams an agent may send in a burst before the
@@ -46,6 +47,13 @@ impl Quotas {
             reports: Bucket::new(reports_burst(silence), REPORTS_PER_SEC, now),
             warnings: LogLimit::new(now),
         }
+    }
+
+    /// `false`: `msg` (a v2 binary message) is a STATUS past the allowance. Counted before the
+    /// decoder parses the report, so a flood of them, valid or not, costs at most a burst of
+    /// parses; other frames pass without a look at the clock.
+    pub fn admits(&mut self, msg: &[u8]) -> bool {
+        msg.first() != Some(&(FrameType::Status as u8)) || self.reports.take(Instant::now())
     }
 }
 
@@ -171,6 +179,10 @@ mod tests {
             REPORTS_BURST as usize + 40 - 1,
             "the burst, less the report just taken"
         );
+        let status = [FrameType::Status as u8, 0, 0, 0, 0, b'{'];
+        assert!(!q.admits(&status), "no report past the burst");
+        let data = [FrameType::Data as u8, 0, 0, 0, 1, b'x'];
+        assert!(q.admits(&data), "other frames are not reports");
         assert_eq!(reports_burst(Duration::from_secs(u64::MAX)), u32::MAX);
     }
 

@@ -13,10 +13,8 @@
 //! handed over: an agent cannot make the relay queue answers faster than it takes them.
 //!
 //! What a hostile agent can make this loop do is bounded too: frames for unknown streams are
-//! dropped unanswered, counted, and past [`super::quota::IGNORED_BURST`] the tunnel is closed; so is
-//! a tunnel that sends target reports (STATUS) faster than [`super::quota::REPORTS_PER_SEC`]
-//! beyond a burst, counted before one is parsed; every warning an agent can provoke goes through
-//! one [`LogLimit`](super::quota::LogLimit).
+//! dropped unanswered, counted, and past a burst the tunnel is closed, as it is for too many target
+//! reports; every warning an agent can provoke goes through one limit ([`Quotas`]).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -26,7 +24,6 @@ use std::time::Duration;
 
 use futures_util::stream::SplitStream;
 use futures_util::{FutureExt, StreamExt};
-use nowconnect_shared::binary::FrameType;
 use nowconnect_shared::demux::{Demux, Dispatch, Ignored};
 use nowconnect_shared::{Frame, Lead, RstCode, StreamId};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::coalesce::Run;
-use super::quota::{Quotas, REPORTS_PER_SEC};
+use super::quota::Quotas;
 use super::stream::{self, Abort, Activity, Key, StreamEvent, StreamTask, ToStream, TunnelCtx};
 use super::writer::{close_frame, Out, Queues};
 use crate::audit::{Action, Event};
@@ -287,16 +284,10 @@ impl Session {
                 debug!(agent_id = %self.info.agent_id, error = %e, "tunnel read failed");
                 return Some(End::WsError);
             }
-            Some(Ok(Message::Binary(b))) => {
-                // Counted before the decoder parses the report, so a flood of them (valid or
-                // not) costs at most a few parses.
-                if b.first() == Some(&(FrameType::Status as u8))
-                    && !self.quota.reports.take(Instant::now())
-                {
-                    return Some(self.reports_flooded());
-                }
-                self.demux.on_binary(&b)
+            Some(Ok(Message::Binary(b))) if !self.quota.admits(&b) => {
+                return Some(self.flooded("target reports (STATUS)"));
             }
+            Some(Ok(Message::Binary(b))) => self.demux.on_binary(&b),
             Some(Ok(Message::Text(t))) => self.demux.on_text(t.as_str()),
             Some(Ok(Message::Close(_))) => return Some(End::AgentClosed),
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return None,
@@ -441,7 +432,7 @@ impl Session {
                     warn!(agent_id = %self.info.agent_id, cid = id, code = reason.code.as_str(), reason = reason.reason, suppressed, "resetting stream");
                 }
                 if handle.is_none() && !self.note_ignored() {
-                    return Some(self.flooded());
+                    return Some(self.flooded("frames for unknown streams"));
                 }
                 match handle {
                     Some(h) => {
@@ -459,7 +450,7 @@ impl Session {
             Dispatch::Ignored(Ignored::UnknownStream { kind, id }) => {
                 debug!(agent_id = %self.info.agent_id, cid = id, frame = kind, "frame for an unknown stream ignored");
                 if !self.note_ignored() {
-                    return Some(self.flooded());
+                    return Some(self.flooded("frames for unknown streams"));
                 }
             }
             Dispatch::Ignored(Ignored::Undecodable(e)) => {
@@ -468,7 +459,7 @@ impl Session {
                     warn!(agent_id = %self.info.agent_id, error = %e, suppressed, "undecodable frame from agent");
                 }
                 if !self.note_ignored() {
-                    return Some(self.flooded());
+                    return Some(self.flooded("frames for unknown streams"));
                 }
             }
             Dispatch::Close(v) => {
@@ -492,19 +483,11 @@ impl Session {
         None
     }
 
-    /// The agent floods frames for streams that do not exist: close the tunnel.
-    fn flooded(&mut self) -> End {
+    /// The agent sent more of `what` than its [`Quotas`] allow: close the tunnel.
+    fn flooded(&mut self, what: &str) -> End {
         self.ctx.metrics.protocol_errors.inc();
-        warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent floods frames for unknown streams; closing the tunnel");
-        self.close(CloseCode::Protocol, "too many frames for unknown streams");
-        End::ProtocolError
-    }
-
-    /// The agent sends target reports far faster than an honest agent does: close the tunnel.
-    fn reports_flooded(&mut self) -> End {
-        self.ctx.metrics.protocol_errors.inc();
-        warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, max_per_sec = REPORTS_PER_SEC, "agent floods target reports (STATUS); closing the tunnel");
-        self.close(CloseCode::Protocol, "too many target reports");
+        warn!(agent_id = %self.info.agent_id, tunnel_id = self.info.tunnel_id, "agent floods {what}; closing the tunnel");
+        self.close(CloseCode::Protocol, &format!("too many {what}"));
         End::ProtocolError
     }
 
