@@ -727,7 +727,7 @@ async fn a_stalled_stream_is_charged_its_window_once_not_growth_plus_queue() {
 
     // Grow: send the credit, WINDOW frames a simulated link delay late, the client reading all,
     // until the whole growth is reserved with nothing waiting (the window is at its cap).
-    let (mut credit, mut sent) = (base, 0usize);
+    let (mut credit, mut sent, mut grown) = (base, 0usize, 0u64);
     for _ in 0..256 {
         while credit > 0 {
             let n = chunk.len().min(credit);
@@ -743,13 +743,21 @@ async fn a_stalled_stream_is_charged_its_window_once_not_growth_plus_queue() {
         tokio::time::sleep(LINK_DELAY).await;
         read_all(sent).await;
         credit += barrier(&mut agent, &mut client2, id2, id).await;
-        if a2c_held(&relay) == growth {
+        grown = a2c_held(&relay);
+        if grown == growth {
             break;
         }
     }
-    assert_eq!(a2c_held(&relay), growth, "the window grew to its cap");
+    // On a loaded machine the autotuning can stop short of the cap. A window of 8 MiB or more
+    // still waits mostly in the relay behind the 1 MiB receive buffer, so counting its growth
+    // and its queue both (what this guards against) would overshoot the bounds below.
+    let window = base + grown as usize;
+    assert!(
+        window >= 8 << 20,
+        "the window grew to {window} bytes, not to 8 MiB"
+    );
     // What the relay holds back is credit for bytes drained since its last WINDOW.
-    let withheld = CAP - credit;
+    let withheld = window - credit;
 
     // Stall: the client reads nothing more; the agent sends all its credit.
     let stalled = credit;
@@ -761,15 +769,15 @@ async fn a_stalled_stream_is_charged_its_window_once_not_growth_plus_queue() {
     let frames = stalled.div_ceil(chunk.len()) as u64 + 2;
     credit += barrier(&mut agent, &mut client2, id2, id).await;
     let held = a2c_held(&relay);
-    let most = growth.max(stalled as u64) + frames * PER_FRAME;
+    let most = grown.max(stalled as u64) + frames * PER_FRAME;
     assert!(
         held <= most,
-        "stalled: the budget holds {held} bytes for a window of {CAP} ({growth} grown, {stalled} sent): over {most}"
+        "stalled: the budget holds {held} bytes for a window of {window} ({grown} grown, {stalled} sent): over {most}"
     );
 
     // The client reads enough for the relay to return credit; the drain reserves the growth
     // again, less what still waits.
-    let threshold = CAP.div_ceil(2);
+    let threshold = window.div_ceil(2);
     let part = threshold.saturating_sub(withheld).max(1);
     allow.send_replace(sent + part);
     if credit == 0 {
@@ -780,10 +788,10 @@ async fn a_stalled_stream_is_charged_its_window_once_not_growth_plus_queue() {
     }
     let held = a2c_held(&relay);
     let waits = (stalled - part) as u64;
-    let most = growth.max(waits) + frames * PER_FRAME;
+    let most = grown.max(waits) + frames * PER_FRAME;
     assert!(
         held <= most,
-        "after a drain: the budget holds {held} bytes for {waits} waiting and {growth} grown: over {most}"
+        "after a drain: the budget holds {held} bytes for {waits} waiting and {grown} grown: over {most}"
     );
 
     // Every byte arrives, and nothing was reset.
